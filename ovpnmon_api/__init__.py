@@ -1,0 +1,1 @@
+"""The ovpnmon HTTP API: a read-only Falcon app over the collector's database."""

@@ -1,0 +1,3 @@
+from ovpnmon_api.cli import main
+
+main()

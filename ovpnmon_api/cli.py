@@ -1,0 +1,87 @@
+"""``ovpnmon-api``: serve the read-only HTTP API under waitress."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from ovpnmon_common import __version__
+from ovpnmon_common.cliutil import CONTEXT_SETTINGS, config_options, load
+from ovpnmon_common.db import DatabaseError, check_schema, reader_engine
+
+log = logging.getLogger("ovpnmon.api")
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, "--version", prog_name="ovpnmon-api")
+def cli() -> None:
+    """Serve ovpnmon's JSON API from the collector's database, opened read-only.
+
+    \b
+    Example:
+      ovpnmon-api serve --config /etc/ovpnmon/ovpnmon.conf
+    """
+
+
+@cli.command()
+@config_options
+@click.option("--host", metavar="HOST", help="Address to listen on (overrides [api] host).")
+@click.option("--port", type=click.IntRange(1, 65535), help="Port (overrides [api] port).")
+@click.option(
+    "--threads", type=click.IntRange(1, 64), help="Worker threads (overrides [api] threads)."
+)
+def serve(
+    config_path: str | None,
+    db_path: str | None,
+    host: str | None,
+    port: int | None,
+    threads: int | None,
+) -> None:
+    """Serve the API (default 127.0.0.1:5001) until SIGTERM or Ctrl-C.
+
+    \b
+    Example:
+      ovpnmon-api serve --db /var/lib/ovpnmon/ovpnmon.db --port 5001
+    """
+    config = load(config_path, db_path)
+    changes = {k: v for k, v in {"host": host, "port": port, "threads": threads}.items() if v}
+    config = config.with_api(**changes)
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        import waitress
+
+        from ovpnmon_api.app import create_app
+    except ImportError as exc:
+        raise click.ClickException(
+            f"the API needs its extra: pip install 'ovpnmon[api]' ({exc})"
+        ) from None
+    engine = reader_engine(config.database_path, pool_size=config.api.threads)
+    try:
+        check_schema(engine, config.database_path)
+    except DatabaseError as exc:
+        raise click.ClickException(str(exc)) from None
+    app = create_app(config, engine)
+    log.info(
+        "serving http://%s:%d/api/v1 from %s",
+        config.api.host,
+        config.api.port,
+        config.database_path,
+    )
+    waitress.serve(
+        app,
+        host=config.api.host,
+        port=config.api.port,
+        threads=config.api.threads,
+        ident="ovpnmon",
+        clear_untrusted_proxy_headers=True,
+    )
+
+
+def main() -> None:
+    cli(prog_name="ovpnmon-api")

@@ -1,0 +1,52 @@
+"""Every error leaves as ``{"success": false, "error": "..."}``; no stack trace reaches a client."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import falcon
+from sqlalchemy.exc import DBAPIError
+
+from ovpnmon_common.buckets import InvalidQuery
+from ovpnmon_common.db import DatabaseError, describe_operational_error
+
+log = logging.getLogger("ovpnmon.api")
+
+
+def serialize_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:
+    message = exc.description or exc.title or "error"
+    resp.content_type = falcon.MEDIA_JSON
+    resp.media = {"success": False, "error": message}
+
+
+def invalid_query(req: falcon.Request, resp: falcon.Response, ex: Exception, params: Any) -> None:
+    raise falcon.HTTPBadRequest(title="Bad request", description=str(ex))
+
+
+def database_unavailable(
+    req: falcon.Request, resp: falcon.Response, ex: Exception, params: Any
+) -> None:
+    detail = describe_operational_error(ex) if isinstance(ex, DBAPIError) else str(ex)  # type: ignore[arg-type]
+    log.warning("database unavailable for %s %s: %s", req.method, req.path, detail)
+    raise falcon.HTTPServiceUnavailable(
+        title="Service unavailable", description=f"database unavailable: {detail}"
+    )
+
+
+def unexpected(req: falcon.Request, resp: falcon.Response, ex: Exception, params: Any) -> None:
+    if isinstance(ex, falcon.HTTPError):
+        raise ex
+    log.exception("unexpected error for %s %s", req.method, req.path)
+    raise falcon.HTTPInternalServerError(
+        title="Internal error", description="internal error: see the ovpnmon-api log"
+    )
+
+
+def install(app: falcon.App) -> None:
+    """Map domain errors once, app-wide (falcon picks the most specific handler)."""
+    app.set_error_serializer(serialize_error)
+    app.add_error_handler(Exception, unexpected)
+    app.add_error_handler(InvalidQuery, invalid_query)
+    app.add_error_handler(DatabaseError, database_unavailable)
+    app.add_error_handler(DBAPIError, database_unavailable)

@@ -1,0 +1,1 @@
+"""The ovpnmon collector: polls OpenVPN, accounts bytes per client, writes SQLite."""

@@ -1,0 +1,3 @@
+from ovpnmon_collector.cli import main
+
+main()

@@ -1,0 +1,210 @@
+"""``ovpnmon-collector``: the daemon and its maintenance commands."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+
+import click
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
+
+from ovpnmon_collector import daemon
+from ovpnmon_collector.collector import Collector
+from ovpnmon_collector.sources import build_source
+from ovpnmon_common import __version__
+from ovpnmon_common.cliutil import CONTEXT_SETTINGS, config_options, ensure_parent_dir, load
+from ovpnmon_common.config import Config, ConfigError
+from ovpnmon_common.db import (
+    DatabaseError,
+    close_writer,
+    describe_operational_error,
+    init_db,
+    writer_engine,
+)
+
+log = logging.getLogger("ovpnmon.collector")
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, "--version", prog_name="ovpnmon-collector")
+def cli() -> None:
+    """Collect OpenVPN traffic history into SQLite. The only process that writes the database.
+
+    \b
+    Example:
+      ovpnmon-collector --help
+      ovpnmon-collector run --config /etc/ovpnmon/ovpnmon.conf
+    """
+
+
+def open_writer(config: Config) -> tuple[Engine, tuple[int | None, int]]:
+    """The writer engine on an initialised database; problems become one clean CLI error."""
+    ensure_parent_dir(config.database_path)
+    engine = writer_engine(config.database_path)
+    try:
+        versions = init_db(engine)
+    except DatabaseError as exc:
+        raise click.ClickException(f"{config.database_path}: {exc}") from None
+    except DBAPIError as exc:
+        raise click.ClickException(
+            f"cannot open database {config.database_path}: {describe_operational_error(exc)}"  # type: ignore[arg-type]
+        ) from None
+    return engine, versions
+
+
+def build_collector(config: Config, engine: Engine) -> Collector:
+    try:
+        config.require_sources()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    return Collector(
+        engine,
+        [build_source(s) for s in config.sources],
+        interval=config.interval,
+        stale_after={s.name: s.stale_after for s in config.sources},
+    )
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+log_level_option = click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    help="Lowest level logged to stderr.",
+)
+
+
+@cli.command("init-db")
+@config_options
+def init_db_command(config_path: str | None, db_path: str | None) -> None:
+    """Create the database, or upgrade its schema; safe to run again.
+
+    \b
+    Example:
+      ovpnmon-collector init-db --db /var/lib/ovpnmon/ovpnmon.db
+    """
+    config = load(config_path, db_path)
+    engine, (before, after) = open_writer(config)
+    close_writer(engine)  # leaves it readable by a read-only API with no collector running
+    if before is None:
+        click.echo(f"created schema version {after} in {config.database_path}")
+    elif before == after:
+        click.echo(f"schema version {after} is current in {config.database_path}")
+    else:
+        click.echo(f"upgraded {config.database_path} from schema version {before} to {after}")
+
+
+@cli.command("poll-once")
+@config_options
+@log_level_option
+def poll_once(config_path: str | None, db_path: str | None, log_level: str) -> None:
+    """Read every source once, store the result, and exit (non-zero if anything failed).
+
+    \b
+    Example:
+      ovpnmon-collector poll-once --config ./ovpnmon.conf
+    """
+    setup_logging(log_level)
+    config = load(config_path, db_path)
+    engine, _ = open_writer(config)
+    collector = build_collector(config, engine)
+    summary = collector.poll()
+    collector.close()
+    for name, message in summary.failed.items():
+        click.echo(f"source {name}: {message}", err=True)
+    if not summary.stored:
+        raise click.ClickException(summary.error or "nothing was stored")
+    click.echo(
+        f"stored poll at {summary.ts}: {len(summary.ok)} of {len(config.sources)} sources read, "
+        f"{summary.clients} active clients, {summary.sessions} sessions"
+    )
+    if summary.failed:
+        sys.exit(1)
+
+
+@cli.command("run")
+@config_options
+@log_level_option
+def run_command(config_path: str | None, db_path: str | None, log_level: str) -> None:
+    """Run the collector daemon: poll every [collector] interval until SIGTERM or SIGINT.
+
+    Under systemd (Type=notify) it reports READY, WATCHDOG and STOPPING.
+
+    \b
+    Example:
+      ovpnmon-collector run --config /etc/ovpnmon/ovpnmon.conf
+    """
+    setup_logging(log_level)
+    config = load(config_path, db_path)
+    engine, _ = open_writer(config)
+    collector = build_collector(config, engine)
+    stop = threading.Event()
+    daemon.stop_on_signals(stop)
+    log.info(
+        "collecting from %s every %d s into %s",
+        ", ".join(s.name for s in config.sources),
+        config.interval,
+        config.database_path,
+    )
+    try:
+        daemon.run(collector, config.interval, stop, monotonic=collector.clock.monotonic)
+    finally:
+        collector.close()
+    log.info("stopped")
+
+
+def _not_built(name: str) -> None:
+    raise click.ClickException(
+        f"'{name}' is not built yet in ovpnmon {__version__}; nothing was done"
+    )
+
+
+@cli.command("rollup")
+@config_options
+def rollup(config_path: str | None, db_path: str | None) -> None:
+    """Catch every rollup tier up now (not built yet: exits non-zero)."""
+    _not_built("rollup")
+
+
+@cli.command("backfill")
+@config_options
+@click.option("--from", "start", metavar="DATE", required=True, help="First day, YYYY-MM-DD.")
+@click.option("--to", "end", metavar="DATE", required=True, help="Last day, YYYY-MM-DD.")
+def backfill(config_path: str | None, db_path: str | None, start: str, end: str) -> None:
+    """Recompute the tiers over a date range (not built yet: exits non-zero)."""
+    _not_built("backfill")
+
+
+@cli.command("prune")
+@config_options
+def prune(config_path: str | None, db_path: str | None) -> None:
+    """Apply [retention] (not built yet: exits non-zero)."""
+    _not_built("prune")
+
+
+@cli.command("scan-certs")
+@config_options
+def scan_certs(config_path: str | None, db_path: str | None) -> None:
+    """Scan [certificates] paths for expiry (not built yet: exits non-zero)."""
+    _not_built("scan-certs")
+
+
+@cli.command("info")
+@config_options
+def info(config_path: str | None, db_path: str | None) -> None:
+    """Show tables, watermarks and source health (not built yet: exits non-zero)."""
+    _not_built("info")
+
+
+def main() -> None:
+    cli(prog_name="ovpnmon-collector")

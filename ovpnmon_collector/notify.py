@@ -1,0 +1,39 @@
+"""systemd's notify protocol (READY=1, WATCHDOG=1, STOPPING=1): silent when not under systemd."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+
+class Notifier:
+    """Sends state lines to ``$NOTIFY_SOCKET``; every method is a no-op when it is unset."""
+
+    def __init__(self, address: str | None = None) -> None:
+        address = address if address is not None else os.environ.get("NOTIFY_SOCKET")
+        if address and address.startswith("@"):
+            address = "\0" + address[1:]  # abstract namespace socket
+        self.address = address or None
+
+    def send(self, state: str) -> bool:
+        if not self.address:
+            return False
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                sock.connect(self.address)
+                sock.sendall(state.encode())
+        except OSError:
+            return False  # systemd gone or socket unreachable: monitoring must not stop for it
+        return True
+
+    def ready(self) -> bool:
+        return self.send("READY=1")
+
+    def watchdog(self) -> bool:
+        return self.send("WATCHDOG=1")
+
+    def stopping(self) -> bool:
+        return self.send("STOPPING=1")
+
+    def status(self, text: str) -> bool:
+        return self.send(f"STATUS={text}")

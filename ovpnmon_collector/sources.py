@@ -1,0 +1,228 @@
+"""Where status text comes from: a status file, or the management interface (TCP or unix socket).
+
+A source only fetches text; parsing is ``parser.parse_status``. Every failure is a ``SourceError``
+whose message names the source and says what went wrong in words an administrator can act on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from typing import Protocol
+
+from ovpnmon_common.config import SourceConfig, parse_management_address
+
+MAX_REPLY_BYTES = 64 * 1024 * 1024  # 10,000 sessions of `status 3` are ~2 MB
+
+
+class SourceError(Exception):
+    """A source could not be read this poll."""
+
+
+class Source(Protocol):
+    name: str
+    kind: str  # "file" or "management": a stale TIME only means something for a file
+
+    def read(self) -> str: ...
+
+
+class StatusFileSource:
+    """A ``status`` file OpenVPN rewrites in place every few seconds."""
+
+    kind = "file"
+
+    def __init__(self, name: str, path: str) -> None:
+        self.name = name
+        self.path = path
+
+    def read(self) -> str:
+        try:
+            with open(self.path, "rb") as handle:
+                data = handle.read()
+        except FileNotFoundError:
+            raise SourceError(
+                f"status file {self.path} does not exist (is OpenVPN running?)"
+            ) from None
+        except PermissionError:
+            raise SourceError(
+                f"status file {self.path}: permission denied (see the deployment guide on "
+                "giving the collector read access)"
+            ) from None
+        except OSError as exc:
+            raise SourceError(
+                f"cannot read status file {self.path}: {exc.strerror or exc}"
+            ) from None
+        return data.decode("utf-8", errors="replace")
+
+
+class ManagementSource:
+    """OpenVPN's management interface: connect, ``status 3``, ``quit``, disconnect, every poll.
+
+    The interface serves one client at a time, so the connection is short and every step has a
+    deadline; other tools get their turn between polls.
+    """
+
+    kind = "management"
+
+    def __init__(
+        self, name: str, address: str, password_file: str | None = None, timeout: float = 5.0
+    ) -> None:
+        self.name = name
+        self.address = address
+        self.target = parse_management_address(address)
+        self.password_file = password_file
+        self.timeout = timeout
+
+    def read(self) -> str:
+        password = self._password()
+        deadline = time.monotonic() + self.timeout
+        try:
+            sock = self._connect()
+        except OSError as exc:
+            raise SourceError(
+                f"management {self.address}: cannot connect: {exc.strerror or exc}"
+            ) from None
+        try:
+            return _Conversation(sock, self.address, deadline).status(password)
+        except TimeoutError:
+            raise SourceError(
+                f"management {self.address}: no answer within {self.timeout:g} s "
+                "(busy with another client, or not a management interface?)"
+            ) from None
+        except OSError as exc:
+            raise SourceError(
+                f"management {self.address}: connection failed: {exc.strerror or exc}"
+            ) from None
+        finally:
+            sock.close()
+
+    def _password(self) -> str | None:
+        if not self.password_file:
+            return None
+        try:
+            with open(self.password_file, encoding="utf-8") as handle:
+                first = handle.readline()
+        except OSError as exc:
+            raise SourceError(
+                f"management {self.address}: cannot read password file {self.password_file}: "
+                f"{exc.strerror or exc}"
+            ) from None
+        return first.rstrip("\r\n")
+
+    def _connect(self) -> socket.socket:
+        host, port = self.target
+        if host == "unix":
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(str(port))
+            except OSError:
+                sock.close()
+                raise
+            return sock
+        return socket.create_connection((host, int(port)), timeout=self.timeout)
+
+
+class _Conversation:
+    """One exchange with the management interface, line by line, within one deadline."""
+
+    def __init__(self, sock: socket.socket, address: str, deadline: float) -> None:
+        self.sock = sock
+        self.address = address
+        self.deadline = deadline
+        self.buffer = b""
+        self.received = 0
+
+    def status(self, password: str | None) -> str:
+        greeting = self._until_greeting()
+        if greeting == "password":
+            if password is None:
+                raise SourceError(
+                    f"management {self.address} asks for a password: set management_password_file"
+                )
+            self.sock.sendall(password.encode() + b"\n")
+            while True:
+                line = self._line()
+                if line.startswith("SUCCESS:"):
+                    break
+                if line.startswith("ERROR:") or "ENTER PASSWORD" in line:
+                    raise SourceError(f"management {self.address}: password rejected")
+        self.sock.sendall(b"status 3\n")
+        reply = self._until_end()
+        lines = [
+            line.rstrip("\r")
+            for line in reply.decode("utf-8", errors="replace").split("\n")
+            if not line.startswith(">")  # real-time notifications interleave with the reply
+        ]
+        lines = [line for line in lines if line]
+        if lines and lines[0].startswith("ERROR:"):
+            raise SourceError(f"management {self.address}: {lines[0]}")
+        with contextlib.suppress(OSError):
+            self.sock.sendall(b"quit\n")
+        return "\n".join(lines) + "\n"
+
+    def _until_end(self) -> bytes:
+        """Everything up to and including the reply's ``END`` line (linear in the reply size)."""
+        data = bytearray(self.buffer)
+        self.buffer = b""
+        searched = 0
+        while True:
+            for marker in (b"\nEND\r\n", b"\nEND\n"):
+                found = data.find(marker, max(0, searched - len(marker)))
+                if found >= 0:
+                    return bytes(data[: found + len(marker)])
+            if data.startswith((b"END\r\n", b"END\n")):
+                return bytes(data)
+            searched = len(data)
+            data += self._recv()
+
+    def _until_greeting(self) -> str:
+        while True:
+            if b"ENTER PASSWORD:" in self.buffer:
+                self.buffer = self.buffer.split(b"ENTER PASSWORD:", 1)[1]
+                return "password"
+            if b"\n" in self.buffer:
+                line = self._line()
+                if line.startswith(">INFO:"):
+                    return "open"
+                continue
+            self._fill()
+
+    def _line(self) -> str:
+        while b"\n" not in self.buffer:
+            self._fill()
+        raw, self.buffer = self.buffer.split(b"\n", 1)
+        return raw.rstrip(b"\r").decode("utf-8", errors="replace")
+
+    def _fill(self) -> None:
+        self.buffer += self._recv()
+        if len(self.buffer) > 65536:
+            raise SourceError(f"management {self.address}: no greeting line in the first 64 KiB")
+
+    def _recv(self) -> bytes:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        self.sock.settimeout(remaining)
+        chunk = self.sock.recv(262144)
+        if not chunk:
+            raise SourceError(
+                f"management {self.address}: connection closed before the reply ended"
+            )
+        self.received += len(chunk)
+        if self.received > MAX_REPLY_BYTES:
+            raise SourceError(
+                f"management {self.address}: reply larger than {MAX_REPLY_BYTES} bytes"
+            )
+        return chunk
+
+
+def build_source(config: SourceConfig) -> Source:
+    """The source a ``[source:NAME]`` section describes."""
+    if config.status_file:
+        return StatusFileSource(config.name, config.status_file)
+    assert config.management is not None
+    return ManagementSource(
+        config.name, config.management, config.management_password_file, config.timeout
+    )

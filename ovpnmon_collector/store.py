@@ -1,0 +1,266 @@
+"""The one layer of the collector that touches the database: load state, write one poll.
+
+Every poll is one transaction, so a crash or a failed write leaves the database as it was after
+the previous poll; the collector then reloads its state from here and counts the missed bytes in
+the next poll that commits.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, Engine, bindparam, select, update
+
+from ovpnmon_collector.accounting import ClientPoll, SessionId, SessionState
+from ovpnmon_common import db, schema
+
+FIRST_WATCHED = "source.{}.first_watched"
+HEALTH = "source.{}.health"
+HEARTBEAT = "collector.heartbeat"
+INTERVAL = "collector.interval"
+
+
+@dataclass(slots=True)
+class PollWrite:
+    """Everything one poll stores, in one transaction."""
+
+    ts: int
+    interval: float  # monotonic seconds since the previous poll (0 when unknown)
+    configured_interval: int
+    clients: dict[str, ClientPoll]
+    opened: list[SessionState] = field(default_factory=list)
+    seen: list[SessionState] = field(default_factory=list)
+    closed: list[SessionState] = field(default_factory=list)
+    active: set[str] = field(default_factory=set)  # CNs with an open session on any source
+    health: dict[str, dict[str, Any]] = field(default_factory=dict)  # only changed entries
+
+
+class Store:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._client_ids: dict[str, int] = {}
+        self._active: set[str] | None = None
+
+    # --- reads at start-up ------------------------------------------------------------------
+
+    def load_open_sessions(self) -> dict[str, dict[SessionId, SessionState]]:
+        """Every session not yet closed, by source: the accounting state to continue from."""
+        s, c = schema.sessions, schema.clients
+        query = (
+            select(s, c.c.common_name)
+            .join(c, c.c.id == s.c.client_id)
+            .where(s.c.disconnected_at.is_(None))
+        )
+        state: dict[str, dict[SessionId, SessionState]] = {}
+        with self.engine.connect() as conn:
+            for row in conn.execute(query).mappings():
+                session = SessionState(
+                    source=row["source"],
+                    key=row["session_key"],
+                    connected_since=row["connected_since"],
+                    common_name=row["common_name"],
+                    bytes_received=row["bytes_received"],
+                    bytes_sent=row["bytes_sent"],
+                    baseline_received=row["baseline_received"],
+                    baseline_sent=row["baseline_sent"],
+                    real_address=row["real_address"],
+                    virtual_address=row["virtual_address"],
+                    virtual_ipv6=row["virtual_ipv6"],
+                    first_seen=row["first_seen"],
+                    last_seen=row["last_seen"],
+                    row_id=row["id"],
+                )
+                state.setdefault(session.source, {})[session.ident] = session
+            self._active = {
+                name for (name,) in conn.execute(select(c.c.common_name).where(c.c.active))
+            }
+        self._client_ids.clear()
+        return state
+
+    def first_watched(self, source: str, now: int) -> int:
+        """When ``source`` was first watched; recorded (and committed) on the first call ever."""
+        key = FIRST_WATCHED.format(source)
+        with self.engine.begin() as conn:
+            value = db.get_meta(conn, key)
+            if value is None:
+                db.set_meta(conn, key, str(now))
+                return now
+            return int(value)
+
+    def health(self) -> dict[str, dict[str, Any]]:
+        with self.engine.connect() as conn:
+            return {
+                key.removesuffix(".health"): json.loads(value)
+                for key, value in db.get_meta_prefix(conn, "source.").items()
+                if key.endswith(".health")
+            }
+
+    # --- the poll ---------------------------------------------------------------------------
+
+    def write_poll(self, poll: PollWrite) -> None:
+        with self.engine.begin() as conn:
+            ids = self._ensure_clients(
+                conn, {s.common_name for s in poll.opened} | set(poll.clients), poll.ts
+            )
+            self._write_sessions(conn, poll, ids)
+            self._write_samples(conn, poll, ids)
+            self._write_clients(conn, poll, ids)
+            meta = {HEARTBEAT: str(poll.ts), INTERVAL: str(poll.configured_interval)}
+            meta.update({HEALTH.format(n): json.dumps(h) for n, h in poll.health.items()})
+            db.upsert(conn, schema.meta, [{"key": k, "value": v} for k, v in meta.items()], ["key"])
+        self._active = set(poll.active)
+
+    def write_health(self, health: Mapping[str, Mapping[str, Any]]) -> None:
+        """Store source health alone (used when a poll had nothing else to write)."""
+        rows = [{"key": HEALTH.format(n), "value": json.dumps(h)} for n, h in health.items()]
+        with self.engine.begin() as conn:
+            db.upsert(conn, schema.meta, rows, ["key"])
+
+    def _ensure_clients(self, conn: Connection, names: Iterable[str], now: int) -> dict[str, int]:
+        c = schema.clients
+        missing = [name for name in names if name not in self._client_ids]
+        if missing:
+            new = [
+                {"common_name": name, "first_seen": now, "last_seen": now, "active": True}
+                for name in missing
+            ]
+            keep = {name: "keep" for name in new[0] if name != "common_name"}
+            db.upsert(conn, c, new, ["common_name"], merge=keep)  # type: ignore[arg-type]
+            for chunk in _chunks(missing, 500):
+                rows = conn.execute(
+                    select(c.c.common_name, c.c.id).where(c.c.common_name.in_(chunk))
+                )
+                self._client_ids.update({name: cid for name, cid in rows})
+        return self._client_ids
+
+    def _write_sessions(self, conn: Connection, poll: PollWrite, ids: Mapping[str, int]) -> None:
+        s = schema.sessions
+        if poll.opened:
+            rows = [
+                {
+                    "source": st.source,
+                    "session_key": st.key,
+                    "connected_since": st.connected_since,
+                    "client_id": ids[st.common_name],
+                    "real_address": st.real_address,
+                    "virtual_address": st.virtual_address,
+                    "virtual_ipv6": st.virtual_ipv6,
+                    "first_seen": st.first_seen,
+                    "last_seen": st.last_seen,
+                    "bytes_received": st.bytes_received,
+                    "bytes_sent": st.bytes_sent,
+                    "baseline_received": st.baseline_received,
+                    "baseline_sent": st.baseline_sent,
+                }
+                for st in poll.opened
+            ]
+            result = conn.execute(s.insert().returning(s.c.id, sort_by_parameter_order=True), rows)
+            for st, (row_id,) in zip(poll.opened, result.all(), strict=True):
+                st.row_id = row_id
+        if poll.seen:
+            conn.execute(
+                update(s)
+                .where(s.c.id == bindparam("row_id"))
+                .values(
+                    bytes_received=bindparam("rx"),
+                    bytes_sent=bindparam("tx"),
+                    last_seen=bindparam("seen"),
+                    real_address=bindparam("real"),
+                    virtual_address=bindparam("virtual"),
+                    virtual_ipv6=bindparam("virtual6"),
+                ),
+                [
+                    {
+                        "row_id": st.row_id,
+                        "rx": st.bytes_received,
+                        "tx": st.bytes_sent,
+                        "seen": st.last_seen,
+                        "real": st.real_address,
+                        "virtual": st.virtual_address,
+                        "virtual6": st.virtual_ipv6,
+                    }
+                    for st in poll.seen
+                ],
+            )
+        if poll.closed:
+            conn.execute(
+                update(s).where(s.c.id == bindparam("row_id")).values(disconnected_at=poll.ts),
+                [{"row_id": st.row_id} for st in poll.closed],
+            )
+
+    def _write_samples(self, conn: Connection, poll: PollWrite, ids: Mapping[str, int]) -> None:
+        add = {"bytes_received": "add", "bytes_sent": "add"}
+        rows = [
+            {
+                "client_id": ids[name],
+                "ts": poll.ts,
+                "bytes_received": cp.bytes_received,
+                "bytes_sent": cp.bytes_sent,
+            }
+            for name, cp in poll.clients.items()
+        ]
+        # two polls within one wall-clock second (or a clock stepped back) add up, never collide
+        db.upsert(conn, schema.usage_history, rows, ["client_id", "ts"], merge=add)  # type: ignore[arg-type]
+        total_rx = sum(cp.bytes_received for cp in poll.clients.values())
+        total_tx = sum(cp.bytes_sent for cp in poll.clients.values())
+        db.upsert(
+            conn,
+            schema.global_history,
+            [
+                {
+                    "ts": poll.ts,
+                    "bytes_received": total_rx,
+                    "bytes_sent": total_tx,
+                    "active_count": len(poll.active),
+                    "interval": poll.interval,
+                }
+            ],
+            ["ts"],
+            merge={**add, "active_count": "max", "interval": "add"},  # type: ignore[dict-item]
+        )
+
+    def _write_clients(self, conn: Connection, poll: PollWrite, ids: Mapping[str, int]) -> None:
+        c = schema.clients
+        if poll.clients:
+            conn.execute(
+                update(c)
+                .where(c.c.id == bindparam("cid"))
+                .values(
+                    total_received=c.c.total_received + bindparam("rx"),
+                    total_sent=c.c.total_sent + bindparam("tx"),
+                    rate_received_bps=bindparam("rrate"),
+                    rate_sent_bps=bindparam("trate"),
+                    last_seen=poll.ts,
+                    active=True,
+                ),
+                [
+                    {
+                        "cid": ids[name],
+                        "rx": cp.bytes_received,
+                        "tx": cp.bytes_sent,
+                        "rrate": cp.rate_received_bps,
+                        "trate": cp.rate_sent_bps,
+                    }
+                    for name, cp in poll.clients.items()
+                ],
+            )
+        previously = self._active if self._active is not None else set()
+        gone = previously - poll.active
+        if gone:
+            for chunk in _chunks(sorted(gone), 500):
+                conn.execute(
+                    update(c)
+                    .where(c.c.common_name.in_(chunk))
+                    .values(active=False, rate_received_bps=0.0, rate_sent_bps=0.0)
+                )
+
+    def close(self) -> None:
+        db.close_writer(self.engine)
+
+
+def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,55 @@
+"""What both command-line programs share: help options, ``--config``/``--db``, config loading."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from ovpnmon_common.config import Config, ConfigError, load_config
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def config_options(func: F) -> F:
+    """Add ``--config PATH`` and ``--db PATH`` to a command."""
+    func = click.option(
+        "--db",
+        "db_path",
+        metavar="PATH",
+        help="SQLite database file (overrides [database] path).",
+    )(func)
+    func = click.option(
+        "--config",
+        "config_path",
+        metavar="PATH",
+        envvar="OVPNMON_CONFIG",
+        help="Configuration file [default: /etc/ovpnmon/ovpnmon.conf, or $OVPNMON_CONFIG].",
+    )(func)
+    return func
+
+
+def load(config_path: str | None, db_path: str | None) -> Config:
+    """Load the configuration and apply ``--db``; a problem becomes one clean CLI error."""
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    if db_path:
+        config = config.replace(database_path=db_path)
+    return config
+
+
+def ensure_parent_dir(path: str) -> None:
+    """Create the database's directory (the collector owns it); a failure is a clean error."""
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot create database directory {parent}: {exc.strerror or exc}"
+        ) from None

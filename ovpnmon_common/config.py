@@ -1,0 +1,290 @@
+"""The one INI configuration file both programs read, parsed into frozen dataclasses.
+
+Precedence is flags > file > built-in defaults. Every problem is a ``ConfigError`` whose message is
+one line naming the file, the section and the key, so a CLI can print it and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import os
+import re
+import zoneinfo
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_CONFIG_PATH = "/etc/ovpnmon/ovpnmon.conf"
+CONFIG_ENV_VAR = "OVPNMON_CONFIG"
+DEFAULT_DB_PATH = "/var/lib/ovpnmon/ovpnmon.db"
+
+_SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class ConfigError(Exception):
+    """A configuration problem, described in one line a person can act on."""
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """One OpenVPN instance: a status file or a management interface."""
+
+    name: str
+    status_file: str | None = None
+    management: str | None = None
+    management_password_file: str | None = None
+    timeout: float = 5.0
+    stale_after: int = 300
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    """How many days each tier keeps; 0 keeps forever."""
+
+    raw_days: int = 3
+    hourly_days: int = 90
+    six_hour_days: int = 400
+    daily_days: int = 0
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    host: str = "127.0.0.1"
+    port: int = 5001
+    timezone: str = "UTC"
+    threads: int = 4
+    tokens: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str | None = None
+    database_path: str = DEFAULT_DB_PATH
+    interval: int = 10
+    sources: tuple[SourceConfig, ...] = ()
+    certificate_paths: tuple[str, ...] = ()
+    crl: str | None = None
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+    def with_api(self, **changes: Any) -> Config:
+        """A copy with some ``[api]`` values replaced (flags override the file)."""
+        return dataclasses.replace(self, api=dataclasses.replace(self.api, **changes))
+
+    def require_sources(self) -> None:
+        """Raise unless at least one ``[source:NAME]`` is configured (the collector needs one)."""
+        if not self.sources:
+            where = self.path or "built-in defaults"
+            raise ConfigError(
+                f"{where}: no [source:NAME] section: the collector needs at least one OpenVPN "
+                "status_file or management address to read"
+            )
+
+
+# --- value parsers: each returns the value or raises ValueError("expected ...") ---------------
+
+
+def _int_between(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError(f"expected a whole number from {low} to {high}") from None
+        if not low <= value <= high:
+            raise ValueError(f"expected a whole number from {low} to {high}")
+        return value
+
+    return parse
+
+
+def _float_between(low: float, high: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"expected a number from {low:g} to {high:g}") from None
+        if not low <= value <= high:
+            raise ValueError(f"expected a number from {low:g} to {high:g}")
+        return value
+
+    return parse
+
+
+def _path(text: str) -> str:
+    if not text:
+        raise ValueError("expected a file path")
+    return text
+
+
+def _list(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def _timezone(text: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(text)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError("expected an IANA time zone name such as UTC or Europe/Berlin") from None
+    return text
+
+
+def parse_management_address(text: str) -> tuple[str, str | int]:
+    """Split ``host:port``, ``[v6]:port`` or ``unix:/path``.
+
+    Returns ``(host, port)``, or ``("unix", path)`` for a unix socket.
+    """
+    if text.startswith("unix:"):
+        path = text[len("unix:") :]
+        if not path.startswith("/"):
+            raise ValueError("expected unix:/absolute/path")
+        return ("unix", path)
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]]+):(\d+)", text)
+    if not match:
+        raise ValueError("expected HOST:PORT, [IPv6]:PORT or unix:/path")
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if not 1 <= port <= 65535:
+        raise ValueError("expected a port from 1 to 65535")
+    return (host, port)
+
+
+def _management(text: str) -> str:
+    parse_management_address(text)
+    return text
+
+
+_Parsers = Mapping[str, Callable[[str], Any]]
+
+_SECTIONS: dict[str, _Parsers] = {
+    "database": {"path": _path},
+    "collector": {"interval": _int_between(1, 3600)},
+    "certificates": {"paths": _list, "crl": _path},
+    "retention": {
+        "raw_days": _int_between(0, 36500),
+        "hourly_days": _int_between(0, 36500),
+        "six_hour_days": _int_between(0, 36500),
+        "daily_days": _int_between(0, 36500),
+    },
+    "api": {
+        "host": _path,
+        "port": _int_between(1, 65535),
+        "timezone": _timezone,
+        "threads": _int_between(1, 64),
+        "tokens": _list,
+        "cors_origins": _list,
+    },
+}
+
+_SOURCE_KEYS: _Parsers = {
+    "status_file": _path,
+    "management": _management,
+    "management_password_file": _path,
+    "timeout": _float_between(0.1, 60),
+    "stale_after": _int_between(1, 86400),
+}
+
+
+def resolve_config_path(explicit: str | None) -> tuple[str | None, bool]:
+    """Which file to read and whether its absence is an error.
+
+    An explicit ``--config`` or ``OVPNMON_CONFIG`` must exist; the default path is optional.
+    """
+    if explicit:
+        return explicit, True
+    env = os.environ.get(CONFIG_ENV_VAR)
+    if env:
+        return env, True
+    return DEFAULT_CONFIG_PATH, False
+
+
+def load_config(path: str | None = None) -> Config:
+    """Read the configuration from ``path`` (or ``OVPNMON_CONFIG``, or the default location)."""
+    chosen, required = resolve_config_path(path)
+    if chosen is None or (not required and not os.path.exists(chosen)):
+        return Config()
+    try:
+        with open(chosen, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as exc:
+        raise ConfigError(f"{chosen}: cannot read config file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{chosen}: cannot read config file: it is not UTF-8 text") from None
+    return parse_config(text, chosen)
+
+
+def parse_config(text: str, path: str = "<config>") -> Config:
+    """Parse INI text; ``path`` only names the file in error messages."""
+    parser = configparser.ConfigParser(
+        inline_comment_prefixes=(";", "#"), interpolation=None, strict=True, default_section="\0"
+    )
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # keys are case-sensitive
+    try:
+        parser.read_string(text, source=path)
+    except configparser.Error as exc:
+        first_line = str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: not a valid INI file: {first_line}") from None
+
+    values: dict[str, dict[str, Any]] = {}
+    sources: list[SourceConfig] = []
+    for section in parser.sections():
+        if section.startswith("source:"):
+            sources.append(_parse_source(parser, section, path))
+            continue
+        known = _SECTIONS.get(section)
+        if known is None:
+            accepted = ", ".join(f"[{name}]" for name in [*_SECTIONS, "source:NAME"])
+            raise ConfigError(f"{path}: unknown section [{section}]; accepted: {accepted}")
+        values[section] = {
+            key: _parse_value(path, section, key, raw, known) for key, raw in parser.items(section)
+        }
+
+    retention = RetentionConfig(**values.get("retention", {}))
+    api = ApiConfig(**values.get("api", {}))
+    certs = values.get("certificates", {})
+    return Config(
+        path=path,
+        database_path=values.get("database", {}).get("path", DEFAULT_DB_PATH),
+        interval=values.get("collector", {}).get("interval", 10),
+        sources=tuple(sources),
+        certificate_paths=certs.get("paths", ()),
+        crl=certs.get("crl"),
+        retention=retention,
+        api=api,
+    )
+
+
+def _parse_value(path: str, section: str, key: str, raw: str, known: _Parsers) -> Any:
+    parse = known.get(key)
+    if parse is None:
+        accepted = ", ".join(known)
+        raise ConfigError(f"{path}: [{section}] {key}: unknown key; accepted: {accepted}")
+    try:
+        return parse(raw.strip())
+    except ValueError as exc:
+        raise ConfigError(f"{path}: [{section}] {key}: {exc}, got {raw.strip()!r}") from None
+
+
+def _parse_source(parser: configparser.ConfigParser, section: str, path: str) -> SourceConfig:
+    name = section[len("source:") :]
+    if not _SOURCE_NAME.match(name):
+        raise ConfigError(
+            f"{path}: [{section}]: a source name is 1-64 letters, digits, '.', '_' or '-'"
+        )
+    items = {
+        key: _parse_value(path, section, key, raw, _SOURCE_KEYS)
+        for key, raw in parser.items(section)
+    }
+    has_file = "status_file" in items
+    has_mgmt = "management" in items
+    if has_file == has_mgmt:
+        raise ConfigError(f"{path}: [{section}]: set exactly one of status_file or management")
+    if "management_password_file" in items and not has_mgmt:
+        raise ConfigError(
+            f"{path}: [{section}] management_password_file: only applies with management"
+        )
+    return SourceConfig(name=name, **items)

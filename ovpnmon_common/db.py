@@ -1,0 +1,265 @@
+"""Engine factories, schema creation and versioning, and the portable upsert helper.
+
+SQLite specifics (URIs, pragmas, transaction begin) live here and nowhere else, so that another
+backend is a new engine factory rather than a rewrite.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal
+from urllib.parse import quote
+
+from sqlalchemy import Connection, Engine, create_engine, event, func, inspect, select
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import QueuePool
+from sqlalchemy.sql.expression import ColumnElement
+
+from ovpnmon_common import schema
+
+BUSY_TIMEOUT_MS = 5000
+
+
+class DatabaseError(Exception):
+    """The database cannot be used as it is; the message says why and what to do."""
+
+
+def writer_engine(path: str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Engine:
+    """The collector's engine: WAL, ``synchronous=NORMAL``, a busy timeout, foreign keys.
+
+    Transactions start with ``BEGIN IMMEDIATE`` so a writer takes its lock up front instead of
+    failing halfway through a poll when it tries to upgrade a read lock.
+    """
+
+    def connect() -> sqlite3.Connection:
+        return sqlite3.connect(
+            path, timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
+        )
+
+    engine = create_engine("sqlite+pysqlite://", creator=connect, poolclass=QueuePool, pool_size=2)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        if cursor.execute("PRAGMA page_count").fetchone()[0] == 0:
+            # Only possible on a new, empty file; lets `prune` hand space back with incremental
+            # vacuum instead of a VACUUM that blocks readers.
+            cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def close_writer(engine: Engine) -> None:
+    """Leave the file readable by a read-only reader once the writer is gone.
+
+    A read-only reader cannot create WAL's ``-shm`` file, and SQLite deletes it when the last
+    connection closes; so on a clean stop the database goes back to rollback-journal mode (the
+    next writer turns WAL on again). That needs the only connection: while a reader holds the
+    file open the switch fails, and then the ``-wal``/``-shm`` files stay and remain readable.
+    """
+    engine.dispose()
+    if engine.dialect.name == "sqlite":
+        try:
+            raw = engine.raw_connection()  # a fresh connection, outside any transaction
+            try:
+                raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                raw.execute("PRAGMA journal_mode=DELETE")
+            finally:
+                raw.close()
+        except Exception:
+            pass
+    engine.dispose()
+
+
+def reader_uri(path: str) -> str:
+    """The ``file:`` URI that opens ``path`` read-only (never ``immutable``: the DB is live)."""
+    return f"file:{quote(os.path.abspath(path))}?mode=ro"
+
+
+def reader_engine(
+    path: str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS, pool_size: int = 8
+) -> Engine:
+    """The API's engine: ``mode=ro`` URI plus ``PRAGMA query_only`` on every connection.
+
+    Each transaction is an explicit deferred ``BEGIN`` so that the several SELECTs of one request
+    read one consistent snapshot while the collector commits.
+    """
+    uri = reader_uri(path)
+
+    def connect() -> sqlite3.Connection:
+        return sqlite3.connect(
+            uri,
+            uri=True,
+            timeout=busy_timeout_ms / 1000,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+
+    engine = create_engine(
+        "sqlite+pysqlite://", creator=connect, poolclass=QueuePool, pool_size=pool_size
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA query_only=1")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN")
+
+    return engine
+
+
+# --- schema -----------------------------------------------------------------------------------
+
+
+def schema_version(conn: Connection) -> int | None:
+    """The stored schema version, or None for a database ovpnmon never initialised."""
+    if not inspect(conn).has_table(schema.meta.name):
+        return None
+    value = get_meta(conn, "schema_version")
+    return int(value) if value is not None else None
+
+
+# from-version -> function upgrading to from-version + 1; empty until the first change ships
+MIGRATIONS: dict[int, Any] = {}
+
+
+def init_db(engine: Engine) -> tuple[int | None, int]:
+    """Create or upgrade the schema; idempotent. Returns (version before, version after)."""
+    with engine.begin() as conn:
+        before = schema_version(conn)
+        if before is not None and before > schema.SCHEMA_VERSION:
+            raise DatabaseError(
+                f"the database has schema version {before}, newer than this ovpnmon "
+                f"understands ({schema.SCHEMA_VERSION}): upgrade ovpnmon"
+            )
+        version = before
+        if version is None:
+            schema.metadata.create_all(conn)
+            version = schema.SCHEMA_VERSION
+        while version < schema.SCHEMA_VERSION:
+            MIGRATIONS[version](conn)
+            version += 1
+        set_meta(conn, "schema_version", str(version))
+    return before, version
+
+
+def check_schema(engine: Engine, path: str) -> None:
+    """Raise ``DatabaseError`` unless ``path`` holds a readable database of our schema version."""
+    try:
+        with engine.connect() as conn:
+            version = schema_version(conn)
+    except OperationalError as exc:
+        raise DatabaseError(
+            f"cannot read database {path}: {describe_operational_error(exc)}"
+        ) from None
+    if version is None:
+        raise DatabaseError(
+            f"database {path} has no ovpnmon schema: run 'ovpnmon-collector init-db' "
+            "(or start the collector) first"
+        )
+    if version > schema.SCHEMA_VERSION:
+        raise DatabaseError(
+            f"database {path} has schema version {version}, newer than this ovpnmon understands "
+            f"({schema.SCHEMA_VERSION}): upgrade ovpnmon"
+        )
+    if version < schema.SCHEMA_VERSION:
+        raise DatabaseError(
+            f"database {path} has schema version {version}, older than this ovpnmon needs "
+            f"({schema.SCHEMA_VERSION}): run 'ovpnmon-collector init-db' to upgrade it"
+        )
+
+
+def describe_operational_error(exc: OperationalError) -> str:
+    """SQLite's own words for a failure, without SQLAlchemy's statement dump."""
+    return str(exc.orig) if exc.orig is not None else str(exc).splitlines()[0]
+
+
+# --- key/value and upserts --------------------------------------------------------------------
+
+
+def get_meta(conn: Connection, key: str) -> str | None:
+    return conn.execute(select(schema.meta.c.value).where(schema.meta.c.key == key)).scalar()
+
+
+def get_meta_prefix(conn: Connection, prefix: str) -> dict[str, str]:
+    """Every meta entry whose key starts with ``prefix`` (keys returned without it)."""
+    rows = conn.execute(
+        select(schema.meta.c.key, schema.meta.c.value).where(
+            schema.meta.c.key.startswith(prefix, autoescape=True)
+        )
+    )
+    return {key[len(prefix) :]: value for key, value in rows}
+
+
+def set_meta(conn: Connection, key: str, value: str) -> None:
+    upsert(conn, schema.meta, [{"key": key, "value": value}], ["key"])
+
+
+Merge = Literal["replace", "add", "max", "keep"]
+
+
+def upsert(
+    conn: Connection,
+    table: Any,
+    rows: Sequence[Mapping[str, Any]],
+    keys: Iterable[str],
+    merge: Mapping[str, Merge] | None = None,
+) -> None:
+    """Insert ``rows``; on a key conflict update the other columns.
+
+    ``merge`` says per column how the stored and the new value combine (default ``replace``):
+    ``add`` for accumulating counters, ``max`` for peaks, ``keep`` to leave the stored value.
+    When every column is ``keep`` a conflict does nothing. One statement, executemany'd.
+    """
+    if not rows:
+        return
+    keys = list(keys)
+    merge = merge or {}
+    dialect = conn.dialect.name
+    if dialect == "sqlite":
+        stmt = sqlite_dialect.insert(table)
+    elif dialect == "postgresql":
+        stmt = postgresql.insert(table)
+    else:  # pragma: no cover - only the two dialects above are supported
+        raise NotImplementedError(f"upsert is not implemented for {dialect}")
+    excluded = stmt.excluded
+    updates: dict[str, ColumnElement[Any]] = {}
+    for name in rows[0]:
+        if name in keys:
+            continue
+        how = merge.get(name, "replace")
+        if how == "keep":
+            continue
+        if how == "add":
+            updates[name] = table.c[name] + excluded[name]
+        elif how == "max":
+            updates[name] = (
+                func.max(table.c[name], excluded[name])
+                if dialect == "sqlite"
+                else func.greatest(table.c[name], excluded[name])
+            )
+        else:
+            updates[name] = excluded[name]
+    if updates:
+        stmt = stmt.on_conflict_do_update(index_elements=keys, set_=updates)
+    else:
+        stmt = stmt.on_conflict_do_nothing(index_elements=keys)
+    conn.execute(stmt, list(rows))

@@ -1,0 +1,153 @@
+"""Every table the collector writes and the API reads (SQLAlchemy Core, portable SQL only).
+
+Time is integer UTC epoch seconds everywhere. Byte counters are 64-bit. Keys and indexes follow
+the queries that use them; see docs/schema.md for the why of each.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+SCHEMA_VERSION = 1
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# Schema version, rollup watermarks, collector heartbeat, per-source first-watch time and health.
+meta = Table(
+    "meta",
+    metadata,
+    Column("key", Text, primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+# One row per common name ever seen, with what /stats and /clients show without aggregating.
+clients = Table(
+    "clients",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("common_name", Text, nullable=False, unique=True),
+    Column("first_seen", BigInteger, nullable=False),
+    Column("last_seen", BigInteger, nullable=False),
+    Column("active", Boolean, nullable=False, default=False),
+    Column("total_received", BigInteger, nullable=False, default=0),
+    Column("total_sent", BigInteger, nullable=False, default=0),
+    Column("rate_received_bps", Float, nullable=False, default=0.0),
+    Column("rate_sent_bps", Float, nullable=False, default=0.0),
+)
+
+# One row per OpenVPN connection: the accounting state and the connection history at once.
+# Identity is (source, session_key, connected_since) where session_key is "id:<Client ID>" (v2/v3,
+# management) or "addr:<Real Address>" (v1) — never the common name alone.
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("source", Text, nullable=False),
+    Column("session_key", Text, nullable=False),
+    Column("connected_since", BigInteger, nullable=False),
+    Column("client_id", Integer, ForeignKey("clients.id"), nullable=False),
+    Column("real_address", Text, nullable=False, default=""),
+    Column("virtual_address", Text, nullable=False, default=""),
+    Column("virtual_ipv6", Text, nullable=False, default=""),
+    Column("first_seen", BigInteger, nullable=False),
+    Column("last_seen", BigInteger, nullable=False),
+    Column("disconnected_at", BigInteger, nullable=True),
+    # OpenVPN's own counters at the last poll that saw the session
+    Column("bytes_received", BigInteger, nullable=False, default=0),
+    Column("bytes_sent", BigInteger, nullable=False, default=0),
+    # counters already there when the source was first watched: never counted
+    Column("baseline_received", BigInteger, nullable=False, default=0),
+    Column("baseline_sent", BigInteger, nullable=False, default=0),
+    UniqueConstraint("source", "session_key", "connected_since"),
+    Index(None, "client_id", "connected_since"),
+    Index(None, "disconnected_at"),
+)
+
+# Raw per-client samples: one row per active CN per poll (zero deltas included: presence).
+usage_history = Table(
+    "usage_history",
+    metadata,
+    Column("client_id", Integer, ForeignKey("clients.id"), primary_key=True),
+    Column("ts", BigInteger, primary_key=True),
+    Column("bytes_received", BigInteger, nullable=False),
+    Column("bytes_sent", BigInteger, nullable=False),
+    Index(None, "ts"),
+    sqlite_with_rowid=False,
+)
+
+# Raw whole-server samples: one row per poll; ``interval`` is the monotonic poll interval (s).
+global_history = Table(
+    "global_history",
+    metadata,
+    Column("ts", BigInteger, primary_key=True),
+    Column("bytes_received", BigInteger, nullable=False),
+    Column("bytes_sent", BigInteger, nullable=False),
+    Column("active_count", Integer, nullable=False),
+    Column("interval", Float, nullable=False),
+)
+
+# Whole-server 15-minute tier behind /analytics (105 and 450 minutes are whole multiples).
+global_15min = Table(
+    "global_15min",
+    metadata,
+    Column("bucket", BigInteger, primary_key=True),
+    Column("bytes_received", BigInteger, nullable=False),
+    Column("bytes_sent", BigInteger, nullable=False),
+    Column("max_active", Integer, nullable=False),
+    Column("samples", Integer, nullable=False),
+)
+
+
+def _client_tier(name: str) -> Table:
+    return Table(
+        name,
+        metadata,
+        Column("client_id", Integer, ForeignKey("clients.id"), primary_key=True),
+        Column("bucket", BigInteger, primary_key=True),
+        Column("bytes_received", BigInteger, nullable=False),
+        Column("bytes_sent", BigInteger, nullable=False),
+        Column("samples", Integer, nullable=False),
+        Index(None, "bucket"),
+        sqlite_with_rowid=False,
+    )
+
+
+stats_hourly = _client_tier("stats_hourly")
+stats_6h = _client_tier("stats_6h")
+stats_daily = _client_tier("stats_daily")
+
+CLIENT_TIER_TABLES = {"hourly": stats_hourly, "six_hour": stats_6h, "daily": stats_daily}
+
+certificates = Table(
+    "certificates",
+    metadata,
+    Column("path", Text, primary_key=True),
+    Column("file", Text, nullable=False),
+    Column("common_name", Text, nullable=True),
+    Column("serial", Text, nullable=False),
+    Column("not_before", BigInteger, nullable=False),
+    Column("not_after", BigInteger, nullable=False),
+    Column("issuer", Text, nullable=False),
+    Column("revoked", Boolean, nullable=False, default=False),
+    Column("scanned_at", BigInteger, nullable=False),
+)

@@ -1,0 +1,179 @@
+import os
+import shutil
+import tempfile
+
+import pytest
+from sqlalchemy import func, insert, select
+from sqlalchemy.exc import OperationalError
+
+from ovpnmon_common import db, schema
+from ovpnmon_common.db import DatabaseError, check_schema, init_db, reader_engine, writer_engine
+
+
+def test_writer_pragmas(engine):
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == db.BUSY_TIMEOUT_MS
+        assert conn.exec_driver_sql("PRAGMA auto_vacuum").scalar() == 2  # incremental
+
+
+def test_init_db_is_idempotent(engine):
+    assert init_db(engine) == (1, 1)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(func.count())
+            .select_from(schema.meta)
+            .where(schema.meta.c.key == "schema_version")
+        ).scalar()
+        assert rows == 1
+        assert db.schema_version(conn) == schema.SCHEMA_VERSION
+
+
+def test_reader_cannot_write(engine, db_path):
+    reader = reader_engine(db_path)
+    with reader.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA query_only").scalar() == 1
+        with pytest.raises(OperationalError, match=r"readonly|read-only|query_only"):
+            conn.execute(insert(schema.meta).values(key="x", value="y"))
+    with reader.connect() as conn:
+        assert db.get_meta(conn, "x") is None
+    reader.dispose()
+
+
+def test_reader_uri_is_read_only_and_quoted(tmp_path):
+    uri = db.reader_uri(str(tmp_path / "a b?c.db"))
+    assert uri.startswith("file:/") and uri.endswith("?mode=ro")
+    assert "a%20b%3Fc.db" in uri and "immutable" not in uri
+
+
+def test_check_schema_messages(tmp_path):
+    missing = str(tmp_path / "missing.db")
+    with pytest.raises(
+        DatabaseError, match=r"cannot read database .*missing.db: unable to open database file"
+    ):
+        check_schema(reader_engine(missing), missing)
+    assert not os.path.exists(missing)  # a reader never creates the file
+
+    empty = str(tmp_path / "empty.db")
+    writer = writer_engine(empty)
+    with writer.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE other (x)")
+    with pytest.raises(
+        DatabaseError, match="has no ovpnmon schema: run 'ovpnmon-collector init-db'"
+    ):
+        check_schema(reader_engine(empty), empty)
+
+
+def test_newer_schema_is_refused(engine, db_path):
+    with engine.begin() as conn:
+        db.set_meta(conn, "schema_version", str(schema.SCHEMA_VERSION + 1))
+    with pytest.raises(DatabaseError, match="newer than this ovpnmon understands"):
+        check_schema(reader_engine(db_path), db_path)
+    with pytest.raises(DatabaseError, match="upgrade ovpnmon"):
+        init_db(engine)
+
+
+def test_upsert_merges(engine):
+    t = schema.global_15min
+    row = {"bucket": 900, "bytes_received": 5, "bytes_sent": 7, "max_active": 2, "samples": 1}
+    merge = {"bytes_received": "add", "bytes_sent": "add", "max_active": "max", "samples": "add"}
+    with engine.begin() as conn:
+        db.upsert(conn, t, [row], ["bucket"], merge=merge)
+        db.upsert(conn, t, [{**row, "max_active": 1}], ["bucket"], merge=merge)
+        db.upsert(conn, t, [{**row, "bucket": 1800}], ["bucket"], merge={k: "keep" for k in merge})
+        db.upsert(
+            conn,
+            t,
+            [{**row, "bucket": 1800, "samples": 9}],
+            ["bucket"],
+            merge={k: "keep" for k in merge},
+        )
+        got = conn.execute(select(t).order_by(t.c.bucket)).all()
+    assert [tuple(r) for r in got] == [(900, 10, 14, 2, 2), (1800, 5, 7, 2, 1)]
+
+
+# --- an unprivileged reader, as under the API's systemd unit ------------------------------------
+
+
+def _read_as_nobody(path: str) -> str:
+    """Fork, drop to uid/gid 65534, read through the reader engine; returns what it saw."""
+    reader = reader_engine(
+        path
+    )  # built before the fork: the child cannot read root's site-packages
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        try:
+            os.close(read_fd)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                with reader.connect() as conn:
+                    value = db.get_meta(conn, "probe")
+                    try:
+                        conn.execute(insert(schema.meta).values(key="w", value="w"))
+                        outcome = "WROTE"
+                    except OperationalError:
+                        outcome = "refused"
+                message = f"{value}|{outcome}"
+            except Exception as exc:
+                message = f"ERROR {exc}"
+            os.write(write_fd, message.encode())
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as pipe:
+        result = pipe.read()
+    os.waitpid(pid, 0)
+    return result
+
+
+@pytest.fixture
+def shared_dir():
+    """A directory nobody may read but not write (tmp_path's parents are root-only)."""
+    path = tempfile.mkdtemp(prefix="ovpnmon-ro-", dir="/tmp")
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root (CI runs as root)")
+def test_unprivileged_reader_while_writer_active_and_after_stop(shared_dir):
+    path = os.path.join(shared_dir, "ovpnmon.db")
+    writer = writer_engine(path)
+    init_db(writer)
+    with writer.begin() as conn:
+        db.set_meta(conn, "probe", "one")
+    for name in os.listdir(shared_dir):
+        os.chmod(os.path.join(shared_dir, name), 0o644)
+    # the writer is active: it holds a connection, -wal and -shm exist and belong to root
+    held = writer.raw_connection()
+    try:
+        held.execute("SELECT 1").fetchall()
+        assert os.path.exists(path + "-shm")
+        assert _read_as_nobody(path) == "one|refused"
+        with writer.begin() as conn:
+            db.set_meta(conn, "probe", "two")
+        assert _read_as_nobody(path) == "two|refused"
+    finally:
+        held.close()
+
+    # the collector stopped cleanly (Store.close leaves rollback-journal mode)
+    from ovpnmon_collector.store import Store
+
+    Store(writer).close()
+    assert not os.path.exists(path + "-shm")
+    assert _read_as_nobody(path) == "two|refused"
+
+    # the collector starts again and writes while the reader keeps working
+    writer = writer_engine(path)
+    with writer.begin() as conn:
+        db.set_meta(conn, "probe", "three")
+    for name in os.listdir(shared_dir):
+        os.chmod(os.path.join(shared_dir, name), 0o644)
+    assert _read_as_nobody(path) == "three|refused"
+    writer.dispose()

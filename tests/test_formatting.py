@@ -1,0 +1,45 @@
+import math
+
+import pytest
+
+from ovpnmon_common.formatting import (
+    bps_to_mbps,
+    format_timestamp,
+    parse_timestamp,
+    to_gb,
+    to_mb,
+    to_mbps,
+)
+
+
+def test_timestamps_render_in_the_configured_zone():
+    assert format_timestamp(0) == "1970-01-01 00:00:00"
+    assert format_timestamp(1_767_960_000) == "2026-01-09 12:00:00"
+    assert format_timestamp(1_767_960_000, "Europe/Berlin") == "2026-01-09 13:00:00"
+    assert format_timestamp(1_767_960_000, "America/New_York") == "2026-01-09 07:00:00"
+
+
+def test_parse_timestamp_round_trips():
+    assert parse_timestamp("2026-01-09 12:00:00") == 1_767_960_000
+    assert parse_timestamp("2026-01-09") == 1_767_916_800
+    assert parse_timestamp("2026-01-09 13:00", "Europe/Berlin") == 1_767_960_000
+    with pytest.raises(ValueError, match="expected YYYY-MM-DD"):
+        parse_timestamp("yesterday")
+
+
+def test_units_are_binary_for_sizes_and_decimal_for_rates():
+    assert to_mb(1_048_576) == 1.0
+    assert to_mb(524_550_144) == 500.25
+    assert to_gb(10 * 2**30) == 10.0
+    assert to_gb(2**30 + 2**29) == 1.5
+    assert to_mbps(125_000, 1) == 1.0  # 1,000,000 bits in one second
+    assert to_mbps(1_875_000, 10) == 1.5
+    assert to_mbps(1, 3) == 0.0  # rounds to 3 places
+    assert bps_to_mbps(1_500_000.0) == 1.5
+
+
+@pytest.mark.parametrize("seconds", [0, -5, -0.001])
+def test_rates_are_never_infinite_or_negative(seconds):
+    rate = to_mbps(10_000, seconds)
+    assert rate == 0.0 and math.isfinite(rate)
+    assert bps_to_mbps(-3.0) == 0.0

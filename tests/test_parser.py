@@ -1,0 +1,189 @@
+import datetime as dt
+
+import pytest
+from conftest import fixture_text
+
+from ovpnmon_collector.parser import IncompleteStatus, SessionRow, StatusError, parse_status
+
+UTC = dt.timezone.utc
+
+
+def by_key(snapshot):
+    return {s.key: s for s in snapshot.sessions}
+
+
+@pytest.mark.parametrize(
+    ("name", "version"),
+    [
+        ("v1_duplicate_cn_three_sessions.txt", 1),
+        ("v2_duplicate_cn_three_sessions.txt", 2),
+        ("v3_duplicate_cn_three_sessions.txt", 3),
+        ("management_status3_crlf.txt", 3),
+    ],
+)
+def test_real_output_of_every_format(name, version):
+    snapshot = parse_status(fixture_text(name), local_tz=UTC)
+    assert snapshot.version == version
+    names = sorted(s.common_name for s in snapshot.sessions)
+    assert names == ["alice", "bob", "bob"]
+    assert all(s.bytes_received > 1000 and s.bytes_sent > 1000 for s in snapshot.sessions)
+    assert all(s.real_address.startswith("127.0.0.1:") for s in snapshot.sessions)
+    assert all(s.virtual_address.startswith("10.98.0.") for s in snapshot.sessions)
+    assert len({s.key for s in snapshot.sessions}) == 3  # the two bob sessions stay apart
+    assert snapshot.time is not None
+
+
+def test_v2_takes_connected_since_from_time_t():
+    snapshot = parse_status(fixture_text("v2_duplicate_cn_three_sessions.txt"))
+    alice = next(s for s in snapshot.sessions if s.common_name == "alice")
+    assert alice == SessionRow(
+        common_name="alice",
+        real_address="127.0.0.1:35367",
+        virtual_address="10.98.0.2",
+        virtual_ipv6="",
+        bytes_received=1888,
+        bytes_sent=1963,
+        connected_since=1795717426,
+        client_id=0,
+    )
+    assert alice.key == "id:0"
+    assert snapshot.time == 1795717429
+
+
+def test_v1_identity_is_real_address_and_dates_are_server_local():
+    text = fixture_text("v1_duplicate_cn_three_sessions.txt")
+    utc = parse_status(text, local_tz=UTC)
+    berlin = parse_status(text, local_tz=dt.timezone(dt.timedelta(hours=1)))
+    alice = next(s for s in utc.sessions if s.common_name == "alice")
+    assert alice.key == "addr:127.0.0.1:59980" and alice.client_id is None
+    assert alice.connected_since == int(
+        dt.datetime(2026, 11, 26, 18, 23, 42, tzinfo=UTC).timestamp()
+    )
+    assert utc.sessions[0].connected_since - berlin.sessions[0].connected_since == 3600
+
+
+def test_ctime_dates_of_older_versions():
+    snapshot = parse_status(fixture_text("v1_ctime_dates_openvpn24.txt"), local_tz=UTC)
+    sessions = {s.common_name: s for s in snapshot.sessions}
+    assert sessions["alice"].connected_since == int(
+        dt.datetime(2026, 11, 5, 3, 23, 5, tzinfo=UTC).timestamp()
+    )
+    assert sessions["bob"].connected_since == int(
+        dt.datetime(2026, 11, 4, 23, 59, 59, tzinfo=UTC).timestamp()
+    )
+    assert snapshot.time == int(dt.datetime(2026, 11, 5, 3, 23, 9, tzinfo=UTC).timestamp())
+    assert sessions["alice"].virtual_address == "10.98.0.2"
+
+
+def test_openvpn27_prefixes_and_bracketed_ipv6():
+    snapshot = parse_status(fixture_text("v3_openvpn27_protocol_prefix_bracketed_ipv6.txt"))
+    sessions = by_key(snapshot)
+    assert sessions["id:0"].real_address == "udp4:198.51.100.7:51820"
+    assert sessions["id:1"].real_address == "udp6:[2001:db8::1]:51821"
+    assert sessions["id:2"].real_address == "[2001:db8::2]:51822"
+    assert sessions["id:1"].virtual_ipv6 == "fd00:98::1001"
+    assert sessions["id:2"].virtual_ipv6 == "fd00:98::1002"
+
+
+def test_ipv6_real_address_without_port():
+    sessions = by_key(parse_status(fixture_text("v2_ipv6_real_address_without_port.txt")))
+    assert sessions["id:2"].real_address == "2001:db8::5"
+    assert sessions["id:2"].virtual_ipv6 == "fd00:98::1002"
+
+
+def test_v1_several_routes_per_client():
+    snapshot = parse_status(fixture_text("v1_several_routes_per_client.txt"), local_tz=UTC)
+    alice = next(s for s in snapshot.sessions if s.common_name == "alice")
+    assert alice.virtual_address == "10.98.0.2"  # not the iroute subnet listed first
+    assert alice.virtual_ipv6 == "fd00:98::1000"
+
+
+def test_empty_client_list():
+    snapshot = parse_status(fixture_text("v2_empty_client_list.txt"))
+    assert snapshot.sessions == () and snapshot.version == 2
+
+
+def test_undef_rows_are_not_users():
+    snapshot = parse_status(fixture_text("v3_unauthenticated_undef_row.txt"))
+    assert len(snapshot.sessions) == 3
+    assert "UNDEF" not in {s.common_name for s in snapshot.sessions}
+
+
+def test_counters_above_32_bits():
+    sessions = by_key(parse_status(fixture_text("v3_counters_above_2_32.txt")))
+    assert sessions["id:0"].bytes_received == 5_368_709_120_123
+    assert sessions["id:0"].bytes_sent == 4_294_967_296
+
+
+def test_columns_added_by_newer_versions():
+    plain = by_key(parse_status(fixture_text("v3_duplicate_cn_three_sessions.txt")))
+    wider = by_key(parse_status(fixture_text("v3_newer_version_extra_columns.txt")))
+    assert plain == wider
+
+
+def test_comma_in_common_name_of_csv_formats():
+    text = fixture_text("v2_duplicate_cn_three_sessions.txt").replace(
+        "CLIENT_LIST,alice,", "CLIENT_LIST,Smith, Alice,"
+    )
+    sessions = by_key(parse_status(text))
+    assert sessions["id:0"].common_name == "Smith, Alice"
+    assert sessions["id:0"].bytes_received == 1888
+
+
+def test_half_written_file_is_incomplete():
+    with pytest.raises(IncompleteStatus, match="no final END line after 6 lines"):
+        parse_status(fixture_text("v2_half_written_no_end.txt"))
+    with pytest.raises(IncompleteStatus, match="empty status text"):
+        parse_status(
+            ""
+        )  # OpenVPN truncates the file at start and may not write it until a client comes
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda t: "garbage\n" + t, "line 1: not an OpenVPN server status"),
+        (
+            lambda t: t.replace(",1888,", ",18x8,"),
+            "line 4: Bytes Received is not a whole number: '18x8'",
+        ),
+        (
+            lambda t: t.replace(",1963,", ",-1963,"),
+            "line 4: Bytes Sent is not a whole number: '-1963'",
+        ),
+        (
+            lambda t: t.replace("1795717426,UNDEF,0", "soon,UNDEF,0"),
+            "line 4: Connected Since (time_t) is not a whole number",
+        ),
+        (
+            lambda t: t.replace(",AES-256-GCM\n", "\n", 1),
+            "line 4: 11 fields where the header names 12",
+        ),
+        (
+            lambda t: t.replace("HEADER,CLIENT_LIST,Common Name", "HEADER,CLIENT_LIST,Name"),
+            "line 3: CLIENT_LIST header lacks Common Name",
+        ),
+        (
+            lambda t: t.replace("HEADER,CLIENT_LIST", "HEADER,SOMETHING"),
+            "line 4: CLIENT_LIST row before its HEADER",
+        ),
+    ],
+)
+def test_malformed_input_raises_the_one_documented_error(mutate, message):
+    text = mutate(fixture_text("v2_duplicate_cn_three_sessions.txt"))
+    with pytest.raises(StatusError) as info:
+        parse_status(text)
+    assert str(info.value).startswith(message)
+
+
+def test_v1_bad_date_names_the_line():
+    text = fixture_text("v1_duplicate_cn_three_sessions.txt").replace(
+        ",2026-11-26 18:23:42\nalice", ",26/11/2026\nalice"
+    )
+    with pytest.raises(StatusError, match=r"^line 4: unrecognised date '26/11/2026'"):
+        parse_status(text)
+
+
+def test_client_status_file_is_named_as_such():
+    with pytest.raises(StatusError, match="an OpenVPN client's status file, not a server's"):
+        parse_status(fixture_text("client_status_file.txt"))
