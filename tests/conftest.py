@@ -55,3 +55,17 @@ def engine(db_path: str):
 @pytest.fixture
 def config(db_path: str) -> Config:
     return Config(database_path=db_path)
+
+
+def require_openvpn() -> None:
+    """Skip where a real OpenVPN cannot run; under CI (OVPNMON_REQUIRE_E2E=1) fail instead."""
+    import os
+
+    from ovpn_harness import openvpn_available
+
+    reason = openvpn_available()
+    if reason is None:
+        return
+    if os.environ.get("OVPNMON_REQUIRE_E2E"):
+        pytest.fail(f"end-to-end test cannot run: {reason}")
+    pytest.skip(reason)

@@ -2,7 +2,8 @@
 
 Network rule: everything binds to and talks to 127.0.0.1 only. The server's tun device stays
 unconfigured (ifconfig-noexec, route-noexec), clients use ``dev null`` and drop every pushed route,
-so no packet goes into a tunnel or anywhere but loopback. ``keepalive 1 10`` makes counters grow.
+so no packet goes into a tunnel or anywhere but loopback. ``keepalive 1 5`` makes counters grow
+and lets the server notice a killed client within ten seconds.
 """
 
 from __future__ import annotations
@@ -172,7 +173,7 @@ topology subnet
 server 10.98.0.0 255.255.255.0
 ifconfig-noexec
 route-noexec
-keepalive 1 10
+keepalive 1 5
 duplicate-cn
 ca {self.pki.directory / "ca.crt"}
 cert {crt}
@@ -215,7 +216,6 @@ pull-filter ignore "route"
 pull-filter ignore "redirect-gateway"
 pull-filter ignore "dhcp-option"
 pull-filter ignore "block-outside-dns"
-keepalive 1 10
 verb 3
 """
         (workdir / "client.conf").write_text(config)
@@ -268,9 +268,9 @@ def wait_for_sessions(path: Path, count: int, timeout: float = 20) -> str:
         if path.exists():
             text = path.read_text(errors="replace")
             rows = [
-                line
-                for line in text.splitlines()
-                if line.startswith(("CLIENT_LIST", "CLIENT_LIST\t")) and "UNDEF" not in line
+                fields
+                for fields in (line.replace("\t", ",").split(",") for line in text.splitlines())
+                if fields[0] == "CLIENT_LIST" and fields[1] != "UNDEF"
             ]
             if len(rows) == count and text.rstrip().endswith("END"):
                 return text

@@ -75,7 +75,7 @@ def test_a_range_shorter_than_the_bucket_is_one_bucket():
     assert series.count == 1 and series.start == align(NOW, 86400)
 
 
-@pytest.mark.parametrize(("range_name", "resolution"), itertools.product(RANGES, RESOLUTIONS))
+@pytest.mark.parametrize(("range_name", "resolution"), list(itertools.product(RANGES, RESOLUTIONS)))
 def test_every_pair_either_plans_or_says_what_is_allowed(range_name, resolution):
     try:
         series = plan(range_name, resolution, NOW, DEFAULT, 10)

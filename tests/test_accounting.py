@@ -1,0 +1,136 @@
+"""Hand-built sequences through the pure accounting functions."""
+
+from ovpnmon_collector.accounting import account_source, merge_sources
+from ovpnmon_collector.parser import SessionRow, Snapshot
+
+WATCHED = 1_000_000
+
+
+def row(cn, cid, since, rx, tx):
+    return SessionRow(cn, f"127.0.0.1:{40000 + cid}", "10.98.0.2", "", rx, tx, since, cid)
+
+
+def snap(*rows):
+    return Snapshot(3, None, tuple(rows))
+
+
+def run(snapshots, first_watched=WATCHED):
+    """Feed snapshots in order; return per-CN totals and the final state."""
+    state, totals = {}, {}
+    for now, snapshot in snapshots:
+        delta = account_source(state, snapshot, source="s", first_watched=first_watched, now=now)
+        state = delta.state
+        for cn, (rx, tx) in delta.deltas.items():
+            t = totals.setdefault(cn, [0, 0])
+            t[0] += rx
+            t[1] += tx
+    return totals, state
+
+
+def test_session_after_first_watch_counts_in_full():
+    totals, _ = run([(WATCHED + 10, snap(row("a", 1, WATCHED + 5, 100, 50)))])
+    assert totals == {"a": [100, 50]}
+
+
+def test_session_from_before_first_watch_is_a_baseline():
+    totals, state = run(
+        [
+            (WATCHED + 10, snap(row("a", 1, WATCHED - 3600, 10_000, 5_000))),
+            (WATCHED + 20, snap(row("a", 1, WATCHED - 3600, 10_300, 5_100))),
+        ]
+    )
+    assert totals == {"a": [300, 100]}
+    (session,) = state.values()
+    assert (session.baseline_received, session.baseline_sent) == (10_000, 5_000)
+
+
+def test_duplicate_cn_sessions_both_count():
+    totals, _ = run(
+        [
+            (
+                WATCHED + 10,
+                snap(row("bob", 1, WATCHED + 1, 10, 1), row("bob", 2, WATCHED + 1, 20, 2)),
+            ),
+            (
+                WATCHED + 20,
+                snap(row("bob", 1, WATCHED + 1, 15, 1), row("bob", 2, WATCHED + 1, 50, 9)),
+            ),
+        ]
+    )
+    assert totals == {"bob": [65, 10]}  # 10+20 first, then +5 and +30
+
+
+def test_reconnect_is_a_new_session_counted_in_full():
+    totals, _ = run(
+        [
+            (WATCHED + 10, snap(row("a", 1, WATCHED + 1, 100, 10))),
+            (WATCHED + 20, snap(row("a", 1, WATCHED + 1, 400, 40))),
+            # reconnected: new client id, new connected-since, counters from zero
+            (WATCHED + 30, snap(row("a", 2, WATCHED + 25, 70, 7))),
+        ]
+    )
+    assert totals == {"a": [470, 47]}
+
+
+def test_server_restart_reuses_client_ids_with_a_new_connected_since():
+    totals, _ = run(
+        [
+            (WATCHED + 10, snap(row("a", 0, WATCHED + 1, 100, 10))),
+            (WATCHED + 20, snap(row("a", 0, WATCHED + 15, 30, 3))),  # id 0 again, new session
+        ]
+    )
+    assert totals == {"a": [130, 13]}
+
+
+def test_counters_going_backwards_under_one_identity_are_a_restart():
+    totals, _ = run(
+        [
+            (WATCHED + 10, snap(row("a", 0, WATCHED + 1, 1000, 100))),
+            (WATCHED + 20, snap(row("a", 0, WATCHED + 1, 40, 4))),
+        ]
+    )
+    assert totals == {"a": [1040, 104]}
+
+
+def test_disconnect_closes_and_keeps_what_was_counted():
+    state = {}
+    d1 = account_source(
+        state,
+        snap(row("a", 1, WATCHED + 1, 100, 10)),
+        source="s",
+        first_watched=WATCHED,
+        now=WATCHED + 10,
+    )
+    d2 = account_source(d1.state, snap(), source="s", first_watched=WATCHED, now=WATCHED + 20)
+    assert [s.key for s in d2.closed] == ["id:1"]
+    assert d2.state == {} and d2.deltas == {}
+
+
+def test_a_duplicated_line_in_one_snapshot_counts_once():
+    r = row("a", 1, WATCHED + 1, 100, 10)
+    totals, _ = run([(WATCHED + 10, snap(r, r))])
+    assert totals == {"a": [100, 10]}
+
+
+def test_rates_use_each_sources_elapsed_time_and_never_go_infinite():
+    d1 = account_source(
+        {},
+        snap(row("a", 1, WATCHED + 1, 1000, 500)),
+        source="udp",
+        first_watched=WATCHED,
+        now=WATCHED + 10,
+    )
+    d2 = account_source(
+        {},
+        snap(row("a", 2, WATCHED + 1, 2000, 0)),
+        source="tcp",
+        first_watched=WATCHED,
+        now=WATCHED + 10,
+    )
+    clients = merge_sources([(d1, 10.0), (d2, 5.0)])
+    a = clients["a"]
+    assert (a.bytes_received, a.bytes_sent) == (3000, 500)
+    assert a.rate_received_bps == 1000 * 8 / 10 + 2000 * 8 / 5
+    for elapsed in (None, 0.0, -3.0):
+        clients = merge_sources([(d1, elapsed)])
+        assert clients["a"].rate_received_bps == 0.0 and clients["a"].bytes_received == 1000

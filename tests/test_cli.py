@@ -1,0 +1,214 @@
+"""Both command-line programs through click's CliRunner (and the daemon as a real process)."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import func, select
+
+from ovpnmon_api.cli import cli as api_cli
+from ovpnmon_collector.cli import cli
+from ovpnmon_collector.parser import SessionRow
+from ovpnmon_collector.simulator import render_status
+from ovpnmon_common import __version__, db, schema
+from ovpnmon_common.db import reader_engine
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def write_config(tmp_path, body):
+    path = tmp_path / "ovpnmon.conf"
+    path.write_text(body)
+    return str(path)
+
+
+def alice_status_file(tmp_path):
+    """A v3 status file, written now, listing one session of alice."""
+    status = tmp_path / "status.log"
+    now = int(time.time())
+    row = SessionRow("alice", "127.0.0.1:5", "10.98.0.2", "", 10, 20, now - 5, 0)
+    status.write_text(render_status([row], now))
+    return status
+
+
+def test_version_and_help(runner):
+    for program, name in ((cli, "ovpnmon-collector"), (api_cli, "ovpnmon-api")):
+        result = runner.invoke(program, ["--version"])
+        assert result.exit_code == 0, result.output
+        assert result.output.strip() == f"{name}, version {__version__}"
+        result = runner.invoke(program, ["-h"])
+        assert result.exit_code == 0 and "Example:" in result.output
+    result = runner.invoke(cli, ["init-db", "-h"])
+    assert "ovpnmon-collector init-db --db /var/lib/ovpnmon/ovpnmon.db" in result.output
+    for command in (
+        "run",
+        "poll-once",
+        "rollup",
+        "backfill",
+        "prune",
+        "init-db",
+        "scan-certs",
+        "info",
+    ):
+        assert runner.invoke(cli, [command, "-h"]).exit_code == 0
+        assert f"  {command} " in runner.invoke(cli, ["-h"]).output
+
+
+def test_init_db_twice_leaves_one_schema_version(runner, tmp_path):
+    path = str(tmp_path / "sub" / "x.db")
+    first = runner.invoke(cli, ["init-db", "--db", path])
+    assert first.exit_code == 0, first.output
+    assert first.output == f"created schema version 1 in {path}\n"
+    second = runner.invoke(cli, ["init-db", "--db", path])
+    assert second.exit_code == 0, second.output
+    assert second.output == f"schema version 1 is current in {path}\n"
+    engine = reader_engine(path)
+    with engine.connect() as conn:
+        count = conn.execute(
+            select(func.count())
+            .select_from(schema.meta)
+            .where(schema.meta.c.key == "schema_version")
+        ).scalar()
+        assert count == 1 and db.schema_version(conn) == 1
+
+
+def test_bad_config_is_one_line_and_non_zero(runner, tmp_path):
+    config = write_config(tmp_path, "[collector]\ninterval = ten\n")
+    result = runner.invoke(cli, ["run", "--config", config])
+    assert result.exit_code == 1
+    assert (
+        result.stderr
+        == f"Error: {config}: [collector] interval: expected a whole number from 1 to 3600, got 'ten'\n"
+    )
+    assert "Traceback" not in result.output
+
+
+def test_missing_config_file(runner, tmp_path):
+    result = runner.invoke(cli, ["init-db", "--config", str(tmp_path / "none.conf")])
+    assert result.exit_code == 1
+    assert result.stderr.startswith(
+        f"Error: {tmp_path / 'none.conf'}: cannot read config file: No such file"
+    )
+
+
+def test_config_from_environment(runner, tmp_path, monkeypatch):
+    config = write_config(tmp_path, f"[database]\npath = {tmp_path / 'env.db'}\n")
+    monkeypatch.setenv("OVPNMON_CONFIG", config)
+    result = runner.invoke(cli, ["init-db"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "env.db").exists()
+
+
+def test_collector_needs_a_source(runner, tmp_path):
+    config = write_config(tmp_path, f"[database]\npath = {tmp_path / 'x.db'}\n")
+    result = runner.invoke(cli, ["poll-once", "--config", config])
+    assert result.exit_code == 1
+    assert "no [source:NAME] section" in result.stderr
+
+
+def test_unwritable_database_location(runner, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = runner.invoke(cli, ["init-db", "--db", str(blocker / "x.db")])
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"Error: cannot create database directory {blocker}")
+
+
+def test_poll_once_reads_and_stores(runner, tmp_path):
+    status = alice_status_file(tmp_path)
+    config = write_config(
+        tmp_path, f"[database]\npath = {tmp_path / 'x.db'}\n[source:udp]\nstatus_file = {status}\n"
+    )
+    result = runner.invoke(cli, ["poll-once", "--config", config])
+    assert result.exit_code == 0, result.output
+    assert "1 of 1 sources read, 1 active clients, 1 sessions" in result.output
+    status.unlink()
+    result = runner.invoke(cli, ["poll-once", "--config", config])
+    assert result.exit_code == 1
+    assert f"source udp: status file {status} does not exist" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["rollup"],
+        ["prune"],
+        ["scan-certs"],
+        ["info"],
+        ["backfill", "--from", "2026-01-01", "--to", "2026-01-02"],
+    ],
+)
+def test_commands_not_built_yet_say_so(runner, tmp_path, command):
+    result = runner.invoke(cli, [*command, "--db", str(tmp_path / "x.db")])
+    assert result.exit_code == 1
+    assert "is not built yet" in result.stderr and "nothing was done" in result.stderr
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_api_refuses_missing_or_foreign_database(runner, tmp_path):
+    missing = tmp_path / "missing.db"
+    result = runner.invoke(api_cli, ["serve", "--db", str(missing)])
+    assert result.exit_code == 1
+    assert result.stderr == f"Error: cannot read database {missing}: unable to open database file\n"
+    assert not missing.exists()
+
+
+def test_api_refuses_newer_schema(runner, tmp_path):
+    path = str(tmp_path / "x.db")
+    assert runner.invoke(cli, ["init-db", "--db", path]).exit_code == 0
+    engine = db.writer_engine(path)
+    with engine.begin() as conn:
+        db.set_meta(conn, "schema_version", "99")
+    db.close_writer(engine)
+    result = runner.invoke(api_cli, ["serve", "--db", path])
+    assert result.exit_code == 1
+    assert (
+        "schema version 99, newer than this ovpnmon understands (1): upgrade ovpnmon"
+        in result.stderr
+    )
+
+
+@pytest.mark.slow
+def test_daemon_notifies_systemd_and_stops_cleanly_on_sigterm(tmp_path):
+    status = alice_status_file(tmp_path)
+    config = write_config(
+        tmp_path,
+        f"[database]\npath = {tmp_path / 'x.db'}\n[collector]\ninterval = 1\n[source:udp]\nstatus_file = {status}\n",
+    )
+    notify_path = str(tmp_path / "notify.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(notify_path)
+    listener.settimeout(15)
+    env = {**os.environ, "NOTIFY_SOCKET": notify_path}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ovpnmon_collector", "run", "--config", config],
+        env=env,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        messages = []
+        while sum(m == "WATCHDOG=1" for m in messages) < 2:
+            messages.append(listener.recv(4096).decode())
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+        while "STOPPING=1" not in messages:
+            messages.append(listener.recv(4096).decode())
+    finally:
+        if process.poll() is None:
+            process.kill()
+        listener.close()
+    assert messages[0] == "READY=1"
+    assert "STATUS=1 clients, 1 sessions" in messages
+    stderr = process.stderr.read().decode()
+    assert "received SIGTERM, stopping after the current poll" in stderr and "stopped" in stderr
+    assert "Traceback" not in stderr
+    # a clean stop leaves the file readable without the WAL side files
+    assert not os.path.exists(tmp_path / "x.db-wal")

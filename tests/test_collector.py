@@ -1,0 +1,282 @@
+"""The collector on real SQLite files, real status text and a fake clock."""
+
+import json
+import logging
+import math
+
+import pytest
+from conftest import FakeClock, fixture_text
+from sqlalchemy import select
+
+from ovpnmon_collector.collector import Collector
+from ovpnmon_collector.parser import SessionRow
+from ovpnmon_collector.simulator import render_status
+from ovpnmon_collector.sources import StatusFileSource
+from ovpnmon_common import db, schema
+from ovpnmon_common.db import init_db, writer_engine
+
+T0 = 1_795_717_500
+
+
+def row(cn, cid, since, rx, tx):
+    return SessionRow(cn, f"127.0.0.1:{40000 + cid}", f"10.98.0.{cid + 2}", "", rx, tx, since, cid)
+
+
+class StatusFile:
+    def __init__(self, path):
+        self.path = path
+
+    def write(self, now, *rows, version=3):
+        self.path.write_text(render_status(rows, now, version))
+
+
+@pytest.fixture
+def status(tmp_path):
+    return StatusFile(tmp_path / "status.log")
+
+
+def make(engine, status, clock, **kw):
+    return Collector(
+        engine, [StatusFileSource("udp", str(status.path))], clock=clock, sleep=lambda s: None, **kw
+    )
+
+
+def totals(engine):
+    with engine.connect() as conn:
+        c = schema.clients
+        return {
+            name: (rx, tx, active)
+            for name, rx, tx, active in conn.execute(
+                select(c.c.common_name, c.c.total_received, c.c.total_sent, c.c.active)
+            )
+        }
+
+
+def samples(engine, table=schema.usage_history):
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(select(table).order_by(*table.primary_key.columns))]
+
+
+def test_first_start_takes_connected_sessions_as_baseline(engine, status):
+    clock = FakeClock(T0)
+    status.write(T0, row("alice", 0, T0 - 3600, 50_000, 9_000))
+    collector = make(engine, status, clock)
+    assert collector.poll().stored
+    assert totals(engine) == {"alice": (0, 0, True)}  # no historical spike
+    clock.advance(10)
+    status.write(
+        clock.wall, row("alice", 0, T0 - 3600, 50_500, 9_100), row("bob", 1, T0 + 5, 300, 30)
+    )
+    collector.poll()
+    assert totals(engine) == {"alice": (500, 100, True), "bob": (300, 30, True)}
+
+
+def test_every_active_client_gets_a_raw_row_even_with_zero_bytes(engine, status):
+    clock = FakeClock(T0)
+    status.write(T0, row("alice", 0, T0 + 1, 10, 1))
+    collector = make(engine, status, clock)
+    collector.poll()
+    clock.advance(10)
+    status.write(clock.wall, row("alice", 0, T0 + 1, 10, 1))  # idle
+    collector.poll()
+    assert [(ts, rx, tx) for _, ts, rx, tx in samples(engine)] == [(T0, 10, 1), (T0 + 10, 0, 0)]
+    assert [(ts, rx, tx, n) for ts, rx, tx, n, _ in samples(engine, schema.global_history)] == [
+        (T0, 10, 1, 1),
+        (T0 + 10, 0, 0, 1),
+    ]
+
+
+def test_restart_continues_without_loss_or_double_counting(db_path, status):
+    clock = FakeClock(T0)
+    engine = writer_engine(db_path)
+    init_db(engine)
+    status.write(T0, row("alice", 0, T0 + 1, 100, 10))
+    make(engine, status, clock).poll()
+    clock.advance(10)
+    status.write(clock.wall, row("alice", 0, T0 + 1, 250, 20))
+    make(engine, status, clock).poll()  # a new process: state comes from the database
+    clock.advance(60)  # down for a minute: alice reconnected meanwhile, bob came and stayed
+    status.write(clock.wall, row("alice", 1, T0 + 30, 40, 4), row("bob", 2, T0 + 40, 900, 90))
+    make(engine, status, clock).poll()
+    assert totals(engine) == {"alice": (290, 24, True), "bob": (900, 90, True)}
+    with engine.connect() as conn:
+        s = schema.sessions
+        rows = conn.execute(select(s.c.session_key, s.c.disconnected_at).order_by(s.c.id)).all()
+    assert rows == [("id:0", T0 + 70), ("id:1", None), ("id:2", None)]
+
+
+def test_disconnect_marks_client_inactive_and_closes_session(engine, status):
+    clock = FakeClock(T0)
+    status.write(T0, row("alice", 0, T0 + 1, 100, 10), row("bob", 1, T0 + 1, 5, 5))
+    collector = make(engine, status, clock)
+    collector.poll()
+    clock.advance(10)
+    status.write(clock.wall, row("bob", 1, T0 + 1, 6, 6))
+    collector.poll()
+    assert totals(engine) == {"alice": (100, 10, False), "bob": (6, 6, True)}
+    with engine.connect() as conn:
+        c = schema.clients
+        rate = conn.execute(
+            select(c.c.rate_received_bps).where(c.c.common_name == "alice")
+        ).scalar()
+    assert rate == 0.0
+
+
+def test_two_sources_share_a_common_name(engine, tmp_path):
+    clock = FakeClock(T0)
+    udp, tcp = StatusFile(tmp_path / "udp.log"), StatusFile(tmp_path / "tcp.log")
+    collector = Collector(
+        engine,
+        [StatusFileSource("udp", str(udp.path)), StatusFileSource("tcp", str(tcp.path))],
+        clock=clock,
+    )
+    udp.write(T0, row("alice", 0, T0 + 1, 100, 1))
+    tcp.write(T0, row("alice", 0, T0 + 1, 200, 2))  # same client id and time on another instance
+    collector.poll()
+    clock.advance(10)
+    udp.write(clock.wall, row("alice", 0, T0 + 1, 150, 1))
+    tcp.write(clock.wall, row("alice", 0, T0 + 1, 260, 2))
+    collector.poll()
+    assert totals(engine)["alice"][:2] == (410, 3)
+    with engine.connect() as conn:
+        rate = conn.execute(select(schema.clients.c.rate_received_bps)).scalar()
+    assert rate == (50 + 60) * 8 / 10
+
+
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_every_status_version_accounts_the_same(engine, status, version):
+    clock = FakeClock(T0)
+    status.write(T0, row("alice", 0, T0 + 1, 100, 10), version=version)
+    collector = make(engine, status, clock)
+    collector.poll()
+    clock.advance(10)
+    status.write(clock.wall, row("alice", 0, T0 + 1, 160, 20), version=version)
+    collector.poll()
+    assert totals(engine) == {"alice": (160, 20, True)}
+
+
+def health(engine, name="udp"):
+    with engine.connect() as conn:
+        return json.loads(db.get_meta(conn, f"source.{name}.health"))
+
+
+def test_missing_file_is_reported_and_retried_without_losing_anything(engine, status, caplog):
+    clock = FakeClock(T0)
+    status.write(T0, row("alice", 0, T0 + 1, 100, 10))
+    collector = make(engine, status, clock)
+    collector.poll()
+    status.path.unlink()
+    caplog.set_level(logging.WARNING)
+    for _ in range(3):
+        clock.advance(10)
+        summary = collector.poll()
+    assert summary.failed == {
+        "udp": f"status file {status.path} does not exist (is OpenVPN running?)"
+    }
+    assert health(engine)["state"] == "error"
+    assert (
+        sum("does not exist" in r.message for r in caplog.records) == 1
+    )  # logged once, not per poll
+    assert totals(engine) == {"alice": (100, 10, True)}  # its session is not assumed closed
+    clock.advance(10)
+    status.write(clock.wall, row("alice", 0, T0 + 1, 400, 40))
+    collector.poll()
+    assert totals(engine) == {"alice": (400, 40, True)}
+    assert health(engine) == {
+        "state": "ok",
+        "message": "",
+        "since": clock.wall,
+        "last_ok": clock.wall,
+    }
+
+
+def test_half_written_file_records_nothing(engine, status):
+    clock = FakeClock(T0)
+    status.write(T0, row("alice", 0, T0 + 1, 100, 10))
+    collector = make(engine, status, clock)
+    collector.poll()
+    clock.advance(10)
+    full = render_status([row("alice", 0, T0 + 1, 999, 99)], int(clock.wall))
+    status.path.write_text(full[: full.index("HEADER\tROUTING_TABLE")])
+    summary = collector.poll()
+    assert "no final END line" in summary.failed["udp"]
+    assert totals(engine) == {"alice": (100, 10, True)}
+    assert len(samples(engine)) == 1
+
+
+def test_malformed_file_is_an_error_with_its_line(engine, status):
+    status.path.write_text(
+        fixture_text("v2_duplicate_cn_three_sessions.txt").replace(",1888,", ",x,")
+    )
+    summary = make(engine, status, FakeClock(T0)).poll()
+    assert summary.failed["udp"] == "line 4: Bytes Received is not a whole number: 'x'"
+    assert summary.stored and totals(engine) == {}
+
+
+def test_stale_file_is_not_used(engine, status):
+    clock = FakeClock(T0)
+    status.write(T0 - 900, row("alice", 0, T0 - 1000, 100, 10))
+    collector = make(engine, status, clock, stale_after={"udp": 300})
+    summary = collector.poll()
+    assert summary.failed["udp"].startswith("status file is stale: OpenVPN last wrote it 900 s ago")
+    assert health(engine)["state"] == "error"
+
+
+def test_locked_database_loses_nothing(db_path, status):
+    clock = FakeClock(T0)
+    engine = writer_engine(db_path, busy_timeout_ms=50)
+    init_db(engine)
+    status.write(T0, row("alice", 0, T0 + 1, 100, 10))
+    collector = make(engine, status, clock)
+    collector.poll()
+    other = writer_engine(db_path)
+    with other.begin() as conn:  # another writer holds the lock for the whole poll
+        db.set_meta(conn, "lock", "held")
+        clock.advance(10)
+        status.write(clock.wall, row("alice", 0, T0 + 1, 300, 30))
+        summary = collector.poll()
+    assert not summary.stored
+    assert summary.error == "database write failed, will retry next poll: database is locked"
+    assert totals(engine) == {"alice": (100, 10, True)}
+    clock.advance(10)
+    status.write(clock.wall, row("alice", 0, T0 + 1, 350, 35))
+    assert collector.poll().stored
+    assert totals(engine) == {"alice": (350, 35, True)}  # the locked poll's bytes arrive now
+
+
+def test_wall_clock_steps_never_give_negative_or_infinite_rates(engine, status):
+    clock = FakeClock(T0)
+    status.write(T0, row("alice", 0, T0 + 1, 100, 10))
+    collector = make(engine, status, clock)
+    collector.poll()
+    clock.wall -= 3600  # NTP steps the wall clock back an hour; monotonic moves on
+    clock.mono += 10
+    status.write(int(clock.wall), row("alice", 0, T0 + 1, 200, 20))
+    collector.poll()
+    clock.wall += 86400  # and forward a day
+    clock.mono += 10
+    status.write(int(clock.wall), row("alice", 0, T0 + 1, 300, 30))
+    collector.poll()
+    assert totals(engine) == {"alice": (300, 30, True)}
+    with engine.connect() as conn:
+        rates = conn.execute(
+            select(schema.clients.c.rate_received_bps, schema.clients.c.rate_sent_bps)
+        ).one()
+        intervals = [r.interval for r in conn.execute(select(schema.global_history))]
+    assert all(math.isfinite(r) and r >= 0 for r in rates)
+    assert rates[0] == 100 * 8 / 10
+    assert all(i >= 0 for i in intervals)
+    assert [ts for _, ts, *_ in samples(engine)] == sorted(
+        [T0, T0 - 3600, T0 - 3600 + 86400]
+    )  # buckets land where the clock says
+
+
+def test_two_polls_in_one_second_add_up(engine, status):
+    clock = FakeClock(T0)
+    status.write(T0, row("alice", 0, T0 - 100, 100, 10))
+    collector = make(engine, status, clock)
+    collector.poll()
+    status.write(T0, row("alice", 0, T0 - 100, 150, 15))
+    clock.mono += 0.5
+    collector.poll()
+    assert [(ts, rx, tx) for _, ts, rx, tx in samples(engine)] == [(T0, 50, 5)]
