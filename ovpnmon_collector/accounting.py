@@ -50,6 +50,7 @@ class SourceDelta:
     state: dict[SessionId, SessionState]
     opened: list[SessionState] = field(default_factory=list)
     seen: list[SessionState] = field(default_factory=list)  # still open, counters moved on
+    moved: list[SessionState] = field(default_factory=list)  # still open, addresses changed
     closed: list[SessionState] = field(default_factory=list)
     # common name -> [bytes received, bytes sent] this poll
     deltas: dict[str, list[int]] = field(default_factory=dict)
@@ -83,13 +84,20 @@ def account_source(
                 # Counters went backwards under one identity: OpenVPN restarted them. What is
                 # there now was all transferred since.
                 rx, tx = row.bytes_received, row.bytes_sent
-            state.bytes_received = row.bytes_received
-            state.bytes_sent = row.bytes_sent
-            state.real_address = row.real_address
-            state.virtual_address = row.virtual_address or state.virtual_address
-            state.virtual_ipv6 = row.virtual_ipv6 or state.virtual_ipv6
             state.last_seen = now
-            result.seen.append(state)
+            if (row.bytes_received, row.bytes_sent) != (state.bytes_received, state.bytes_sent):
+                state.bytes_received = row.bytes_received
+                state.bytes_sent = row.bytes_sent
+                result.seen.append(state)
+            if (row.real_address, row.virtual_address, row.virtual_ipv6) != (
+                state.real_address,
+                state.virtual_address,
+                state.virtual_ipv6,
+            ):
+                state.real_address = row.real_address
+                state.virtual_address = row.virtual_address
+                state.virtual_ipv6 = row.virtual_ipv6
+                result.moved.append(state)
         result.state[ident] = state
         totals = result.deltas.setdefault(row.common_name, [0, 0])
         totals[0] += rx
@@ -119,31 +127,20 @@ def _new_session(row: SessionRow, source: str, first_watched: int, now: int) -> 
 
 @dataclass(slots=True)
 class ClientPoll:
-    """One client's figures for one poll, summed over its sessions on every source."""
+    """One client's bytes for one poll, summed over its sessions on every source."""
 
     bytes_received: int = 0
     bytes_sent: int = 0
-    rate_received_bps: float = 0.0
-    rate_sent_bps: float = 0.0
 
 
-def merge_sources(
-    deltas: Iterable[tuple[SourceDelta, float | None]],
-) -> dict[str, ClientPoll]:
-    """Sum per-source deltas per client; rates use each source's own elapsed monotonic seconds.
-
-    An elapsed time that is unknown or not positive gives a rate of 0 for that source, never an
-    infinite or negative one.
-    """
+def merge_sources(deltas: Iterable[SourceDelta]) -> dict[str, ClientPoll]:
+    """Sum per-source deltas per client (a CN on two instances, or with duplicate-cn)."""
     clients: dict[str, ClientPoll] = {}
-    for delta, elapsed in deltas:
+    for delta in deltas:
         for name, (rx, tx) in delta.deltas.items():
             client = clients.get(name)
             if client is None:
                 client = clients[name] = ClientPoll()
             client.bytes_received += rx
             client.bytes_sent += tx
-            if elapsed is not None and elapsed > 0:
-                client.rate_received_bps += rx * 8 / elapsed
-                client.rate_sent_bps += tx * 8 / elapsed
     return clients

@@ -79,7 +79,6 @@ class Collector:
         self.sleep = sleep
         self._state: dict[str, dict[SessionId, SessionState]] | None = None
         self._first_watched: dict[str, int] = {}
-        self._last_read: dict[str, float] = {}  # source -> monotonic time of its last stored read
         self._last_poll: float | None = None
         self._health: dict[str, dict[str, Any]] = {}
 
@@ -118,10 +117,7 @@ class Collector:
             summary.ok.append(source.name)
             self._set_health(source.name, "ok", "", now, changed_health)
 
-        clients = merge_sources(
-            (delta, mono - self._last_read[s.name] if s.name in self._last_read else None)
-            for s, delta in results
-        )
+        clients = merge_sources(delta for _, delta in results)
         new_state = dict(self._state)
         for source, delta in results:
             new_state[source.name] = delta.state
@@ -133,6 +129,7 @@ class Collector:
             clients=clients,
             opened=[st for _, d in results for st in d.opened],
             seen=[st for _, d in results for st in d.seen],
+            moved=[st for _, d in results for st in d.moved],
             closed=[st for _, d in results for st in d.closed],
             active=active,
             health=changed_health,
@@ -142,8 +139,6 @@ class Collector:
         except DBAPIError as exc:
             return self._database_failed(summary, exc)
         self._state = new_state
-        for source, _ in results:
-            self._last_read[source.name] = mono
         self._last_poll = mono
         summary.stored = True
         summary.clients = len(active)
@@ -205,6 +200,5 @@ class Collector:
         self._set_health("database", "error", summary.error, summary.ts, {})
         # Drop what this poll accounted: the next poll starts again from what is committed.
         self._state = None
-        self._last_read.clear()
         self._last_poll = None
         return summary

@@ -33,6 +33,7 @@ class PollWrite:
     clients: dict[str, ClientPoll]
     opened: list[SessionState] = field(default_factory=list)
     seen: list[SessionState] = field(default_factory=list)
+    moved: list[SessionState] = field(default_factory=list)  # addresses changed
     closed: list[SessionState] = field(default_factory=list)
     active: set[str] = field(default_factory=set)  # CNs with an open session on any source
     health: dict[str, dict[str, Any]] = field(default_factory=dict)  # only changed entries
@@ -102,9 +103,13 @@ class Store:
 
     def write_poll(self, poll: PollWrite) -> None:
         with self.engine.begin() as conn:
-            ids = self._ensure_clients(
-                conn, {s.common_name for s in poll.opened} | set(poll.clients), poll.ts
+            names = (
+                {st.common_name for st in poll.opened + poll.closed}
+                | set(poll.clients)
+                | poll.active
+                | (self._active or set())
             )
+            ids = self._ensure_clients(conn, names, poll.ts)
             self._write_sessions(conn, poll, ids)
             self._write_samples(conn, poll, ids)
             self._write_clients(conn, poll, ids)
@@ -124,7 +129,14 @@ class Store:
         missing = [name for name in names if name not in self._client_ids]
         if missing:
             new = [
-                {"common_name": name, "first_seen": now, "last_seen": now, "active": True}
+                {
+                    "common_name": name,
+                    "first_seen": now,
+                    "last_seen": now,
+                    "active": False,
+                    "closed_received": 0,
+                    "closed_sent": 0,
+                }
                 for name in missing
             ]
             keep = {name: "keep" for name in new[0] if name != "common_name"}
@@ -157,39 +169,70 @@ class Store:
                 }
                 for st in poll.opened
             ]
-            result = conn.execute(s.insert().returning(s.c.id, sort_by_parameter_order=True), rows)
-            for st, (row_id,) in zip(poll.opened, result.all(), strict=True):
-                st.row_id = row_id
-        if poll.seen:
-            conn.execute(
-                update(s)
-                .where(s.c.id == bindparam("row_id"))
-                .values(
-                    bytes_received=bindparam("rx"),
-                    bytes_sent=bindparam("tx"),
-                    last_seen=bindparam("seen"),
-                    real_address=bindparam("real"),
-                    virtual_address=bindparam("virtual"),
-                    virtual_ipv6=bindparam("virtual6"),
-                ),
-                [
-                    {
-                        "row_id": st.row_id,
-                        "rx": st.bytes_received,
-                        "tx": st.bytes_sent,
-                        "seen": st.last_seen,
-                        "real": st.real_address,
-                        "virtual": st.virtual_address,
-                        "virtual6": st.virtual_ipv6,
-                    }
-                    for st in poll.seen
-                ],
-            )
-        if poll.closed:
-            conn.execute(
-                update(s).where(s.c.id == bindparam("row_id")).values(disconnected_at=poll.ts),
-                [{"row_id": st.row_id} for st in poll.closed],
-            )
+            db.executemany(conn, s.insert(), rows)
+            keys = {(st.source, st.key, st.connected_since): st for st in poll.opened}
+            for source in {st.source for st in poll.opened}:
+                oldest = min(st.connected_since for st in poll.opened if st.source == source)
+                found = conn.execute(
+                    select(s.c.id, s.c.session_key, s.c.connected_since).where(
+                        s.c.source == source,
+                        s.c.disconnected_at.is_(None),
+                        s.c.connected_since >= oldest,
+                    )
+                )
+                for row_id, key, since in found:
+                    opened = keys.get((source, key, since))
+                    if opened is not None:
+                        opened.row_id = row_id
+        # Every poll stores the counters of every open session (that is what makes a restart exact)
+        # and nothing else about it; addresses only when they changed (a UDP client floated).
+        counters = [
+            {
+                "row_id": st.row_id,
+                "rx": st.bytes_received,
+                "tx": st.bytes_sent,
+                "seen": st.last_seen,
+            }
+            for st in poll.seen
+        ]
+        db.executemany(
+            conn,
+            update(s)
+            .where(s.c.id == bindparam("row_id"))
+            .values(
+                bytes_received=bindparam("rx"),
+                bytes_sent=bindparam("tx"),
+                last_seen=bindparam("seen"),
+            ),
+            counters,
+        )
+        moved = [
+            {
+                "row_id": st.row_id,
+                "real": st.real_address,
+                "v4": st.virtual_address,
+                "v6": st.virtual_ipv6,
+            }
+            for st in poll.moved
+        ]
+        db.executemany(
+            conn,
+            update(s)
+            .where(s.c.id == bindparam("row_id"))
+            .values(
+                real_address=bindparam("real"),
+                virtual_address=bindparam("v4"),
+                virtual_ipv6=bindparam("v6"),
+            ),
+            moved,
+        )
+        db.executemany(
+            conn,
+            update(s)
+            .where(s.c.id == bindparam("row_id"))
+            .values(disconnected_at=bindparam("ts"), last_seen=bindparam("seen")),
+            [{"row_id": st.row_id, "ts": poll.ts, "seen": st.last_seen} for st in poll.closed],
+        )
 
     def _write_samples(self, conn: Connection, poll: PollWrite, ids: Mapping[str, int]) -> None:
         add = {"bytes_received": "add", "bytes_sent": "add"}
@@ -223,39 +266,42 @@ class Store:
         )
 
     def _write_clients(self, conn: Connection, poll: PollWrite, ids: Mapping[str, int]) -> None:
+        """Only what changed: closed sessions' bytes, and clients that became (in)active."""
         c = schema.clients
-        if poll.clients:
-            conn.execute(
-                update(c)
-                .where(c.c.id == bindparam("cid"))
-                .values(
-                    total_received=c.c.total_received + bindparam("rx"),
-                    total_sent=c.c.total_sent + bindparam("tx"),
-                    rate_received_bps=bindparam("rrate"),
-                    rate_sent_bps=bindparam("trate"),
-                    last_seen=poll.ts,
-                    active=True,
-                ),
-                [
-                    {
-                        "cid": ids[name],
-                        "rx": cp.bytes_received,
-                        "tx": cp.bytes_sent,
-                        "rrate": cp.rate_received_bps,
-                        "trate": cp.rate_sent_bps,
-                    }
-                    for name, cp in poll.clients.items()
-                ],
-            )
+        closed: dict[int, list[int]] = {}
+        last_seen: dict[str, int] = {}
+        for st in poll.closed:
+            totals = closed.setdefault(ids[st.common_name], [0, 0])
+            totals[0] += st.bytes_received - st.baseline_received
+            totals[1] += st.bytes_sent - st.baseline_sent
+            last_seen[st.common_name] = max(st.last_seen, last_seen.get(st.common_name, 0))
+        db.executemany(
+            conn,
+            update(c)
+            .where(c.c.id == bindparam("cid"))
+            .values(
+                closed_received=c.c.closed_received + bindparam("rx"),
+                closed_sent=c.c.closed_sent + bindparam("tx"),
+            ),
+            [{"cid": cid, "rx": rx, "tx": tx} for cid, (rx, tx) in closed.items()],
+        )
         previously = self._active if self._active is not None else set()
-        gone = previously - poll.active
-        if gone:
-            for chunk in _chunks(sorted(gone), 500):
-                conn.execute(
-                    update(c)
-                    .where(c.c.common_name.in_(chunk))
-                    .values(active=False, rate_received_bps=0.0, rate_sent_bps=0.0)
-                )
+        became = [{"cid": ids[name]} for name in poll.active - previously if name in ids]
+        left = [
+            {"cid": ids[name], "ts": last_seen.get(name, poll.ts)}
+            for name in previously - poll.active
+            if name in ids
+        ]
+        db.executemany(
+            conn, update(c).where(c.c.id == bindparam("cid")).values(active=True), became
+        )
+        db.executemany(
+            conn,
+            update(c)
+            .where(c.c.id == bindparam("cid"))
+            .values(active=False, last_seen=bindparam("ts")),
+            left,
+        )
 
     def close(self) -> None:
         db.close_writer(self.engine)

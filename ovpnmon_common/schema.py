@@ -40,7 +40,10 @@ meta = Table(
     Column("value", Text, nullable=False),
 )
 
-# One row per common name ever seen, with what /stats and /clients show without aggregating.
+# One row per common name ever seen. Written only when something changes for the client (it
+# appears, becomes active or inactive, a session closes), never on every poll: a client's lifetime
+# total is closed_* plus its open sessions' (bytes - baseline); while active, last_seen is the
+# collector's heartbeat.
 clients = Table(
     "clients",
     metadata,
@@ -48,11 +51,10 @@ clients = Table(
     Column("common_name", Text, nullable=False, unique=True),
     Column("first_seen", BigInteger, nullable=False),
     Column("last_seen", BigInteger, nullable=False),
-    Column("active", Boolean, nullable=False, default=False),
-    Column("total_received", BigInteger, nullable=False, default=0),
-    Column("total_sent", BigInteger, nullable=False, default=0),
-    Column("rate_received_bps", Float, nullable=False, default=0.0),
-    Column("rate_sent_bps", Float, nullable=False, default=0.0),
+    Column("active", Boolean, nullable=False),
+    # counted bytes of the client's closed sessions
+    Column("closed_received", BigInteger, nullable=False),
+    Column("closed_sent", BigInteger, nullable=False),
 )
 
 # One row per OpenVPN connection: the accounting state and the connection history at once.
@@ -84,6 +86,8 @@ sessions = Table(
 )
 
 # Raw per-client samples: one row per active CN per poll (zero deltas included: presence).
+# No index on ts alone: it would double the cost of every poll's inserts; whole-server questions
+# read the global tables, and per-time scans drive from clients into this primary key.
 usage_history = Table(
     "usage_history",
     metadata,
@@ -91,7 +95,6 @@ usage_history = Table(
     Column("ts", BigInteger, primary_key=True),
     Column("bytes_received", BigInteger, nullable=False),
     Column("bytes_sent", BigInteger, nullable=False),
-    Index(None, "ts"),
     sqlite_with_rowid=False,
 )
 

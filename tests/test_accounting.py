@@ -112,7 +112,7 @@ def test_a_duplicated_line_in_one_snapshot_counts_once():
     assert totals == {"a": [100, 10]}
 
 
-def test_rates_use_each_sources_elapsed_time_and_never_go_infinite():
+def test_clients_sum_over_sources():
     d1 = account_source(
         {},
         snap(row("a", 1, WATCHED + 1, 1000, 500)),
@@ -127,10 +127,29 @@ def test_rates_use_each_sources_elapsed_time_and_never_go_infinite():
         first_watched=WATCHED,
         now=WATCHED + 10,
     )
-    clients = merge_sources([(d1, 10.0), (d2, 5.0)])
-    a = clients["a"]
-    assert (a.bytes_received, a.bytes_sent) == (3000, 500)
-    assert a.rate_received_bps == 1000 * 8 / 10 + 2000 * 8 / 5
-    for elapsed in (None, 0.0, -3.0):
-        clients = merge_sources([(d1, elapsed)])
-        assert clients["a"].rate_received_bps == 0.0 and clients["a"].bytes_received == 1000
+    clients = merge_sources([d1, d2])
+    assert (clients["a"].bytes_received, clients["a"].bytes_sent) == (3000, 500)
+
+
+def test_idle_sessions_are_not_rewritten_and_moves_are_noticed():
+    first = account_source(
+        {},
+        snap(row("a", 1, WATCHED + 1, 10, 5)),
+        source="s",
+        first_watched=WATCHED,
+        now=WATCHED + 10,
+    )
+    idle = account_source(
+        first.state,
+        snap(row("a", 1, WATCHED + 1, 10, 5)),
+        source="s",
+        first_watched=WATCHED,
+        now=WATCHED + 20,
+    )
+    assert idle.seen == [] and idle.moved == [] and idle.deltas == {"a": [0, 0]}
+    floated = SessionRow("a", "127.0.0.9:1", "10.98.0.2", "", 12, 5, WATCHED + 1, 1)
+    moved = account_source(
+        idle.state, snap(floated), source="s", first_watched=WATCHED, now=WATCHED + 30
+    )
+    assert [s.real_address for s in moved.moved] == ["127.0.0.9:1"]
+    assert len(moved.seen) == 1 and moved.deltas == {"a": [2, 0]}

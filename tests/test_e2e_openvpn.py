@@ -26,6 +26,7 @@ import pytest
 from conftest import require_openvpn
 from sqlalchemy import select
 
+from ovpnmon_api.queries import lifetime_totals
 from ovpnmon_collector.simulator import write_in_place
 from ovpnmon_common import db, schema
 from ovpnmon_common.db import reader_engine
@@ -190,12 +191,7 @@ class CollectorProcess:
         engine = reader_engine(self.db)
         with engine.connect() as conn:
             c, s = schema.clients, schema.sessions
-            totals = {
-                cn: [rx, tx]
-                for cn, rx, tx in conn.execute(
-                    select(c.c.common_name, c.c.total_received, c.c.total_sent)
-                )
-            }
+            totals = {cn: [rx, tx] for cn, (rx, tx, _) in lifetime_totals(conn).items()}
             sessions: dict[str, int] = {}
             for (cn,) in conn.execute(select(c.c.common_name).join(s, s.c.client_id == c.c.id)):
                 sessions[cn] = sessions.get(cn, 0) + 1

@@ -1,0 +1,132 @@
+"""One poll of 10,000 concurrent sessions: parse, account, write — against a plain-sqlite3 floor.
+
+The floor, measured in the same run on the same disk: the rows a steady-state poll stores (one
+sample per client and the new counters of every session) inserted with
+``sqlite3.executemany`` in one transaction into tables of the same shape. Prints both figures, the ratio and peak RSS.
+
+    python bench/poll_10k.py [--sessions 10000] [--repeat 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sqlite3
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from ovpnmon_collector.collector import Collector
+from ovpnmon_collector.parser import SessionRow
+from ovpnmon_collector.simulator import render_status, write_in_place
+from ovpnmon_collector.sources import StatusFileSource
+from ovpnmon_common.db import init_db, writer_engine
+
+T0 = 1_795_717_500
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = float(T0 - 120)  # first watched before the sessions connected
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def sessions(count: int, step: int) -> list[SessionRow]:
+    # 10,000 sessions of 9,000 CNs: some hold two (duplicate-cn)
+    return [
+        SessionRow(
+            common_name=f"client-{i % (count * 9 // 10):05d}",
+            real_address=f"127.0.{i // 250}.{i % 250 + 1}:{40000 + i % 20000}",
+            virtual_address=f"10.8.{i // 250}.{i % 250 + 2}",
+            virtual_ipv6="",
+            bytes_received=1_000_000 + step * (i * 37 % 5000),
+            bytes_sent=500_000 + step * (i * 11 % 3000),
+            connected_since=T0 - 60,
+            client_id=i,
+        )
+        for i in range(count)
+    ]
+
+
+def measure_ovpnmon(workdir: Path, count: int, repeat: int) -> tuple[float, float, int]:
+    status = workdir / "status.log"
+    engine = writer_engine(str(workdir / "ovpnmon.db"))
+    init_db(engine)
+    clock = Clock()
+    collector = Collector(engine, [StatusFileSource("bench", str(status))], clock=clock)
+    texts = [render_status(sessions(count, step), T0 + 10 * step) for step in range(repeat + 1)]
+    write_in_place(str(status), texts[0])
+    start = time.perf_counter()
+    summary = collector.poll()  # the first poll: 10,000 sessions opened
+    first = time.perf_counter() - start
+    assert summary.stored and summary.sessions == count, summary
+    times = []
+    for step in range(1, repeat + 1):
+        clock.now += 10
+        write_in_place(str(status), texts[step])
+        start = time.perf_counter()
+        summary = collector.poll()
+        times.append(time.perf_counter() - start)
+        assert summary.stored and not summary.failed, summary
+    collector.close()
+    return statistics.median(times), first, os.path.getsize(status)
+
+
+def measure_floor(workdir: Path, count: int, repeat: int) -> float:
+    conn = sqlite3.connect(workdir / "floor.db", isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute(
+        "CREATE TABLE samples (client_id INTEGER, ts INTEGER, rx INTEGER, tx INTEGER,"
+        " PRIMARY KEY (client_id, ts)) WITHOUT ROWID"
+    )
+    conn.execute(
+        "CREATE TABLE counters (session_id INTEGER, ts INTEGER, rx INTEGER, tx INTEGER,"
+        " PRIMARY KEY (session_id, ts)) WITHOUT ROWID"
+    )
+    clients = count * 9 // 10
+    times = []
+    for step in range(1, repeat + 1):
+        ts = T0 + 10 * step
+        samples = [(c, ts, 1000 + c, 500 + c) for c in range(clients)]
+        counters = [(s, ts, 1_000_000 + s, 500_000 + s) for s in range(count)]
+        start = time.perf_counter()
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany("INSERT INTO samples VALUES (?, ?, ?, ?)", samples)
+        conn.executemany("INSERT INTO counters VALUES (?, ?, ?, ?)", counters)
+        conn.execute("COMMIT")
+        times.append(time.perf_counter() - start)
+    conn.close()
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, default=10_000)
+    parser.add_argument("--repeat", type=int, default=7)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="ovpnmon-bench-") as tmp:
+        workdir = Path(tmp)
+        floor = measure_floor(workdir, args.sessions, args.repeat)
+        steady, first, size = measure_ovpnmon(workdir, args.sessions, args.repeat)
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        f"sessions per poll:            {args.sessions} ({args.sessions * 9 // 10} CNs), status file {size / 1e6:.1f} MB"
+    )
+    print(f"floor (sqlite3.executemany):  {floor * 1000:8.1f} ms  (median of {args.repeat})")
+    print(
+        f"ovpnmon steady-state poll:    {steady * 1000:8.1f} ms  (median of {args.repeat})  ratio {steady / floor:.2f}x"
+    )
+    print(f"ovpnmon first poll (opens):   {first * 1000:8.1f} ms  ratio {first / floor:.2f}x")
+    print(f"peak RSS of this process:     {rss_mb:8.1f} MB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""The extras install only what a host runs (fresh virtual environments, real pip)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+
+pytestmark = pytest.mark.slow
+
+
+def venv_with(tmp_path: Path, extra: str) -> Path:
+    env = tmp_path / extra
+    subprocess.run([sys.executable, "-m", "venv", str(env)], check=True)
+    subprocess.run(
+        [
+            str(env / "bin" / "pip"),
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            f"{ROOT}[{extra}]",
+        ],
+        check=True,
+        cwd=tmp_path,
+    )
+    return env
+
+
+def can_import(env: Path, module: str) -> bool:
+    probe = subprocess.run(
+        [str(env / "bin" / "python"), "-c", f"import {module}"], capture_output=True
+    )
+    return probe.returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "script", "present", "absent"),
+    [
+        ("collector", "ovpnmon-collector", "cryptography", ["falcon", "waitress"]),
+        ("api", "ovpnmon-api", "falcon", ["cryptography"]),
+    ],
+)
+def test_extras_bring_only_their_dependencies(tmp_path, extra, script, present, absent):
+    env = venv_with(tmp_path, extra)
+    version = subprocess.run(
+        [str(env / "bin" / script), "--version"], capture_output=True, text=True
+    )
+    assert version.returncode == 0, version.stderr
+    assert version.stdout.startswith(f"{script}, version ")
+    assert can_import(env, present)
+    for module in absent:
+        assert not can_import(env, module), f"[{extra}] should not bring {module}"
+    if extra == "collector":
+        db = tmp_path / "x.db"
+        for expected in ("created schema version 1", "schema version 1 is current"):
+            result = subprocess.run(
+                [str(env / "bin" / script), "init-db", "--db", str(db)],
+                capture_output=True,
+                text=True,
+            )
+            assert result.returncode == 0 and expected in result.stdout, result.stderr
