@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hmac
+import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import falcon
 from sqlalchemy import Engine
@@ -14,14 +17,80 @@ from ovpnmon_common.db import reader_engine
 
 PREFIX = "/api/v1"
 
+access_log = logging.getLogger("ovpnmon.api.access")
+
+
+class BearerTokens:
+    """When ``[api] tokens`` is set, every endpoint but ``/health`` needs one of them."""
+
+    def __init__(self, tokens: tuple[str, ...]) -> None:
+        self.tokens = [token.encode() for token in tokens]
+
+    def process_resource(
+        self, req: falcon.Request, resp: falcon.Response, resource: Any, params: Any
+    ) -> None:
+        if not self.tokens or getattr(resource, "auth_exempt", False) or req.method == "OPTIONS":
+            return
+        header = req.get_header("Authorization") or ""
+        scheme, _, token = header.partition(" ")
+        given = token.strip().encode()
+        if scheme.lower() != "bearer" or not any(
+            hmac.compare_digest(given, t) for t in self.tokens
+        ):
+            raise falcon.HTTPUnauthorized(
+                title="Unauthorized",
+                description="a bearer token is required: send 'Authorization: Bearer <token>'",
+                challenges=["Bearer"],
+            )
+
+
+class AccessLog:
+    """One line per request: method, path and query, status, duration."""
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        req.context.started = time.perf_counter()
+
+    def process_response(
+        self, req: falcon.Request, resp: falcon.Response, resource: Any, succeeded: bool
+    ) -> None:
+        elapsed = (
+            time.perf_counter() - getattr(req.context, "started", time.perf_counter())
+        ) * 1000
+        query = f"?{req.query_string}" if req.query_string else ""
+        access_log.info(
+            "%s %s %s%s %s %.1fms",
+            req.remote_addr,
+            req.method,
+            req.path,
+            query,
+            resp.status[:3] if isinstance(resp.status, str) else resp.status,
+            elapsed,
+        )
+
 
 def create_app(
     config: Config, engine: Engine | None = None, clock: Callable[[], float] = time.time
 ) -> falcon.App:
     """Build the app. ``engine`` defaults to the read-only engine on ``config.database_path``."""
     engine = engine or reader_engine(config.database_path, pool_size=config.api.threads)
-    app = falcon.App(media_type=falcon.MEDIA_JSON)
+    middleware: list[Any] = [AccessLog(), BearerTokens(config.api.tokens)]
+    if config.api.cors_origins:
+        middleware.insert(0, falcon.CORSMiddleware(allow_origins=list(config.api.cors_origins)))
+    app = falcon.App(media_type=falcon.MEDIA_JSON, middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
+    app.req_options.keep_blank_qs_values = True
     errors.install(app)
-    app.add_route(f"{PREFIX}/health", resources.Health(engine, config, clock))
+
+    ctx = resources.Context(engine, config, clock)
+    client_stats = resources.ClientStats(ctx)
+    app.add_route(f"{PREFIX}/analytics", resources.Analytics(ctx))
+    app.add_route(f"{PREFIX}/stats", resources.AllStats(ctx))
+    app.add_route(f"{PREFIX}/stats/system", resources.SystemStats(ctx))
+    # ':path' takes names with '/' (sent as %2F); a client literally named 'system' is reachable
+    # as /clients/system/stats, the same resource under a path no fixed name shadows.
+    app.add_route(PREFIX + "/stats/{common_name:path}", client_stats)
+    app.add_route(PREFIX + "/clients/{common_name}/stats", client_stats)
+    app.add_route(f"{PREFIX}/clients", resources.Clients(ctx))
+    app.add_route(f"{PREFIX}/certificates", resources.Certificates(ctx))
+    app.add_route(f"{PREFIX}/health", resources.Health(ctx))
     return app

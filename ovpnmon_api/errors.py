@@ -15,7 +15,12 @@ log = logging.getLogger("ovpnmon.api")
 
 
 def serialize_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:
-    message = exc.description or exc.title or "error"
+    if isinstance(exc, falcon.HTTPRouteNotFound):
+        message = f"no endpoint at {req.path}; GET /api/v1/openapi.json lists them"
+    elif isinstance(exc, falcon.HTTPMethodNotAllowed):
+        message = f"{req.method} is not allowed on {req.path}: the API is read-only, use GET"
+    else:
+        message = exc.description or exc.title or "error"
     resp.content_type = falcon.MEDIA_JSON
     resp.media = {"success": False, "error": message}
 

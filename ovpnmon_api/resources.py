@@ -1,19 +1,307 @@
-"""Thin Falcon resources: validate parameters, call one query function, set ``resp.media``."""
+"""Thin Falcon resources: validate parameters, call query functions, set ``resp.media``.
+
+Bodies follow ``docs/api.md`` (the contract of ``shared/spec/api-v1.md`` plus added fields).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import falcon
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from ovpnmon_api import queries
+from ovpnmon_common.buckets import Series, plan, plan_analytics
 from ovpnmon_common.config import Config
 from ovpnmon_common.db import DatabaseError, check_schema, describe_operational_error
-from ovpnmon_common.formatting import format_timestamp
+from ovpnmon_common.formatting import format_timestamp, to_gb, to_mb, to_mbps
 
 STALE_FACTOR = 3
+
+
+class Context:
+    """What every resource needs: the read-only engine, the config and the clock."""
+
+    def __init__(self, engine: Engine, config: Config, clock: Callable[[], float]) -> None:
+        self.engine = engine
+        self.config = config
+        self.clock = clock
+        self.tz = config.api.timezone
+
+    @contextmanager
+    def snapshot(self) -> Iterator[tuple[Connection, queries.CollectorStatus]]:
+        """One read transaction: every query of a request sees the same committed poll."""
+        with self.engine.connect() as conn:
+            yield conn, queries.collector_status(conn)
+
+    def ts(self, epoch: int | None) -> str | None:
+        return format_timestamp(epoch, self.tz) if epoch is not None else None
+
+    def now(self) -> int:
+        return int(self.clock())
+
+
+def allow_params(req: falcon.Request, *names: str) -> None:
+    """Reject query parameters the endpoint does not know (a typo should not pass silently)."""
+    unknown = sorted(set(req.params) - set(names))
+    if unknown:
+        accepted = ", ".join(names) if names else "none"
+        raise falcon.HTTPBadRequest(
+            title="Bad request",
+            description=f"unknown query parameter {unknown[0]!r}; accepted: {accepted}",
+        )
+
+
+def single(req: falcon.Request, name: str) -> str | None:
+    value = req.get_param(name)
+    if isinstance(req.params.get(name), list):
+        raise falcon.HTTPBadRequest(
+            title="Bad request", description=f"query parameter {name!r} given more than once"
+        )
+    return value
+
+
+def status_word(active: bool) -> str:
+    return "Active" if active else "Inactive"
+
+
+class Analytics:
+    """``GET /analytics``: the whole server in 96 buckets, top clients and the traffic split."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        allow_params(req, "range")
+        now = self.ctx.now()
+        series = plan_analytics(single(req, "range"), now, self.ctx.config.retention)
+        with self.ctx.snapshot() as (conn, status):
+            buckets = queries.global_series(conn, status, series)
+            top = queries.top_clients(conn, status, series.start, series.end)
+        history = []
+        for start in series.starts():
+            rx, tx, active = buckets.get(start, (0, 0, 0))
+            history.append(
+                {
+                    "timestamp": self.ctx.ts(start),
+                    "total_rx": rx,
+                    "total_tx": tx,
+                    "active_count": active,
+                }
+            )
+        resp.media = {
+            "success": True,
+            "timestamp": self.ctx.ts(now),
+            "range": series.range,
+            "data": {
+                "global_history_24h": history,
+                "max_concurrent_24h": max((p["active_count"] for p in history), default=0),
+                "top_clients_24h": [
+                    {"common_name": name, "total_rx": rx, "total_tx": tx, "total": rx + tx}
+                    for name, rx, tx in top
+                ],
+                "traffic_distribution": {
+                    "rx": sum(p["total_rx"] for p in history),
+                    "tx": sum(p["total_tx"] for p in history),
+                },
+                "interval_seconds": series.step,
+                "points": series.count,
+            },
+        }
+
+
+class ClientStats:
+    """``GET /stats/<common_name>``: one client's status, totals and history."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, common_name: str) -> None:
+        allow_params(req, "range", "resolution")
+        now = self.ctx.now()
+        cfg = self.ctx.config
+        with self.ctx.snapshot() as (conn, status):
+            interval = status.interval or cfg.interval
+            series = plan(
+                single(req, "range"), single(req, "resolution"), now, cfg.retention, interval
+            )
+            row = queries.client(conn, status, common_name)
+            if row is None:
+                raise falcon.HTTPNotFound(
+                    title="Not found",
+                    description=f"no client named {common_name!r}; GET /api/v1/clients lists them",
+                )
+            history = self._history(conn, status, row.id, series)
+            sessions = queries.open_sessions(conn, row.id)
+            last_interval = queries.last_interval(conn, status)
+        resp.media = {
+            "success": True,
+            "data": {
+                "common_name": row.common_name,
+                "status": status_word(row.active),
+                "current_rates": {
+                    "recv_mbps": to_mbps(row.last_received, last_interval),
+                    "sent_mbps": to_mbps(row.last_sent, last_interval),
+                },
+                "totals": {
+                    "received_mb": to_mb(row.total_received),
+                    "sent_mb": to_mb(row.total_sent),
+                    "received_bytes": row.total_received,
+                    "sent_bytes": row.total_sent,
+                },
+                "first_seen": self.ctx.ts(row.first_seen),
+                "last_seen": self.ctx.ts(row.last_seen),
+                "connected_since": self.ctx.ts(row.connected_since),
+                "sessions": [
+                    {
+                        "source": session["source"],
+                        "real_address": session["real_address"],
+                        "virtual_address": session["virtual_address"],
+                        "virtual_ipv6": session["virtual_ipv6"],
+                        "connected_since": self.ctx.ts(session["connected_since"]),
+                        "bytes_received": session["rx"],
+                        "bytes_sent": session["tx"],
+                    }
+                    for session in sessions
+                ],
+                "history": history,
+                "meta": {
+                    "resolution_used": series.label,
+                    "record_count": len(history),
+                    "interval_seconds": series.step,
+                    "range": series.range,
+                },
+            },
+        }
+
+    def _history(
+        self, conn: Connection, status: queries.CollectorStatus, client_id: int, series: Series
+    ) -> list[dict[str, Any]]:
+        if series.step is None:
+            return [
+                self._point(ts, rx, tx, interval)
+                for ts, rx, tx, interval in queries.client_samples(
+                    conn, client_id, series.start, series.end
+                )
+            ]
+        sums = queries.client_series(conn, status, client_id, series)
+        return [
+            self._point(start, *sums.get(start, (0, 0)), series.step) for start in series.starts()
+        ]
+
+    def _point(self, ts: int, rx: int, tx: int, seconds: float) -> dict[str, Any]:
+        return {
+            "timestamp": self.ctx.ts(ts),
+            "bytes_received": rx,
+            "bytes_sent": tx,
+            "bytes_received_rate_mbps": to_mbps(rx, seconds),
+            "bytes_sent_rate_mbps": to_mbps(tx, seconds),
+        }
+
+
+class AllStats:
+    """``GET /stats``: a snapshot of every known client."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        allow_params(req)
+        with self.ctx.snapshot() as (conn, status):
+            rows = queries.clients(conn, status)
+            seconds = queries.last_interval(conn, status)
+        resp.media = {
+            "success": True,
+            "count": len(rows),
+            "data": [
+                {
+                    "common_name": row.common_name,
+                    "status": status_word(row.active),
+                    "current_recv_rate_mbps": to_mbps(row.last_received, seconds),
+                    "current_sent_rate_mbps": to_mbps(row.last_sent, seconds),
+                    "total_received_mb": to_mb(row.total_received),
+                    "total_sent_mb": to_mb(row.total_sent),
+                    "sessions": row.open_sessions,
+                    "connected_since": self.ctx.ts(row.connected_since),
+                    "last_seen": self.ctx.ts(row.last_seen),
+                }
+                for row in rows
+            ],
+        }
+
+
+class SystemStats:
+    """``GET /stats/system``: whole-server totals."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        allow_params(req)
+        with self.ctx.snapshot() as (conn, status):
+            totals = queries.system_totals(conn)
+        resp.media = {
+            "success": True,
+            "data": {
+                "total_clients": totals["clients"],
+                "active_clients": totals["active"],
+                "total_received_gb": to_gb(totals["received"]),
+                "total_sent_gb": to_gb(totals["sent"]),
+                "last_poll": self.ctx.ts(status.heartbeat),
+            },
+        }
+
+
+class Clients:
+    """``GET /clients``: common names and status, for dropdowns."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        allow_params(req)
+        with self.ctx.snapshot() as (conn, status):
+            rows = queries.clients(conn, status)
+        resp.media = {
+            "success": True,
+            "count": len(rows),
+            "data": [
+                {"common_name": row.common_name, "status": status_word(row.active)} for row in rows
+            ],
+        }
+
+
+class Certificates:
+    """``GET /certificates``: expiry of every scanned certificate, soonest first."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        allow_params(req)
+        now = self.ctx.now()
+        with self.ctx.snapshot() as (conn, _):
+            rows = queries.certificates(conn)
+        data = []
+        for row in rows:
+            days = (row["not_after"] - now) // 86400
+            data.append(
+                {
+                    "file": row["file"],
+                    "days_remaining": f"{days} days",
+                    "is_expired": row["not_after"] <= now,
+                    "common_name": row["common_name"],
+                    "serial": row["serial"],
+                    "not_before": self.ctx.ts(row["not_before"]),
+                    "not_after": self.ctx.ts(row["not_after"]),
+                    "issuer": row["issuer"],
+                    "revoked": bool(row["revoked"]),
+                }
+            )
+        resp.media = {"success": True, "count": len(data), "data": data}
 
 
 class Health:
@@ -21,33 +309,31 @@ class Health:
 
     auth_exempt = True
 
-    def __init__(self, engine: Engine, config: Config, clock: Callable[[], float]) -> None:
-        self.engine = engine
-        self.config = config
-        self.clock = clock
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        allow_params(req)
+        config = self.ctx.config
         try:
-            check_schema(self.engine, self.config.database_path)
-            with self.engine.connect() as conn:
-                status = queries.collector_status(conn)
+            check_schema(self.ctx.engine, config.database_path)
+            with self.ctx.snapshot() as (_, status):
+                pass
         except (DatabaseError, DBAPIError) as exc:
             detail = describe_operational_error(exc) if isinstance(exc, DBAPIError) else str(exc)  # type: ignore[arg-type]
             resp.status = falcon.HTTP_503
             resp.media = {"success": False, "status": "unhealthy", "error": detail}
             return
-        now = self.clock()
-        interval = status["interval"] or self.config.interval
-        heartbeat = status["heartbeat"]
-        body = {
+        now = self.ctx.clock()
+        interval = status.interval or config.interval
+        heartbeat = status.heartbeat
+        body: dict[str, Any] = {
             "success": True,
             "status": "healthy",
             "database": "ok",
             "interval_seconds": interval,
-            "last_poll": format_timestamp(heartbeat, self.config.api.timezone)
-            if heartbeat
-            else None,
-            "sources": status["sources"],
+            "last_poll": self.ctx.ts(heartbeat),
+            "sources": status.sources,
         }
         if heartbeat is None:
             body["status"] = "degraded"

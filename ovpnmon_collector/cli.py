@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 
 import click
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
-from ovpnmon_collector import daemon
+from ovpnmon_collector import daemon, rollup
 from ovpnmon_collector.collector import Collector
 from ovpnmon_collector.sources import build_source
 from ovpnmon_common import __version__
@@ -23,6 +24,8 @@ from ovpnmon_common.db import (
     init_db,
     writer_engine,
 )
+from ovpnmon_common.formatting import format_timestamp, parse_timestamp
+from ovpnmon_common.tiers import ROLLUPS
 
 log = logging.getLogger("ovpnmon.collector")
 
@@ -156,8 +159,15 @@ def run_command(config_path: str | None, db_path: str | None, log_level: str) ->
         config.interval,
         config.database_path,
     )
+    maintenance = daemon.Maintenance(engine, collector.clock, config.interval)
     try:
-        daemon.run(collector, config.interval, stop, monotonic=collector.clock.monotonic)
+        daemon.run(
+            collector,
+            config.interval,
+            stop,
+            monotonic=collector.clock.monotonic,
+            extra=maintenance.run,
+        )
     finally:
         collector.close()
     log.info("stopped")
@@ -171,18 +181,79 @@ def _not_built(name: str) -> None:
 
 @cli.command("rollup")
 @config_options
-def rollup(config_path: str | None, db_path: str | None) -> None:
-    """Catch every rollup tier up now (not built yet: exits non-zero)."""
-    _not_built("rollup")
+def rollup_command(config_path: str | None, db_path: str | None) -> None:
+    """Catch every rollup tier up to the last closed bucket now (the daemon does this by itself).
+
+    \b
+    Example:
+      ovpnmon-collector rollup --config /etc/ovpnmon/ovpnmon.conf
+    """
+    config = load(config_path, db_path)
+    engine, _ = open_writer(config)
+    try:
+        reports = rollup.catch_up(engine, int(time.time()))
+    except DBAPIError as exc:
+        raise click.ClickException(f"rollup failed: {describe_operational_error(exc)}") from None  # type: ignore[arg-type]
+    finally:
+        close_writer(engine)
+    for report in reports:
+        click.echo(
+            f"{report.tier:13s} {report.buckets:6d} buckets built, final up to "
+            f"{format_timestamp(report.watermark) if report.watermark else '-'}"
+        )
+
+
+TIER_NAMES = [r.name for r in ROLLUPS]
 
 
 @cli.command("backfill")
 @config_options
-@click.option("--from", "start", metavar="DATE", required=True, help="First day, YYYY-MM-DD.")
-@click.option("--to", "end", metavar="DATE", required=True, help="Last day, YYYY-MM-DD.")
-def backfill(config_path: str | None, db_path: str | None, start: str, end: str) -> None:
-    """Recompute the tiers over a date range (not built yet: exits non-zero)."""
-    _not_built("backfill")
+@click.option("--from", "start", metavar="DATE", required=True, help="First day (UTC), YYYY-MM-DD.")
+@click.option(
+    "--to", "end", metavar="DATE", required=True, help="Last day (UTC, included), YYYY-MM-DD."
+)
+@click.option(
+    "--tier",
+    "tiers",
+    type=click.Choice(TIER_NAMES),
+    multiple=True,
+    help="Only these tiers (repeatable) [default: all].",
+)
+def backfill_command(
+    config_path: str | None, db_path: str | None, start: str, end: str, tiers: tuple[str, ...]
+) -> None:
+    """Recompute the tiers over a range of days from the finest data still present.
+
+    Use it after downtime, a bug fix or a retention change. Safe while the daemon runs: each
+    bucket is replaced in its own short transaction.
+
+    \b
+    Example:
+      ovpnmon-collector backfill --from 2026-11-01 --to 2026-11-07 --tier hourly
+    """
+    config = load(config_path, db_path)
+    first = _day(start, "--from")
+    last = _day(end, "--to")
+    if last < first:
+        raise click.BadParameter(f"{end} is before --from {start}", param_hint="--to")
+    engine, _ = open_writer(config)
+    try:
+        reports = rollup.backfill(engine, first, last + 86400, list(tiers) or None)
+    except DBAPIError as exc:
+        raise click.ClickException(f"backfill failed: {describe_operational_error(exc)}") from None  # type: ignore[arg-type]
+    finally:
+        close_writer(engine)
+    for report in reports:
+        click.echo(f"{report.tier:13s} {report.buckets:6d} buckets recomputed")
+
+
+def _day(text: str, option: str) -> int:
+    try:
+        return parse_timestamp(text)
+    except ValueError:
+        raise click.BadParameter(
+            f"expected a date YYYY-MM-DD, got {text!r}", param_hint=option
+        ) from None
 
 
 @cli.command("prune")

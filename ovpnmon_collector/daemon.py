@@ -8,8 +8,13 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
-from ovpnmon_collector.collector import PollSummary
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
+
+from ovpnmon_collector import rollup
+from ovpnmon_collector.collector import Clock, PollSummary
 from ovpnmon_collector.notify import Notifier
+from ovpnmon_common.db import describe_operational_error
 
 log = logging.getLogger("ovpnmon.collector")
 
@@ -54,6 +59,43 @@ def run(
         deadline = next_deadline(deadline, interval, monotonic())
         stop.wait(max(0.0, deadline - monotonic()))
     notifier.stopping()
+
+
+class Maintenance:
+    """Rollups between polls: at most every ``every`` seconds, within half the poll interval.
+
+    Each rollup bucket is its own short transaction and the work stops when its time slice is
+    spent, so a long catch-up (after downtime) never delays a poll; it resumes after the next one.
+    """
+
+    def __init__(self, engine: Engine, clock: Clock, interval: float, every: float = 60.0) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.interval = interval
+        self.every = every
+        self.due = clock.monotonic()
+        self.failing = False
+
+    def run(self) -> None:
+        start = self.clock.monotonic()
+        if start < self.due:
+            return
+        self.due = start + self.every
+        try:
+            rollup.catch_up(
+                self.engine,
+                int(self.clock.time()),
+                deadline=start + self.interval / 2,
+                clock=self.clock.monotonic,
+            )
+        except DBAPIError as exc:
+            if not self.failing:
+                log.warning("rollup failed, will retry: %s", describe_operational_error(exc))  # type: ignore[arg-type]
+            self.failing = True
+            return
+        if self.failing:
+            log.info("rollup recovered")
+        self.failing = False
 
 
 def stop_on_signals(stop: threading.Event) -> None:

@@ -13,6 +13,8 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from sqlalchemy import Engine
+
 from ovpnmon_collector.parser import SessionRow
 
 TITLE = (
@@ -148,6 +150,7 @@ class Simulation:
     clients: int = 25
     seed: int = 7
     duplicate: str = "shared-laptop"
+    extra_names: tuple[str, ...] = ()  # more CNs, e.g. with spaces or non-ASCII
     _rng: random.Random = field(init=False)
     _people: list[SimClient] = field(init=False)
     _open: dict[str, list[list[int]]] = field(init=False, default_factory=dict)
@@ -156,12 +159,13 @@ class Simulation:
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
-        names = [f"user-{i:03d}" for i in range(self.clients - 1)] + [self.duplicate]
+        generated = self.clients - 1 - len(self.extra_names)
+        names = [f"user-{i:03d}" for i in range(generated)] + [*self.extra_names, self.duplicate]
         self._people = [
             SimClient(
                 name=name,
                 busy=self._rng.choice([200.0, 2_000.0, 20_000.0, 150_000.0]),
-                presence=self._rng.uniform(0.2, 0.95),
+                presence=1.0 if name in self.extra_names else self._rng.uniform(0.2, 0.95),
                 phase=self._rng.uniform(8, 22),
             )
             for name in names
@@ -206,3 +210,44 @@ class Simulation:
         cid = self._next_id
         self._next_id += 1
         return [cid, now, 0, 0]
+
+
+class SimClock:
+    """A clock the simulation moves: wall and monotonic time advance together."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def populate(
+    engine: Engine,
+    status_path: str,
+    start: int,
+    end: int,
+    step: int,
+    simulation: Simulation | None = None,
+    source: str = "sim",
+) -> Simulation:
+    """Fill a database through the collector's own code paths: poll a simulated status file every
+    ``step`` seconds of simulated time from ``start`` to ``end``."""
+    from ovpnmon_collector.collector import Collector
+    from ovpnmon_collector.sources import StatusFileSource
+
+    simulation = simulation or Simulation()
+    clock = SimClock(start)
+    collector = Collector(
+        engine, [StatusFileSource(source, status_path)], interval=step, clock=clock
+    )
+    for now in range(start, end, step):
+        clock.now = now
+        write_in_place(status_path, render_status(simulation.step(now), now))
+        summary = collector.poll()
+        if not summary.stored or summary.failed:
+            raise RuntimeError(f"simulated poll at {now} failed: {summary}")
+    return simulation

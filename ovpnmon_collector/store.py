@@ -23,6 +23,42 @@ HEARTBEAT = "collector.heartbeat"
 INTERVAL = "collector.interval"
 
 
+# Built once: db.executemany compiles each statement object once per process.
+_s, _c = schema.sessions, schema.clients
+INSERT_SESSION = _s.insert()
+UPDATE_COUNTERS = (
+    update(_s)
+    .where(_s.c.id == bindparam("row_id"))
+    .values(bytes_received=bindparam("rx"), bytes_sent=bindparam("tx"), last_seen=bindparam("seen"))
+)
+UPDATE_ADDRESSES = (
+    update(_s)
+    .where(_s.c.id == bindparam("row_id"))
+    .values(
+        real_address=bindparam("real"),
+        virtual_address=bindparam("v4"),
+        virtual_ipv6=bindparam("v6"),
+    )
+)
+CLOSE_SESSION = (
+    update(_s)
+    .where(_s.c.id == bindparam("row_id"))
+    .values(disconnected_at=bindparam("ts"), last_seen=bindparam("seen"))
+)
+ADD_CLOSED = (
+    update(_c)
+    .where(_c.c.id == bindparam("cid"))
+    .values(
+        closed_received=_c.c.closed_received + bindparam("rx"),
+        closed_sent=_c.c.closed_sent + bindparam("tx"),
+    )
+)
+SET_ACTIVE = update(_c).where(_c.c.id == bindparam("cid")).values(active=True)
+SET_INACTIVE = (
+    update(_c).where(_c.c.id == bindparam("cid")).values(active=False, last_seen=bindparam("ts"))
+)
+
+
 @dataclass(slots=True)
 class PollWrite:
     """Everything one poll stores, in one transaction."""
@@ -169,7 +205,7 @@ class Store:
                 }
                 for st in poll.opened
             ]
-            db.executemany(conn, s.insert(), rows)
+            db.executemany(conn, INSERT_SESSION, rows)
             keys = {(st.source, st.key, st.connected_since): st for st in poll.opened}
             for source in {st.source for st in poll.opened}:
                 oldest = min(st.connected_since for st in poll.opened if st.source == source)
@@ -195,17 +231,7 @@ class Store:
             }
             for st in poll.seen
         ]
-        db.executemany(
-            conn,
-            update(s)
-            .where(s.c.id == bindparam("row_id"))
-            .values(
-                bytes_received=bindparam("rx"),
-                bytes_sent=bindparam("tx"),
-                last_seen=bindparam("seen"),
-            ),
-            counters,
-        )
+        db.executemany(conn, UPDATE_COUNTERS, counters)
         moved = [
             {
                 "row_id": st.row_id,
@@ -215,24 +241,9 @@ class Store:
             }
             for st in poll.moved
         ]
-        db.executemany(
-            conn,
-            update(s)
-            .where(s.c.id == bindparam("row_id"))
-            .values(
-                real_address=bindparam("real"),
-                virtual_address=bindparam("v4"),
-                virtual_ipv6=bindparam("v6"),
-            ),
-            moved,
-        )
-        db.executemany(
-            conn,
-            update(s)
-            .where(s.c.id == bindparam("row_id"))
-            .values(disconnected_at=bindparam("ts"), last_seen=bindparam("seen")),
-            [{"row_id": st.row_id, "ts": poll.ts, "seen": st.last_seen} for st in poll.closed],
-        )
+        db.executemany(conn, UPDATE_ADDRESSES, moved)
+        closed = [{"row_id": st.row_id, "ts": poll.ts, "seen": st.last_seen} for st in poll.closed]
+        db.executemany(conn, CLOSE_SESSION, closed)
 
     def _write_samples(self, conn: Connection, poll: PollWrite, ids: Mapping[str, int]) -> None:
         add = {"bytes_received": "add", "bytes_sent": "add"}
@@ -267,7 +278,6 @@ class Store:
 
     def _write_clients(self, conn: Connection, poll: PollWrite, ids: Mapping[str, int]) -> None:
         """Only what changed: closed sessions' bytes, and clients that became (in)active."""
-        c = schema.clients
         closed: dict[int, list[int]] = {}
         last_seen: dict[str, int] = {}
         for st in poll.closed:
@@ -276,14 +286,7 @@ class Store:
             totals[1] += st.bytes_sent - st.baseline_sent
             last_seen[st.common_name] = max(st.last_seen, last_seen.get(st.common_name, 0))
         db.executemany(
-            conn,
-            update(c)
-            .where(c.c.id == bindparam("cid"))
-            .values(
-                closed_received=c.c.closed_received + bindparam("rx"),
-                closed_sent=c.c.closed_sent + bindparam("tx"),
-            ),
-            [{"cid": cid, "rx": rx, "tx": tx} for cid, (rx, tx) in closed.items()],
+            conn, ADD_CLOSED, [{"cid": cid, "rx": rx, "tx": tx} for cid, (rx, tx) in closed.items()]
         )
         previously = self._active if self._active is not None else set()
         became = [{"cid": ids[name]} for name in poll.active - previously if name in ids]
@@ -292,16 +295,8 @@ class Store:
             for name in previously - poll.active
             if name in ids
         ]
-        db.executemany(
-            conn, update(c).where(c.c.id == bindparam("cid")).values(active=True), became
-        )
-        db.executemany(
-            conn,
-            update(c)
-            .where(c.c.id == bindparam("cid"))
-            .values(active=False, last_seen=bindparam("ts")),
-            left,
-        )
+        db.executemany(conn, SET_ACTIVE, became)
+        db.executemany(conn, SET_INACTIVE, left)
 
     def close(self) -> None:
         db.close_writer(self.engine)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -214,24 +215,31 @@ def set_meta(conn: Connection, key: str, value: str) -> None:
 
 
 _NAMED_SQLITE = sqlite_dialect.dialect(paramstyle="named")
+_COMPILED: dict[tuple[Any, ...], tuple[str, dict[str, Any]]] = {}
 
 
 def executemany(conn: Connection, stmt: Any, rows: Sequence[Mapping[str, Any]]) -> None:
     """Run a Core statement once per row, without SQLAlchemy's per-row parameter processing.
 
-    For the collector's hot path (tens of thousands of rows a poll): the statement is compiled once
-    with named parameters and the row dicts go straight to the driver's ``executemany``. Only for
-    plain values (ints, floats, strings, bools) that need no type processing.
+    For the collector's hot path (tens of thousands of rows a poll, every few seconds): the
+    statement is compiled once per process with named parameters (build it once and pass the
+    same object) and the row dicts go straight to the driver's ``executemany``. Only for plain
+    values (ints, floats, strings, bools) that need no type processing.
     """
     if not rows:
         return
-    dialect = _NAMED_SQLITE if conn.dialect.name == "sqlite" else conn.dialect
-    compiled = stmt.compile(dialect=dialect, column_keys=list(rows[0]))
-    if compiled.positional:  # pragma: no cover - sqlite and psycopg use named styles here
-        raise NotImplementedError(f"executemany needs a named paramstyle, not {dialect.paramstyle}")
-    constants = {name: bind.value for name, bind in compiled.binds.items() if name not in rows[0]}
+    key = (stmt, tuple(rows[0]), conn.dialect.name)
+    cached = _COMPILED.get(key)
+    if cached is None:
+        dialect = _NAMED_SQLITE if conn.dialect.name == "sqlite" else conn.dialect
+        compiled = stmt.compile(dialect=dialect, column_keys=list(rows[0]))
+        if compiled.positional:  # pragma: no cover - sqlite and psycopg use named styles here
+            raise NotImplementedError(f"executemany needs a named paramstyle: {dialect.paramstyle}")
+        constants = {name: b.value for name, b in compiled.binds.items() if name not in rows[0]}
+        cached = _COMPILED[key] = (str(compiled), constants)
+    sql, constants = cached
     params = [{**constants, **row} for row in rows] if constants else list(rows)
-    conn.exec_driver_sql(str(compiled), params)
+    conn.exec_driver_sql(sql, params)
 
 
 Merge = Literal["replace", "add", "max", "keep"]
@@ -252,9 +260,21 @@ def upsert(
     """
     if not rows:
         return
-    keys = list(keys)
-    merge = merge or {}
-    dialect = conn.dialect.name
+    stmt = _upsert_statement(
+        conn.dialect.name, table, tuple(keys), tuple(rows[0]), tuple(sorted((merge or {}).items()))
+    )
+    executemany(conn, stmt, rows)
+
+
+@lru_cache(maxsize=64)
+def _upsert_statement(
+    dialect: str,
+    table: Any,
+    keys: tuple[str, ...],
+    columns: tuple[str, ...],
+    merge_items: tuple[tuple[str, Merge], ...],
+) -> Any:
+    merge = dict(merge_items)
     if dialect == "sqlite":
         stmt = sqlite_dialect.insert(table)
     elif dialect == "postgresql":
@@ -263,7 +283,7 @@ def upsert(
         raise NotImplementedError(f"upsert is not implemented for {dialect}")
     excluded = stmt.excluded
     updates: dict[str, ColumnElement[Any]] = {}
-    for name in rows[0]:
+    for name in columns:
         if name in keys:
             continue
         how = merge.get(name, "replace")
@@ -280,7 +300,5 @@ def upsert(
         else:
             updates[name] = excluded[name]
     if updates:
-        stmt = stmt.on_conflict_do_update(index_elements=keys, set_=updates)
-    else:
-        stmt = stmt.on_conflict_do_nothing(index_elements=keys)
-    executemany(conn, stmt, rows)
+        return stmt.on_conflict_do_update(index_elements=list(keys), set_=updates)
+    return stmt.on_conflict_do_nothing(index_elements=list(keys))

@@ -138,13 +138,7 @@ def test_poll_once_reads_and_stores(runner, tmp_path):
 
 @pytest.mark.parametrize(
     "command",
-    [
-        ["rollup"],
-        ["prune"],
-        ["scan-certs"],
-        ["info"],
-        ["backfill", "--from", "2026-01-01", "--to", "2026-01-02"],
-    ],
+    [["prune"], ["scan-certs"], ["info"]],
 )
 def test_commands_not_built_yet_say_so(runner, tmp_path, command):
     result = runner.invoke(cli, [*command, "--db", str(tmp_path / "x.db")])
@@ -212,3 +206,51 @@ def test_daemon_notifies_systemd_and_stops_cleanly_on_sigterm(tmp_path):
     assert "Traceback" not in stderr
     # a clean stop leaves the file readable without the WAL side files
     assert not os.path.exists(tmp_path / "x.db-wal")
+
+
+def test_rollup_and_backfill_commands(runner, tmp_path):
+    path = str(tmp_path / "x.db")
+    assert runner.invoke(cli, ["init-db", "--db", path]).exit_code == 0
+    result = runner.invoke(cli, ["rollup", "--db", path])
+    assert result.exit_code == 0, result.output
+    assert "hourly" in result.output and "global_15min" in result.output
+    result = runner.invoke(
+        cli,
+        [
+            "backfill",
+            "--db",
+            path,
+            "--from",
+            "2026-01-01",
+            "--to",
+            "2026-01-02",
+            "--tier",
+            "hourly",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("hourly")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--from", "yesterday", "--to", "2026-01-02"],
+            "Invalid value for --from: expected a date YYYY-MM-DD, got 'yesterday'",
+        ),
+        (
+            ["--from", "2026-01-03", "--to", "2026-01-02"],
+            "Invalid value for --to: 2026-01-02 is before --from 2026-01-03",
+        ),
+        (
+            ["--from", "2026-01-01", "--to", "2026-01-02", "--tier", "weekly"],
+            "Invalid value for '--tier': 'weekly' is not one of",
+        ),
+        (["--to", "2026-01-02"], "Missing option '--from'"),
+    ],
+)
+def test_backfill_rejects_bad_input(runner, tmp_path, args, message):
+    result = runner.invoke(cli, ["backfill", "--db", str(tmp_path / "x.db"), *args])
+    assert result.exit_code == 2
+    assert message in result.stderr

@@ -1,0 +1,127 @@
+"""Rollup tiers built from data the collector wrote (a simulated OpenVPN through its own code)."""
+
+from collections import defaultdict
+
+import pytest
+from sqlalchemy import select, update
+
+from ovpnmon_collector import rollup
+from ovpnmon_collector.simulator import Simulation, populate
+from ovpnmon_common import db, schema
+from ovpnmon_common.buckets import align
+from ovpnmon_common.tiers import ROLLUPS, watermark_key
+
+START = 1_795_651_200 - 2 * 86400 + 1234  # mid-hour, two days before 2026-11-26 00:00 UTC
+END = START + 2 * 86400 + 5 * 3600
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory):
+    path = tmp_path_factory.mktemp("rollup")
+    engine = db.writer_engine(str(path / "ovpnmon.db"))
+    db.init_db(engine)
+    populate(engine, str(path / "status.log"), START, END, 300, Simulation(clients=12, seed=3))
+    yield engine
+    engine.dispose()
+
+
+def raw_sums(conn, width):
+    u = schema.usage_history
+    out = defaultdict(lambda: [0, 0, 0])
+    for cid, ts, rx, tx in conn.execute(
+        select(u.c.client_id, u.c.ts, u.c.bytes_received, u.c.bytes_sent)
+    ):
+        entry = out[(cid, align(ts, width))]
+        entry[0] += rx
+        entry[1] += tx
+        entry[2] += 1
+    return out
+
+
+def tier_rows(conn, table):
+    return {
+        (r.client_id, r.bucket): [r.bytes_received, r.bytes_sent, r.samples]
+        for r in conn.execute(select(table))
+    }
+
+
+def test_catch_up_builds_every_closed_bucket_exactly(history):
+    now = END
+    reports = {r.tier: r for r in rollup.catch_up(history, now)}
+    with history.connect() as conn:
+        for r in ROLLUPS:
+            assert reports[r.name].watermark is not None
+            wm = int(db.get_meta(conn, watermark_key(r.name)))
+            assert wm % r.width == 0 and wm <= align(now, r.width)
+        assert int(db.get_meta(conn, watermark_key("hourly"))) == align(now, 3600)
+        for r in ROLLUPS:
+            if r.name == "global_15min":
+                continue
+            wm = int(db.get_meta(conn, watermark_key(r.name)))
+            expected = {k: v for k, v in raw_sums(conn, r.width).items() if k[1] < wm}
+            assert tier_rows(conn, r.table) == {k: list(v) for k, v in expected.items()}
+            assert expected, r.name
+        g = schema.global_history
+        rows = conn.execute(select(g)).all()
+        wm = int(db.get_meta(conn, watermark_key("global_15min")))
+        expected = defaultdict(lambda: [0, 0, 0, 0])
+        for row in rows:
+            if row.ts < wm:
+                e = expected[align(row.ts, 900)]
+                e[0] += row.bytes_received
+                e[1] += row.bytes_sent
+                e[2] = max(e[2], row.active_count)
+                e[3] += 1
+        t = schema.global_15min
+        got = {
+            r.bucket: [r.bytes_received, r.bytes_sent, r.max_active, r.samples]
+            for r in conn.execute(select(t))
+        }
+        assert got == dict(expected)
+
+
+def snapshot(engine):
+    with engine.connect() as conn:
+        return {r.name: sorted(map(tuple, conn.execute(select(r.table)))) for r in ROLLUPS}
+
+
+def test_running_again_changes_nothing(history):
+    rollup.catch_up(history, END)
+    before = snapshot(history)
+    reports = rollup.catch_up(history, END)
+    assert all(r.buckets == 0 for r in reports)
+    assert snapshot(history) == before
+
+
+def test_backfill_replaces_never_adds(history):
+    rollup.catch_up(history, END)
+    before = snapshot(history)
+    t = schema.stats_hourly
+    with history.begin() as conn:  # damage: a bucket doubled, as a buggy version might have left it
+        bucket = conn.execute(select(t.c.bucket).order_by(t.c.bucket).limit(1).offset(5)).scalar()
+        conn.execute(
+            update(t).where(t.c.bucket == bucket).values(bytes_received=t.c.bytes_received * 2)
+        )
+    assert snapshot(history) != before
+    reports = rollup.backfill(history, START, END, ["hourly"])
+    assert reports[0].buckets > 0
+    assert snapshot(history) == before
+    rollup.backfill(history, START, END)  # every tier, twice over
+    assert snapshot(history) == before
+
+
+def test_deadline_stops_between_transactions_and_resumes(tmp_path):
+    engine = db.writer_engine(str(tmp_path / "x.db"))
+    db.init_db(engine)
+    end = START + 30 * 3600
+    populate(engine, str(tmp_path / "s.log"), START, end, 600, Simulation(clients=3))
+    ticks = iter(range(100))  # a fake clock: each look at it is one second later
+    reports = {r.tier: r for r in rollup.catch_up(engine, end, deadline=2, clock=lambda: next(ticks))}
+    assert reports["hourly"].buckets > 0
+    assert reports["six_hour"].buckets == reports["daily"].buckets == 0  # out of time: left for later
+    with engine.connect() as conn:
+        assert db.get_meta(conn, watermark_key("six_hour")) is None
+    rollup.catch_up(engine, end)  # resumes where it stopped
+    with engine.connect() as conn:
+        assert int(db.get_meta(conn, watermark_key("hourly"))) == align(end, 3600)
+        assert int(db.get_meta(conn, watermark_key("six_hour"))) == align(end, 21600)
