@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 import click
@@ -67,20 +68,33 @@ def serve(
     except DatabaseError as exc:
         raise click.ClickException(str(exc)) from None
     app = create_app(config, engine)
+    try:
+        server = waitress.create_server(
+            app,
+            host=config.api.host,
+            port=config.api.port,
+            threads=config.api.threads,
+            ident="ovpnmon",
+            clear_untrusted_proxy_headers=True,
+        )
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot listen on {config.api.host}:{config.api.port}: {exc.strerror or exc}"
+        ) from None
+
+    def stop(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt  # waitress closes its sockets and returns from run()
+
+    signal.signal(signal.SIGTERM, stop)
     log.info(
-        "serving http://%s:%d/api/v1 from %s",
+        "serving http://%s:%d/api/v1 from %s (read-only)",
         config.api.host,
         config.api.port,
         config.database_path,
     )
-    waitress.serve(
-        app,
-        host=config.api.host,
-        port=config.api.port,
-        threads=config.api.threads,
-        ident="ovpnmon",
-        clear_untrusted_proxy_headers=True,
-    )
+    server.run()
+    engine.dispose()
+    log.info("stopped")
 
 
 def main() -> None:

@@ -116,9 +116,13 @@ def test_deadline_stops_between_transactions_and_resumes(tmp_path):
     end = START + 30 * 3600
     populate(engine, str(tmp_path / "s.log"), START, end, 600, Simulation(clients=3))
     ticks = iter(range(100))  # a fake clock: each look at it is one second later
-    reports = {r.tier: r for r in rollup.catch_up(engine, end, deadline=2, clock=lambda: next(ticks))}
+    reports = {
+        r.tier: r for r in rollup.catch_up(engine, end, deadline=2, clock=lambda: next(ticks))
+    }
     assert reports["hourly"].buckets > 0
-    assert reports["six_hour"].buckets == reports["daily"].buckets == 0  # out of time: left for later
+    assert (
+        reports["six_hour"].buckets == reports["daily"].buckets == 0
+    )  # out of time: left for later
     with engine.connect() as conn:
         assert db.get_meta(conn, watermark_key("six_hour")) is None
     rollup.catch_up(engine, end)  # resumes where it stopped
