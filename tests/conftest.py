@@ -69,3 +69,39 @@ def require_openvpn() -> None:
     if os.environ.get("OVPNMON_REQUIRE_E2E"):
         pytest.fail(f"end-to-end test cannot run: {reason}")
     pytest.skip(reason)
+
+
+def as_nobody(func) -> str:
+    """Fork, drop to uid/gid 65534 and return ``str(func())`` (or ``ERROR <exc>``) from the child.
+
+    Everything the child needs must be imported before the call: the unprivileged child cannot
+    read root's site-packages.
+    """
+    import os
+
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        try:
+            os.close(read_fd)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                message = str(func())
+            except Exception as exc:
+                message = f"ERROR {type(exc).__name__}: {exc}"
+            os.write(write_fd, message.encode())
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as pipe:
+        result = pipe.read()
+    os.waitpid(pid, 0)
+    return result
+
+
+needs_root = pytest.mark.skipif(
+    __import__("os").geteuid() != 0 and not __import__("os").environ.get("OVPNMON_REQUIRE_E2E"),
+    reason="needs root (CI runs as root)",
+)

@@ -4,7 +4,7 @@ import json
 import logging
 
 import pytest
-from conftest import FakeClock, fixture_text
+from conftest import FakeClock, as_nobody, fixture_text, needs_root
 from sqlalchemy import select
 
 from ovpnmon_api.queries import lifetime_totals
@@ -267,3 +267,16 @@ def test_two_polls_in_one_second_add_up(engine, status):
     clock.mono += 0.5
     collector.poll()
     assert [(ts, rx, tx) for _, ts, rx, tx in samples(engine)] == [(T0, 50, 5)]
+
+
+@pytest.mark.root
+@needs_root
+def test_unreadable_status_file_names_the_fix(status):
+    status.write(T0, row("alice", 0, T0 + 1, 100, 10))
+    status.path.chmod(0o600)  # as OpenVPN creates it, owned by root
+    source = StatusFileSource("udp", str(status.path))
+    result = as_nobody(source.read)
+    assert result == (
+        f"ERROR SourceError: status file {status.path}: permission denied (see the deployment "
+        "guide on giving the collector read access)"
+    )

@@ -3,6 +3,7 @@ import shutil
 import tempfile
 
 import pytest
+from conftest import as_nobody, needs_root
 from sqlalchemy import func, insert, select
 from sqlalchemy.exc import OperationalError
 
@@ -98,37 +99,22 @@ def test_upsert_merges(engine):
 
 
 def _read_as_nobody(path: str) -> str:
-    """Fork, drop to uid/gid 65534, read through the reader engine; returns what it saw."""
+    """Read through the reader engine as uid 65534; returns 'value|refused' (or the error)."""
     reader = reader_engine(
         path
     )  # built before the fork: the child cannot read root's site-packages
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        try:
-            os.close(read_fd)
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
+
+    def probe() -> str:
+        with reader.connect() as conn:
+            value = db.get_meta(conn, "probe")
             try:
-                with reader.connect() as conn:
-                    value = db.get_meta(conn, "probe")
-                    try:
-                        conn.execute(insert(schema.meta).values(key="w", value="w"))
-                        outcome = "WROTE"
-                    except OperationalError:
-                        outcome = "refused"
-                message = f"{value}|{outcome}"
-            except Exception as exc:
-                message = f"ERROR {exc}"
-            os.write(write_fd, message.encode())
-        finally:
-            os._exit(0)
-    os.close(write_fd)
-    with os.fdopen(read_fd) as pipe:
-        result = pipe.read()
-    os.waitpid(pid, 0)
-    return result
+                conn.execute(insert(schema.meta).values(key="w", value="w"))
+                outcome = "WROTE"
+            except OperationalError:
+                outcome = "refused"
+        return f"{value}|{outcome}"
+
+    return as_nobody(probe)
 
 
 @pytest.fixture
@@ -141,7 +127,7 @@ def shared_dir():
 
 
 @pytest.mark.root
-@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root (CI runs as root)")
+@needs_root
 def test_unprivileged_reader_while_writer_active_and_after_stop(shared_dir):
     path = os.path.join(shared_dir, "ovpnmon.db")
     writer = writer_engine(path)
