@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import threading
@@ -11,17 +12,20 @@ import click
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
-from ovpnmon_collector import daemon, rollup
+from ovpnmon_collector import certs, daemon, prune, rollup
 from ovpnmon_collector.collector import Collector
+from ovpnmon_collector.info import database_info, render_info
 from ovpnmon_collector.sources import build_source
 from ovpnmon_common import __version__
 from ovpnmon_common.cliutil import CONTEXT_SETTINGS, config_options, ensure_parent_dir, load
 from ovpnmon_common.config import Config, ConfigError
 from ovpnmon_common.db import (
     DatabaseError,
+    check_schema,
     close_writer,
     describe_operational_error,
     init_db,
+    reader_engine,
     writer_engine,
 )
 from ovpnmon_common.formatting import format_timestamp, parse_timestamp
@@ -159,7 +163,14 @@ def run_command(config_path: str | None, db_path: str | None, log_level: str) ->
         config.interval,
         config.database_path,
     )
-    maintenance = daemon.Maintenance(engine, collector.clock, config.interval)
+    maintenance = daemon.Maintenance(
+        engine,
+        collector.clock,
+        config.interval,
+        config.retention,
+        config.certificate_paths,
+        config.crl,
+    )
     try:
         daemon.run(
             collector,
@@ -171,12 +182,6 @@ def run_command(config_path: str | None, db_path: str | None, log_level: str) ->
     finally:
         collector.close()
     log.info("stopped")
-
-
-def _not_built(name: str) -> None:
-    raise click.ClickException(
-        f"'{name}' is not built yet in ovpnmon {__version__}; nothing was done"
-    )
 
 
 @cli.command("rollup")
@@ -258,23 +263,91 @@ def _day(text: str, option: str) -> int:
 
 @cli.command("prune")
 @config_options
-def prune(config_path: str | None, db_path: str | None) -> None:
-    """Apply [retention] (not built yet: exits non-zero)."""
-    _not_built("prune")
+def prune_command(config_path: str | None, db_path: str | None) -> None:
+    """Apply [retention]: delete what no tier keeps any more, then give the space back.
+
+    Never deletes raw samples or tier rows that the next tier has not been built from. Runs in
+    short transactions, so the collector and the API keep working meanwhile.
+
+    \b
+    Example:
+      ovpnmon-collector prune --config /etc/ovpnmon/ovpnmon.conf
+    """
+    config = load(config_path, db_path)
+    engine, _ = open_writer(config)
+    try:
+        report = prune.prune(engine, config.retention, int(time.time()))
+    except DBAPIError as exc:
+        raise click.ClickException(f"prune failed: {describe_operational_error(exc)}") from None  # type: ignore[arg-type]
+    finally:
+        close_writer(engine)
+    for table, count in report.deleted.items():
+        limit = report.cutoffs[table]
+        kept = f"before {format_timestamp(limit)}" if limit is not None else "none: kept"
+        click.echo(f"{table:15s} {count:10d} rows deleted ({kept})")
+    click.echo(f"{report.pages_freed} pages returned to the file system")
 
 
 @cli.command("scan-certs")
 @config_options
-def scan_certs(config_path: str | None, db_path: str | None) -> None:
-    """Scan [certificates] paths for expiry (not built yet: exits non-zero)."""
-    _not_built("scan-certs")
+def scan_certs_command(config_path: str | None, db_path: str | None) -> None:
+    """Scan [certificates] paths and record each certificate's expiry (the daemon does it hourly).
+
+    Reads PEM, DER, easy-rsa issued/ files and bundles; other files are reported and skipped.
+
+    \b
+    Example:
+      ovpnmon-collector scan-certs --config /etc/ovpnmon/ovpnmon.conf
+    """
+    config = load(config_path, db_path)
+    if not config.certificate_paths:
+        raise click.ClickException(
+            f"{config.path or 'built-in defaults'}: [certificates] paths is not set: "
+            "nothing to scan"
+        )
+    try:
+        report = certs.scan(config.certificate_paths, config.crl)
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+    engine, _ = open_writer(config)
+    try:
+        certs.store(engine, report, int(time.time()))
+    finally:
+        close_writer(engine)
+    for path, why in report.skipped.items():
+        click.echo(f"skipped {path}: {why}", err=True)
+    if report.crl_error:
+        click.echo(report.crl_error, err=True)
+    revoked = sum(c.revoked for c in report.certificates)
+    click.echo(
+        f"recorded {len(report.certificates)} certificates ({revoked} revoked), "
+        f"skipped {len(report.skipped)} files"
+    )
 
 
 @cli.command("info")
 @config_options
-def info(config_path: str | None, db_path: str | None) -> None:
-    """Show tables, watermarks and source health (not built yet: exits non-zero)."""
-    _not_built("info")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def info_command(config_path: str | None, db_path: str | None, as_json: bool) -> None:
+    """Show the database at a glance: tables, size, watermarks, last poll, source health.
+
+    \b
+    Example:
+      ovpnmon-collector info --db /var/lib/ovpnmon/ovpnmon.db --json
+    """
+    config = load(config_path, db_path)
+    engine = reader_engine(config.database_path)
+    try:
+        check_schema(engine, config.database_path)
+        facts = database_info(engine, config.database_path)
+    except DatabaseError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        engine.dispose()
+    if as_json:
+        click.echo(json.dumps(facts, indent=2, sort_keys=True))
+        return
+    click.echo(render_info(facts))
 
 
 def main() -> None:

@@ -11,9 +11,10 @@ from typing import Protocol
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
-from ovpnmon_collector import rollup
+from ovpnmon_collector import certs, prune, rollup
 from ovpnmon_collector.collector import Clock, PollSummary
 from ovpnmon_collector.notify import Notifier
+from ovpnmon_common.config import RetentionConfig
 from ovpnmon_common.db import describe_operational_error
 
 log = logging.getLogger("ovpnmon.collector")
@@ -62,40 +63,75 @@ def run(
 
 
 class Maintenance:
-    """Rollups between polls: at most every ``every`` seconds, within half the poll interval.
+    """Work between polls: rollups every minute, retention and the certificate scan every hour.
 
-    Each rollup bucket is its own short transaction and the work stops when its time slice is
-    spent, so a long catch-up (after downtime) never delays a poll; it resumes after the next one.
+    Rollup and prune work in short transactions and stop when their time slice (half the poll
+    interval) is spent, so a long catch-up after downtime never delays a poll; it resumes after
+    the next one. A failure is logged once and retried.
     """
 
-    def __init__(self, engine: Engine, clock: Clock, interval: float, every: float = 60.0) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        clock: Clock,
+        interval: float,
+        retention: RetentionConfig | None = None,
+        certificate_paths: tuple[str, ...] = (),
+        crl: str | None = None,
+    ) -> None:
         self.engine = engine
         self.clock = clock
         self.interval = interval
-        self.every = every
-        self.due = clock.monotonic()
-        self.failing = False
+        self.retention = retention or RetentionConfig()
+        self.certificate_paths = certificate_paths
+        self.crl = crl
+        now = clock.monotonic()
+        self.due = {"rollup": now, "prune": now + 300, "certificates": now}
+        self.every = {"rollup": 60.0, "prune": 3600.0, "certificates": 3600.0}
+        self.failing: set[str] = set()
 
     def run(self) -> None:
         start = self.clock.monotonic()
-        if start < self.due:
-            return
-        self.due = start + self.every
-        try:
-            rollup.catch_up(
-                self.engine,
-                int(self.clock.time()),
-                deadline=start + self.interval / 2,
-                clock=self.clock.monotonic,
+        deadline = start + self.interval / 2
+        for job in ("rollup", "prune", "certificates"):
+            if start < self.due[job] or self.clock.monotonic() >= deadline:
+                continue
+            try:
+                finished = self._job(job, deadline)
+            except (DBAPIError, RuntimeError) as exc:
+                if job not in self.failing:
+                    message = (
+                        describe_operational_error(exc)  # type: ignore[arg-type]
+                        if isinstance(exc, DBAPIError)
+                        else str(exc)
+                    )
+                    log.warning("%s failed, will retry: %s", job, message)
+                self.failing.add(job)
+                self.due[job] = start + self.every["rollup"]
+                continue
+            if job in self.failing:
+                log.info("%s recovered", job)
+                self.failing.discard(job)
+            # unfinished work continues at the next chance instead of waiting a whole period
+            self.due[job] = start + (self.every[job] if finished else 0)
+
+    def _job(self, job: str, deadline: float) -> bool:
+        now = int(self.clock.time())
+        if job == "rollup":
+            rollup.catch_up(self.engine, now, deadline=deadline, clock=self.clock.monotonic)
+            return True
+        if job == "prune":
+            report = prune.prune(
+                self.engine, self.retention, now, deadline=deadline, clock=self.clock.monotonic
             )
-        except DBAPIError as exc:
-            if not self.failing:
-                log.warning("rollup failed, will retry: %s", describe_operational_error(exc))  # type: ignore[arg-type]
-            self.failing = True
-            return
-        if self.failing:
-            log.info("rollup recovered")
-        self.failing = False
+            deleted = sum(report.deleted.values())
+            if deleted:
+                log.info("retention: deleted %d rows", deleted)
+            return report.complete
+        if self.certificate_paths:
+            report_c = certs.scan(self.certificate_paths, self.crl)
+            certs.store(self.engine, report_c, now)
+        return True
 
 
 def stop_on_signals(stop: threading.Event) -> None:

@@ -141,13 +141,14 @@ stats_daily = _client_tier("stats_daily")
 
 CLIENT_TIER_TABLES = {"hourly": stats_hourly, "six_hour": stats_6h, "daily": stats_daily}
 
+# One row per certificate found by the scan (a bundle file holds several: path + serial).
 certificates = Table(
     "certificates",
     metadata,
     Column("path", Text, primary_key=True),
+    Column("serial", Text, primary_key=True),  # hexadecimal, as openssl prints it
     Column("file", Text, nullable=False),
     Column("common_name", Text, nullable=True),
-    Column("serial", Text, nullable=False),
     Column("not_before", BigInteger, nullable=False),
     Column("not_after", BigInteger, nullable=False),
     Column("issuer", Text, nullable=False),

@@ -136,17 +136,6 @@ def test_poll_once_reads_and_stores(runner, tmp_path):
     assert f"source udp: status file {status} does not exist" in result.stderr
 
 
-@pytest.mark.parametrize(
-    "command",
-    [["prune"], ["scan-certs"], ["info"]],
-)
-def test_commands_not_built_yet_say_so(runner, tmp_path, command):
-    result = runner.invoke(cli, [*command, "--db", str(tmp_path / "x.db")])
-    assert result.exit_code == 1
-    assert "is not built yet" in result.stderr and "nothing was done" in result.stderr
-    assert not (tmp_path / "x.db").exists()
-
-
 def test_api_refuses_missing_or_foreign_database(runner, tmp_path):
     missing = tmp_path / "missing.db"
     result = runner.invoke(api_cli, ["serve", "--db", str(missing)])

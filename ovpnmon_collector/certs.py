@@ -1,0 +1,156 @@
+"""Certificate expiry tracking: scan files and directories, record each certificate, mark revoked.
+
+Reads PEM and DER, easy-rsa ``issued/`` files that start with a text dump of the certificate, and
+bundles of several certificates. Anything else is logged with its file name and skipped. The scan
+replaces the table: a file that is gone disappears from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, delete
+
+from ovpnmon_common import db, schema
+
+log = logging.getLogger("ovpnmon.certs")
+
+PEM_BEGIN = b"-----BEGIN CERTIFICATE-----"
+MAX_FILE_BYTES = 1024 * 1024
+SUFFIXES = (".crt", ".pem", ".cer", ".der")
+
+
+@dataclass(frozen=True)
+class CertInfo:
+    path: str
+    file: str
+    common_name: str | None
+    serial: str
+    not_before: int
+    not_after: int
+    issuer: str
+    revoked: bool = False
+
+
+@dataclass
+class ScanReport:
+    certificates: list[CertInfo]
+    skipped: dict[str, str]  # path -> why
+    crl_error: str | None = None
+
+
+def _x509():
+    try:
+        from cryptography import x509
+    except ImportError:  # pragma: no cover - installed with ovpnmon[collector]
+        raise RuntimeError(
+            "scanning certificates needs cryptography: pip install 'ovpnmon[collector]'"
+        ) from None
+    return x509
+
+
+def candidate_files(paths: Iterable[str]) -> Iterator[str]:
+    """Each configured file, and the certificate-looking files directly in each directory."""
+    for path in paths:
+        if os.path.isdir(path):
+            for name in sorted(os.listdir(path)):
+                full = os.path.join(path, name)
+                if os.path.isfile(full) and name.lower().endswith(SUFFIXES):
+                    yield full
+        else:
+            yield path
+
+
+def read_certificates(path: str) -> list[CertInfo]:
+    """Every certificate in one file (PEM, DER, easy-rsa text dump + PEM, or a PEM bundle)."""
+    x509 = _x509()
+    with open(path, "rb") as handle:
+        data = handle.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise ValueError("larger than 1 MiB: not a certificate")
+    if PEM_BEGIN in data:
+        certs = x509.load_pem_x509_certificates(data[data.index(PEM_BEGIN) :])
+    else:
+        certs = [x509.load_der_x509_certificate(data)]
+    return [_info(path, cert) for cert in certs]
+
+
+def _info(path: str, cert) -> CertInfo:
+    x509 = _x509()
+    names = cert.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)
+    common_name = names[0].value if names else None
+    return CertInfo(
+        path=path,
+        file=os.path.basename(path),
+        common_name=str(common_name) if common_name is not None else None,
+        serial=format(cert.serial_number, "X"),
+        not_before=int(cert.not_valid_before_utc.timestamp()),
+        not_after=int(cert.not_valid_after_utc.timestamp()),
+        issuer=cert.issuer.rfc4514_string(),
+    )
+
+
+def revoked_serials(crl_path: str) -> set[str]:
+    x509 = _x509()
+    with open(crl_path, "rb") as handle:
+        data = handle.read()
+    crl = (
+        x509.load_pem_x509_crl(data)
+        if b"-----BEGIN X509 CRL-----" in data
+        else x509.load_der_x509_crl(data)
+    )
+    return {format(entry.serial_number, "X") for entry in crl}
+
+
+def scan(paths: Iterable[str], crl: str | None = None) -> ScanReport:
+    """Read every candidate file; never raises for a bad file, only reports it."""
+    found: list[CertInfo] = []
+    skipped: dict[str, str] = {}
+    for path in candidate_files(paths):
+        try:
+            found.extend(read_certificates(path))
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            skipped[path] = reason.splitlines()[0] if reason else type(exc).__name__
+            log.warning("certificates: skipped %s: %s", path, skipped[path])
+    report = ScanReport(found, skipped)
+    if crl:
+        try:
+            revoked = revoked_serials(crl)
+        except (OSError, ValueError) as exc:
+            report.crl_error = (
+                f"cannot read CRL {crl}: {exc.strerror if isinstance(exc, OSError) else exc}"
+            )
+            log.warning("certificates: %s", report.crl_error)
+        else:
+            report.certificates = [
+                CertInfo(**{**c.__dict__, "revoked": c.serial in revoked}) for c in found
+            ]
+    return report
+
+
+def store(engine: Engine, report: ScanReport, now: int) -> None:
+    """Replace the certificates table with this scan's result, in one transaction."""
+    rows = [
+        {
+            "path": c.path,
+            "serial": c.serial,
+            "file": c.file,
+            "common_name": c.common_name,
+            "not_before": c.not_before,
+            "not_after": c.not_after,
+            "issuer": c.issuer,
+            "revoked": c.revoked,
+            "scanned_at": now,
+        }
+        for c in report.certificates
+    ]
+    unique = list({(r["path"], r["serial"]): r for r in rows}.values())
+    with engine.begin() as conn:
+        conn.execute(delete(schema.certificates))
+        if unique:
+            conn.execute(schema.certificates.insert(), unique)
+        db.set_meta(conn, "certificates.scanned_at", str(now))

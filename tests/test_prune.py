@@ -1,0 +1,100 @@
+"""Retention on a database the collector filled: what goes, what stays, and the space."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import func, select
+
+from ovpnmon_collector import prune, rollup
+from ovpnmon_collector.cli import cli
+from ovpnmon_collector.simulator import Simulation, populate
+from ovpnmon_common import db, schema
+from ovpnmon_common.buckets import DAY, align
+from ovpnmon_common.config import RetentionConfig
+
+NOW = 1_795_651_200 + 7 * 3600 + 55
+START = NOW - 12 * DAY
+RETENTION = RetentionConfig(raw_days=3, hourly_days=5, six_hour_days=8, daily_days=0)
+
+
+@pytest.fixture
+def filled(tmp_path):
+    path = str(tmp_path / "ovpnmon.db")
+    engine = db.writer_engine(path)
+    db.init_db(engine)
+    populate(engine, str(tmp_path / "s.log"), START, NOW, 1800, Simulation(clients=8, seed=5))
+    yield engine, path
+    engine.dispose()
+
+
+def oldest(engine, table, column):
+    with engine.connect() as conn:
+        return conn.execute(select(func.min(table.c[column]))).scalar()
+
+
+def sums(engine, table):
+    with engine.connect() as conn:
+        return {r.bucket: (r.bytes_received, r.bytes_sent) for r in conn.execute(select(table))}
+
+
+def test_nothing_raw_goes_before_it_is_rolled_up(filled):
+    engine, _ = filled
+    report = prune.prune(engine, RETENTION, NOW)  # no rollup has run yet
+    assert report.deleted["usage_history"] == 0 and report.cutoffs["usage_history"] is None
+    assert oldest(engine, schema.usage_history, "ts") == START
+
+
+def test_prune_applies_each_retention_in_whole_days(filled):
+    engine, _ = filled
+    rollup.catch_up(engine, NOW)
+    kept_daily = sums(engine, schema.stats_daily)
+    with engine.connect() as conn:
+        before = conn.execute(select(func.count()).select_from(schema.usage_history)).scalar()
+    report = prune.prune(engine, RETENTION, NOW)
+    assert report.complete
+    assert oldest(engine, schema.usage_history, "ts") >= align(NOW - 3 * DAY, DAY)
+    assert oldest(engine, schema.global_history, "ts") >= align(NOW - 3 * DAY, DAY)
+    assert oldest(engine, schema.stats_hourly, "bucket") == align(NOW - 5 * DAY, DAY)
+    assert oldest(engine, schema.global_15min, "bucket") == align(NOW - 5 * DAY, DAY)
+    assert oldest(engine, schema.stats_6h, "bucket") == align(NOW - 8 * DAY, DAY)
+    assert sums(engine, schema.stats_daily) == kept_daily  # daily_days = 0: forever
+    with engine.connect() as conn:
+        after = conn.execute(select(func.count()).select_from(schema.usage_history)).scalar()
+        assert conn.exec_driver_sql("PRAGMA freelist_count").scalar() == 0
+        assert conn.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
+    assert report.deleted["usage_history"] == before - after > 0
+    assert report.pages_freed > 0
+    again = prune.prune(engine, RETENTION, NOW)
+    assert sum(again.deleted.values()) == 0
+
+
+def test_cli_prune_and_info(filled, tmp_path):
+    engine, path = filled
+    rollup.catch_up(engine, NOW)
+    config = tmp_path / "c.conf"
+    config.write_text(
+        f"[database]\npath = {path}\n[retention]\nraw_days = 3\nhourly_days = 5\nsix_hour_days = 8\n"
+    )
+    db.close_writer(engine)
+    result = CliRunner().invoke(cli, ["prune", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "usage_history" in result.output and "pages returned to the file system" in result.output
+    result = CliRunner().invoke(cli, ["info", "--config", str(config), "--json"])
+    assert result.exit_code == 0, result.output
+    facts = json.loads(result.output)
+    assert facts["schema_version"] == 1
+    assert facts["tables"]["usage_history"]["oldest"] >= align(NOW - 3 * DAY, DAY)
+    assert facts["tables"]["clients"]["rows"] == 8
+    assert facts["watermarks"]["hourly"] == align(NOW, 3600)
+    assert facts["sources"]["sim"]["state"] == "ok"
+    human = CliRunner().invoke(cli, ["info", "--config", str(config)])
+    assert human.exit_code == 0
+    assert "usage_history" in human.output and "rollups final up to (UTC):" in human.output
+    assert "sim          ok since" in human.output
+
+
+def test_info_on_a_missing_database(tmp_path):
+    result = CliRunner().invoke(cli, ["info", "--db", str(tmp_path / "none.db")])
+    assert result.exit_code == 1
+    assert "cannot read database" in result.stderr
