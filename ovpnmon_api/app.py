@@ -12,6 +12,7 @@ import falcon
 from sqlalchemy import Engine
 
 from ovpnmon_api import errors, resources
+from ovpnmon_api.openapi import OpenApi
 from ovpnmon_common.config import Config
 from ovpnmon_common.db import reader_engine
 
@@ -93,4 +94,5 @@ def create_app(
     app.add_route(f"{PREFIX}/clients", resources.Clients(ctx))
     app.add_route(f"{PREFIX}/certificates", resources.Certificates(ctx))
     app.add_route(f"{PREFIX}/health", resources.Health(ctx))
+    app.add_route(f"{PREFIX}/openapi.json", OpenApi())
     return app

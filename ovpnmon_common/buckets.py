@@ -140,8 +140,8 @@ def bucketed(range_name: str, tier: Tier, step: int, now: int) -> Series:
 
 
 def check_range(value: str | None) -> str:
-    """Validate a ``range`` parameter (default ``24h``)."""
-    if value is None or value == "":
+    """Validate a ``range`` parameter (default ``24h`` when absent; an empty value is an error)."""
+    if value is None:
         return "24h"
     if value not in RANGES:
         raise InvalidQuery(f"range must be one of {', '.join(RANGES)}; got {value!r}")
@@ -149,8 +149,8 @@ def check_range(value: str | None) -> str:
 
 
 def check_resolution(value: str | None) -> str:
-    """Validate a ``resolution`` parameter (default ``auto``)."""
-    if value is None or value == "":
+    """Validate a ``resolution`` parameter (default ``auto`` when absent)."""
+    if value is None:
         return "auto"
     if value not in RESOLUTIONS:
         raise InvalidQuery(f"resolution must be one of {', '.join(RESOLUTIONS)}; got {value!r}")
@@ -212,7 +212,7 @@ def plan(
 
 def plan_analytics(range_name: str | None, now: int, retention: RetentionConfig) -> Series:
     """The 96 whole-server buckets of ``/analytics`` (15 min, 105 min or 450 min wide)."""
-    if range_name is None or range_name == "":
+    if range_name is None:
         range_name = "24h"
     if range_name not in ANALYTICS:
         raise InvalidQuery(f"range must be one of {', '.join(ANALYTICS)}; got {range_name!r}")

@@ -117,11 +117,12 @@ def test_more_than_max_points_is_refused():
 
 
 @pytest.mark.parametrize(
-    ("value", "param"), [("2h", "range"), ("24H", "range"), ("", None), ("1d", "range")]
+    ("value", "param"),
+    [("2h", "range"), ("24H", "range"), ("", "range"), (None, None), ("1d", "range")],
 )
 def test_unknown_range(value, param):
     if param is None:
-        assert plan(value, None, NOW, DEFAULT, 10).range == "24h"  # empty means the default
+        assert plan(value, None, NOW, DEFAULT, 10).range == "24h"  # absent means the default
         return
     with pytest.raises(
         InvalidQuery, match=r"range must be one of 1h, 3h, 6h, 12h, 24h, 7d, 30d, 90d, 1y; got"
@@ -153,3 +154,5 @@ def test_analytics_rejects_other_ranges_and_short_retention():
     with pytest.raises(InvalidQuery, match="hourly_days"):
         plan_analytics("30d", NOW, RetentionConfig(hourly_days=7))
     assert plan_analytics(None, NOW, DEFAULT).range == "24h"
+    with pytest.raises(InvalidQuery, match="got ''"):
+        plan_analytics("", NOW, DEFAULT)

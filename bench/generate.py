@@ -1,0 +1,88 @@
+"""Make a big, realistic ovpnmon database through the collector's own code paths.
+
+N simulated clients with daily rhythms, connects and disconnects (and one duplicate-cn pair) write
+real-format status text; the real collector parses, accounts and stores every poll. Older history
+is polled coarsely (its tiers are what matters), the last days at the real interval, then every
+tier is rolled up.
+
+    python bench/generate.py --clients 1000 --raw-days 3 --interval 10 --history-days 365 \\
+        --out /tmp/ovpnmon-bench.db
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+from ovpnmon_collector import rollup
+from ovpnmon_collector.simulator import Simulation, populate
+from ovpnmon_common import db
+
+DAY = 86400
+
+
+def generate(
+    out: str,
+    clients: int,
+    raw_days: float,
+    interval: int,
+    history_days: float = 0,
+    history_interval: int = 3600,
+    now: int | None = None,
+) -> dict[str, float]:
+    """Write the database; returns timings. ``now`` defaults to the current time."""
+    now = now or int(time.time())
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(out + suffix):
+            os.unlink(out + suffix)
+    engine = db.writer_engine(out)
+    db.init_db(engine)
+    status = str(Path(out).with_suffix(".status"))
+    simulation = Simulation(clients=clients, seed=42)
+    raw_start = now - int(raw_days * DAY)
+    timings = {}
+    started = time.perf_counter()
+    if history_days > raw_days:
+        populate(
+            engine, status, now - int(history_days * DAY), raw_start, history_interval, simulation
+        )
+    timings["history_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    populate(engine, status, raw_start, now, interval, simulation)
+    timings["raw_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    rollup.catch_up(engine, now)
+    timings["rollup_s"] = time.perf_counter() - started
+    db.close_writer(engine)
+    os.unlink(status)
+    return timings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=1000)
+    parser.add_argument("--raw-days", type=float, default=3)
+    parser.add_argument("--interval", type=int, default=10)
+    parser.add_argument("--history-days", type=float, default=0)
+    parser.add_argument("--history-interval", type=int, default=3600)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    timings = generate(
+        args.out,
+        args.clients,
+        args.raw_days,
+        args.interval,
+        args.history_days,
+        args.history_interval,
+    )
+    size = os.path.getsize(args.out)
+    print(
+        f"wrote {args.out}: {size / 1e6:.1f} MB; "
+        + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
+    )
+
+
+if __name__ == "__main__":
+    main()

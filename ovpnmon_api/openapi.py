@@ -1,0 +1,360 @@
+"""The OpenAPI 3.1 description of the API, served at ``/api/v1/openapi.json``.
+
+Built from the same tables the API validates against (ranges, resolutions), so the document and
+the behaviour cannot drift apart on those. Tests validate real responses against it and fuzz a live
+server with schemathesis.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ovpnmon_common import __version__
+from ovpnmon_common.buckets import ANALYTICS, RANGES, RESOLUTIONS
+
+TIMESTAMP = {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$"}
+NULLABLE_TIMESTAMP = {"anyOf": [TIMESTAMP, {"type": "null"}]}
+COUNT = {"type": "integer", "minimum": 0}
+NUMBER = {"type": "number", "minimum": 0}
+STATUS = {"type": "string", "enum": ["Active", "Inactive"]}
+
+
+def _obj(required: dict[str, Any], optional: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": list(required),
+        "properties": {**required, **(optional or {})},
+    }
+
+
+def _ok(data: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return _obj({"success": {"const": True}, **extra, "data": data})
+
+
+ERROR = _obj({"success": {"const": False}, "error": {"type": "string", "minLength": 1}})
+
+POINT = _obj(
+    {
+        "timestamp": TIMESTAMP,
+        "bytes_received": COUNT,
+        "bytes_sent": COUNT,
+        "bytes_received_rate_mbps": NUMBER,
+        "bytes_sent_rate_mbps": NUMBER,
+    }
+)
+
+CLIENT_STATS = _ok(
+    _obj(
+        {
+            "common_name": {"type": "string"},
+            "status": STATUS,
+            "current_rates": _obj({"recv_mbps": NUMBER, "sent_mbps": NUMBER}),
+            "totals": _obj(
+                {"received_mb": NUMBER, "sent_mb": NUMBER},
+                {"received_bytes": COUNT, "sent_bytes": COUNT},
+            ),
+            "history": {"type": "array", "items": POINT},
+            "meta": _obj(
+                {
+                    "resolution_used": {
+                        "type": "string",
+                        "enum": [
+                            "usage_history",
+                            "usage_history_hires",
+                            "stats_hourly",
+                            "stats_6h",
+                            "stats_daily",
+                        ],
+                    },
+                    "record_count": COUNT,
+                },
+                {
+                    "interval_seconds": {"type": ["integer", "null"]},
+                    "range": {"type": "string", "enum": list(RANGES)},
+                },
+            ),
+        },
+        {
+            "first_seen": TIMESTAMP,
+            "last_seen": TIMESTAMP,
+            "connected_since": NULLABLE_TIMESTAMP,
+            "sessions": {
+                "type": "array",
+                "items": _obj(
+                    {
+                        "source": {"type": "string"},
+                        "real_address": {"type": "string"},
+                        "virtual_address": {"type": "string"},
+                        "virtual_ipv6": {"type": "string"},
+                        "connected_since": TIMESTAMP,
+                        "bytes_received": COUNT,
+                        "bytes_sent": COUNT,
+                    }
+                ),
+            },
+        },
+    )
+)
+
+ANALYTICS_BODY = _obj(
+    {
+        "success": {"const": True},
+        "timestamp": TIMESTAMP,
+        "range": {"type": "string", "enum": list(ANALYTICS)},
+        "data": _obj(
+            {
+                "global_history_24h": {
+                    "type": "array",
+                    "minItems": 96,
+                    "maxItems": 96,
+                    "items": _obj(
+                        {
+                            "timestamp": TIMESTAMP,
+                            "total_rx": COUNT,
+                            "total_tx": COUNT,
+                            "active_count": COUNT,
+                        }
+                    ),
+                },
+                "max_concurrent_24h": COUNT,
+                "top_clients_24h": {
+                    "type": "array",
+                    "maxItems": 10,
+                    "items": _obj(
+                        {
+                            "common_name": {"type": "string"},
+                            "total_rx": COUNT,
+                            "total_tx": COUNT,
+                            "total": COUNT,
+                        }
+                    ),
+                },
+                "traffic_distribution": _obj({"rx": COUNT, "tx": COUNT}),
+            },
+            {"interval_seconds": COUNT, "points": COUNT},
+        ),
+    }
+)
+
+ALL_STATS = _obj(
+    {
+        "success": {"const": True},
+        "count": COUNT,
+        "data": {
+            "type": "array",
+            "items": _obj(
+                {
+                    "common_name": {"type": "string"},
+                    "status": STATUS,
+                    "current_recv_rate_mbps": NUMBER,
+                    "total_received_mb": NUMBER,
+                },
+                {
+                    "current_sent_rate_mbps": NUMBER,
+                    "total_sent_mb": NUMBER,
+                    "sessions": COUNT,
+                    "connected_since": NULLABLE_TIMESTAMP,
+                    "last_seen": TIMESTAMP,
+                },
+            ),
+        },
+    }
+)
+
+SYSTEM = _ok(
+    _obj(
+        {
+            "total_clients": COUNT,
+            "active_clients": COUNT,
+            "total_received_gb": NUMBER,
+            "total_sent_gb": NUMBER,
+        },
+        {"last_poll": NULLABLE_TIMESTAMP},
+    )
+)
+
+CLIENTS = _obj(
+    {
+        "success": {"const": True},
+        "data": {
+            "type": "array",
+            "items": _obj({"common_name": {"type": "string"}, "status": STATUS}),
+        },
+    },
+    {"count": COUNT},
+)
+
+CERTIFICATES = _obj(
+    {
+        "success": {"const": True},
+        "data": {
+            "type": "array",
+            "items": _obj(
+                {
+                    "file": {"type": "string"},
+                    "days_remaining": {"type": "string", "pattern": r"^-?\d+ days$"},
+                    "is_expired": {"type": "boolean"},
+                },
+                {
+                    "common_name": {"type": ["string", "null"]},
+                    "serial": {"type": "string"},
+                    "not_before": TIMESTAMP,
+                    "not_after": TIMESTAMP,
+                    "issuer": {"type": "string"},
+                    "revoked": {"type": "boolean"},
+                },
+            ),
+        },
+    },
+    {"count": COUNT},
+)
+
+HEALTH_OK = _obj(
+    {
+        "success": {"const": True},
+        "status": {"type": "string", "enum": ["healthy", "degraded"]},
+    },
+    {
+        "database": {"const": "ok"},
+        "interval_seconds": COUNT,
+        "last_poll": NULLABLE_TIMESTAMP,
+        "reason": {"type": "string"},
+        "sources": {"type": "object"},
+    },
+)
+HEALTH_BAD = _obj(
+    {
+        "success": {"const": False},
+        "status": {"const": "unhealthy"},
+        "error": {"type": "string"},
+    }
+)
+
+
+def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    words = {
+        400: "A parameter is not valid; the message says what is accepted",
+        401: "A bearer token is required (when [api] tokens is set)",
+        404: "No client with that common name",
+        503: "The database cannot be read",
+    }
+    return {str(code): _json(words[code], ERROR) for code in codes}
+
+
+RANGE = {
+    "name": "range",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "string", "enum": list(RANGES), "default": "24h"},
+    "description": "Time range, ending now (the bucket in progress included).",
+}
+RESOLUTION = {
+    "name": "resolution",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "string", "enum": list(RESOLUTIONS), "default": "auto"},
+    "description": "Bucket width; auto follows the range (see docs/api.md). A combination over "
+    "10,000 points or beyond a tier's retention is a 400.",
+}
+COMMON_NAME = {
+    "name": "common_name",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "minLength": 1},
+    "description": "The client's common name, URL-encoded; matched exactly.",
+}
+# /stats/system is the server's totals: there a client named 'system' needs /clients/system/stats
+STATS_COMMON_NAME = {
+    **COMMON_NAME,
+    "schema": {"type": "string", "minLength": 1, "not": {"const": "system"}},
+    "description": COMMON_NAME["description"] + " A client named 'system' is reachable as "
+    "/clients/system/stats.",
+}
+
+
+def _get(summary: str, ok: dict[str, Any], params: list[Any], errors: tuple[int, ...]) -> Any:
+    return {
+        "get": {
+            "summary": summary,
+            "parameters": params,
+            "responses": {"200": _json("OK", ok), **_errors(*errors)},
+        }
+    }
+
+
+def document() -> dict[str, Any]:
+    def client_stats(name: dict[str, Any]) -> dict[str, Any]:
+        return _get(
+            "One client: status, totals, open sessions and history",
+            CLIENT_STATS,
+            [name, RANGE, RESOLUTION],
+            (400, 401, 404, 503),
+        )
+
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "ovpnmon API",
+            "version": __version__,
+            "description": "Read-only OpenVPN traffic history. Every error body is "
+            '{"success": false, "error": "..."}.',
+        },
+        "servers": [{"url": "/api/v1"}],
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "paths": {
+            "/analytics": _get(
+                "The whole server in 96 buckets, top clients and the traffic split",
+                ANALYTICS_BODY,
+                [
+                    {
+                        "name": "range",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "enum": list(ANALYTICS), "default": "24h"},
+                    }
+                ],
+                (400, 401, 503),
+            ),
+            "/stats": _get("Every known client", ALL_STATS, [], (401, 503)),
+            "/stats/system": _get("Whole-server totals", SYSTEM, [], (401, 503)),
+            "/stats/{common_name}": client_stats(STATS_COMMON_NAME),
+            "/clients/{common_name}/stats": client_stats(COMMON_NAME),
+            "/clients": _get("Common names and status", CLIENTS, [], (401, 503)),
+            "/certificates": _get("Certificate expiry", CERTIFICATES, [], (401, 503)),
+            "/health": {
+                "get": {
+                    "summary": "Database connectivity and collector freshness (no token needed)",
+                    "parameters": [],
+                    "responses": {
+                        "200": _json("Healthy or degraded", HEALTH_OK),
+                        "503": _json("The database cannot be read", HEALTH_BAD),
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "parameters": [],
+                    "responses": {"200": _json("OpenAPI 3.1", {"type": "object"})},
+                }
+            },
+        },
+    }
+
+
+class OpenApi:
+    """``GET /openapi.json``."""
+
+    auth_exempt = True
+
+    def __init__(self) -> None:
+        self.body = document()
+
+    def on_get(self, req: Any, resp: Any) -> None:
+        resp.media = self.body
