@@ -13,13 +13,14 @@ connects while they are down, and they are restarted; finally they are stopped w
 from __future__ import annotations
 
 import contextlib
-import os
+import json
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -293,4 +294,54 @@ def test_exact_accounting_against_real_openvpn(tmp_path):
         assert expected["dave"][0] == dave_now
     # the management reads went through the password prompt every time
     assert len(proxy.replies) >= 8
-    assert os.path.exists(by_file.db)
+    check_api_against_openvpn(by_file.db, expected_totals(relay.versions))
+
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def check_api_against_openvpn(database: str, expected: dict[str, list[int]]) -> None:
+    """The real API under waitress answers with OpenVPN's own numbers, to the byte."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    api = subprocess.Popen(
+        [sys.executable, "-m", "ovpnmon_api", "serve", "--db", database, "--port", str(port)],
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}/api/v1"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                get_json(f"{base}/clients")
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        for cn, (rx, tx) in expected.items():
+            data = get_json(f"{base}/stats/{cn}?range=1h")["data"]
+            assert data["totals"]["received_bytes"] == rx, cn
+            assert data["totals"]["sent_bytes"] == tx, cn
+            history = data["history"]
+            assert len(history) == 120
+            # the whole test ran within the hour: the 30-second buckets hold every byte
+            assert sum(p["bytes_received"] for p in history) == rx, cn
+            assert sum(p["bytes_sent"] for p in history) == tx, cn
+        system = get_json(f"{base}/stats/system")["data"]
+        assert system["total_clients"] == len(expected)
+        total_rx = sum(rx for rx, _ in expected.values())
+        analytics = get_json(f"{base}/analytics?range=24h")["data"]
+        assert analytics["traffic_distribution"]["rx"] == total_rx
+        assert analytics["max_concurrent_24h"] == 4
+        top = {t["common_name"]: t["total"] for t in analytics["top_clients_24h"]}
+        assert top == {cn: rx + tx for cn, (rx, tx) in expected.items()}
+    finally:
+        api.send_signal(signal.SIGTERM)
+        assert api.wait(timeout=15) == 0
+    log = api.stderr.read().decode()
+    assert "Traceback" not in log
+    assert "GET /api/v1/stats/system 200" in log  # one access-log line per request
