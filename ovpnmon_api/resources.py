@@ -287,7 +287,7 @@ class Certificates:
             rows = queries.certificates(conn)
         data = []
         for row in rows:
-            days = (row["not_after"] - now) // 86400
+            days = int((row["not_after"] - now) / 86400)  # whole days, toward zero
             data.append(
                 {
                     "file": row["file"],

@@ -57,7 +57,18 @@ def simulate(status: Path, simulation: Simulation, period: float, stop: threadin
         write_in_place(str(status), render_status(simulation.step(now), now))
 
 
-def write_config(workdir: Path, source_lines: str, port: int, interval: int) -> Path:
+def make_certificates(workdir: Path, names: list[str]) -> Path:
+    """A small PKI so /certificates has something to show: some expiring soon, one expired."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from ovpn_harness import Pki
+
+    pki = Pki.create(workdir / "pki")
+    for index, name in enumerate(names):
+        pki.issue(name, days=[-3, 12, 45, 200, 800][index % 5])
+    return pki.directory
+
+
+def write_config(workdir: Path, source_lines: str, port: int, interval: int, pki: Path) -> Path:
     config = workdir / "ovpnmon.conf"
     config.write_text(
         f"""; written by scripts/demo
@@ -69,6 +80,9 @@ interval = {interval}
 
 [source:sim]
 {source_lines}
+
+[certificates]
+paths = {pki}
 
 [retention]
 raw_days = 31
@@ -101,7 +115,7 @@ def start_real_openvpn(workdir: Path):
     reason = openvpn_available()
     if reason:
         sys.exit(f"demo: --openvpn: {reason}")
-    server = Server(workdir / "openvpn", Pki.create(workdir / "pki"), status_version=3)
+    server = Server(workdir / "openvpn", Pki.create(workdir / "openvpn-pki"), status_version=3)
     server.start()
     for name in ("alice", "bob", "bob", "carol"):
         server.connect(name)
@@ -149,7 +163,8 @@ def main() -> int:
             ).start()
             source = f"status_file = {status}"
             log(f"a simulated OpenVPN with {args.clients} clients rewrites {status} every 2 s")
-        config = write_config(workdir, source, args.port, args.interval)
+        pki = make_certificates(workdir, [f"user-{i:03d}" for i in range(8)])
+        config = write_config(workdir, source, args.port, args.interval, pki)
         for command in (
             ["ovpnmon_collector", "run", "--config", str(config)],
             ["ovpnmon_api", "serve", "--config", str(config)],

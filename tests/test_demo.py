@@ -1,0 +1,90 @@
+"""The README's first command, headless: healthy within 2 minutes, data everywhere, nothing left."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from ovpnmon_common.buckets import ANALYTICS, RANGES
+
+ROOT = Path(__file__).parent.parent
+pytestmark = pytest.mark.slow
+
+
+def get(url):
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def processes_mentioning(text):
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append((int(pid), cmdline))
+    return found
+
+
+def test_demo_runs_serves_every_range_and_leaves_nothing_behind(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    data = tmp_path / "demo-data"
+    demo = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "demo.py"), "--port", str(port), "--data", str(data)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}/api/v1"
+    try:
+        deadline = time.monotonic() + 120
+        health = None
+        while time.monotonic() < deadline:
+            try:
+                health = get(f"{base}/health")
+                if health["status"] == "healthy":
+                    break
+            except OSError:
+                pass
+            time.sleep(1)
+        assert health and health["status"] == "healthy", health
+        assert len(processes_mentioning(str(data))) >= 3  # the demo, the collector, the API
+
+        for range_name in RANGES:
+            body = get(f"{base}/stats/user-000?range={range_name}")
+            assert body["success"], body
+            assert sum(p["bytes_received"] for p in body["data"]["history"]) > 0, range_name
+        for range_name in ANALYTICS:
+            body = get(f"{base}/analytics?range={range_name}")["data"]
+            assert len(body["global_history_24h"]) == 96 and body["traffic_distribution"]["rx"] > 0
+            assert body["top_clients_24h"], range_name
+        assert get(f"{base}/stats")["count"] == 25
+        assert get(f"{base}/clients")["count"] == 25
+        assert get(f"{base}/stats/system")["data"]["total_received_gb"] > 0
+        certs = get(f"{base}/certificates")["data"]
+        assert len(certs) == 9 and any(c["is_expired"] for c in certs)  # 8 clients and the CA
+        assert get(f"{base}/stats/shared-laptop?range=7d")["data"]["history"]
+    finally:
+        os.killpg(demo.pid, signal.SIGINT)  # Ctrl-C
+        try:
+            demo.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            demo.kill()
+    output = demo.stdout.read().decode()
+    assert demo.returncode == 0, output
+    assert "demo: stopped" in output
+    time.sleep(0.5)
+    assert processes_mentioning(str(data)) == []
