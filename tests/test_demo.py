@@ -43,7 +43,14 @@ def test_demo_runs_serves_every_range_and_leaves_nothing_behind(tmp_path):
         port = sock.getsockname()[1]
     data = tmp_path / "demo-data"
     demo = subprocess.Popen(
-        [sys.executable, str(ROOT / "scripts" / "demo.py"), "--port", str(port), "--data", str(data)],
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "demo.py"),
+            "--port",
+            str(port),
+            "--data",
+            str(data),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,

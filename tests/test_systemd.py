@@ -44,13 +44,17 @@ def test_unit_verifies_clean(unit, tmp_path):
     copy = tmp_path / unit.name
     copy.write_text(text)
     result = subprocess.run([tool, "verify", str(copy)], capture_output=True, text=True)
-    assert result.returncode == 0 and result.stdout + result.stderr == "", result.stdout + result.stderr
+    assert result.returncode == 0 and result.stdout + result.stderr == "", (
+        result.stdout + result.stderr
+    )
 
 
 @pytest.mark.parametrize("unit", UNITS, ids=lambda u: u.name)
 def test_unit_exposure_is_at_most_two(unit):
     tool = analyze()
-    result = subprocess.run([tool, "security", "--offline=yes", str(unit)], capture_output=True, text=True)
+    result = subprocess.run(
+        [tool, "security", "--offline=yes", str(unit)], capture_output=True, text=True
+    )
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d)", result.stdout)
     assert match, result.stdout + result.stderr
     assert float(match.group(1)) <= 2.0, result.stdout
