@@ -121,6 +121,11 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(database, tm
                 # such a client is read at /clients/system/stats), so the inferred link is wrong there.
                 "--phases",
                 "examples,coverage,fuzzing",
+                # OpenAPI resolves /stats/system before /stats/{common_name}; schemathesis does
+                # not, and sends 'system' as a name there. The same resource is fuzzed at
+                # /clients/{common_name}/stats, where no fixed path shadows a name.
+                "--exclude-path",
+                "/stats/{common_name}",
             ],
             capture_output=True,
             text=True,

@@ -1,0 +1,208 @@
+"""API latency per endpoint and range, against waitress + Falcon serving precomputed bodies.
+
+On a database from ``bench/generate.py`` (the issue's: 1,000 clients, 3 days of raw samples at
+10 s, a year of tiers), in the same run:
+- the floor: the same waitress + Falcon, answering every URL with the body the real API gave for
+  it, precomputed (so only HTTP, routing and bytes on the wire remain);
+- ovpnmon-api on the same database;
+then 16 concurrent connections for ``--soak`` seconds while a collector writes every second.
+
+    python bench/api_latency.py --db /tmp/big.db [--requests 40] [--soak 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+RANGES = ["1h", "3h", "6h", "12h", "24h", "7d", "30d", "90d", "1y"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_listening(port: int) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def fetch(conn: http.client.HTTPConnection, url: str) -> tuple[int, bytes, float]:
+    started = time.perf_counter()
+    conn.request("GET", url)
+    response = conn.getresponse()
+    body = response.read()
+    return response.status, body, time.perf_counter() - started
+
+
+def floor_server(bodies: dict[str, bytes], port: int) -> None:
+    """Runs in a child process: waitress + Falcon returning the precomputed bodies."""
+    import falcon
+    import waitress
+
+    def sink(req: falcon.Request, resp: falcon.Response) -> None:
+        key = req.path + (f"?{req.query_string}" if req.query_string else "")
+        resp.data = bodies[key]
+        resp.content_type = falcon.MEDIA_JSON
+
+    app = falcon.App()
+    app.add_sink(sink, prefix="/")
+    waitress.serve(app, host="127.0.0.1", port=port, threads=4, _quiet=True)
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * share))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--db", required=True)
+    parser.add_argument("--requests", type=int, default=40)
+    parser.add_argument("--soak", type=float, default=60)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="ovpnmon-api-bench-"))
+    database = str(work / "bench.db")
+    shutil.copy(args.db, database)
+    api_port, floor_port = free_port(), free_port()
+    config = work / "c.conf"
+    config.write_text(
+        f"[database]\npath = {database}\n[collector]\ninterval = 1\n"
+        f"[source:sim]\nstatus_file = {work / 'status.log'}\n"
+        f"[retention]\nraw_days = 3\nhourly_days = 400\n[api]\nport = {api_port}\nthreads = 4\n"
+    )
+    log = open(work / "api.log", "wb")  # noqa: SIM115
+    api = subprocess.Popen(
+        [sys.executable, "-m", "ovpnmon_api", "serve", "--config", str(config)], stderr=log
+    )
+    children = [api]
+    try:
+        wait_listening(api_port)
+        conn = http.client.HTTPConnection("127.0.0.1", api_port)
+        names = [c for c in (f"user-{i:03d}" for i in range(0, 999, 97))]
+        urls = [f"/api/v1/stats/{names[0]}?range={r}" for r in RANGES]
+        urls += [f"/api/v1/analytics?range={r}" for r in ("24h", "7d", "30d")]
+        urls += ["/api/v1/stats", "/api/v1/stats/system", "/api/v1/clients", "/api/v1/health"]
+        bodies = {}
+        for url in urls:
+            status, body, _ = fetch(conn, url)
+            if status != 200:
+                raise SystemExit(f"{url}: {status} {body[:300]!r}")
+            bodies[url] = body
+        import multiprocessing
+
+        floor = multiprocessing.Process(target=floor_server, args=(bodies, floor_port), daemon=True)
+        floor.start()
+        wait_listening(floor_port)
+        floor_conn = http.client.HTTPConnection("127.0.0.1", floor_port)
+        print(
+            f"{'request':42s} {'bytes':>8s} {'floor p50/p99 ms':>17s} {'ovpnmon p50/p99 ms':>19s} {'ratio p50':>9s}"
+        )
+        for url in urls:
+            ours, base = [], []
+            for _ in range(args.requests):  # interleaved, so both see the same machine
+                base.append(fetch(floor_conn, url)[2] * 1000)
+                ours.append(fetch(conn, url)[2] * 1000)
+            ratio = statistics.median(ours) / statistics.median(base)
+            print(
+                f"{url[7:]:42s} {len(bodies[url]):8d} "
+                f"{statistics.median(base):8.2f}/{percentile(base, 0.99):7.2f} "
+                f"{statistics.median(ours):9.2f}/{percentile(ours, 0.99):8.2f} {ratio:8.1f}x"
+            )
+        floor.terminate()
+
+        # --- 16 connections while a collector writes every second ---
+        from ovpnmon_collector.simulator import Simulation, render_status, write_in_place
+
+        simulation = Simulation(clients=1000, seed=42)
+        status = work / "status.log"
+        write_in_place(
+            str(status), render_status(simulation.step(int(time.time())), int(time.time()))
+        )
+        stop = threading.Event()
+
+        def openvpn() -> None:
+            while not stop.wait(1):
+                now = int(time.time())
+                write_in_place(str(status), render_status(simulation.step(now), now))
+
+        threading.Thread(target=openvpn, daemon=True).start()
+        collector_log = open(work / "collector.log", "wb")  # noqa: SIM115
+        collector = subprocess.Popen(
+            [sys.executable, "-m", "ovpnmon_collector", "run", "--config", str(config)],
+            stderr=collector_log,
+        )
+        children.append(collector)
+        time.sleep(5)
+        latencies: list[float] = []
+        failures: list[str] = []
+        lock = threading.Lock()
+
+        def worker(seed: int) -> None:
+            rng = random.Random(seed)
+            c = http.client.HTTPConnection("127.0.0.1", api_port, timeout=60)
+            end = time.monotonic() + args.soak
+            while time.monotonic() < end:
+                url = rng.choice(urls)
+                try:
+                    status_code, body, elapsed = fetch(c, url)
+                except OSError as exc:
+                    with lock:
+                        failures.append(str(exc))
+                    c = http.client.HTTPConnection("127.0.0.1", api_port, timeout=60)
+                    continue
+                with lock:
+                    latencies.append(elapsed * 1000)
+                    if status_code != 200 or b"locked" in body:
+                        failures.append(f"{url} {status_code} {body[:100]!r}")
+
+        began = time.monotonic()
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.monotonic() - began
+        stop.set()
+        locked = (work / "api.log").read_text().count("locked") + (
+            work / "collector.log"
+        ).read_text().count("locked")
+        print(
+            f"\n16 connections for {elapsed:.0f} s with the collector polling 1,000 clients every second: "
+            f"{len(latencies) / elapsed:.0f} req/s, p50 {statistics.median(latencies):.1f} ms, "
+            f"p99 {percentile(latencies, 0.99):.1f} ms, {len(failures)} errors, "
+            f"{locked} 'database is locked'"
+        )
+        for failure in failures[:5]:
+            print("  ", failure)
+    finally:
+        for child in children:
+            child.send_signal(signal.SIGTERM)
+        for child in children:
+            child.wait(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
