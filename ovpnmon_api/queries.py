@@ -1,28 +1,32 @@
 """Every read the API makes: SQLAlchemy Core ``select()`` over the tables of ``ovpnmon_common``.
 
-Functions take a connection (one transaction per request, so one consistent snapshot) and return
-plain Python values; they know nothing of HTTP. Tiers are read up to their rollup watermark and
-the finer data after it, so every series includes the bucket in progress.
+Statements are built once, at import, with ``bindparam()`` placeholders and run as
+``db.Prepared`` (compiled once per process): a request pays for SQLite's work and its rows, not
+for rebuilding queries. Functions take a connection (one transaction per request, so one
+consistent snapshot) and return plain Python values; they know nothing of HTTP. Tiers are read up
+to their rollup watermark and the finer data after it, so every series includes the bucket in
+progress.
 """
 
 from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Select, case, func, select
+from sqlalchemy import Connection, Select, bindparam, case, func, select
 
-from ovpnmon_common import db, schema
+from ovpnmon_common import schema
 from ovpnmon_common.buckets import Series
+from ovpnmon_common.db import Prepared
 from ovpnmon_common.tiers import BY_NAME, watermark_key
 
 c, s, u, g = schema.clients, schema.sessions, schema.usage_history, schema.global_history
 
-
 # --- collector status -------------------------------------------------------------------------
+
+META = Prepared(select(schema.meta.c.key, schema.meta.c.value))
 
 
 @dataclass(frozen=True)
@@ -35,24 +39,20 @@ class CollectorStatus:
 
 def collector_status(conn: Connection) -> CollectorStatus:
     """The collector's heartbeat, configured interval, per-source health and rollup watermarks."""
-    entries = db.get_meta_prefix(conn, "")
+    entries = dict(META(conn).all())
     sources = {
         key[len("source.") : -len(".health")]: json.loads(value)
         for key, value in entries.items()
         if key.startswith("source.") and key.endswith(".health")
     }
-    watermarks = {
-        name: int(entries[watermark_key(name)])
-        for name in BY_NAME
-        if watermark_key(name) in entries
-    }
+    marks = {name: entries.get(watermark_key(name)) for name in BY_NAME}
     heartbeat = entries.get("collector.heartbeat")
     interval = entries.get("collector.interval")
     return CollectorStatus(
         heartbeat=int(heartbeat) if heartbeat else None,
         interval=int(interval) if interval else None,
         sources=sources,
-        watermarks=watermarks,
+        watermarks={name: int(mark) for name, mark in marks.items() if mark is not None},
     )
 
 
@@ -75,27 +75,14 @@ def open_session_bytes():
     )
 
 
-@dataclass(frozen=True)
-class ClientRow:
-    id: int
-    common_name: str
-    active: bool
-    first_seen: int
-    last_seen: int
-    total_received: int
-    total_sent: int
-    open_sessions: int
-    connected_since: int | None
-    last_received: int  # bytes in the collector's last poll
-    last_sent: int
-
-
-def _clients_query(status: CollectorStatus) -> Select[Any]:
+def _clients_select() -> Select[Any]:
     live = open_session_bytes()
-    heartbeat = status.heartbeat if status.heartbeat is not None else -1
     last = (
         select(u.c.client_id, u.c.bytes_received, u.c.bytes_sent)
-        .where(u.c.client_id.in_(select(c.c.id).where(c.c.active)), u.c.ts == heartbeat)
+        .where(
+            u.c.client_id.in_(select(c.c.id).where(c.c.active)),
+            u.c.ts == bindparam("heartbeat"),
+        )
         .subquery("last_sample")
     )
     return (
@@ -117,15 +104,38 @@ def _clients_query(status: CollectorStatus) -> Select[Any]:
     )
 
 
+ALL_CLIENTS = Prepared(_clients_select().order_by(c.c.common_name))
+ONE_CLIENT = Prepared(_clients_select().where(c.c.common_name == bindparam("name")))
+
+
+@dataclass(frozen=True)
+class ClientRow:
+    id: int
+    common_name: str
+    active: bool
+    first_seen: int
+    last_seen: int
+    total_received: int
+    total_sent: int
+    open_sessions: int
+    connected_since: int | None
+    last_received: int  # bytes in the collector's last poll
+    last_sent: int
+
+
 def clients(conn: Connection, status: CollectorStatus) -> list[ClientRow]:
     """Every client ever seen, by common name."""
-    rows = conn.execute(_clients_query(status).order_by(c.c.common_name))
+    rows = ALL_CLIENTS(conn, heartbeat=_heartbeat(status))
     return [_client_row(row, status) for row in rows]
 
 
 def client(conn: Connection, status: CollectorStatus, common_name: str) -> ClientRow | None:
-    row = conn.execute(_clients_query(status).where(c.c.common_name == common_name)).first()
+    row = ONE_CLIENT(conn, heartbeat=_heartbeat(status), name=common_name).first()
     return _client_row(row, status) if row is not None else None
+
+
+def _heartbeat(status: CollectorStatus) -> int:
+    return status.heartbeat if status.heartbeat is not None else -1
 
 
 def _client_row(row: Any, status: CollectorStatus) -> ClientRow:
@@ -155,42 +165,51 @@ def lifetime_totals(conn: Connection) -> dict[str, tuple[int, int, bool]]:
     }
 
 
+OPEN_SESSIONS = Prepared(
+    select(
+        s.c.source,
+        s.c.real_address,
+        s.c.virtual_address,
+        s.c.virtual_ipv6,
+        s.c.connected_since,
+        (s.c.bytes_received - s.c.baseline_received).label("rx"),
+        (s.c.bytes_sent - s.c.baseline_sent).label("tx"),
+    )
+    .where(s.c.client_id == bindparam("client_id"), s.c.disconnected_at.is_(None))
+    .order_by(s.c.connected_since)
+)
+
+
 def open_sessions(conn: Connection, client_id: int) -> list[dict[str, Any]]:
     """A client's open sessions, oldest first."""
-    rows = conn.execute(
-        select(
-            s.c.source,
-            s.c.real_address,
-            s.c.virtual_address,
-            s.c.virtual_ipv6,
-            s.c.connected_since,
-            (s.c.bytes_received - s.c.baseline_received).label("rx"),
-            (s.c.bytes_sent - s.c.baseline_sent).label("tx"),
-        )
-        .where(s.c.client_id == client_id, s.c.disconnected_at.is_(None))
-        .order_by(s.c.connected_since)
-    )
-    return [dict(row._mapping) for row in rows]
+    return [dict(row._mapping) for row in OPEN_SESSIONS(conn, client_id=client_id)]
+
+
+LAST_INTERVAL = Prepared(select(g.c.interval).where(g.c.ts == bindparam("ts")))
 
 
 def last_interval(conn: Connection, status: CollectorStatus) -> float:
     """The monotonic length of the collector's last poll interval (0 when unknown)."""
     if status.heartbeat is None:
         return 0.0
-    value = conn.execute(select(g.c.interval).where(g.c.ts == status.heartbeat)).scalar()
-    return float(value or 0.0)
+    return float(LAST_INTERVAL(conn, ts=status.heartbeat).scalar() or 0.0)
+
+
+def _system_select() -> Select[Any]:
+    live = open_session_bytes()
+    return select(
+        func.count(c.c.id),
+        func.coalesce(func.sum(case((c.c.active, 1), else_=0)), 0),
+        func.coalesce(func.sum(c.c.closed_received + func.coalesce(live.c.rx, 0)), 0),
+        func.coalesce(func.sum(c.c.closed_sent + func.coalesce(live.c.tx, 0)), 0),
+    ).outerjoin(live, live.c.client_id == c.c.id)
+
+
+SYSTEM = Prepared(_system_select())
 
 
 def system_totals(conn: Connection) -> dict[str, int]:
-    live = open_session_bytes()
-    row = conn.execute(
-        select(
-            func.count(c.c.id),
-            func.coalesce(func.sum(case((c.c.active, 1), else_=0)), 0),
-            func.coalesce(func.sum(c.c.closed_received + func.coalesce(live.c.rx, 0)), 0),
-            func.coalesce(func.sum(c.c.closed_sent + func.coalesce(live.c.tx, 0)), 0),
-        ).outerjoin(live, live.c.client_id == c.c.id)
-    ).one()
+    row = SYSTEM(conn).one()
     return {"clients": row[0], "active": row[1], "received": int(row[2]), "sent": int(row[3])}
 
 
@@ -199,29 +218,64 @@ def system_totals(conn: Connection) -> dict[str, int]:
 Sums = dict[int, list[int]]  # bucket (or client id) -> [bytes received, bytes sent]
 
 
+def _sums(table: Any, time_column: str, by_client: bool, one_client: bool) -> Prepared:
+    """SUM of bytes in ``[start, end)`` grouped by ``step`` bucket or by client."""
+    when = table.c[time_column]
+    key = table.c.client_id if by_client else (when - when % bindparam("step"))
+    where = [when >= bindparam("start"), when < bindparam("end")]
+    if one_client:
+        where.append(table.c.client_id == bindparam("client_id"))
+    elif table is u:  # drive from the clients into the (client_id, ts) key: no index on ts alone
+        where.append(u.c.client_id.in_(select(c.c.id)))
+    return Prepared(
+        select(key.label("key"), func.sum(table.c.bytes_received), func.sum(table.c.bytes_sent))
+        .where(*where)
+        .group_by(key)
+    )
+
+
+_TIER_TABLES = {"raw": (u, "ts"), **{name: (r.table, "bucket") for name, r in BY_NAME.items()}}
+SUMS = {
+    (tier, by_client, one_client): _sums(table, column, by_client, one_client)
+    for tier, (table, column) in _TIER_TABLES.items()
+    if tier != "global_15min"
+    for by_client in (False, True)
+    for one_client in (False, True)
+}
+
+
 def client_series(
     conn: Connection, status: CollectorStatus, client_id: int, series: Series
 ) -> Sums:
     """Per bucket of ``series``: the client's bytes, from its tier and the finer data after it."""
     assert series.step is not None
     out: Sums = defaultdict(lambda: [0, 0])
-    _tier_sums(
-        conn, status, series.tier.name, series.start, series.end, series.step, out, client_id
-    )
+    tier = series.tier.name
+    _tier_sums(conn, status, tier, series.start, series.end, series.step, out, client_id)
     return out
+
+
+CLIENT_SAMPLES = Prepared(
+    select(u.c.ts, u.c.bytes_received, u.c.bytes_sent, func.coalesce(g.c.interval, 0.0))
+    .outerjoin(g, g.c.ts == u.c.ts)
+    .where(
+        u.c.client_id == bindparam("client_id"),
+        u.c.ts >= bindparam("start"),
+        u.c.ts < bindparam("end"),
+    )
+    .order_by(u.c.ts)
+)
 
 
 def client_samples(
     conn: Connection, client_id: int, start: int, end: int
 ) -> list[tuple[int, int, int, float]]:
     """Raw samples (ts, rx, tx, poll interval) in ``[start, end)``, oldest first."""
-    rows = conn.execute(
-        select(u.c.ts, u.c.bytes_received, u.c.bytes_sent, func.coalesce(g.c.interval, 0.0))
-        .outerjoin(g, g.c.ts == u.c.ts)
-        .where(u.c.client_id == client_id, u.c.ts >= start, u.c.ts < end)
-        .order_by(u.c.ts)
-    )
+    rows = CLIENT_SAMPLES(conn, client_id=client_id, start=start, end=end)
     return [(ts, rx, tx, float(interval)) for ts, rx, tx, interval in rows]
+
+
+CLIENT_NAMES = Prepared(select(c.c.id, c.c.common_name))
 
 
 def top_clients(
@@ -235,11 +289,7 @@ def top_clients(
     ranked = [item for item in ranked if item[1][0] + item[1][1] > 0][:limit]
     if not ranked:
         return []
-    names = dict(
-        conn.execute(
-            select(c.c.id, c.c.common_name).where(c.c.id.in_([i for i, _ in ranked]))
-        ).all()
-    )
+    names = dict(CLIENT_NAMES(conn).all())
     return [(names[cid], rx, tx) for cid, (rx, tx) in ranked]
 
 
@@ -259,25 +309,14 @@ def _tier_sums(
     if start >= end:
         return
     if tier == "raw":
-        _raw_sums(conn, start, end, step, out, client_id)
+        _add(conn, "raw", start, end, step, out, client_id)
         return
     rollup = BY_NAME[tier]
     width = rollup.width
     first = -(-start // width) * width  # first whole bucket inside the range
     final = min(status.watermarks.get(tier, first), (end // width) * width)
     if first < final:
-        t = rollup.table
-        key = t.c.client_id if step is None else (t.c.bucket - t.c.bucket % step)
-        query = (
-            select(key.label("key"), func.sum(t.c.bytes_received), func.sum(t.c.bytes_sent))
-            .where(t.c.bucket >= first, t.c.bucket < final)
-            .group_by(key)
-        )
-        if client_id is not None:
-            query = query.where(t.c.client_id == client_id)
-        for k, rx, tx in conn.execute(query):
-            out[k][0] += rx
-            out[k][1] += tx
+        _add(conn, tier, first, final, step, out, client_id)
     else:
         first = final = start
     finer = rollup.finer or "raw"
@@ -285,22 +324,39 @@ def _tier_sums(
     _tier_sums(conn, status, finer, max(final, start), end, step, out, client_id)
 
 
-def _raw_sums(
-    conn: Connection, start: int, end: int, step: int | None, out: Sums, client_id: int | None
+def _add(
+    conn: Connection,
+    tier: str,
+    start: int,
+    end: int,
+    step: int | None,
+    out: Sums,
+    client_id: int | None,
 ) -> None:
-    key = u.c.client_id if step is None else (u.c.ts - u.c.ts % step)
-    query = (
-        select(key.label("key"), func.sum(u.c.bytes_received), func.sum(u.c.bytes_sent))
-        .where(u.c.ts >= start, u.c.ts < end)
+    query = SUMS[(tier, step is None, client_id is not None)]
+    params: dict[str, Any] = {"start": start, "end": end}
+    if step is not None:
+        params["step"] = step
+    if client_id is not None:
+        params["client_id"] = client_id
+    for k, rx, tx in query(conn, **params):
+        entry = out[k]
+        entry[0] += rx
+        entry[1] += tx
+
+
+def _global(when: Any, rx: Any, tx: Any, active: Any) -> Prepared:
+    key = (when - when % bindparam("step")).label("key")
+    return Prepared(
+        select(key, func.sum(rx), func.sum(tx), func.max(active))
+        .where(when >= bindparam("start"), when < bindparam("end"))
         .group_by(key)
     )
-    if client_id is not None:
-        query = query.where(u.c.client_id == client_id)
-    else:  # drive from the clients into the (client_id, ts) key: there is no index on ts alone
-        query = query.where(u.c.client_id.in_(select(c.c.id)))
-    for k, rx, tx in conn.execute(query):
-        out[k][0] += rx
-        out[k][1] += tx
+
+
+_t15 = schema.global_15min
+GLOBAL_TIER = _global(_t15.c.bucket, _t15.c.bytes_received, _t15.c.bytes_sent, _t15.c.max_active)
+GLOBAL_RAW = _global(g.c.ts, g.c.bytes_received, g.c.bytes_sent, g.c.active_count)
 
 
 def global_series(
@@ -308,33 +364,25 @@ def global_series(
 ) -> dict[int, list[int]]:
     """Per bucket: [bytes received, bytes sent, peak concurrent CNs] for the whole server."""
     assert series.step is not None
-    step = series.step
     out: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0])
-    wm = min(status.watermarks.get("global_15min", series.start), series.end)
-    wm = max(wm, series.start)
-    t = schema.global_15min
-    parts: Sequence[tuple[Any, Any, Any, Any, int, int]] = (
-        (t.c.bucket, t.c.bytes_received, t.c.bytes_sent, t.c.max_active, series.start, wm),
-        (g.c.ts, g.c.bytes_received, g.c.bytes_sent, g.c.active_count, wm, series.end),
-    )
-    for when, rx, tx, active, low, high in parts:
+    wm = max(min(status.watermarks.get("global_15min", series.start), series.end), series.start)
+    for query, low, high in ((GLOBAL_TIER, series.start, wm), (GLOBAL_RAW, wm, series.end)):
         if low >= high:
             continue
-        key = (when - when % step).label("key")
-        query = (
-            select(key, func.sum(rx), func.sum(tx), func.max(active))
-            .where(when >= low, when < high)
-            .group_by(key)
-        )
-        for k, srx, stx, peak in conn.execute(query):
+        for k, rx, tx, peak in query(conn, step=series.step, start=low, end=high):
             entry = out[k]
-            entry[0] += srx
-            entry[1] += stx
+            entry[0] += rx
+            entry[1] += tx
             entry[2] = max(entry[2], peak or 0)
     return out
 
 
+CERTIFICATES = Prepared(
+    select(schema.certificates).order_by(
+        schema.certificates.c.not_after, schema.certificates.c.file
+    )
+)
+
+
 def certificates(conn: Connection) -> list[dict[str, Any]]:
-    t = schema.certificates
-    rows = conn.execute(select(t).order_by(t.c.not_after, t.c.file))
-    return [dict(row._mapping) for row in rows]
+    return [dict(row._mapping) for row in CERTIFICATES(conn)]

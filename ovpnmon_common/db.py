@@ -218,6 +218,25 @@ _NAMED_SQLITE = sqlite_dialect.dialect(paramstyle="named")
 _COMPILED: dict[tuple[Any, ...], tuple[str, dict[str, Any]]] = {}
 
 
+def _compiled(conn: Connection, stmt: Any, keys: tuple[str, ...]) -> tuple[str, dict[str, Any]]:
+    """SQL text with named parameters for ``stmt`` on ``conn``'s dialect, compiled once per
+    process, and the values of the binds that ``keys`` do not supply."""
+    key = (stmt, keys, conn.dialect.name)
+    cached = _COMPILED.get(key)
+    if cached is None:
+        dialect = _NAMED_SQLITE if conn.dialect.name == "sqlite" else conn.dialect
+        compiled = stmt.compile(dialect=dialect, column_keys=list(keys) or None)
+        if compiled.positional:  # pragma: no cover - sqlite and psycopg use named styles here
+            raise NotImplementedError(f"needs a named paramstyle, not {dialect.paramstyle}")
+        constants = {
+            name: b.value
+            for name, b in compiled.binds.items()
+            if name not in keys and not b.required
+        }
+        cached = _COMPILED[key] = (str(compiled), constants)
+    return cached
+
+
 def executemany(conn: Connection, stmt: Any, rows: Sequence[Mapping[str, Any]]) -> None:
     """Run a Core statement once per row, without SQLAlchemy's per-row parameter processing.
 
@@ -228,18 +247,24 @@ def executemany(conn: Connection, stmt: Any, rows: Sequence[Mapping[str, Any]]) 
     """
     if not rows:
         return
-    key = (stmt, tuple(rows[0]), conn.dialect.name)
-    cached = _COMPILED.get(key)
-    if cached is None:
-        dialect = _NAMED_SQLITE if conn.dialect.name == "sqlite" else conn.dialect
-        compiled = stmt.compile(dialect=dialect, column_keys=list(rows[0]))
-        if compiled.positional:  # pragma: no cover - sqlite and psycopg use named styles here
-            raise NotImplementedError(f"executemany needs a named paramstyle: {dialect.paramstyle}")
-        constants = {name: b.value for name, b in compiled.binds.items() if name not in rows[0]}
-        cached = _COMPILED[key] = (str(compiled), constants)
-    sql, constants = cached
+    sql, constants = _compiled(conn, stmt, tuple(rows[0]))
     params = [{**constants, **row} for row in rows] if constants else list(rows)
     conn.exec_driver_sql(sql, params)
+
+
+class Prepared:
+    """A Core ``select()`` built once and compiled once: executing it skips statement
+    construction and SQLAlchemy's cache-key work (the API's per-request overhead).
+
+    Parameters are ``bindparam()`` names given as keywords; only plain values, no expanding IN.
+    """
+
+    def __init__(self, stmt: Any) -> None:
+        self.stmt = stmt
+
+    def __call__(self, conn: Connection, **params: Any) -> Any:
+        sql, constants = _compiled(conn, self.stmt, ())
+        return conn.exec_driver_sql(sql, {**constants, **params} if constants else params)
 
 
 Merge = Literal["replace", "add", "max", "keep"]

@@ -17,8 +17,15 @@ def timezone(name: str) -> zoneinfo.ZoneInfo:
 
 def format_timestamp(epoch: int | float, tz: str | dt.tzinfo = "UTC") -> str:
     """Render epoch seconds as ``YYYY-MM-DD HH:MM:SS`` in ``tz``."""
-    zone = timezone(tz) if isinstance(tz, str) else tz
-    return dt.datetime.fromtimestamp(int(epoch), zone).strftime(TIMESTAMP_FORMAT)
+    if isinstance(tz, str):
+        return _format_cached(int(epoch), tz)
+    return dt.datetime.fromtimestamp(int(epoch), tz).strftime(TIMESTAMP_FORMAT)
+
+
+@lru_cache(maxsize=65536)
+def _format_cached(epoch: int, tz: str) -> str:
+    # bucket starts repeat in every response of the same minute: render each once
+    return dt.datetime.fromtimestamp(epoch, timezone(tz)).strftime(TIMESTAMP_FORMAT)
 
 
 def parse_timestamp(text: str, tz: str | dt.tzinfo = "UTC") -> int:

@@ -179,6 +179,7 @@ def main() -> int:
                 )
             )
         base = f"http://127.0.0.1:{args.port}/api/v1"
+        one, two = ("alice", "bob") if args.openvpn else ("user-000", "shared-laptop")
         if not wait_healthy(f"{base}/health", 60):
             log(f"the API did not become healthy; see {workdir}/*.log")
             return 1
@@ -189,9 +190,9 @@ def main() -> int:
     curl -s {base}/health
     curl -s {base}/stats
     curl -s '{base}/analytics?range=7d'
-    curl -s '{base}/stats/user-000?range=24h'
-    curl -s '{base}/stats/shared-laptop?range=30d'
-    curl -s '{base}/stats/user-003?range=1y&resolution=daily'
+    curl -s '{base}/stats/{one}?range=24h'
+    curl -s '{base}/stats/{two}?range=30d'
+    curl -s '{base}/stats/{one}?range=1y&resolution=daily'
 
   Ctrl-C stops everything.
 """,
