@@ -44,6 +44,13 @@ class Context:
         return int(self.clock())
 
 
+class Resource:
+    """Every endpoint holds the shared context and nothing else."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+
 def allow_params(req: falcon.Request, *names: str) -> None:
     """Reject query parameters the endpoint does not know (a typo should not pass silently)."""
     unknown = sorted(set(req.params) - set(names))
@@ -68,11 +75,8 @@ def status_word(active: bool) -> str:
     return "Active" if active else "Inactive"
 
 
-class Analytics:
+class Analytics(Resource):
     """``GET /analytics``: the whole server in 96 buckets, top clients and the traffic split."""
-
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         allow_params(req, "range")
@@ -113,11 +117,8 @@ class Analytics:
         }
 
 
-class ClientStats:
+class ClientStats(Resource):
     """``GET /stats/<common_name>``: one client's status, totals and history."""
-
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, common_name: str) -> None:
         allow_params(req, "range", "resolution")
@@ -202,11 +203,8 @@ class ClientStats:
         }
 
 
-class AllStats:
+class AllStats(Resource):
     """``GET /stats``: a snapshot of every known client."""
-
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         allow_params(req)
@@ -233,11 +231,8 @@ class AllStats:
         }
 
 
-class SystemStats:
+class SystemStats(Resource):
     """``GET /stats/system``: whole-server totals."""
-
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         allow_params(req)
@@ -255,11 +250,8 @@ class SystemStats:
         }
 
 
-class Clients:
+class Clients(Resource):
     """``GET /clients``: common names and status, for dropdowns."""
-
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         allow_params(req)
@@ -274,11 +266,8 @@ class Clients:
         }
 
 
-class Certificates:
+class Certificates(Resource):
     """``GET /certificates``: expiry of every scanned certificate, soonest first."""
-
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         allow_params(req)
@@ -304,13 +293,10 @@ class Certificates:
         resp.media = {"success": True, "count": len(data), "data": data}
 
 
-class Health:
+class Health(Resource):
     """Database connectivity and collector freshness (never needs a token)."""
 
     auth_exempt = True
-
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         allow_params(req)

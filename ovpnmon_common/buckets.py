@@ -7,6 +7,7 @@ bucket that holds ``now`` (the bucket in progress).
 
 from __future__ import annotations
 
+import builtins
 import math
 from dataclasses import dataclass
 
@@ -114,7 +115,7 @@ class Series:
             return "usage_history"
         return _TABLE_LABELS[self.tier.name]
 
-    def starts(self) -> range:
+    def starts(self) -> builtins.range:  # the field `range` shadows the builtin here
         """Every bucket start, oldest first."""
         if self.step is None:
             raise ValueError("raw samples have no buckets")

@@ -300,6 +300,7 @@ def _upsert_statement(
     merge_items: tuple[tuple[str, Merge], ...],
 ) -> Any:
     merge = dict(merge_items)
+    stmt: Any
     if dialect == "sqlite":
         stmt = sqlite_dialect.insert(table)
     elif dialect == "postgresql":
