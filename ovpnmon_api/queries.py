@@ -156,6 +156,14 @@ def _client_row(row: Any, status: CollectorStatus) -> ClientRow:
     )
 
 
+CLIENT_STATUS = Prepared(select(c.c.common_name, c.c.active).order_by(c.c.common_name))
+
+
+def client_status(conn: Connection) -> list[tuple[str, bool]]:
+    """(common name, active) of every client, by name: all that /clients needs."""
+    return [(name, bool(active)) for name, active in CLIENT_STATUS(conn)]
+
+
 def lifetime_totals(conn: Connection) -> dict[str, tuple[int, int, bool]]:
     """Every client's lifetime (bytes received, bytes sent, active)."""
     status = CollectorStatus(None, None, {}, {})

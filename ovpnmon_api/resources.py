@@ -255,14 +255,12 @@ class Clients(Resource):
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         allow_params(req)
-        with self.ctx.snapshot() as (conn, status):
-            rows = queries.clients(conn, status)
+        with self.ctx.snapshot() as (conn, _):
+            rows = queries.client_status(conn)
         resp.media = {
             "success": True,
             "count": len(rows),
-            "data": [
-                {"common_name": row.common_name, "status": status_word(row.active)} for row in rows
-            ],
+            "data": [{"common_name": name, "status": status_word(active)} for name, active in rows],
         }
 
 

@@ -17,6 +17,7 @@ TIME_COLUMNS = {
     "usage_history": "ts",
     "global_history": "ts",
     "global_15min": "bucket",
+    "stats_15min": "bucket",
     "stats_hourly": "bucket",
     "stats_6h": "bucket",
     "stats_daily": "bucket",

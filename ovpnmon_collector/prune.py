@@ -31,7 +31,8 @@ class Target:
 
 
 TARGETS = (
-    Target(schema.usage_history, "ts", "raw_days", "hourly"),
+    Target(schema.usage_history, "ts", "raw_days", "quarter_hour"),
+    Target(schema.stats_15min, "bucket", "raw_days", "hourly"),
     Target(schema.global_history, "ts", "raw_days", "global_15min"),
     Target(schema.stats_hourly, "bucket", "hourly_days", "six_hour"),
     Target(schema.global_15min, "bucket", "hourly_days", None),

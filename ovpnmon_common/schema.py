@@ -135,11 +135,19 @@ def _client_tier(name: str) -> Table:
     )
 
 
+# 15-minute per-client buckets: the finest tier, kept as long as raw samples. Top-N questions and
+# the bucket in progress of every coarser tier read it instead of scanning raw samples.
+stats_15min = _client_tier("stats_15min")
 stats_hourly = _client_tier("stats_hourly")
 stats_6h = _client_tier("stats_6h")
 stats_daily = _client_tier("stats_daily")
 
-CLIENT_TIER_TABLES = {"hourly": stats_hourly, "six_hour": stats_6h, "daily": stats_daily}
+CLIENT_TIER_TABLES = {
+    "quarter_hour": stats_15min,
+    "hourly": stats_hourly,
+    "six_hour": stats_6h,
+    "daily": stats_daily,
+}
 
 # One row per certificate found by the scan (a bundle file holds several: path + serial).
 certificates = Table(

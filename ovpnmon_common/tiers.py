@@ -24,7 +24,8 @@ class Rollup:
 
 
 ROLLUPS: tuple[Rollup, ...] = (
-    Rollup("hourly", schema.stats_hourly, HOUR, schema.usage_history, None),
+    Rollup("quarter_hour", schema.stats_15min, 15 * 60, schema.usage_history, None),
+    Rollup("hourly", schema.stats_hourly, HOUR, schema.stats_15min, "quarter_hour"),
     Rollup("six_hour", schema.stats_6h, 6 * HOUR, schema.stats_hourly, "hourly"),
     Rollup("daily", schema.stats_daily, DAY, schema.stats_6h, "six_hour"),
     Rollup("global_15min", schema.global_15min, 900, schema.global_history, None),
