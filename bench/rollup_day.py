@@ -21,13 +21,15 @@ import time
 from generate import generate
 
 from ovpnmon_collector import rollup
-from ovpnmon_common import db
+from ovpnmon_common import db, schema
 
 DAY = 86400
 # the floor: the same aggregation, one statement per tier, as a person would write it in SQL
 FLOOR = [
-    "INSERT INTO stats_hourly SELECT client_id, ts - ts % 3600, sum(bytes_received),"
+    "INSERT INTO stats_15min SELECT client_id, ts - ts % 900, sum(bytes_received),"
     " sum(bytes_sent), count(*) FROM usage_history WHERE ts < :end GROUP BY 1, 2",
+    "INSERT INTO stats_hourly SELECT client_id, bucket - bucket % 3600, sum(bytes_received),"
+    " sum(bytes_sent), sum(samples) FROM stats_15min WHERE bucket < :end GROUP BY 1, 2",
     "INSERT INTO stats_6h SELECT client_id, bucket - bucket % 21600, sum(bytes_received),"
     " sum(bytes_sent), sum(samples) FROM stats_hourly WHERE bucket < :end GROUP BY 1, 2",
     "INSERT INTO stats_daily SELECT client_id, bucket - bucket % 86400, sum(bytes_received),"
@@ -38,8 +40,11 @@ FLOOR = [
 
 
 def clear_tiers(path: str) -> None:
+    engine = db.writer_engine(path)
+    schema.metadata.create_all(engine)  # a database made before a tier was added gets it
+    db.close_writer(engine)
     conn = sqlite3.connect(path, isolation_level=None)
-    for table in ("stats_hourly", "stats_6h", "stats_daily", "global_15min"):
+    for table in ("stats_15min", "stats_hourly", "stats_6h", "stats_daily", "global_15min"):
         conn.execute(f"DELETE FROM {table}")
     conn.execute("DELETE FROM meta WHERE key LIKE 'rollup.%'")
     conn.execute("VACUUM")
