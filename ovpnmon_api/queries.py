@@ -105,7 +105,12 @@ def _clients_select() -> Select[Any]:
 
 
 ALL_CLIENTS = Prepared(_clients_select().order_by(c.c.common_name))
-ONE_CLIENT = Prepared(_clients_select().where(c.c.common_name == bindparam("name")))
+ONE_CLIENT = Prepared(select(c).where(c.c.common_name == bindparam("name")))
+LAST_SAMPLE = Prepared(
+    select(u.c.bytes_received, u.c.bytes_sent).where(
+        u.c.client_id == bindparam("client_id"), u.c.ts == bindparam("ts")
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -129,9 +134,34 @@ def clients(conn: Connection, status: CollectorStatus) -> list[ClientRow]:
     return [_client_row(row, status) for row in rows]
 
 
-def client(conn: Connection, status: CollectorStatus, common_name: str) -> ClientRow | None:
-    row = ONE_CLIENT(conn, heartbeat=_heartbeat(status), name=common_name).first()
-    return _client_row(row, status) if row is not None else None
+def client(
+    conn: Connection, status: CollectorStatus, common_name: str
+) -> tuple[ClientRow, list[dict[str, Any]]] | None:
+    """One client and its open sessions (oldest first), by key lookups only."""
+    row = ONE_CLIENT(conn, name=common_name).first()
+    if row is None:
+        return None
+    sessions = open_sessions(conn, row.id)
+    last = (
+        LAST_SAMPLE(conn, client_id=row.id, ts=_heartbeat(status)).first() if row.active else None
+    )
+    active = bool(row.active)
+    return (
+        ClientRow(
+            id=row.id,
+            common_name=row.common_name,
+            active=active,
+            first_seen=row.first_seen,
+            last_seen=status.heartbeat if active and status.heartbeat else row.last_seen,
+            total_received=row.closed_received + sum(x["rx"] for x in sessions),
+            total_sent=row.closed_sent + sum(x["tx"] for x in sessions),
+            open_sessions=len(sessions),
+            connected_since=sessions[0]["connected_since"] if sessions else None,
+            last_received=last[0] if last else 0,
+            last_sent=last[1] if last else 0,
+        ),
+        sessions,
+    )
 
 
 def _heartbeat(status: CollectorStatus) -> int:

@@ -129,14 +129,14 @@ class ClientStats(Resource):
             series = plan(
                 single(req, "range"), single(req, "resolution"), now, cfg.retention, interval
             )
-            row = queries.client(conn, status, common_name)
-            if row is None:
+            found = queries.client(conn, status, common_name)
+            if found is None:
                 raise falcon.HTTPNotFound(
                     title="Not found",
                     description=f"no client named {common_name!r}; GET /api/v1/clients lists them",
                 )
+            row, sessions = found
             history = self._history(conn, status, row.id, series)
-            sessions = queries.open_sessions(conn, row.id)
             last_interval = queries.last_interval(conn, status)
         resp.media = {
             "success": True,
