@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import itertools
+import json
 import os
 import random
 import signal
@@ -373,15 +374,15 @@ def test_soak_collector_every_second_api_under_16_connections(tmp_path):
         stderr=api_log_file,
     )
     paths = [
-        "/api/v1/stats/user-001?range=24h",
-        "/api/v1/stats/user-002?range=1h",
+        "/api/v1/stats/{one}?range=24h",
+        "/api/v1/stats/{two}?range=1h",
         "/api/v1/analytics?range=24h",
         "/api/v1/analytics?range=30d",
         "/api/v1/stats",
         "/api/v1/stats/system",
         "/api/v1/clients",
         "/api/v1/health",
-        "/api/v1/stats/shared-laptop?range=7d",
+        "/api/v1/clients/{one}/stats?range=7d",
     ]
     latencies: list[float] = []
     statuses: Counter[int] = Counter()
@@ -423,6 +424,11 @@ def test_soak_collector_every_second_api_under_16_connections(tmp_path):
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
+        # clients the collector has already seen (a simulated client may not have connected yet)
+        probe = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        probe.request("GET", "/api/v1/clients")
+        known = [c["common_name"] for c in json.loads(probe.getresponse().read())["data"]]
+        paths = [p.format(one=quote(known[0]), two=quote(known[-1])) for p in paths]
         polls_before = count_polls(dbfile)
         began = time.monotonic()
         workers = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
