@@ -9,9 +9,10 @@ steps, so neither the collector's polls nor the API's readers wait long.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sqlalchemy import Engine, delete, func, select
+from sqlalchemy import Connection, Engine, delete, func, select
 
 from ovpnmon_common import db, schema
 from ovpnmon_common.buckets import DAY, align
@@ -72,7 +73,7 @@ def prune(
     now: int,
     *,
     deadline: float | None = None,
-    clock=time.monotonic,
+    clock: Callable[[], float] = time.monotonic,
 ) -> PruneReport:
     report = PruneReport()
     with engine.connect() as conn:
@@ -110,7 +111,7 @@ def prune(
     return report
 
 
-def _oldest(conn, target: Target) -> int | None:
+def _oldest(conn: Connection, target: Target) -> int | None:
     table = target.table
     if table is schema.usage_history:
         # one key seek per client instead of a scan of every sample (no index on ts alone)
@@ -121,7 +122,9 @@ def _oldest(conn, target: Target) -> int | None:
     return conn.execute(select(func.min(column))).scalar()
 
 
-def vacuum(engine: Engine, *, deadline: float | None = None, clock=time.monotonic) -> int:
+def vacuum(
+    engine: Engine, *, deadline: float | None = None, clock: Callable[[], float] = time.monotonic
+) -> int:
     """Return free pages to the file system, a few hundred pages per step."""
     if engine.dialect.name != "sqlite":
         return 0
