@@ -154,12 +154,6 @@ class Store:
             db.upsert(conn, schema.meta, [{"key": k, "value": v} for k, v in meta.items()], ["key"])
         self._active = set(poll.active)
 
-    def write_health(self, health: Mapping[str, Mapping[str, Any]]) -> None:
-        """Store source health alone (used when a poll had nothing else to write)."""
-        rows = [{"key": HEALTH.format(n), "value": json.dumps(h)} for n, h in health.items()]
-        with self.engine.begin() as conn:
-            db.upsert(conn, schema.meta, rows, ["key"])
-
     def _ensure_clients(self, conn: Connection, names: Iterable[str], now: int) -> dict[str, int]:
         c = schema.clients
         missing = [name for name in names if name not in self._client_ids]

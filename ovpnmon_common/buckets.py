@@ -53,7 +53,6 @@ DAILY = Tier("daily", DAY, "daily_days")
 # The whole-server tier behind /analytics; 15 minutes divides 105 and 450 minutes exactly.
 GLOBAL_15MIN = Tier("global_15min", 15 * MINUTE, "hourly_days")
 
-CLIENT_TIERS = (HOURLY, SIX_HOUR, DAILY)
 
 # resolution name -> (tier, bucket width); None width means samples as stored
 _EXPLICIT: dict[str, tuple[Tier, int | None]] = {
@@ -120,12 +119,6 @@ class Series:
         if self.step is None:
             raise ValueError("raw samples have no buckets")
         return range(self.start, self.end, self.step)
-
-    def bucket_of(self, ts: int) -> int:
-        """The start of the bucket that holds ``ts``."""
-        if self.step is None:
-            raise ValueError("raw samples have no buckets")
-        return align(ts, self.step)
 
 
 def align(ts: int, width: int) -> int:

@@ -58,10 +58,3 @@ def to_mbps(nbytes: int | float, seconds: float) -> float:
     if seconds <= 0 or nbytes <= 0:
         return 0.0
     return round(nbytes * 8 / seconds / 1_000_000, 3)
-
-
-def bps_to_mbps(bits_per_second: float) -> float:
-    """A stored bit/s rate as the ``*_mbps`` fields render it."""
-    if bits_per_second <= 0:
-        return 0.0
-    return round(bits_per_second / 1_000_000, 3)

@@ -142,12 +142,6 @@ stats_hourly = _client_tier("stats_hourly")
 stats_6h = _client_tier("stats_6h")
 stats_daily = _client_tier("stats_daily")
 
-CLIENT_TIER_TABLES = {
-    "quarter_hour": stats_15min,
-    "hourly": stats_hourly,
-    "six_hour": stats_6h,
-    "daily": stats_daily,
-}
 
 # One row per certificate found by the scan (a bundle file holds several: path + serial).
 certificates = Table(

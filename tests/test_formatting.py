@@ -3,7 +3,6 @@ import math
 import pytest
 
 from ovpnmon_common.formatting import (
-    bps_to_mbps,
     format_timestamp,
     parse_timestamp,
     to_gb,
@@ -35,11 +34,9 @@ def test_units_are_binary_for_sizes_and_decimal_for_rates():
     assert to_mbps(125_000, 1) == 1.0  # 1,000,000 bits in one second
     assert to_mbps(1_875_000, 10) == 1.5
     assert to_mbps(1, 3) == 0.0  # rounds to 3 places
-    assert bps_to_mbps(1_500_000.0) == 1.5
 
 
 @pytest.mark.parametrize("seconds", [0, -5, -0.001])
 def test_rates_are_never_infinite_or_negative(seconds):
     rate = to_mbps(10_000, seconds)
     assert rate == 0.0 and math.isfinite(rate)
-    assert bps_to_mbps(-3.0) == 0.0
