@@ -130,6 +130,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(database, tm
             capture_output=True,
             text=True,
             timeout=600,
+            cwd=tmp_path,  # schemathesis keeps a cache of crashes in its working directory
         )
         assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     finally:
