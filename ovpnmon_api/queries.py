@@ -18,9 +18,9 @@ from typing import Any
 from sqlalchemy import Connection, Select, bindparam, case, func, select
 
 from ovpnmon_common import schema
-from ovpnmon_common.buckets import Series
+from ovpnmon_common.buckets import Series, align, align_up
 from ovpnmon_common.db import Prepared
-from ovpnmon_common.tiers import BY_NAME, watermark_key
+from ovpnmon_common.tiers import BY_NAME, sql_align, watermark_key
 
 c, s, u, g = schema.clients, schema.sessions, schema.usage_history, schema.global_history
 
@@ -259,7 +259,7 @@ Sums = dict[int, list[int]]  # bucket (or client id) -> [bytes received, bytes s
 def _sums(table: Any, time_column: str, by_client: bool, one_client: bool) -> Prepared:
     """SUM of bytes in ``[start, end)`` grouped by ``step`` bucket or by client."""
     when = table.c[time_column]
-    key = table.c.client_id if by_client else (when - when % bindparam("step"))
+    key = table.c.client_id if by_client else sql_align(when, bindparam("step"))
     where = [when >= bindparam("start"), when < bindparam("end")]
     if one_client:
         where.append(table.c.client_id == bindparam("client_id"))
@@ -357,8 +357,8 @@ def _tier_sums(
         return
     rollup = BY_NAME[tier]
     width = rollup.width
-    first = -(-start // width) * width  # first whole bucket inside the range
-    final = min(status.watermarks.get(tier, first), (end // width) * width)
+    first = align_up(start, width)  # the first whole bucket inside the range
+    final = min(status.watermarks.get(tier, first), align(end, width))
     if first < final:
         _add(conn, tier, first, final, step, out, client_id)
     else:
@@ -390,7 +390,7 @@ def _add(
 
 
 def _global(when: Any, rx: Any, tx: Any, active: Any) -> Prepared:
-    key = (when - when % bindparam("step")).label("key")
+    key = sql_align(when, bindparam("step")).label("key")
     return Prepared(
         select(key, func.sum(rx), func.sum(tx), func.max(active))
         .where(when >= bindparam("start"), when < bindparam("end"))

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Engine, delete, func, insert, select
 
 from ovpnmon_common import db, schema
-from ovpnmon_common.buckets import align
-from ovpnmon_common.tiers import ROLLUPS, Rollup, watermark_key
+from ovpnmon_common.buckets import align, align_up
+from ovpnmon_common.tiers import ROLLUPS, Rollup, sql_align, watermark_key
 
 log = logging.getLogger("ovpnmon.rollup")
 
@@ -38,7 +38,7 @@ def _source_select(rollup: Rollup, start: int, end: int):
     src = rollup.source
     width = rollup.width
     if rollup.name == "global_15min":
-        bucket = (src.c.ts - src.c.ts % width).label("bucket")
+        bucket = sql_align(src.c.ts, width).label("bucket")
         return (
             select(
                 bucket,
@@ -51,7 +51,7 @@ def _source_select(rollup: Rollup, start: int, end: int):
             .group_by(bucket)
         )
     if src is schema.usage_history:
-        bucket = (src.c.ts - src.c.ts % width).label("bucket")
+        bucket = sql_align(src.c.ts, width).label("bucket")
         samples = func.count()
         # drive the scan from the clients into the (client_id, ts) key: no index on ts alone
         where = [
@@ -60,7 +60,7 @@ def _source_select(rollup: Rollup, start: int, end: int):
             src.c.ts < end,
         ]
     else:
-        bucket = (src.c.bucket - src.c.bucket % width).label("bucket")
+        bucket = sql_align(src.c.bucket, width).label("bucket")
         samples = func.sum(src.c.samples)
         where = [src.c.bucket >= start, src.c.bucket < end]
     return (
@@ -177,7 +177,7 @@ def backfill(
                 reports.append(RollupReport(rollup.name, 0, int(stored)))
                 continue
             low = max(low, align(oldest, rollup.width))
-            high = min(int(stored), -(-end // rollup.width) * rollup.width)
+            high = min(int(stored), align_up(end, rollup.width))
         count = 0
         for bucket in range(low, high, rollup.width):
             with engine.begin() as conn:

@@ -126,6 +126,11 @@ def align(ts: int, width: int) -> int:
     return ts - ts % width
 
 
+def align_up(ts: int, width: int) -> int:
+    """The first bucket boundary at or after ``ts``."""
+    return -(-ts // width) * width
+
+
 def bucketed(range_name: str, tier: Tier, step: int, now: int) -> Series:
     """The ``step``-wide buckets covering ``range_name``, ending with the one holding ``now``."""
     count = max(1, math.ceil(RANGES[range_name] / step))

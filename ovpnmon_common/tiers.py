@@ -7,6 +7,7 @@ and the finer data after it, so the bucket in progress is always there).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Table
 
@@ -32,6 +33,12 @@ ROLLUPS: tuple[Rollup, ...] = (
 )
 
 BY_NAME = {rollup.name: rollup for rollup in ROLLUPS}
+
+
+def sql_align(column: Any, width: Any) -> Any:
+    """``buckets.align`` as a SQL expression: the bucket start of each row's time ``column``
+    (``width`` is seconds, or a ``bindparam``)."""
+    return column - column % width
 
 
 def watermark_key(tier: str) -> str:

@@ -10,6 +10,7 @@ from ovpnmon_common.buckets import (
     RESOLUTIONS,
     InvalidQuery,
     align,
+    align_up,
     plan,
     plan_analytics,
 )
@@ -156,3 +157,9 @@ def test_analytics_rejects_other_ranges_and_short_retention():
     assert plan_analytics(None, NOW, DEFAULT).range == "24h"
     with pytest.raises(InvalidQuery, match="got ''"):
         plan_analytics("", NOW, DEFAULT)
+
+
+def test_align_and_align_up():
+    assert align(905, 900) == 900 and align_up(905, 900) == 1800
+    assert align(900, 900) == align_up(900, 900) == 900
+    assert align_up(0, 86400) == 0 and align_up(1, 86400) == 86400
