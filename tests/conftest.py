@@ -105,3 +105,39 @@ needs_root = pytest.mark.skipif(
     __import__("os").geteuid() != 0 and not __import__("os").environ.get("OVPNMON_REQUIRE_E2E"),
     reason="needs root (CI runs as root)",
 )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def get_json(url: str, timeout: float = 10) -> dict:
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def wait_for_http(url: str, timeout: float = 20) -> None:
+    """Wait until ``url`` answers with any HTTP status (a server is up); fail after ``timeout``."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1).read()
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)

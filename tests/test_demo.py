@@ -1,25 +1,18 @@
 """The README's first command, headless: healthy within 2 minutes, data everywhere, nothing left."""
 
-import json
 import os
 import signal
-import socket
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import free_port, get_json
 
 from ovpnmon_common.buckets import ANALYTICS, RANGES
 
 ROOT = Path(__file__).parent.parent
 pytestmark = pytest.mark.slow
-
-
-def get(url):
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.loads(response.read())
 
 
 def processes_mentioning(text):
@@ -37,9 +30,7 @@ def processes_mentioning(text):
 
 
 def test_demo_runs_serves_every_range_and_leaves_nothing_behind(tmp_path):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     data = tmp_path / "demo-data"
     demo = subprocess.Popen(
         # the README's command itself: it makes (or reuses) ./.venv, installs, and execs demo.py
@@ -54,7 +45,7 @@ def test_demo_runs_serves_every_range_and_leaves_nothing_behind(tmp_path):
         health = None
         while time.monotonic() < deadline:
             try:
-                health = get(f"{base}/health")
+                health = get_json(f"{base}/health")
                 if health["status"] == "healthy":
                     break
             except OSError:
@@ -64,19 +55,19 @@ def test_demo_runs_serves_every_range_and_leaves_nothing_behind(tmp_path):
         assert len(processes_mentioning(str(data))) >= 3  # the demo, the collector, the API
 
         for range_name in RANGES:
-            body = get(f"{base}/stats/user-000?range={range_name}")
+            body = get_json(f"{base}/stats/user-000?range={range_name}")
             assert body["success"], body
             assert sum(p["bytes_received"] for p in body["data"]["history"]) > 0, range_name
         for range_name in ANALYTICS:
-            body = get(f"{base}/analytics?range={range_name}")["data"]
+            body = get_json(f"{base}/analytics?range={range_name}")["data"]
             assert len(body["global_history_24h"]) == 96 and body["traffic_distribution"]["rx"] > 0
             assert body["top_clients_24h"], range_name
-        assert get(f"{base}/stats")["count"] == 25
-        assert get(f"{base}/clients")["count"] == 25
-        assert get(f"{base}/stats/system")["data"]["total_received_gb"] > 0
-        certs = get(f"{base}/certificates")["data"]
+        assert get_json(f"{base}/stats")["count"] == 25
+        assert get_json(f"{base}/clients")["count"] == 25
+        assert get_json(f"{base}/stats/system")["data"]["total_received_gb"] > 0
+        certs = get_json(f"{base}/certificates")["data"]
         assert len(certs) == 9 and any(c["is_expired"] for c in certs)  # 8 clients and the CA
-        assert get(f"{base}/stats/shared-laptop?range=7d")["data"]["history"]
+        assert get_json(f"{base}/stats/shared-laptop?range=7d")["data"]["history"]
     finally:
         os.killpg(demo.pid, signal.SIGINT)  # Ctrl-C
         try:

@@ -13,18 +13,16 @@ connects while they are down, and they are restarted; finally they are stopped w
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import require_openvpn
+from conftest import free_port, get_json, require_openvpn, wait_for_http
 from sqlalchemy import select
 
 from ovpnmon_api.queries import lifetime_totals
@@ -297,31 +295,16 @@ def test_exact_accounting_against_real_openvpn(tmp_path):
     check_api_against_openvpn(by_file.db, expected_totals(relay.versions))
 
 
-def get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.loads(response.read())
-
-
 def check_api_against_openvpn(database: str, expected: dict[str, list[int]]) -> None:
     """The real API under waitress answers with OpenVPN's own numbers, to the byte."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     api = subprocess.Popen(
         [sys.executable, "-m", "ovpnmon_api", "serve", "--db", database, "--port", str(port)],
         stderr=subprocess.PIPE,
     )
     base = f"http://127.0.0.1:{port}/api/v1"
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                get_json(f"{base}/clients")
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        wait_for_http(f"{base}/health")
         for cn, (rx, tx) in expected.items():
             data = get_json(f"{base}/stats/{cn}?range=1h")["data"]
             assert data["totals"]["received_bytes"] == rx, cn

@@ -3,14 +3,12 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 
 import jsonschema
 import pytest
+from conftest import free_port, wait_for_http
 from test_api import NOW, SPECIAL, database, make_client  # noqa: F401 - the shared fixture
 
 from ovpnmon_api.openapi import document
@@ -73,12 +71,6 @@ def test_errors_match_the_document(tmp_path):
     validate("/clients", 401, result.json)
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(database, tmp_path):  # noqa: F811
     port = free_port()
@@ -88,13 +80,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(database, tm
     )
     try:
         base = f"http://127.0.0.1:{port}/api/v1"
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"{base}/health", timeout=1).read()
-                break
-            except OSError:
-                time.sleep(0.2)
+        wait_for_http(f"{base}/health")
         st = os.path.join(os.path.dirname(sys.executable), "st")
         run = subprocess.run(
             [

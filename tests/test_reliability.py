@@ -13,7 +13,6 @@ import json
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from urllib.parse import quote
 
 import falcon.testing
 import pytest
-from conftest import FIXTURES
+from conftest import FIXTURES, free_port, wait_for_http
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, insert, select
@@ -172,9 +171,7 @@ def test_the_apis_own_connections_cannot_write(small_db):
 
 def test_default_bind_is_loopback(small_db):
     assert Config().api.host == "127.0.0.1"
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     api = subprocess.Popen(
         [sys.executable, "-m", "ovpnmon_api", "serve", "--db", small_db, "--port", str(port)],
         stderr=subprocess.DEVNULL,
@@ -331,12 +328,6 @@ def test_in_place_rewrites_never_record_a_partial_snapshot(tmp_path):
 # --- soak ---------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_soak_collector_every_second_api_under_16_connections(tmp_path):
     duration = float(os.environ.get("OVPNMON_SOAK_SECONDS", "60"))
@@ -413,17 +404,7 @@ def test_soak_collector_every_second_api_under_16_connections(tmp_path):
                     errors.append(f"{path}: {response.status} {body[:200]!r}")
 
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                http.client.HTTPConnection("127.0.0.1", port, timeout=1).request(
-                    "GET", "/api/v1/health"
-                )
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        wait_for_http(f"http://127.0.0.1:{port}/api/v1/health")
         # clients the collector has already seen (a simulated client may not have connected yet)
         probe = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         probe.request("GET", "/api/v1/clients")
