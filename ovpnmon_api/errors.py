@@ -9,7 +9,7 @@ import falcon
 from sqlalchemy.exc import DBAPIError
 
 from ovpnmon_common.buckets import InvalidQuery
-from ovpnmon_common.db import DatabaseError, describe_operational_error
+from ovpnmon_common.db import DatabaseError, describe_error
 
 log = logging.getLogger("ovpnmon.api")
 
@@ -32,7 +32,7 @@ def invalid_query(req: falcon.Request, resp: falcon.Response, ex: Exception, par
 def database_unavailable(
     req: falcon.Request, resp: falcon.Response, ex: Exception, params: Any
 ) -> None:
-    detail = describe_operational_error(ex) if isinstance(ex, DBAPIError) else str(ex)  # type: ignore[arg-type]
+    detail = describe_error(ex)
     log.warning("database unavailable for %s %s: %s", req.method, req.path, detail)
     raise falcon.HTTPServiceUnavailable(
         title="Service unavailable", description=f"database unavailable: {detail}"

@@ -260,7 +260,7 @@ RESOLUTION = {
     "description": "Bucket width; auto follows the range (see docs/api.md). A combination over "
     "10,000 points or beyond a tier's retention is a 400.",
 }
-COMMON_NAME = {
+COMMON_NAME: dict[str, Any] = {
     "name": "common_name",
     "in": "path",
     "required": True,

@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError
 from ovpnmon_api import queries
 from ovpnmon_common.buckets import Series, plan, plan_analytics
 from ovpnmon_common.config import Config
-from ovpnmon_common.db import DatabaseError, check_schema, describe_operational_error
+from ovpnmon_common.db import DatabaseError, check_schema, describe_error
 from ovpnmon_common.formatting import format_timestamp, to_gb, to_mb, to_mbps
 
 STALE_FACTOR = 3
@@ -86,8 +86,10 @@ class Analytics(Resource):
             buckets = queries.global_series(conn, status, series)
             top = queries.top_clients(conn, status, series.start, series.end)
         history = []
+        total_rx = total_tx = peak = 0
         for start in series.starts():
             rx, tx, active = buckets.get(start, (0, 0, 0))
+            total_rx, total_tx, peak = total_rx + rx, total_tx + tx, max(peak, active)
             history.append(
                 {
                     "timestamp": self.ctx.ts(start),
@@ -102,15 +104,12 @@ class Analytics(Resource):
             "range": series.range,
             "data": {
                 "global_history_24h": history,
-                "max_concurrent_24h": max((p["active_count"] for p in history), default=0),
+                "max_concurrent_24h": peak,
                 "top_clients_24h": [
                     {"common_name": name, "total_rx": rx, "total_tx": tx, "total": rx + tx}
                     for name, rx, tx in top
                 ],
-                "traffic_distribution": {
-                    "rx": sum(p["total_rx"] for p in history),
-                    "tx": sum(p["total_tx"] for p in history),
-                },
+                "traffic_distribution": {"rx": total_rx, "tx": total_tx},
                 "interval_seconds": series.step,
                 "points": series.count,
             },
@@ -189,9 +188,11 @@ class ClientStats(Resource):
                 )
             ]
         sums = queries.client_series(conn, status, client_id, series)
-        return [
-            self._point(start, *sums.get(start, (0, 0)), series.step) for start in series.starts()
-        ]
+        points = []
+        for start in series.starts():
+            rx, tx = sums.get(start, (0, 0))
+            points.append(self._point(start, rx, tx, series.step))
+        return points
 
     def _point(self, ts: int, rx: int, tx: int, seconds: float) -> dict[str, Any]:
         return {
@@ -304,7 +305,7 @@ class Health(Resource):
             with self.ctx.snapshot() as (_, status):
                 pass
         except (DatabaseError, DBAPIError) as exc:
-            detail = describe_operational_error(exc) if isinstance(exc, DBAPIError) else str(exc)  # type: ignore[arg-type]
+            detail = describe_error(exc)
             resp.status = falcon.HTTP_503
             resp.media = {"success": False, "status": "unhealthy", "error": detail}
             return

@@ -23,7 +23,7 @@ from ovpnmon_common.db import (
     DatabaseError,
     check_schema,
     close_writer,
-    describe_operational_error,
+    describe_error,
     init_db,
     reader_engine,
     writer_engine,
@@ -56,7 +56,7 @@ def open_writer(config: Config) -> tuple[Engine, tuple[int | None, int]]:
         raise click.ClickException(f"{config.database_path}: {exc}") from None
     except DBAPIError as exc:
         raise click.ClickException(
-            f"cannot open database {config.database_path}: {describe_operational_error(exc)}"  # type: ignore[arg-type]
+            f"cannot open database {config.database_path}: {describe_error(exc)}"
         ) from None
     return engine, versions
 
@@ -198,7 +198,7 @@ def rollup_command(config_path: str | None, db_path: str | None) -> None:
     try:
         reports = rollup.catch_up(engine, int(time.time()))
     except DBAPIError as exc:
-        raise click.ClickException(f"rollup failed: {describe_operational_error(exc)}") from None  # type: ignore[arg-type]
+        raise click.ClickException(f"rollup failed: {describe_error(exc)}") from None
     finally:
         close_writer(engine)
     for report in reports:
@@ -245,7 +245,7 @@ def backfill_command(
     try:
         reports = rollup.backfill(engine, first, last + 86400, list(tiers) or None)
     except DBAPIError as exc:
-        raise click.ClickException(f"backfill failed: {describe_operational_error(exc)}") from None  # type: ignore[arg-type]
+        raise click.ClickException(f"backfill failed: {describe_error(exc)}") from None
     finally:
         close_writer(engine)
     for report in reports:
@@ -278,7 +278,7 @@ def prune_command(config_path: str | None, db_path: str | None) -> None:
     try:
         report = prune.prune(engine, config.retention, int(time.time()))
     except DBAPIError as exc:
-        raise click.ClickException(f"prune failed: {describe_operational_error(exc)}") from None  # type: ignore[arg-type]
+        raise click.ClickException(f"prune failed: {describe_error(exc)}") from None
     finally:
         close_writer(engine)
     for table, count in report.deleted.items():

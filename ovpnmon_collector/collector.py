@@ -27,7 +27,7 @@ from ovpnmon_collector.accounting import (
 from ovpnmon_collector.parser import IncompleteStatus, Snapshot, StatusError, parse_status
 from ovpnmon_collector.sources import Source, SourceError
 from ovpnmon_collector.store import PollWrite, Store
-from ovpnmon_common.db import describe_operational_error
+from ovpnmon_common.db import describe_error
 
 log = logging.getLogger("ovpnmon.collector")
 
@@ -195,7 +195,7 @@ class Collector:
             changed[name] = entry
 
     def _database_failed(self, summary: PollSummary, exc: DBAPIError) -> PollSummary:
-        message = describe_operational_error(exc)  # type: ignore[arg-type]
+        message = describe_error(exc)
         summary.error = f"database write failed, will retry next poll: {message}"
         self._set_health("database", "error", summary.error, summary.ts, {})
         # Drop what this poll accounted: the next poll starts again from what is committed.

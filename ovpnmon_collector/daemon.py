@@ -15,7 +15,7 @@ from ovpnmon_collector import certs, prune, rollup
 from ovpnmon_collector.collector import Clock, PollSummary
 from ovpnmon_collector.notify import Notifier
 from ovpnmon_common.config import RetentionConfig
-from ovpnmon_common.db import describe_operational_error
+from ovpnmon_common.db import describe_error
 
 log = logging.getLogger("ovpnmon.collector")
 
@@ -100,12 +100,7 @@ class Maintenance:
                 finished = self._job(job, deadline)
             except (DBAPIError, RuntimeError) as exc:
                 if job not in self.failing:
-                    message = (
-                        describe_operational_error(exc)  # type: ignore[arg-type]
-                        if isinstance(exc, DBAPIError)
-                        else str(exc)
-                    )
-                    log.warning("%s failed, will retry: %s", job, message)
+                    log.warning("%s failed, will retry: %s", job, describe_error(exc))
                 self.failing.add(job)
                 self.due[job] = start + self.every["rollup"]
                 continue

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection, Engine, delete, func, select
+from sqlalchemy import Connection, Engine, Table, delete, func, select
 
 from ovpnmon_common import db, schema
 from ovpnmon_common.buckets import DAY, align
@@ -25,7 +25,7 @@ VACUUM_PAGES = 512
 
 @dataclass(frozen=True)
 class Target:
-    table: object
+    table: Table
     column: str  # "ts" or "bucket"
     retention_key: str
     guarded_by: str | None  # the tier built from this table: its watermark bounds the cutoff
@@ -80,13 +80,13 @@ def prune(
         watermarks = db.get_meta_prefix(conn, "")
     for target in TARGETS:
         table = target.table
-        name = table.name  # type: ignore[attr-defined]
+        name = table.name
         limit = cutoff(retention, target, now, watermarks)
         report.cutoffs[name] = limit
         report.deleted[name] = 0
         if limit is None:
             continue
-        column = table.c[target.column]  # type: ignore[attr-defined]
+        column = table.c[target.column]
         with engine.connect() as conn:
             oldest = _oldest(conn, target)
         if oldest is None or oldest >= limit:
@@ -101,7 +101,7 @@ def prune(
             with engine.begin() as conn:
                 where = [column >= start, column < end]
                 if table is schema.usage_history:  # into the (client_id, ts) key: no ts index
-                    where.append(table.c.client_id.in_(select(schema.clients.c.id)))  # type: ignore[attr-defined]
+                    where.append(table.c.client_id.in_(select(schema.clients.c.id)))
                 result = conn.execute(delete(table).where(*where))
                 report.deleted[name] += result.rowcount or 0
             start = end
@@ -118,7 +118,7 @@ def _oldest(conn: Connection, target: Target) -> int | None:
         u, c = schema.usage_history, schema.clients
         first = select(func.min(u.c.ts)).where(u.c.client_id == c.c.id).scalar_subquery()
         return conn.execute(select(func.min(first)).select_from(c)).scalar()
-    column = table.c[target.column]  # type: ignore[attr-defined]
+    column = table.c[target.column]
     return conn.execute(select(func.min(column))).scalar()
 
 

@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, func, insert, select
 
@@ -52,7 +53,7 @@ def _source_select(rollup: Rollup, start: int, end: int):
         )
     if src is schema.usage_history:
         bucket = sql_align(src.c.ts, width).label("bucket")
-        samples = func.count()
+        samples: Any = func.count()
         # drive the scan from the clients into the (client_id, ts) key: no index on ts alone
         where = [
             src.c.client_id.in_(select(schema.clients.c.id)),

@@ -169,8 +169,8 @@ class Store:
                 }
                 for name in missing
             ]
-            keep = {name: "keep" for name in new[0] if name != "common_name"}
-            db.upsert(conn, c, new, ["common_name"], merge=keep)  # type: ignore[arg-type]
+            keep: dict[str, db.Merge] = {name: "keep" for name in new[0] if name != "common_name"}
+            db.upsert(conn, c, new, ["common_name"], merge=keep)
             for chunk in _chunks(missing, 500):
                 rows = conn.execute(
                     select(c.c.common_name, c.c.id).where(c.c.common_name.in_(chunk))
@@ -240,7 +240,7 @@ class Store:
         db.executemany(conn, CLOSE_SESSION, closed)
 
     def _write_samples(self, conn: Connection, poll: PollWrite, ids: Mapping[str, int]) -> None:
-        add = {"bytes_received": "add", "bytes_sent": "add"}
+        add: dict[str, db.Merge] = {"bytes_received": "add", "bytes_sent": "add"}
         rows = [
             {
                 "client_id": ids[name],
@@ -251,7 +251,7 @@ class Store:
             for name, cp in poll.clients.items()
         ]
         # two polls within one wall-clock second (or a clock stepped back) add up, never collide
-        db.upsert(conn, schema.usage_history, rows, ["client_id", "ts"], merge=add)  # type: ignore[arg-type]
+        db.upsert(conn, schema.usage_history, rows, ["client_id", "ts"], merge=add)
         total_rx = sum(cp.bytes_received for cp in poll.clients.values())
         total_tx = sum(cp.bytes_sent for cp in poll.clients.values())
         db.upsert(
@@ -267,7 +267,7 @@ class Store:
                 }
             ],
             ["ts"],
-            merge={**add, "active_count": "max", "interval": "add"},  # type: ignore[dict-item]
+            merge={**add, "active_count": "max", "interval": "add"},
         )
 
     def _write_clients(self, conn: Connection, poll: PollWrite, ids: Mapping[str, int]) -> None:

@@ -171,11 +171,8 @@ def plan(
     """
     range_name = check_range(range_name)
     resolution = check_resolution(resolution)
-    if resolution == "auto":
-        tier, step = AUTO[range_name]
-    else:
-        tier, explicit_step = _EXPLICIT[resolution]
-        step = explicit_step  # type: ignore[assignment]
+    step: int | None
+    tier, step = AUTO[range_name] if resolution == "auto" else _EXPLICIT[resolution]
     seconds = RANGES[range_name]
 
     keep_days = tier.retention_days(retention)

@@ -16,7 +16,7 @@ from urllib.parse import quote
 from sqlalchemy import Connection, Engine, create_engine, event, func, inspect, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects import sqlite as sqlite_dialect
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.pool import QueuePool
 from sqlalchemy.sql.expression import ColumnElement
 
@@ -168,9 +168,7 @@ def check_schema(engine: Engine, path: str) -> None:
         with engine.connect() as conn:
             version = schema_version(conn)
     except OperationalError as exc:
-        raise DatabaseError(
-            f"cannot read database {path}: {describe_operational_error(exc)}"
-        ) from None
+        raise DatabaseError(f"cannot read database {path}: {describe_error(exc)}") from None
     if version is None:
         raise DatabaseError(
             f"database {path} has no ovpnmon schema: run 'ovpnmon-collector init-db' "
@@ -188,9 +186,13 @@ def check_schema(engine: Engine, path: str) -> None:
         )
 
 
-def describe_operational_error(exc: OperationalError) -> str:
-    """SQLite's own words for a failure, without SQLAlchemy's statement dump."""
-    return str(exc.orig) if exc.orig is not None else str(exc).splitlines()[0]
+def describe_error(exc: BaseException) -> str:
+    """A database failure in SQLite's own words, without SQLAlchemy's statement dump; any other
+    exception as its message."""
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        return str(exc.orig)
+    text = str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # --- key/value and upserts --------------------------------------------------------------------
