@@ -19,10 +19,12 @@ from sqlalchemy import Connection, Select, bindparam, case, func, select
 
 from ovpnmon_common import schema
 from ovpnmon_common.buckets import Series, align, align_up
+from ovpnmon_common.counters import Counters
 from ovpnmon_common.db import Prepared
 from ovpnmon_common.tiers import BY_NAME, sql_align, watermark_key
 
 c, s, u, g = schema.clients, schema.sessions, schema.usage_history, schema.global_history
+sc = schema.session_counters
 
 # --- collector status -------------------------------------------------------------------------
 
@@ -59,24 +61,66 @@ def collector_status(conn: Connection) -> CollectorStatus:
 # --- clients ----------------------------------------------------------------------------------
 
 
-def open_session_bytes():
-    """Per client: counted bytes of its open sessions (counters minus baseline)."""
-    return (
-        select(
-            s.c.client_id,
-            func.sum(s.c.bytes_received - s.c.baseline_received).label("rx"),
-            func.sum(s.c.bytes_sent - s.c.baseline_sent).label("tx"),
-            func.count().label("sessions"),
-            func.min(s.c.connected_since).label("connected_since"),
-        )
-        .where(s.c.disconnected_at.is_(None))
-        .group_by(s.c.client_id)
-        .subquery("open_sessions")
-    )
+# Open sessions' counters live in one packed row per source (ovpnmon_common.counters), rewritten
+# by every poll; a session without an entry there keeps the counters of its sessions row.
+OPEN_ALL = Prepared(
+    select(
+        s.c.id,
+        s.c.client_id,
+        s.c.source,
+        s.c.connected_since,
+        s.c.bytes_received,
+        s.c.bytes_sent,
+        s.c.baseline_received,
+        s.c.baseline_sent,
+    ).where(s.c.disconnected_at.is_(None))
+)
+ALL_COUNTERS = Prepared(select(sc.c.source, sc.c.counters))
+SOURCE_COUNTERS = Prepared(select(sc.c.counters).where(sc.c.source == bindparam("source")))
+
+
+def _counted(conn: Connection, rows: list[Any], all_sources: bool) -> list[tuple[int, int]]:
+    """Counted bytes (counters now minus baseline) of each open session row, in order. Rows
+    carry id, source, bytes_received, bytes_sent, baseline_received, baseline_sent."""
+    if all_sources:
+        packed = {source: Counters(data) for source, data in ALL_COUNTERS(conn)}
+        current = {(source, i): v for source, p in packed.items() for i, v in p.items()}
+    else:
+        current = {}
+        for source in {row.source for row in rows}:
+            data = SOURCE_COUNTERS(conn, source=source).scalar()
+            if data is not None:
+                found = Counters(data)
+                for row in rows:
+                    if row.source == source and (value := found.get(row.id)) is not None:
+                        current[(source, row.id)] = value
+    counted = []
+    for row in rows:
+        rx, tx = current.get((row.source, row.id), (row.bytes_received, row.bytes_sent))
+        counted.append((rx - row.baseline_received, tx - row.baseline_sent))
+    return counted
+
+
+def _live(conn: Connection) -> dict[int, tuple[int, int, int, int]]:
+    """client id -> (bytes received, bytes sent, open sessions, earliest connected since) of its
+    open sessions."""
+    rows = OPEN_ALL(conn).all()
+    live: dict[int, tuple[int, int, int, int]] = {}
+    for row, (rx, tx) in zip(rows, _counted(conn, rows, all_sources=True), strict=True):
+        before = live.get(row.client_id)
+        if before is None:
+            live[row.client_id] = (rx, tx, 1, row.connected_since)
+        else:
+            live[row.client_id] = (
+                before[0] + rx,
+                before[1] + tx,
+                before[2] + 1,
+                min(before[3], row.connected_since),
+            )
+    return live
 
 
 def _clients_select() -> Select[Any]:
-    live = open_session_bytes()
     last = (
         select(u.c.client_id, u.c.bytes_received, u.c.bytes_sent)
         .where(
@@ -85,23 +129,17 @@ def _clients_select() -> Select[Any]:
         )
         .subquery("last_sample")
     )
-    return (
-        select(
-            c.c.id,
-            c.c.common_name,
-            c.c.active,
-            c.c.first_seen,
-            c.c.last_seen,
-            (c.c.closed_received + func.coalesce(live.c.rx, 0)).label("total_received"),
-            (c.c.closed_sent + func.coalesce(live.c.tx, 0)).label("total_sent"),
-            func.coalesce(live.c.sessions, 0).label("open_sessions"),
-            live.c.connected_since,
-            func.coalesce(last.c.bytes_received, 0).label("last_received"),
-            func.coalesce(last.c.bytes_sent, 0).label("last_sent"),
-        )
-        .outerjoin(live, live.c.client_id == c.c.id)
-        .outerjoin(last, last.c.client_id == c.c.id)
-    )
+    return select(
+        c.c.id,
+        c.c.common_name,
+        c.c.active,
+        c.c.first_seen,
+        c.c.last_seen,
+        c.c.closed_received,
+        c.c.closed_sent,
+        func.coalesce(last.c.bytes_received, 0).label("last_received"),
+        func.coalesce(last.c.bytes_sent, 0).label("last_sent"),
+    ).outerjoin(last, last.c.client_id == c.c.id)
 
 
 ALL_CLIENTS = Prepared(_clients_select().order_by(c.c.common_name))
@@ -130,8 +168,11 @@ class ClientRow:
 
 def clients(conn: Connection, status: CollectorStatus) -> list[ClientRow]:
     """Every client ever seen, by common name."""
-    rows = ALL_CLIENTS(conn, heartbeat=_heartbeat(status))
-    return [_client_row(row, status) for row in rows]
+    live = _live(conn)
+    return [
+        _client_row(row, status, live.get(row.id, (0, 0, 0, None)))
+        for row in ALL_CLIENTS(conn, heartbeat=_heartbeat(status))
+    ]
 
 
 def client(
@@ -145,21 +186,14 @@ def client(
     last = (
         LAST_SAMPLE(conn, client_id=row.id, ts=_heartbeat(status)).first() if row.active else None
     )
-    active = bool(row.active)
+    live = (
+        sum(x["rx"] for x in sessions),
+        sum(x["tx"] for x in sessions),
+        len(sessions),
+        sessions[0]["connected_since"] if sessions else None,
+    )
     return (
-        ClientRow(
-            id=row.id,
-            common_name=row.common_name,
-            active=active,
-            first_seen=row.first_seen,
-            last_seen=status.heartbeat if active and status.heartbeat else row.last_seen,
-            total_received=row.closed_received + sum(x["rx"] for x in sessions),
-            total_sent=row.closed_sent + sum(x["tx"] for x in sessions),
-            open_sessions=len(sessions),
-            connected_since=sessions[0]["connected_since"] if sessions else None,
-            last_received=last[0] if last else 0,
-            last_sent=last[1] if last else 0,
-        ),
+        _client_row(row, status, live, last_sample=tuple(last) if last else (0, 0)),
         sessions,
     )
 
@@ -168,21 +202,29 @@ def _heartbeat(status: CollectorStatus) -> int:
     return status.heartbeat if status.heartbeat is not None else -1
 
 
-def _client_row(row: Any, status: CollectorStatus) -> ClientRow:
+def _client_row(
+    row: Any,
+    status: CollectorStatus,
+    live: tuple[int, int, int, int | None],
+    last_sample: tuple[int, int] | None = None,
+) -> ClientRow:
+    """A clients row plus its open sessions' (received, sent, count, earliest connected since)."""
     active = bool(row.active)
-    last_seen = status.heartbeat if active and status.heartbeat else row.last_seen
+    last_received, last_sent = (
+        last_sample if last_sample is not None else (row.last_received, row.last_sent)
+    )
     return ClientRow(
         id=row.id,
         common_name=row.common_name,
         active=active,
         first_seen=row.first_seen,
-        last_seen=last_seen,
-        total_received=int(row.total_received),
-        total_sent=int(row.total_sent),
-        open_sessions=int(row.open_sessions),
-        connected_since=row.connected_since,
-        last_received=int(row.last_received),
-        last_sent=int(row.last_sent),
+        last_seen=status.heartbeat if active and status.heartbeat else row.last_seen,
+        total_received=row.closed_received + live[0],
+        total_sent=row.closed_sent + live[1],
+        open_sessions=live[2],
+        connected_since=live[3],
+        last_received=int(last_received),
+        last_sent=int(last_sent),
     )
 
 
@@ -205,22 +247,38 @@ def lifetime_totals(conn: Connection) -> dict[str, tuple[int, int, bool]]:
 
 OPEN_SESSIONS = Prepared(
     select(
+        s.c.id,
         s.c.source,
         s.c.real_address,
         s.c.virtual_address,
         s.c.virtual_ipv6,
         s.c.connected_since,
-        (s.c.bytes_received - s.c.baseline_received).label("rx"),
-        (s.c.bytes_sent - s.c.baseline_sent).label("tx"),
+        s.c.bytes_received,
+        s.c.bytes_sent,
+        s.c.baseline_received,
+        s.c.baseline_sent,
     )
     .where(s.c.client_id == bindparam("client_id"), s.c.disconnected_at.is_(None))
-    .order_by(s.c.connected_since)
+    .order_by(s.c.connected_since, s.c.id)
 )
 
 
 def open_sessions(conn: Connection, client_id: int) -> list[dict[str, Any]]:
-    """A client's open sessions, oldest first."""
-    return [dict(row._mapping) for row in OPEN_SESSIONS(conn, client_id=client_id)]
+    """A client's open sessions, oldest first: source, addresses, connected since, and the bytes
+    counted for it (rx, tx)."""
+    rows = OPEN_SESSIONS(conn, client_id=client_id).all()
+    return [
+        {
+            "source": row.source,
+            "real_address": row.real_address,
+            "virtual_address": row.virtual_address,
+            "virtual_ipv6": row.virtual_ipv6,
+            "connected_since": row.connected_since,
+            "rx": rx,
+            "tx": tx,
+        }
+        for row, (rx, tx) in zip(rows, _counted(conn, rows, all_sources=False), strict=True)
+    ]
 
 
 LAST_INTERVAL = Prepared(select(g.c.interval).where(g.c.ts == bindparam("ts")))
@@ -233,22 +291,25 @@ def last_interval(conn: Connection, status: CollectorStatus) -> float:
     return float(LAST_INTERVAL(conn, ts=status.heartbeat).scalar() or 0.0)
 
 
-def _system_select() -> Select[Any]:
-    live = open_session_bytes()
-    return select(
+SYSTEM = Prepared(
+    select(
         func.count(c.c.id),
         func.coalesce(func.sum(case((c.c.active, 1), else_=0)), 0),
-        func.coalesce(func.sum(c.c.closed_received + func.coalesce(live.c.rx, 0)), 0),
-        func.coalesce(func.sum(c.c.closed_sent + func.coalesce(live.c.tx, 0)), 0),
-    ).outerjoin(live, live.c.client_id == c.c.id)
-
-
-SYSTEM = Prepared(_system_select())
+        func.coalesce(func.sum(c.c.closed_received), 0),
+        func.coalesce(func.sum(c.c.closed_sent), 0),
+    )
+)
 
 
 def system_totals(conn: Connection) -> dict[str, int]:
     row = SYSTEM(conn).one()
-    return {"clients": row[0], "active": row[1], "received": int(row[2]), "sent": int(row[3])}
+    live = _live(conn).values()
+    return {
+        "clients": row[0],
+        "active": row[1],
+        "received": int(row[2]) + sum(x[0] for x in live),
+        "sent": int(row[3]) + sum(x[1] for x in live),
+    }
 
 
 # --- series -----------------------------------------------------------------------------------

@@ -47,9 +47,8 @@ class SessionState:
 class SourceDelta:
     """What one snapshot of one source changed."""
 
-    state: dict[SessionId, SessionState]
+    state: dict[SessionId, SessionState]  # every session open now, its counters as of now
     opened: list[SessionState] = field(default_factory=list)
-    seen: list[SessionState] = field(default_factory=list)  # still open, counters moved on
     moved: list[SessionState] = field(default_factory=list)  # still open, addresses changed
     closed: list[SessionState] = field(default_factory=list)
     # common name -> [bytes received, bytes sent] this poll
@@ -64,46 +63,56 @@ def account_source(
     first_watched: int,
     now: int,
 ) -> SourceDelta:
-    """Account one source's snapshot against the sessions it had open at the last poll."""
-    result = SourceDelta(state={})
+    """Account one source's snapshot against the sessions it had open at the last poll.
+
+    The loop runs once per session per poll (tens of thousands), so it keeps to locals.
+    """
+    state: dict[SessionId, SessionState] = {}
+    opened: list[SessionState] = []
+    moved: list[SessionState] = []
+    deltas: dict[str, list[int]] = {}
     for row in snapshot.sessions:
-        ident = (row.key, row.connected_since)
-        if ident in result.state:
+        name, real, v4, v6, rx_now, tx_now, since, cid = row
+        ident = (f"id:{cid}" if cid is not None else f"addr:{real}", since)
+        if ident in state:
             continue  # a duplicated line in one snapshot must not count twice
         known = previous.get(ident)
         if known is None:
-            state = _new_session(row, source, first_watched, now)
-            result.opened.append(state)
-            rx = row.bytes_received - state.baseline_received
-            tx = row.bytes_sent - state.baseline_sent
+            known = _new_session(row, source, first_watched, now)
+            opened.append(known)
+            rx = rx_now - known.baseline_received
+            tx = tx_now - known.baseline_sent
         else:
-            state = known
-            rx = row.bytes_received - known.bytes_received
-            tx = row.bytes_sent - known.bytes_sent
+            rx = rx_now - known.bytes_received
+            tx = tx_now - known.bytes_sent
             if rx < 0 or tx < 0:
                 # Counters went backwards under one identity: OpenVPN restarted them. What is
                 # there now was all transferred since.
-                rx, tx = row.bytes_received, row.bytes_sent
-            state.last_seen = now
-            if (row.bytes_received, row.bytes_sent) != (state.bytes_received, state.bytes_sent):
-                state.bytes_received = row.bytes_received
-                state.bytes_sent = row.bytes_sent
-                result.seen.append(state)
-            if (row.real_address, row.virtual_address, row.virtual_ipv6) != (
-                state.real_address,
-                state.virtual_address,
-                state.virtual_ipv6,
+                rx, tx = rx_now, tx_now
+            known.bytes_received = rx_now
+            known.bytes_sent = tx_now
+            known.last_seen = now
+            if (
+                real != known.real_address
+                or v4 != known.virtual_address
+                or v6 != known.virtual_ipv6
             ):
-                state.real_address = row.real_address
-                state.virtual_address = row.virtual_address
-                state.virtual_ipv6 = row.virtual_ipv6
-                result.moved.append(state)
-        result.state[ident] = state
-        totals = result.deltas.setdefault(row.common_name, [0, 0])
-        totals[0] += rx
-        totals[1] += tx
-    result.closed = [s for ident, s in previous.items() if ident not in result.state]
-    return result
+                known.real_address = real
+                known.virtual_address = v4
+                known.virtual_ipv6 = v6
+                moved.append(known)
+        state[ident] = known
+        totals = deltas.get(name)
+        if totals is None:
+            deltas[name] = [rx, tx]
+        else:
+            totals[0] += rx
+            totals[1] += tx
+    if len(state) - len(opened) == len(previous):
+        closed = []  # every session open before is still open
+    else:
+        closed = [s for ident, s in previous.items() if ident not in state]
+    return SourceDelta(state, opened, moved, closed, deltas)
 
 
 def _new_session(row: SessionRow, source: str, first_watched: int, now: int) -> SessionState:
@@ -125,22 +134,16 @@ def _new_session(row: SessionRow, source: str, first_watched: int, now: int) -> 
     )
 
 
-@dataclass(slots=True)
-class ClientPoll:
-    """One client's bytes for one poll, summed over its sessions on every source."""
-
-    bytes_received: int = 0
-    bytes_sent: int = 0
-
-
-def merge_sources(deltas: Iterable[SourceDelta]) -> dict[str, ClientPoll]:
-    """Sum per-source deltas per client (a CN on two instances, or with duplicate-cn)."""
-    clients: dict[str, ClientPoll] = {}
+def merge_sources(deltas: Iterable[SourceDelta]) -> dict[str, list[int]]:
+    """Per client, [bytes received, bytes sent] summed over every source (a CN on two instances,
+    or with duplicate-cn within one). With one source that is its own ``deltas``, as is."""
+    deltas = list(deltas)
+    if len(deltas) == 1:
+        return deltas[0].deltas
+    clients: dict[str, list[int]] = {}
     for delta in deltas:
         for name, (rx, tx) in delta.deltas.items():
-            client = clients.get(name)
-            if client is None:
-                client = clients[name] = ClientPoll()
-            client.bytes_received += rx
-            client.bytes_sent += tx
+            totals = clients.setdefault(name, [0, 0])
+            totals[0] += rx
+            totals[1] += tx
     return clients

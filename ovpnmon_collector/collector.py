@@ -8,6 +8,7 @@ committed poll, so the next successful poll counts the bytes this one could not 
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -83,6 +84,18 @@ class Collector:
         self._health: dict[str, dict[str, Any]] = {}
 
     def poll(self) -> PollSummary:
+        """One poll of every source, stored in one transaction (or not at all)."""
+        # A poll allocates tens of thousands of tuples that form no cycles; the cyclic collector
+        # would walk the whole session state for each of its passes. It runs after the poll.
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            return self._poll()
+        finally:
+            if paused:
+                gc.enable()
+
+    def _poll(self) -> PollSummary:
         now = int(self.clock.time())
         mono = self.clock.monotonic()
         summary = PollSummary(ts=now)
@@ -121,14 +134,17 @@ class Collector:
         new_state = dict(self._state)
         for source, delta in results:
             new_state[source.name] = delta.state
-        active = {st.common_name for sessions in new_state.values() for st in sessions.values()}
+        # every session a source showed now has an entry in clients, even at zero bytes
+        active = set(clients)
+        for name in new_state.keys() - summary.ok:
+            active.update(st.common_name for st in new_state[name].values())
         write = PollWrite(
             ts=now,
             interval=mono - self._last_poll if self._last_poll is not None else 0.0,
             configured_interval=self.interval,
             clients=clients,
             opened=[st for _, d in results for st in d.opened],
-            seen=[st for _, d in results for st in d.seen],
+            open_now={source.name: delta.state.values() for source, delta in results},
             moved=[st for _, d in results for st in d.moved],
             closed=[st for _, d in results for st in d.closed],
             active=active,

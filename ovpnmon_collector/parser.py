@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import repeat
+from typing import NamedTuple
 
 UNAUTHENTICATED = "UNDEF"
 
@@ -35,9 +38,9 @@ class IncompleteStatus(StatusError):
     """Text without its final ``END`` line: a half-written file, to be read again next poll."""
 
 
-@dataclass(frozen=True, slots=True)
-class SessionRow:
-    """One authenticated connection as OpenVPN reports it, counters included."""
+class SessionRow(NamedTuple):
+    """One authenticated connection as OpenVPN reports it, counters included (a tuple: tens of
+    thousands are built every poll)."""
 
     common_name: str
     real_address: str
@@ -67,6 +70,14 @@ def parse_status(text: str, local_tz: dt.tzinfo | None = None) -> Snapshot:
     """Parse a whole status text. ``local_tz`` is the server's zone for dates without a time_t
     (v1); None means this host's local time, which is right when reading a local OpenVPN.
     """
+    fast = _parse_tagged_fast(text, local_tz)
+    if fast is not None:
+        return fast
+    return _parse_lines(text, local_tz)
+
+
+def _parse_lines(text: str, local_tz: dt.tzinfo | None) -> Snapshot:
+    """The general path: every format, every error with its line number."""
     lines = text.splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
@@ -139,6 +150,103 @@ def _parse_tagged(lines: list[str], sep: str, version: int, tz: dt.tzinfo | None
             written = _time_field(fields, number, tz)
         # TITLE, ROUTING_TABLE, GLOBAL_STATS, END and tags of newer versions carry nothing we need
     return Snapshot(version, written, tuple(sessions))
+
+
+# Characters ``str.splitlines`` breaks lines at, besides "\n": text holding any of them takes the
+# line-by-line path, so both paths see the same lines.
+_ASCII_BREAKS = ("\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e")
+_OTHER_BREAKS = ("\x85", "\u2028", "\u2029")
+
+
+def _parse_tagged_fast(text: str, tz: dt.tzinfo | None) -> Snapshot | None:
+    """The whole of a well-formed status-version 2/3 text in a few C-speed passes, or None.
+
+    It finds the few lines it needs with ``str.find`` and splits only the client rows, and answers
+    only when it can vouch that the line-by-line parser would give the same snapshot: one
+    client-list header (with the time_t column) before every client row, at most one TIME row,
+    plain "\n" line ends, a final END, client rows in one block, each with exactly the header's
+    fields and whole numbers where numbers belong. Anything else, every error included, is left to
+    the line-by-line parser, which knows line numbers. tests/test_parser.py holds both to the
+    same answers.
+    """
+    if text.startswith("TITLE\t"):
+        sep, version = "\t", 3
+    elif text.startswith("TITLE,"):
+        sep, version = ",", 2
+    else:
+        return None
+    if not text.rstrip().endswith("\nEND") or any(ch in text for ch in _ASCII_BREAKS):
+        return None
+    if not text.isascii() and any(ch in text for ch in _OTHER_BREAKS):
+        return None
+    marker = f"\nHEADER{sep}CLIENT_LIST{sep}"
+    header_at = text.find(marker)
+    row_tag = f"\nCLIENT_LIST{sep}"
+    first_row = text.find(row_tag)
+    if header_at < 0 or text.find(marker, header_at + 1) >= 0 or 0 <= first_row < header_at:
+        return None
+    start = header_at + len(marker)
+    columns = text[start : text.index("\n", start)].split(sep)
+    written: int | None = None
+    try:
+        layout = _Layout(columns, 0)
+        time_at = text.find(f"\nTIME{sep}")
+        if time_at >= 0:
+            if text.find(f"\nTIME{sep}", time_at + 1) >= 0:
+                return None
+            line = text[time_at + 1 : text.index("\n", time_at + 1)]
+            written = _time_field(line.split(sep), 0, tz)
+    except StatusError:
+        return None
+    if layout.since_t is None:
+        return None
+    rows = _client_rows(text, sep, layout)
+    return None if rows is None else Snapshot(version, written, rows)
+
+
+def _client_rows(text: str, sep: str, at: _Layout) -> tuple[SessionRow, ...] | None:
+    """Every CLIENT_LIST row of ``text`` if they form one block of exact rows, else None.
+
+    Column-wise, so that the per-row work happens in C (``split``, ``zip``, ``map``): about twice
+    as fast as a Python loop over 10,000 rows.
+    """
+    tag = f"\nCLIENT_LIST{sep}"
+    first = text.find(tag)
+    if first < 0:
+        return ()
+    block = text[first + 1 : text.index("\n", text.rfind(tag) + 1)].split("\n")
+    if len(block) != text.count(tag):
+        return None  # other lines between the client rows
+    rows = [line.split(sep) for line in block]
+    if set(map(len, rows)) != {at.width}:
+        return None
+    columns: list[Sequence[str]] = list(zip(*rows, strict=True))  # columns[0] is the tag
+    if UNAUTHENTICATED in columns[at.name]:
+        keep = [i for i, name in enumerate(columns[at.name]) if name != UNAUTHENTICATED]
+        columns = [[column[i] for i in keep] for column in columns]
+    count = len(columns[at.name])
+    if count == 0:
+        return ()
+    assert at.since_t is not None
+    numbers = [columns[at.rx], columns[at.tx], columns[at.since_t]]
+    ids = columns[at.client_id] if at.client_id is not None else ("",) * count
+    # Whole numbers, as _fast_session checks them: none empty (but the Client ID), and nothing
+    # but ASCII digits in all of them together (int() alone takes signs, spaces, "_", other
+    # scripts' digits).
+    digits = "".join("".join(column) for column in (*numbers, ids))
+    if not all(map(all, numbers)) or not digits.isdigit() or not digits.isascii():
+        return None
+    empty = ("",) * count
+    fields = zip(
+        columns[at.name],
+        columns[at.real],
+        columns[at.v4] if at.v4 is not None else empty,
+        columns[at.v6] if at.v6 is not None else empty,
+        *(map(int, column) for column in numbers),
+        map(int, ids) if all(ids) else [int(c) if c else None for c in ids],
+        strict=True,
+    )
+    return tuple(map(tuple.__new__, repeat(SessionRow), fields))
 
 
 def _fast_session(fields: list[str], at: _Layout, number: int) -> SessionRow | None:

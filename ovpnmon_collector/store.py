@@ -14,8 +14,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, select, update
 
-from ovpnmon_collector.accounting import ClientPoll, SessionId, SessionState
-from ovpnmon_common import db, schema
+from ovpnmon_collector.accounting import SessionId, SessionState
+from ovpnmon_common import counters, db, schema
 
 FIRST_WATCHED = "source.{}.first_watched"
 HEALTH = "source.{}.health"
@@ -26,11 +26,6 @@ INTERVAL = "collector.interval"
 # Built once: db.executemany compiles each statement object once per process.
 _s, _c = schema.sessions, schema.clients
 INSERT_SESSION = _s.insert()
-UPDATE_COUNTERS = (
-    update(_s)
-    .where(_s.c.id == bindparam("row_id"))
-    .values(bytes_received=bindparam("rx"), bytes_sent=bindparam("tx"), last_seen=bindparam("seen"))
-)
 UPDATE_ADDRESSES = (
     update(_s)
     .where(_s.c.id == bindparam("row_id"))
@@ -43,8 +38,15 @@ UPDATE_ADDRESSES = (
 CLOSE_SESSION = (
     update(_s)
     .where(_s.c.id == bindparam("row_id"))
-    .values(disconnected_at=bindparam("ts"), last_seen=bindparam("seen"))
+    .values(
+        disconnected_at=bindparam("ts"),
+        last_seen=bindparam("seen"),
+        bytes_received=bindparam("rx"),
+        bytes_sent=bindparam("tx"),
+    )
 )
+SAMPLE_COLUMNS = ("client_id", "ts", "bytes_received", "bytes_sent")
+ADD: dict[str, db.Merge] = {"bytes_received": "add", "bytes_sent": "add"}
 ADD_CLOSED = (
     update(_c)
     .where(_c.c.id == bindparam("cid"))
@@ -66,9 +68,10 @@ class PollWrite:
     ts: int
     interval: float  # monotonic seconds since the previous poll (0 when unknown)
     configured_interval: int
-    clients: dict[str, ClientPoll]
+    clients: dict[str, list[int]]  # common name -> [bytes received, bytes sent] this poll
     opened: list[SessionState] = field(default_factory=list)
-    seen: list[SessionState] = field(default_factory=list)
+    # source -> every session of it open now: the sources read this poll, nothing else
+    open_now: dict[str, Iterable[SessionState]] = field(default_factory=dict)
     moved: list[SessionState] = field(default_factory=list)  # addresses changed
     closed: list[SessionState] = field(default_factory=list)
     active: set[str] = field(default_factory=set)  # CNs with an open session on any source
@@ -111,6 +114,12 @@ class Store:
                     row_id=row["id"],
                 )
                 state.setdefault(session.source, {})[session.ident] = session
+            by_id = {st.row_id: st for sessions in state.values() for st in sessions.values()}
+            for source, ts, packed in conn.execute(select(schema.session_counters)):
+                for row_id, (rx, tx) in counters.Counters(packed).items():
+                    st = by_id.get(row_id)
+                    if st is not None and st.source == source:
+                        st.bytes_received, st.bytes_sent, st.last_seen = rx, tx, ts
             self._active = {
                 name for (name,) in conn.execute(select(c.c.common_name).where(c.c.active))
             }
@@ -139,13 +148,9 @@ class Store:
 
     def write_poll(self, poll: PollWrite) -> None:
         with self.engine.begin() as conn:
-            names = (
-                {st.common_name for st in poll.opened + poll.closed}
-                | set(poll.clients)
-                | poll.active
-                | (self._active or set())
-            )
-            ids = self._ensure_clients(conn, names, poll.ts)
+            # poll.active holds every name in poll.clients
+            changed = (st.common_name for st in poll.opened + poll.closed)
+            ids = self._ensure_clients(conn, poll.ts, poll.active, self._active or (), changed)
             self._write_sessions(conn, poll, ids)
             self._write_samples(conn, poll, ids)
             self._write_clients(conn, poll, ids)
@@ -154,9 +159,10 @@ class Store:
             db.upsert(conn, schema.meta, [{"key": k, "value": v} for k, v in meta.items()], ["key"])
         self._active = set(poll.active)
 
-    def _ensure_clients(self, conn: Connection, names: Iterable[str], now: int) -> dict[str, int]:
+    def _ensure_clients(self, conn: Connection, now: int, *names: Iterable[str]) -> dict[str, int]:
         c = schema.clients
-        missing = [name for name in names if name not in self._client_ids]
+        known = self._client_ids
+        missing = list({name for group in names for name in group if name not in known})
         if missing:
             new = [
                 {
@@ -214,18 +220,17 @@ class Store:
                     opened = keys.get((source, key, since))
                     if opened is not None:
                         opened.row_id = row_id
-        # Every poll stores the counters of every open session (that is what makes a restart exact)
-        # and nothing else about it; addresses only when they changed (a UDP client floated).
-        counters = [
-            {
-                "row_id": st.row_id,
-                "rx": st.bytes_received,
-                "tx": st.bytes_sent,
-                "seen": st.last_seen,
-            }
-            for st in poll.seen
-        ]
-        db.executemany(conn, UPDATE_COUNTERS, counters)
+        # Every poll stores the counters of every open session (that is what makes a restart exact):
+        # one packed row per source read; addresses only when they changed (a UDP client floated).
+        packed = []
+        for source, sessions in poll.open_now.items():
+            data = counters.pack(
+                [st.row_id for st in sessions],  # type: ignore[misc]  # set by the insert above
+                [st.bytes_received for st in sessions],
+                [st.bytes_sent for st in sessions],
+            )
+            packed.append({"source": source, "ts": poll.ts, "counters": data})
+        db.upsert(conn, schema.session_counters, packed, ["source"])
         moved = [
             {
                 "row_id": st.row_id,
@@ -236,24 +241,27 @@ class Store:
             for st in poll.moved
         ]
         db.executemany(conn, UPDATE_ADDRESSES, moved)
-        closed = [{"row_id": st.row_id, "ts": poll.ts, "seen": st.last_seen} for st in poll.closed]
+        closed = [
+            {
+                "row_id": st.row_id,
+                "ts": poll.ts,
+                "seen": st.last_seen,
+                "rx": st.bytes_received,
+                "tx": st.bytes_sent,
+            }
+            for st in poll.closed
+        ]
         db.executemany(conn, CLOSE_SESSION, closed)
 
     def _write_samples(self, conn: Connection, poll: PollWrite, ids: Mapping[str, int]) -> None:
-        add: dict[str, db.Merge] = {"bytes_received": "add", "bytes_sent": "add"}
-        rows = [
-            {
-                "client_id": ids[name],
-                "ts": poll.ts,
-                "bytes_received": cp.bytes_received,
-                "bytes_sent": cp.bytes_sent,
-            }
-            for name, cp in poll.clients.items()
-        ]
+        ts = poll.ts
+        rows = [(ids[name], ts, rx, tx) for name, (rx, tx) in poll.clients.items()]
         # two polls within one wall-clock second (or a clock stepped back) add up, never collide
-        db.upsert(conn, schema.usage_history, rows, ["client_id", "ts"], merge=add)
-        total_rx = sum(cp.bytes_received for cp in poll.clients.values())
-        total_tx = sum(cp.bytes_sent for cp in poll.clients.values())
+        db.upsert_tuples(
+            conn, schema.usage_history, SAMPLE_COLUMNS, rows, ["client_id", "ts"], merge=ADD
+        )
+        total_rx = sum(row[2] for row in rows)
+        total_tx = sum(row[3] for row in rows)
         db.upsert(
             conn,
             schema.global_history,
@@ -267,7 +275,7 @@ class Store:
                 }
             ],
             ["ts"],
-            merge={**add, "active_count": "max", "interval": "add"},
+            merge={**ADD, "active_count": "max", "interval": "add"},
         )
 
     def _write_clients(self, conn: Connection, poll: PollWrite, ids: Mapping[str, int]) -> None:

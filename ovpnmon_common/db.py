@@ -138,8 +138,15 @@ def schema_version(conn: Connection) -> int | None:
     return int(value) if value is not None else None
 
 
-# from-version -> function upgrading to from-version + 1; empty until the first change ships
-MIGRATIONS: dict[int, Any] = {}
+def _add_session_counters(conn: Connection) -> None:
+    """1 -> 2: open sessions' counters move to one packed row per source. Nothing to convert:
+    a session without an entry there keeps the counters its ``sessions`` row holds, which is
+    where version 1 kept them."""
+    schema.session_counters.create(conn)
+
+
+# from-version -> function upgrading to from-version + 1
+MIGRATIONS: dict[int, Any] = {1: _add_session_counters}
 
 
 def init_db(engine: Engine) -> tuple[int | None, int]:
@@ -217,7 +224,9 @@ def set_meta(conn: Connection, key: str, value: str) -> None:
 
 
 _NAMED_SQLITE = sqlite_dialect.dialect(paramstyle="named")
+_QMARK_SQLITE = sqlite_dialect.dialect(paramstyle="qmark")
 _COMPILED: dict[tuple[Any, ...], tuple[str, dict[str, Any]]] = {}
+_POSITIONAL: dict[tuple[Any, ...], str] = {}
 
 
 def _compiled(conn: Connection, stmt: Any, keys: tuple[str, ...]) -> tuple[str, dict[str, Any]]:
@@ -252,6 +261,33 @@ def executemany(conn: Connection, stmt: Any, rows: Sequence[Mapping[str, Any]]) 
     sql, constants = _compiled(conn, stmt, tuple(rows[0]))
     params = [{**constants, **row} for row in rows] if constants else list(rows)
     conn.exec_driver_sql(sql, params)
+
+
+def executemany_tuples(
+    conn: Connection, stmt: Any, columns: tuple[str, ...], rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """``executemany`` for the hottest statements: rows are tuples in ``columns`` order.
+
+    Binding tuples to ``?`` placeholders spares building a dict per row and SQLite's lookup of
+    named parameters (a third of the cost of inserting 10,000 narrow rows). ``columns`` must be
+    the order the compiled statement takes its parameters in, which for an insert is the table's
+    column order; a mismatch raises at once rather than storing values in the wrong columns.
+    Other dialects get dicts.
+    """
+    if not rows:
+        return
+    if conn.dialect.name != "sqlite":
+        executemany(conn, stmt, [dict(zip(columns, row, strict=True)) for row in rows])
+        return
+    key = (stmt, columns)
+    sql = _POSITIONAL.get(key)
+    if sql is None:
+        compiled = stmt.compile(dialect=_QMARK_SQLITE, column_keys=list(columns))
+        order = tuple(compiled.positiontup or ())
+        if order != columns:
+            raise ValueError(f"statement takes its parameters in the order {order}, not {columns}")
+        sql = _POSITIONAL[key] = str(compiled)
+    conn.exec_driver_sql(sql, list(rows))
 
 
 class Prepared:
@@ -291,6 +327,23 @@ def upsert(
         conn.dialect.name, table, tuple(keys), tuple(rows[0]), tuple(sorted((merge or {}).items()))
     )
     executemany(conn, stmt, rows)
+
+
+def upsert_tuples(
+    conn: Connection,
+    table: Any,
+    columns: tuple[str, ...],
+    rows: Sequence[tuple[Any, ...]],
+    keys: Iterable[str],
+    merge: Mapping[str, Merge] | None = None,
+) -> None:
+    """``upsert`` of tuples in ``columns`` order (the table's column order): the hot path."""
+    if not rows:
+        return
+    stmt = _upsert_statement(
+        conn.dialect.name, table, tuple(keys), columns, tuple(sorted((merge or {}).items()))
+    )
+    executemany_tuples(conn, stmt, columns, rows)
 
 
 @lru_cache(maxsize=64)

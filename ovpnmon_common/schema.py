@@ -14,13 +14,14 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Table,
     Text,
     UniqueConstraint,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = MetaData(
     naming_convention={
@@ -74,7 +75,8 @@ sessions = Table(
     Column("first_seen", BigInteger, nullable=False),
     Column("last_seen", BigInteger, nullable=False),
     Column("disconnected_at", BigInteger, nullable=True),
-    # OpenVPN's own counters at the last poll that saw the session
+    # OpenVPN's own counters when the session opened and when it closed; while it is open, its
+    # source's session_counters row holds the counters of the last poll (if it has an entry)
     Column("bytes_received", BigInteger, nullable=False, default=0),
     Column("bytes_sent", BigInteger, nullable=False, default=0),
     # counters already there when the source was first watched: never counted
@@ -83,6 +85,17 @@ sessions = Table(
     UniqueConstraint("source", "session_key", "connected_since"),
     Index(None, "client_id", "connected_since"),
     Index(None, "disconnected_at"),
+)
+
+# The counters of every open session of one source at the last poll that read it, packed by
+# ovpnmon_common.counters: one row rewritten per source per poll instead of one UPDATE per session.
+# ``ts`` is that poll's time (the open sessions' last seen). Added in schema version 2.
+session_counters = Table(
+    "session_counters",
+    metadata,
+    Column("source", Text, primary_key=True),
+    Column("ts", BigInteger, nullable=False),
+    Column("counters", LargeBinary, nullable=False),
 )
 
 # Raw per-client samples: one row per active CN per poll (zero deltas included: presence).

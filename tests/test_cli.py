@@ -66,10 +66,10 @@ def test_init_db_twice_leaves_one_schema_version(runner, tmp_path):
     path = str(tmp_path / "sub" / "x.db")
     first = runner.invoke(cli, ["init-db", "--db", path])
     assert first.exit_code == 0, first.output
-    assert first.output == f"created schema version 1 in {path}\n"
+    assert first.output == f"created schema version {schema.SCHEMA_VERSION} in {path}\n"
     second = runner.invoke(cli, ["init-db", "--db", path])
     assert second.exit_code == 0, second.output
-    assert second.output == f"schema version 1 is current in {path}\n"
+    assert second.output == f"schema version {schema.SCHEMA_VERSION} is current in {path}\n"
     engine = reader_engine(path)
     with engine.connect() as conn:
         count = conn.execute(
@@ -77,7 +77,7 @@ def test_init_db_twice_leaves_one_schema_version(runner, tmp_path):
             .select_from(schema.meta)
             .where(schema.meta.c.key == "schema_version")
         ).scalar()
-        assert count == 1 and db.schema_version(conn) == 1
+        assert count == 1 and db.schema_version(conn) == schema.SCHEMA_VERSION
 
 
 def test_bad_config_is_one_line_and_non_zero(runner, tmp_path):
@@ -154,8 +154,8 @@ def test_api_refuses_newer_schema(runner, tmp_path):
     result = runner.invoke(api_cli, ["serve", "--db", path])
     assert result.exit_code == 1
     assert (
-        "schema version 99, newer than this ovpnmon understands (1): upgrade ovpnmon"
-        in result.stderr
+        f"schema version 99, newer than this ovpnmon understands ({schema.SCHEMA_VERSION}): "
+        "upgrade ovpnmon" in result.stderr
     )
 
 

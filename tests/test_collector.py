@@ -13,6 +13,7 @@ from ovpnmon_collector.parser import SessionRow
 from ovpnmon_collector.simulator import render_status
 from ovpnmon_collector.sources import StatusFileSource
 from ovpnmon_common import db, schema
+from ovpnmon_common.counters import Counters
 from ovpnmon_common.db import init_db, writer_engine
 
 T0 = 1_795_717_500
@@ -280,3 +281,43 @@ def test_unreadable_status_file_names_the_fix(status):
         f"ERROR SourceError: status file {status.path}: permission denied (see the deployment "
         "guide on giving the collector read access)"
     )
+
+
+def test_schema_1_database_upgrades_and_continues_exactly(tmp_path, status):
+    """Schema 1 kept open sessions' counters in their sessions rows; version 2 moved them to one
+    packed row per source. A version-1 database (made here by moving the packed counters back
+    and dropping the table) upgrades in place and the next poll counts only new bytes."""
+    path = str(tmp_path / "v1.db")
+    engine = writer_engine(path)
+    init_db(engine)
+    clock = FakeClock(T0)
+    status.write(T0, row("alice", 0, T0 + 1, 100, 10), row("bob", 1, T0 + 1, 7, 7))
+    collector = make(engine, status, clock)
+    assert collector.poll().stored
+    clock.advance(10)
+    status.write(int(clock.wall), row("alice", 0, T0 + 1, 300, 30), row("bob", 1, T0 + 1, 7, 7))
+    assert collector.poll().stored
+    collector.close()
+    assert totals(engine) == {"alice": (300, 30, True), "bob": (7, 7, True)}
+    s = schema.sessions
+    with engine.begin() as conn:
+        [(packed,)] = conn.execute(select(schema.session_counters.c.counters))
+        for row_id, (rx, tx) in Counters(packed).items():
+            conn.execute(
+                s.update().where(s.c.id == row_id).values(bytes_received=rx, bytes_sent=tx)
+            )
+        schema.session_counters.drop(conn)
+        db.set_meta(conn, "schema_version", "1")
+    engine.dispose()
+
+    engine = writer_engine(path)
+    with pytest.raises(db.DatabaseError, match="older than this ovpnmon needs"):
+        db.check_schema(engine, path)
+    assert init_db(engine) == (1, schema.SCHEMA_VERSION)
+    assert totals(engine) == {"alice": (300, 30, True), "bob": (7, 7, True)}
+    clock.advance(10)
+    status.write(int(clock.wall), row("alice", 0, T0 + 1, 350, 31), row("bob", 1, T0 + 1, 7, 9))
+    collector = make(engine, status, clock)
+    assert collector.poll().stored
+    assert totals(engine) == {"alice": (350, 31, True), "bob": (7, 9, True)}
+    collector.close()

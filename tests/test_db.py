@@ -21,7 +21,7 @@ def test_writer_pragmas(engine):
 
 
 def test_init_db_is_idempotent(engine):
-    assert init_db(engine) == (1, 1)
+    assert init_db(engine) == (schema.SCHEMA_VERSION, schema.SCHEMA_VERSION)
     with engine.connect() as conn:
         rows = conn.execute(
             select(func.count())

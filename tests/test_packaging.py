@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from ovpnmon_common import schema
+
 ROOT = Path(__file__).parent.parent
 
 pytestmark = pytest.mark.slow
@@ -54,7 +56,11 @@ def test_extras_bring_only_their_dependencies(tmp_path, extra, script, present, 
         assert not can_import(env, module), f"[{extra}] should not bring {module}"
     if extra == "collector":
         db = tmp_path / "x.db"
-        for expected in ("created schema version 1", "schema version 1 is current"):
+        version = schema.SCHEMA_VERSION
+        for expected in (
+            f"created schema version {version}",
+            f"schema version {version} is current",
+        ):
             result = subprocess.run(
                 [str(env / "bin" / script), "init-db", "--db", str(db)],
                 capture_output=True,

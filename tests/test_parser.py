@@ -2,8 +2,17 @@ import datetime as dt
 
 import pytest
 from conftest import fixture_text
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from ovpnmon_collector.parser import IncompleteStatus, SessionRow, StatusError, parse_status
+from ovpnmon_collector.parser import (
+    IncompleteStatus,
+    SessionRow,
+    StatusError,
+    _parse_lines,
+    _parse_tagged_fast,
+    parse_status,
+)
 
 UTC = dt.timezone.utc
 
@@ -187,3 +196,82 @@ def test_v1_bad_date_names_the_line():
 def test_client_status_file_is_named_as_such():
     with pytest.raises(StatusError, match="an OpenVPN client's status file, not a server's"):
         parse_status(fixture_text("client_status_file.txt"))
+
+
+# --- the fast path of status-version 2/3 against the line-by-line parser ----------------------
+
+TAGGED_FIXTURES = [
+    "v2_duplicate_cn_three_sessions.txt",
+    "v3_duplicate_cn_three_sessions.txt",
+    "management_status3_crlf.txt",
+    "v3_counters_above_2_32.txt",
+    "v3_newer_version_extra_columns.txt",
+    "v3_openvpn27_protocol_prefix_bracketed_ipv6.txt",
+    "v3_unauthenticated_undef_row.txt",
+    "v2_empty_client_list.txt",
+    "v2_ipv6_real_address_without_port.txt",
+]
+
+
+@pytest.mark.parametrize("name", TAGGED_FIXTURES)
+def test_fast_path_takes_real_output_and_agrees(name):
+    text = fixture_text(name)
+    fast = _parse_tagged_fast(text, UTC)
+    assert fast is not None, "real OpenVPN output should not need the line-by-line parser"
+    assert fast == _parse_lines(text, UTC)
+
+
+ODD = ["UNDEF", "a,b", "a\tb", "ünï", "٣", "+5", " 7", "1_0", "", "x\ry", "²"]
+# mostly well-formed, so that both parsers answer often; sometimes one odd field
+FIELD = st.sampled_from(["alice", "bob", "carol", "12", "0"] * 6 + ODD)
+NUMBER = st.one_of(*[st.integers(0, 2**64).map(str)] * 8, st.sampled_from(ODD))
+LINE = st.one_of(
+    st.tuples(st.just("CLIENT_LIST"), FIELD, FIELD, FIELD, FIELD, FIELD, FIELD, FIELD, FIELD),
+    st.tuples(st.just("CLIENT_LIST"), FIELD, st.just("127.0.0.1:1"), FIELD, FIELD, st.just("5")),
+    st.tuples(st.sampled_from(["ROUTING_TABLE", "TIME", "GLOBAL_STATS", "HEADER"]), FIELD, FIELD),
+    st.just(("TIME", "2026-11-26 10:00:00", "1795717500")),
+    st.just(("HEADER", "CLIENT_LIST", "Common Name")),
+    st.just(("END",)),
+)
+
+
+@given(
+    sep=st.sampled_from(["\t", ","]),
+    rows=st.lists(st.tuples(FIELD, NUMBER, NUMBER, st.one_of(NUMBER, st.just(""))), max_size=6),
+    extra=st.lists(st.tuples(st.integers(0, 8), LINE), max_size=1),
+    routes=st.booleans(),
+    line_end=st.sampled_from(["\n", "\n", "\r\n"]),
+)
+@settings(max_examples=400, deadline=None)
+def test_fast_path_never_disagrees_with_the_line_by_line_parser(sep, rows, extra, routes, line_end):
+    lines = [
+        "TITLE" + sep + "OpenVPN 2.6.14",
+        sep.join(["TIME", "2026-11-26 10:00:00", "1795717500"]),
+        sep.join(
+            [
+                *("HEADER", "CLIENT_LIST", "Common Name", "Real Address", "Virtual Address"),
+                *("Bytes Received", "Bytes Sent", "Connected Since", "Connected Since (time_t)"),
+                "Client ID",
+            ]
+        ),
+    ]
+    for i, (name, rx, since, cid) in enumerate(rows):
+        lines.append(
+            sep.join(
+                [
+                    *("CLIENT_LIST", name, f"127.0.0.1:{i}", "10.8.0.2", rx, "7"),
+                    *("2026-11-26 09:00:00", since, cid),
+                ]
+            )
+        )
+    if routes:
+        lines.append(sep.join(["ROUTING_TABLE", "10.8.0.2", "alice", "127.0.0.1:0", "x", "1"]))
+    for at, line in extra:
+        lines.insert(min(at, len(lines)), sep.join(line))
+    text = line_end.join([*lines, "END", ""])
+    try:
+        expected = _parse_lines(text, UTC)
+    except StatusError:
+        expected = None
+    fast = _parse_tagged_fast(text, UTC)
+    assert fast is None or fast == expected

@@ -83,7 +83,7 @@ def test_cli_prune_and_info(filled, tmp_path):
     result = CliRunner().invoke(cli, ["info", "--config", str(config), "--json"])
     assert result.exit_code == 0, result.output
     facts = json.loads(result.output)
-    assert facts["schema_version"] == 1
+    assert facts["schema_version"] == schema.SCHEMA_VERSION
     assert facts["tables"]["usage_history"]["oldest"] >= align(NOW - 3 * DAY, DAY)
     assert facts["tables"]["clients"]["rows"] == 8
     assert facts["watermarks"]["hourly"] == align(NOW, 3600)
