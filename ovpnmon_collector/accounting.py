@@ -16,7 +16,10 @@ from dataclasses import dataclass, field
 
 from ovpnmon_collector.parser import SessionRow, Snapshot
 
-SessionId = tuple[str, int]  # (session key, connected since) within one source
+# A session within one source: (Client ID, connected since) when OpenVPN gives a Client ID, else
+# ("addr:<Real Address>", connected since). An int and a str never compare equal, so the two
+# kinds cannot collide; the sessions table stores the key as text ("id:<n>" or "addr:<address>").
+SessionId = tuple[int | str, int]
 
 
 @dataclass(slots=True)
@@ -40,7 +43,8 @@ class SessionState:
 
     @property
     def ident(self) -> SessionId:
-        return (self.key, self.connected_since)
+        key = self.key
+        return (int(key[3:]) if key.startswith("id:") else key, self.connected_since)
 
 
 @dataclass(slots=True)
@@ -73,7 +77,7 @@ def account_source(
     deltas: dict[str, list[int]] = {}
     for row in snapshot.sessions:
         name, real, v4, v6, rx_now, tx_now, since, cid = row
-        ident = (f"id:{cid}" if cid is not None else f"addr:{real}", since)
+        ident = (cid if cid is not None else f"addr:{real}", since)
         if ident in state:
             continue  # a duplicated line in one snapshot must not count twice
         known = previous.get(ident)

@@ -120,10 +120,18 @@ class Store:
                     st = by_id.get(row_id)
                     if st is not None and st.source == source:
                         st.bytes_received, st.bytes_sent, st.last_seen = rx, tx, ts
-            self._active = {
-                name for (name,) in conn.execute(select(c.c.common_name).where(c.c.active))
-            }
-        self._client_ids.clear()
+            active = dict(conn.execute(select(c.c.common_name, c.c.id).where(c.c.active)).all())
+            self._active = set(active)
+            # Every name a poll writes for is in here from now on: those of open sessions and
+            # active clients now, and any other enters through poll.opened.
+            self._client_ids = active
+            self._client_ids.update(
+                conn.execute(
+                    select(c.c.common_name, c.c.id)
+                    .join(s, s.c.client_id == c.c.id)
+                    .where(s.c.disconnected_at.is_(None))
+                ).all()
+            )
         return state
 
     def first_watched(self, source: str, now: int) -> int:
@@ -148,9 +156,8 @@ class Store:
 
     def write_poll(self, poll: PollWrite) -> None:
         with self.engine.begin() as conn:
-            # poll.active holds every name in poll.clients
-            changed = (st.common_name for st in poll.opened + poll.closed)
-            ids = self._ensure_clients(conn, poll.ts, poll.active, self._active or (), changed)
+            # a client name new to this process can only come with a session that opened now
+            ids = self._ensure_clients(conn, poll.ts, {st.common_name for st in poll.opened})
             self._write_sessions(conn, poll, ids)
             self._write_samples(conn, poll, ids)
             self._write_clients(conn, poll, ids)
@@ -159,10 +166,9 @@ class Store:
             db.upsert(conn, schema.meta, [{"key": k, "value": v} for k, v in meta.items()], ["key"])
         self._active = set(poll.active)
 
-    def _ensure_clients(self, conn: Connection, now: int, *names: Iterable[str]) -> dict[str, int]:
+    def _ensure_clients(self, conn: Connection, now: int, names: Iterable[str]) -> dict[str, int]:
         c = schema.clients
-        known = self._client_ids
-        missing = list({name for group in names for name in group if name not in known})
+        missing = [name for name in names if name not in self._client_ids]
         if missing:
             new = [
                 {
@@ -255,13 +261,16 @@ class Store:
 
     def _write_samples(self, conn: Connection, poll: PollWrite, ids: Mapping[str, int]) -> None:
         ts = poll.ts
-        rows = [(ids[name], ts, rx, tx) for name, (rx, tx) in poll.clients.items()]
+        rows = []
+        total_rx = total_tx = 0
+        for name, (rx, tx) in poll.clients.items():
+            rows.append((ids[name], ts, rx, tx))
+            total_rx += rx
+            total_tx += tx
         # two polls within one wall-clock second (or a clock stepped back) add up, never collide
         db.upsert_tuples(
             conn, schema.usage_history, SAMPLE_COLUMNS, rows, ["client_id", "ts"], merge=ADD
         )
-        total_rx = sum(row[2] for row in rows)
-        total_tx = sum(row[3] for row in rows)
         db.upsert(
             conn,
             schema.global_history,

@@ -229,7 +229,7 @@ LINE = st.one_of(
     st.tuples(st.just("CLIENT_LIST"), FIELD, FIELD, FIELD, FIELD, FIELD, FIELD, FIELD, FIELD),
     st.tuples(st.just("CLIENT_LIST"), FIELD, st.just("127.0.0.1:1"), FIELD, FIELD, st.just("5")),
     st.tuples(st.sampled_from(["ROUTING_TABLE", "TIME", "GLOBAL_STATS", "HEADER"]), FIELD, FIELD),
-    st.just(("TIME", "2026-11-26 10:00:00", "1795717500")),
+    st.tuples(st.just("TIME"), st.just("2026-11-26 10:00:00"), NUMBER),
     st.just(("HEADER", "CLIENT_LIST", "Common Name")),
     st.just(("END",)),
 )
@@ -240,10 +240,13 @@ LINE = st.one_of(
     rows=st.lists(st.tuples(FIELD, NUMBER, NUMBER, st.one_of(NUMBER, st.just(""))), max_size=6),
     extra=st.lists(st.tuples(st.integers(0, 8), LINE), max_size=1),
     routes=st.booleans(),
+    header_after_rows=st.booleans(),
     line_end=st.sampled_from(["\n", "\n", "\r\n"]),
 )
 @settings(max_examples=400, deadline=None)
-def test_fast_path_never_disagrees_with_the_line_by_line_parser(sep, rows, extra, routes, line_end):
+def test_fast_path_never_disagrees_with_the_line_by_line_parser(
+    sep, rows, extra, routes, header_after_rows, line_end
+):
     lines = [
         "TITLE" + sep + "OpenVPN 2.6.14",
         sep.join(["TIME", "2026-11-26 10:00:00", "1795717500"]),
@@ -264,6 +267,8 @@ def test_fast_path_never_disagrees_with_the_line_by_line_parser(sep, rows, extra
                 ]
             )
         )
+    if header_after_rows:
+        lines.append(lines.pop(2))
     if routes:
         lines.append(sep.join(["ROUTING_TABLE", "10.8.0.2", "alice", "127.0.0.1:0", "x", "1"]))
     for at, line in extra:
@@ -274,4 +279,49 @@ def test_fast_path_never_disagrees_with_the_line_by_line_parser(sep, rows, extra
     except StatusError:
         expected = None
     fast = _parse_tagged_fast(text, UTC)
+    assert fast is None or fast == expected
+
+
+def _v3(*body):
+    header = "\t".join(
+        [
+            *("HEADER", "CLIENT_LIST", "Common Name", "Real Address", "Virtual Address"),
+            *("Bytes Received", "Bytes Sent", "Connected Since", "Connected Since (time_t)"),
+            "Client ID",
+        ]
+    )
+    lines = [line.replace("{header}", header) for line in body]
+    return "\n".join(["TITLE\tOpenVPN 2.6.14", *lines, "END", ""])
+
+
+def _row(name, cid, rx="5"):
+    return f"CLIENT_LIST\t{name}\t127.0.0.1:{cid}\t10.8.0.2\t{rx}\t7\t2026-11-26\t1795714000\t{cid}"
+
+
+TIME = "TIME\t2026-11-26 10:00:00\t1795717500"
+
+
+@pytest.mark.parametrize(
+    ("text", "fast_answers"),
+    [
+        (_v3(TIME, "{header}", _row("a", 1), _row("b", 2)), True),
+        (_v3("{header}", _row("a", 1), TIME), True),  # TIME after the rows
+        (_v3(TIME, "{header}", _row("a", 1), "TIME\t2026-11-26 10:00:00\t42"), False),  # last wins
+        (_v3(TIME, _row("a", 1), "{header}"), False),  # rows before their header
+        (_v3(TIME, "{header}", _row("a", 1), "{header}", _row("b", 2)), False),
+        (_v3(TIME, "{header}", _row("a", 1), "ROUTING_TABLE\tx", _row("b", 2)), False),
+        (_v3(TIME, "{header}", _row("CLIENT_LIST", 1), _row("b", 2)), False),
+        (_v3(TIME, "{header}", _row("UNDEF", 1), _row("UNDEF", 2)), True),
+        (_v3(TIME, "{header}", _row("UNDEF", 1, rx="x"), _row("b", 2)), True),
+        (_v3(TIME, "{header}", _row("a", 1) + "\textra", _row("b", 2)[:-2]), False),
+        (_v3(TIME, "{header}"), True),
+    ],
+)
+def test_fast_path_agrees_on_awkward_layouts(text, fast_answers):
+    try:
+        expected = _parse_lines(text, UTC)
+    except StatusError:
+        expected = None
+    fast = _parse_tagged_fast(text, UTC)
+    assert (fast is not None) == fast_answers
     assert fast is None or fast == expected
