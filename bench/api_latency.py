@@ -4,8 +4,12 @@ On a database from ``bench/generate.py`` (the issue's: 1,000 clients, 3 days of 
 10 s, a year of tiers), in the same run:
 - the floor: the same waitress + Falcon, answering every URL with the body the real API gave for
   it, precomputed (so only HTTP, routing and bytes on the wire remain);
-- ovpnmon-api on the same database;
-then 16 concurrent connections for ``--soak`` seconds while a collector writes every second.
+- ovpnmon-api as shipped (its response cache on): while the database does not change, a repeated
+  request is served from the cache;
+- ovpnmon-api with ``cache_mb = 0``: every request computed, as the first request after each
+  poll of the collector is;
+then 16 concurrent connections for ``--soak`` seconds while a collector writes every second, on
+the API as shipped.
 
     python bench/api_latency.py --db /tmp/big.db [--requests 40] [--soak 60]
 """
@@ -84,21 +88,31 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="ovpnmon-api-bench-"))
     database = str(work / "bench.db")
     shutil.copy(args.db, database)
-    api_port, floor_port = free_port(), free_port()
-    config = work / "c.conf"
-    config.write_text(
+    # a database of an older schema version is upgraded first, as the collector would
+    subprocess.run(
+        [sys.executable, "-m", "ovpnmon_collector", "init-db", "--db", database], check=True
+    )
+    api_port, cold_port, floor_port = free_port(), free_port(), free_port()
+    config, cold_config = work / "c.conf", work / "cold.conf"
+    common = (
         f"[database]\npath = {database}\n[collector]\ninterval = 1\n"
         f"[source:sim]\nstatus_file = {work / 'status.log'}\n"
-        f"[retention]\nraw_days = 3\nhourly_days = 400\n[api]\nport = {api_port}\nthreads = 4\n"
+        f"[retention]\nraw_days = 3\nhourly_days = 400\n[api]\nthreads = 4\n"
     )
+    config.write_text(common + f"port = {api_port}\n")
+    cold_config.write_text(common + f"port = {cold_port}\ncache_mb = 0\n")
     log = open(work / "api.log", "wb")  # noqa: SIM115
-    api = subprocess.Popen(
-        [sys.executable, "-m", "ovpnmon_api", "serve", "--config", str(config)], stderr=log
-    )
-    children = [api]
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-m", "ovpnmon_api", "serve", "--config", str(path)], stderr=log
+        )
+        for path in (config, cold_config)
+    ]
     try:
         wait_listening(api_port)
+        wait_listening(cold_port)
         conn = http.client.HTTPConnection("127.0.0.1", api_port)
+        cold_conn = http.client.HTTPConnection("127.0.0.1", cold_port)
         names = [c for c in (f"user-{i:03d}" for i in range(0, 999, 97))]
         urls = [f"/api/v1/stats/{names[0]}?range={r}" for r in RANGES]
         urls += [f"/api/v1/analytics?range={r}" for r in ("24h", "7d", "30d")]
@@ -116,18 +130,23 @@ def main() -> None:
         wait_listening(floor_port)
         floor_conn = http.client.HTTPConnection("127.0.0.1", floor_port)
         print(
-            f"{'request':42s} {'bytes':>8s} {'floor p50/p99 ms':>17s} {'ovpnmon p50/p99 ms':>19s} {'ratio p50':>9s}"
+            f"{'request':34s} {'bytes':>7s} {'floor p50/p99':>14s} {'ovpnmon p50/p99':>16s}"
+            f" {'ratio':>6s} {'no cache p50/p99':>17s} {'ratio':>6s}   (ms)"
         )
         for url in urls:
-            ours, base = [], []
-            for _ in range(args.requests):  # interleaved, so both see the same machine
+            ours, cold, base = [], [], []
+            for _ in range(args.requests):  # interleaved, so all see the same machine
                 base.append(fetch(floor_conn, url)[2] * 1000)
                 ours.append(fetch(conn, url)[2] * 1000)
-            ratio = statistics.median(ours) / statistics.median(base)
+                cold.append(fetch(cold_conn, url)[2] * 1000)
+            floor_p50 = statistics.median(base)
             print(
-                f"{url[7:]:42s} {len(bodies[url]):8d} "
-                f"{statistics.median(base):8.2f}/{percentile(base, 0.99):7.2f} "
-                f"{statistics.median(ours):9.2f}/{percentile(ours, 0.99):8.2f} {ratio:8.1f}x"
+                f"{url[7:]:34s} {len(bodies[url]):7d} "
+                f"{floor_p50:6.2f}/{percentile(base, 0.99):7.2f} "
+                f"{statistics.median(ours):7.2f}/{percentile(ours, 0.99):8.2f} "
+                f"{statistics.median(ours) / floor_p50:5.1f}x "
+                f"{statistics.median(cold):8.2f}/{percentile(cold, 0.99):8.2f} "
+                f"{statistics.median(cold) / floor_p50:5.1f}x"
             )
         floor.terminate()
 

@@ -12,6 +12,7 @@ import falcon
 from sqlalchemy import Engine
 
 from ovpnmon_api import errors, resources
+from ovpnmon_api.cache import ResponseCache
 from ovpnmon_api.openapi import OpenApi
 from ovpnmon_common.config import Config
 from ovpnmon_common.db import reader_engine
@@ -70,9 +71,13 @@ class AccessLog:
 
 
 def create_app(
-    config: Config, engine: Engine | None = None, clock: Callable[[], float] = time.time
+    config: Config,
+    engine: Engine | None = None,
+    clock: Callable[[], float] = time.time,
+    cache: ResponseCache | None = None,
 ) -> falcon.App:
-    """Build the app. ``engine`` defaults to the read-only engine on ``config.database_path``."""
+    """Build the app. ``engine`` defaults to the read-only engine on ``config.database_path``,
+    ``cache`` to one of ``config.api.cache_mb`` on the same file."""
     engine = engine or reader_engine(config.database_path, pool_size=config.api.threads)
     middleware: list[Any] = [AccessLog(), BearerTokens(config.api.tokens)]
     if config.api.cors_origins:
@@ -82,7 +87,7 @@ def create_app(
     app.req_options.keep_blank_qs_values = True
     errors.install(app)
 
-    ctx = resources.Context(engine, config, clock)
+    ctx = resources.Context(engine, config, clock, cache)
     client_stats = resources.ClientStats(ctx)
     app.add_route(f"{PREFIX}/analytics", resources.Analytics(ctx))
     app.add_route(f"{PREFIX}/stats", resources.AllStats(ctx))

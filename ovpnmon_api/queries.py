@@ -62,42 +62,43 @@ def collector_status(conn: Connection) -> CollectorStatus:
 
 
 # Open sessions' counters live in one packed row per source (ovpnmon_common.counters), rewritten
-# by every poll; a session without an entry there keeps the counters of its sessions row.
+# by every poll; a session without an entry there keeps the counters of its sessions row. Rows
+# that _counted reads start with these columns, in this order.
+_COUNTED = (
+    s.c.id,
+    s.c.source,
+    s.c.bytes_received,
+    s.c.bytes_sent,
+    s.c.baseline_received,
+    s.c.baseline_sent,
+)
 OPEN_ALL = Prepared(
-    select(
-        s.c.id,
-        s.c.client_id,
-        s.c.source,
-        s.c.connected_since,
-        s.c.bytes_received,
-        s.c.bytes_sent,
-        s.c.baseline_received,
-        s.c.baseline_sent,
-    ).where(s.c.disconnected_at.is_(None))
+    select(*_COUNTED, s.c.client_id, s.c.connected_since).where(s.c.disconnected_at.is_(None))
 )
 ALL_COUNTERS = Prepared(select(sc.c.source, sc.c.counters))
 SOURCE_COUNTERS = Prepared(select(sc.c.counters).where(sc.c.source == bindparam("source")))
 
 
-def _counted(conn: Connection, rows: list[Any], all_sources: bool) -> list[tuple[int, int]]:
-    """Counted bytes (counters now minus baseline) of each open session row, in order. Rows
-    carry id, source, bytes_received, bytes_sent, baseline_received, baseline_sent."""
-    if all_sources:
-        packed = {source: Counters(data) for source, data in ALL_COUNTERS(conn)}
-        current = {(source, i): v for source, p in packed.items() for i, v in p.items()}
-    else:
+def _counted(conn: Connection, rows: list[Any], every_source: bool) -> list[tuple[int, int]]:
+    """Counted bytes (counters now minus baseline) of each open session row, in order."""
+    if every_source:
+        current = {
+            (source, session): value
+            for source, data in ALL_COUNTERS(conn)
+            for session, value in Counters(data).items()
+        }
+    else:  # a few sessions: look each up in its source's counters
+        packed = {source: SOURCE_COUNTERS(conn, source=source).scalar() for _, source, *_ in rows}
+        found = {source: Counters(data) for source, data in packed.items() if data is not None}
         current = {}
-        for source in {row.source for row in rows}:
-            data = SOURCE_COUNTERS(conn, source=source).scalar()
-            if data is not None:
-                found = Counters(data)
-                for row in rows:
-                    if row.source == source and (value := found.get(row.id)) is not None:
-                        current[(source, row.id)] = value
+        for session, source, *_ in rows:
+            value = found[source].get(session) if source in found else None
+            if value is not None:
+                current[(source, session)] = value
     counted = []
-    for row in rows:
-        rx, tx = current.get((row.source, row.id), (row.bytes_received, row.bytes_sent))
-        counted.append((rx - row.baseline_received, tx - row.baseline_sent))
+    for session, source, rx, tx, base_rx, base_tx, *_ in rows:
+        rx, tx = current.get((source, session), (rx, tx))
+        counted.append((rx - base_rx, tx - base_tx))
     return counted
 
 
@@ -106,17 +107,13 @@ def _live(conn: Connection) -> dict[int, tuple[int, int, int, int]]:
     open sessions."""
     rows = OPEN_ALL(conn).all()
     live: dict[int, tuple[int, int, int, int]] = {}
-    for row, (rx, tx) in zip(rows, _counted(conn, rows, all_sources=True), strict=True):
-        before = live.get(row.client_id)
+    for row, (rx, tx) in zip(rows, _counted(conn, rows, every_source=True), strict=True):
+        client, since = row[-2], row[-1]
+        before = live.get(client)
         if before is None:
-            live[row.client_id] = (rx, tx, 1, row.connected_since)
+            live[client] = (rx, tx, 1, since)
         else:
-            live[row.client_id] = (
-                before[0] + rx,
-                before[1] + tx,
-                before[2] + 1,
-                min(before[3], row.connected_since),
-            )
+            live[client] = (before[0] + rx, before[1] + tx, before[2] + 1, min(before[3], since))
     return live
 
 
@@ -247,16 +244,11 @@ def lifetime_totals(conn: Connection) -> dict[str, tuple[int, int, bool]]:
 
 OPEN_SESSIONS = Prepared(
     select(
-        s.c.id,
-        s.c.source,
+        *_COUNTED,
         s.c.real_address,
         s.c.virtual_address,
         s.c.virtual_ipv6,
         s.c.connected_since,
-        s.c.bytes_received,
-        s.c.bytes_sent,
-        s.c.baseline_received,
-        s.c.baseline_sent,
     )
     .where(s.c.client_id == bindparam("client_id"), s.c.disconnected_at.is_(None))
     .order_by(s.c.connected_since, s.c.id)
@@ -277,7 +269,7 @@ def open_sessions(conn: Connection, client_id: int) -> list[dict[str, Any]]:
             "rx": rx,
             "tx": tx,
         }
-        for row, (rx, tx) in zip(rows, _counted(conn, rows, all_sources=False), strict=True)
+        for row, (rx, tx) in zip(rows, _counted(conn, rows, every_source=False), strict=True)
     ]
 
 

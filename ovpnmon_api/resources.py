@@ -5,7 +5,8 @@ Bodies follow ``docs/api.md`` (the contract of ``shared/spec/api-v1.md`` plus ad
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import json
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -14,22 +15,46 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from ovpnmon_api import queries
+from ovpnmon_api.cache import ResponseCache
 from ovpnmon_common.buckets import Series, plan, plan_analytics
 from ovpnmon_common.config import Config
-from ovpnmon_common.db import DatabaseError, check_schema, describe_error
+from ovpnmon_common.db import ChangeCounter, DatabaseError, check_schema, describe_error
 from ovpnmon_common.formatting import format_timestamp, to_gb, to_mb, to_mbps
 
 STALE_FACTOR = 3
 
 
 class Context:
-    """What every resource needs: the read-only engine, the config and the clock."""
+    """What every resource needs: the read-only engine, the config, the clock and the cache."""
 
-    def __init__(self, engine: Engine, config: Config, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        config: Config,
+        clock: Callable[[], float],
+        cache: ResponseCache | None = None,
+    ) -> None:
         self.engine = engine
         self.config = config
         self.clock = clock
         self.tz = config.api.timezone
+        self.cache = cache or ResponseCache(
+            ChangeCounter(config.database_path), config.api.cache_mb * 1024 * 1024
+        )
+
+    def respond(self, resp: falcon.Response, key: Hashable, build: Callable[[], Any]) -> None:
+        """Answer with the JSON of ``build()``, rendered once per database state and ``key``."""
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = self.cache.get_or_build(key, lambda: render(build()))
+
+    def status(self) -> queries.CollectorStatus:
+        """The collector's status, read once per database state."""
+
+        def read() -> queries.CollectorStatus:
+            with self.engine.connect() as conn:
+                return queries.collector_status(conn)
+
+        return self.cache.get_or_build(("collector status",), read)
 
     @contextmanager
     def snapshot(self) -> Iterator[tuple[Connection, queries.CollectorStatus]]:
@@ -71,6 +96,11 @@ def single(req: falcon.Request, name: str) -> str | None:
     return value
 
 
+def render(body: Any) -> bytes:
+    """JSON as Falcon's default handler writes it."""
+    return json.dumps(body, ensure_ascii=False).encode()
+
+
 def status_word(active: bool) -> str:
     return "Active" if active else "Inactive"
 
@@ -82,6 +112,25 @@ class Analytics(Resource):
         allow_params(req, "range")
         now = self.ctx.now()
         series = plan_analytics(single(req, "range"), now, self.ctx.config.retention)
+        # Only "timestamp" (now) changes within one window of one database state.
+        data = self.ctx.cache.get_or_build(
+            ("analytics", series.range, series.start, series.end),
+            lambda: render(self._data(series)),
+        )
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = b"".join(
+            [
+                b'{"success": true, "timestamp": ',
+                render(self.ctx.ts(now)),
+                b', "range": ',
+                render(series.range),
+                b', "data": ',
+                data,
+                b"}",
+            ]
+        )
+
+    def _data(self, series: Series) -> dict[str, Any]:
         with self.ctx.snapshot() as (conn, status):
             buckets = queries.global_series(conn, status, series)
             top = queries.top_clients(conn, status, series.start, series.end)
@@ -98,21 +147,16 @@ class Analytics(Resource):
                     "active_count": active,
                 }
             )
-        resp.media = {
-            "success": True,
-            "timestamp": self.ctx.ts(now),
-            "range": series.range,
-            "data": {
-                "global_history_24h": history,
-                "max_concurrent_24h": peak,
-                "top_clients_24h": [
-                    {"common_name": name, "total_rx": rx, "total_tx": tx, "total": rx + tx}
-                    for name, rx, tx in top
-                ],
-                "traffic_distribution": {"rx": total_rx, "tx": total_tx},
-                "interval_seconds": series.step,
-                "points": series.count,
-            },
+        return {
+            "global_history_24h": history,
+            "max_concurrent_24h": peak,
+            "top_clients_24h": [
+                {"common_name": name, "total_rx": rx, "total_tx": tx, "total": rx + tx}
+                for name, rx, tx in top
+            ],
+            "traffic_distribution": {"rx": total_rx, "tx": total_tx},
+            "interval_seconds": series.step,
+            "points": series.count,
         }
 
 
@@ -121,13 +165,16 @@ class ClientStats(Resource):
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, common_name: str) -> None:
         allow_params(req, "range", "resolution")
+        range_, resolution = single(req, "range"), single(req, "resolution")
         now = self.ctx.now()
         cfg = self.ctx.config
+        status = self.ctx.status()
+        series = plan(range_, resolution, now, cfg.retention, status.interval or cfg.interval)
+        key = ("client", common_name, range_, resolution, series.start, series.end, series.step)
+        self.ctx.respond(resp, key, lambda: self._body(common_name, series))
+
+    def _body(self, common_name: str, series: Series) -> dict[str, Any]:
         with self.ctx.snapshot() as (conn, status):
-            interval = status.interval or cfg.interval
-            series = plan(
-                single(req, "range"), single(req, "resolution"), now, cfg.retention, interval
-            )
             found = queries.client(conn, status, common_name)
             if found is None:
                 raise falcon.HTTPNotFound(
@@ -137,7 +184,7 @@ class ClientStats(Resource):
             row, sessions = found
             history = self._history(conn, status, row.id, series)
             last_interval = queries.last_interval(conn, status)
-        resp.media = {
+        return {
             "success": True,
             "data": {
                 "common_name": row.common_name,
@@ -209,10 +256,13 @@ class AllStats(Resource):
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         allow_params(req)
+        self.ctx.respond(resp, ("stats",), self._body)
+
+    def _body(self) -> dict[str, Any]:
         with self.ctx.snapshot() as (conn, status):
             rows = queries.clients(conn, status)
             seconds = queries.last_interval(conn, status)
-        resp.media = {
+        return {
             "success": True,
             "count": len(rows),
             "data": [
@@ -237,9 +287,12 @@ class SystemStats(Resource):
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         allow_params(req)
+        self.ctx.respond(resp, ("system",), self._body)
+
+    def _body(self) -> dict[str, Any]:
         with self.ctx.snapshot() as (conn, status):
             totals = queries.system_totals(conn)
-        resp.media = {
+        return {
             "success": True,
             "data": {
                 "total_clients": totals["clients"],
@@ -256,9 +309,12 @@ class Clients(Resource):
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         allow_params(req)
+        self.ctx.respond(resp, ("clients",), self._body)
+
+    def _body(self) -> dict[str, Any]:
         with self.ctx.snapshot() as (conn, _):
             rows = queries.client_status(conn)
-        resp.media = {
+        return {
             "success": True,
             "count": len(rows),
             "data": [{"common_name": name, "status": status_word(active)} for name, active in rows],
@@ -270,7 +326,10 @@ class Certificates(Resource):
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         allow_params(req)
-        now = self.ctx.now()
+        now = self.ctx.now()  # days left and expiry depend on it: one body per second
+        self.ctx.respond(resp, ("certificates", now), lambda: self._body(now))
+
+    def _body(self, now: int) -> dict[str, Any]:
         with self.ctx.snapshot() as (conn, _):
             rows = queries.certificates(conn)
         data = []
@@ -289,7 +348,7 @@ class Certificates(Resource):
                     "revoked": bool(row["revoked"]),
                 }
             )
-        resp.media = {"success": True, "count": len(data), "data": data}
+        return {"success": True, "count": len(data), "data": data}
 
 
 class Health(Resource):
@@ -300,10 +359,14 @@ class Health(Resource):
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         allow_params(req)
         config = self.ctx.config
-        try:
+
+        def check() -> bool:
             check_schema(self.ctx.engine, config.database_path)
-            with self.ctx.snapshot() as (_, status):
-                pass
+            return True
+
+        try:
+            self.ctx.cache.get_or_build(("schema checked",), check)  # once per database state
+            status = self.ctx.status()
         except (DatabaseError, DBAPIError) as exc:
             detail = describe_error(exc)
             resp.status = falcon.HTTP_503

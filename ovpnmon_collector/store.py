@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, select, update
+from sqlalchemy import Connection, Engine, bindparam, func, select, update
 
 from ovpnmon_collector.accounting import SessionId, SessionState
 from ovpnmon_common import counters, db, schema
@@ -193,39 +193,31 @@ class Store:
     def _write_sessions(self, conn: Connection, poll: PollWrite, ids: Mapping[str, int]) -> None:
         s = schema.sessions
         if poll.opened:
-            rows = [
-                {
-                    "source": st.source,
-                    "session_key": st.key,
-                    "connected_since": st.connected_since,
-                    "client_id": ids[st.common_name],
-                    "real_address": st.real_address,
-                    "virtual_address": st.virtual_address,
-                    "virtual_ipv6": st.virtual_ipv6,
-                    "first_seen": st.first_seen,
-                    "last_seen": st.last_seen,
-                    "bytes_received": st.bytes_received,
-                    "bytes_sent": st.bytes_sent,
-                    "baseline_received": st.baseline_received,
-                    "baseline_sent": st.baseline_sent,
-                }
-                for st in poll.opened
-            ]
-            db.executemany(conn, INSERT_SESSION, rows)
-            keys = {(st.source, st.key, st.connected_since): st for st in poll.opened}
-            for source in {st.source for st in poll.opened}:
-                oldest = min(st.connected_since for st in poll.opened if st.source == source)
-                found = conn.execute(
-                    select(s.c.id, s.c.session_key, s.c.connected_since).where(
-                        s.c.source == source,
-                        s.c.disconnected_at.is_(None),
-                        s.c.connected_since >= oldest,
-                    )
+            # This transaction holds the write lock, so the next ids are ours to hand out: no
+            # reading them back after the insert.
+            next_id = (conn.execute(select(func.max(s.c.id))).scalar() or 0) + 1
+            rows = []
+            for row_id, st in enumerate(poll.opened, next_id):
+                st.row_id = row_id
+                rows.append(
+                    {
+                        "id": row_id,
+                        "source": st.source,
+                        "session_key": st.key,
+                        "connected_since": st.connected_since,
+                        "client_id": ids[st.common_name],
+                        "real_address": st.real_address,
+                        "virtual_address": st.virtual_address,
+                        "virtual_ipv6": st.virtual_ipv6,
+                        "first_seen": st.first_seen,
+                        "last_seen": st.last_seen,
+                        "bytes_received": st.bytes_received,
+                        "bytes_sent": st.bytes_sent,
+                        "baseline_received": st.baseline_received,
+                        "baseline_sent": st.baseline_sent,
+                    }
                 )
-                for row_id, key, since in found:
-                    opened = keys.get((source, key, since))
-                    if opened is not None:
-                        opened.row_id = row_id
+            db.executemany(conn, INSERT_SESSION, rows)
         # Every poll stores the counters of every open session (that is what makes a restart exact):
         # one packed row per source read; addresses only when they changed (a UDP client floated).
         packed = []

@@ -54,6 +54,7 @@ class ApiConfig:
     port: int = 5001
     timezone: str = "UTC"
     threads: int = 4
+    cache_mb: int = 64  # rendered bodies kept until the database changes; 0 turns it off
     tokens: tuple[str, ...] = ()
     cors_origins: tuple[str, ...] = ()
 
@@ -175,6 +176,7 @@ _SECTIONS: dict[str, _Parsers] = {
         "port": _int_between(1, 65535),
         "timezone": _timezone,
         "threads": _int_between(1, 64),
+        "cache_mb": _int_between(0, 4096),
         "tokens": _list,
         "cors_origins": _list,
     },

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any, Literal
@@ -127,6 +128,46 @@ def reader_engine(
     return engine
 
 
+class ChangeCounter:
+    """A value that moves whenever anything is committed to the database, by any process; cheap
+    enough to read on every request (microseconds).
+
+    SQLite's ``PRAGMA data_version`` on one dedicated read-only connection changes when another
+    connection commits. The file's identity is part of the value: a database replaced by a new
+    file (a restore) is a new inode, and the connection is reopened on it.
+    """
+
+    def __init__(self, path: str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
+        self.path = path
+        self._timeout = busy_timeout_ms / 1000
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._file: tuple[int, int] | None = None
+
+    def value(self) -> tuple[int, int, int]:
+        """Raises ``OSError`` or ``sqlite3.Error`` when the file cannot be read."""
+        stat = os.stat(self.path)
+        file = (stat.st_dev, stat.st_ino)
+        with self._lock:
+            if self._conn is None or file != self._file:
+                self.close()
+                self._conn = sqlite3.connect(
+                    reader_uri(self.path),
+                    uri=True,
+                    timeout=self._timeout,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+                self._file = file
+            (version,) = self._conn.execute("PRAGMA data_version").fetchone()
+            return (*file, version)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
 # --- schema -----------------------------------------------------------------------------------
 
 
@@ -138,15 +179,18 @@ def schema_version(conn: Connection) -> int | None:
     return int(value) if value is not None else None
 
 
-def _add_session_counters(conn: Connection) -> None:
-    """1 -> 2: open sessions' counters move to one packed row per source. Nothing to convert:
-    a session without an entry there keeps the counters its ``sessions`` row holds, which is
-    where version 1 kept them."""
+def _to_version_2(conn: Connection) -> None:
+    """1 -> 2: open sessions' counters move to one packed row per source, and open sessions get
+    a partial index instead of an index on every session's disconnection time. Nothing to
+    convert: a session without an entry in session_counters keeps the counters its ``sessions``
+    row holds, which is where version 1 kept them."""
     schema.session_counters.create(conn)
+    next(i for i in schema.sessions.indexes if i.name == "ix_sessions_open").create(conn)
+    conn.exec_driver_sql("DROP INDEX IF EXISTS ix_sessions_disconnected_at")
 
 
 # from-version -> function upgrading to from-version + 1
-MIGRATIONS: dict[int, Any] = {1: _add_session_counters}
+MIGRATIONS: dict[int, Any] = {1: _to_version_2}
 
 
 def init_db(engine: Engine) -> tuple[int | None, int]:

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 SCHEMA_VERSION = 2
@@ -84,7 +85,14 @@ sessions = Table(
     Column("baseline_sent", BigInteger, nullable=False, default=0),
     UniqueConstraint("source", "session_key", "connected_since"),
     Index(None, "client_id", "connected_since"),
-    Index(None, "disconnected_at"),
+    # open sessions only: every poll's and request's question, a few rows among millions
+    Index(
+        "ix_sessions_open",
+        "client_id",
+        "connected_since",
+        sqlite_where=text("disconnected_at IS NULL"),
+        postgresql_where=text("disconnected_at IS NULL"),
+    ),
 )
 
 # The counters of every open session of one source at the last poll that read it, packed by

@@ -5,7 +5,7 @@ import logging
 
 import pytest
 from conftest import FakeClock, as_nobody, fixture_text, needs_root
-from sqlalchemy import select
+from sqlalchemy import inspect, select
 
 from ovpnmon_api.queries import lifetime_totals
 from ovpnmon_collector.collector import Collector
@@ -285,8 +285,9 @@ def test_unreadable_status_file_names_the_fix(status):
 
 def test_schema_1_database_upgrades_and_continues_exactly(tmp_path, status):
     """Schema 1 kept open sessions' counters in their sessions rows; version 2 moved them to one
-    packed row per source. A version-1 database (made here by moving the packed counters back
-    and dropping the table) upgrades in place and the next poll counts only new bytes."""
+    packed row per source. A version-1 database (made here by moving the packed counters back,
+    dropping the table and restoring version 1's index) upgrades in place and the next poll
+    counts only new bytes."""
     path = str(tmp_path / "v1.db")
     engine = writer_engine(path)
     init_db(engine)
@@ -307,6 +308,10 @@ def test_schema_1_database_upgrades_and_continues_exactly(tmp_path, status):
                 s.update().where(s.c.id == row_id).values(bytes_received=rx, bytes_sent=tx)
             )
         schema.session_counters.drop(conn)
+        conn.exec_driver_sql("DROP INDEX ix_sessions_open")
+        conn.exec_driver_sql(
+            "CREATE INDEX ix_sessions_disconnected_at ON sessions (disconnected_at)"
+        )
         db.set_meta(conn, "schema_version", "1")
     engine.dispose()
 
@@ -321,3 +326,6 @@ def test_schema_1_database_upgrades_and_continues_exactly(tmp_path, status):
     assert collector.poll().stored
     assert totals(engine) == {"alice": (350, 31, True), "bob": (7, 9, True)}
     collector.close()
+    with engine.connect() as conn:
+        indexes = {ix["name"] for ix in inspect(conn).get_indexes("sessions")}
+    assert "ix_sessions_open" in indexes and "ix_sessions_disconnected_at" not in indexes

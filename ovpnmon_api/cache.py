@@ -1,0 +1,69 @@
+"""Rendered response bodies, kept until the database changes.
+
+Every body the API serves is a function of the request, the committed state of the database and,
+for some endpoints, the time (a range's aligned window, a certificate's days left), which the
+resources put in the key. The collector is the only writer and commits once per poll, so between
+two polls the same request has the same answer: dashboards that several people keep open, or a
+script polling faster than the collector, are served from here. The key is paired with the
+database's change counter (``db.ChangeCounter``) and every body is forgotten as soon as the
+counter moves, so a body is only ever served for the database state it was built from, or a newer
+one. A body is built outside the lock; two threads missing the same key both build it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Any, TypeVar
+
+from ovpnmon_common.db import ChangeCounter
+
+T = TypeVar("T")
+
+
+class ResponseCache:
+    def __init__(self, counter: ChangeCounter, max_bytes: int) -> None:
+        self.counter = counter
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._version: Hashable = None
+        self._bodies: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
+        self._size = 0
+        self.hits = 0
+        self.misses = 0
+
+    def get_or_build(self, key: Hashable, build: Callable[[], T]) -> T:
+        """The value for ``key`` at the database's current state: cached, or ``build()``.
+        Values are rendered bodies (bytes, counted by length) or small objects (counted as 1)."""
+        if self.max_bytes <= 0:
+            return build()
+        try:
+            version = self.counter.value()
+        except (OSError, sqlite3.Error):
+            return build()  # the database cannot be read: build() says so, in its own words
+        with self._lock:
+            if version != self._version:
+                self._version = version
+                self._bodies.clear()
+                self._size = 0
+            found = self._bodies.get(key)
+            if found is not None:
+                self._bodies.move_to_end(key)
+                self.hits += 1
+                return found[0]  # type: ignore[no-any-return]
+            self.misses += 1
+        value = build()
+        size = len(value) if isinstance(value, bytes) else 1
+        with self._lock:
+            if version == self._version and key not in self._bodies:
+                self._bodies[key] = (value, size)
+                self._size += size
+                while self._size > self.max_bytes and self._bodies:
+                    _, (_, evicted) = self._bodies.popitem(last=False)
+                    self._size -= evicted
+        return value
+
+    def close(self) -> None:
+        self.counter.close()
