@@ -1,8 +1,11 @@
 """One poll of 10,000 concurrent sessions: parse, account, write — against a plain-sqlite3 floor.
 
-The floor, measured in the same run on the same disk: the rows a steady-state poll stores (one
-sample per client and the new counters of every session) inserted with
-``sqlite3.executemany`` in one transaction into tables of the same shape. Prints both figures, the ratio and peak RSS.
+The floor, measured in the same run on the same disk: what a steady-state poll stores — one
+sample per client and the new counters of every session — inserted as rows with
+``sqlite3.executemany`` in one transaction into tables of the same shape. ovpnmon stores the
+same counters packed into one value per source (schema version 2), so a second floor is printed
+too: the sample rows plus one such value, i.e. literally the rows ovpnmon writes. Prints the
+figures, the ratios and peak RSS.
 
     python bench/poll_10k.py [--sessions 10000] [--repeat 7]
 """
@@ -22,6 +25,7 @@ from ovpnmon_collector.collector import Collector
 from ovpnmon_collector.parser import SessionRow
 from ovpnmon_collector.simulator import render_status, write_in_place
 from ovpnmon_collector.sources import StatusFileSource
+from ovpnmon_common.counters import pack
 from ovpnmon_common.db import init_db, writer_engine
 
 T0 = 1_795_717_500
@@ -79,32 +83,49 @@ def measure_ovpnmon(workdir: Path, count: int, repeat: int) -> tuple[float, floa
     return statistics.median(times), first, os.path.getsize(status)
 
 
-def measure_floor(workdir: Path, count: int, repeat: int) -> float:
-    conn = sqlite3.connect(workdir / "floor.db", isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute(
-        "CREATE TABLE samples (client_id INTEGER, ts INTEGER, rx INTEGER, tx INTEGER,"
-        " PRIMARY KEY (client_id, ts)) WITHOUT ROWID"
-    )
-    conn.execute(
+def measure_floor(workdir: Path, count: int, repeat: int) -> tuple[float, float]:
+    """Median seconds of (samples + counter rows, samples + one packed value), each in a file of
+    its own so that neither table grows with the other's rows."""
+    rows, literal = connect(workdir / "floor.db"), connect(workdir / "literal.db")
+    for conn in (rows, literal):
+        conn.execute(
+            "CREATE TABLE samples (client_id INTEGER, ts INTEGER, rx INTEGER, tx INTEGER,"
+            " PRIMARY KEY (client_id, ts)) WITHOUT ROWID"
+        )
+    rows.execute(
         "CREATE TABLE counters (session_id INTEGER, ts INTEGER, rx INTEGER, tx INTEGER,"
         " PRIMARY KEY (session_id, ts)) WITHOUT ROWID"
     )
+    literal.execute("CREATE TABLE packed (source TEXT PRIMARY KEY, ts INTEGER, counters BLOB)")
     clients = count * 9 // 10
-    times = []
+    row_times, literal_times = [], []
     for step in range(1, repeat + 1):
         ts = T0 + 10 * step
         samples = [(c, ts, 1000 + c, 500 + c) for c in range(clients)]
         counters = [(s, ts, 1_000_000 + s, 500_000 + s) for s in range(count)]
         start = time.perf_counter()
-        conn.execute("BEGIN IMMEDIATE")
-        conn.executemany("INSERT INTO samples VALUES (?, ?, ?, ?)", samples)
-        conn.executemany("INSERT INTO counters VALUES (?, ?, ?, ?)", counters)
-        conn.execute("COMMIT")
-        times.append(time.perf_counter() - start)
-    conn.close()
-    return statistics.median(times)
+        rows.execute("BEGIN IMMEDIATE")
+        rows.executemany("INSERT INTO samples VALUES (?, ?, ?, ?)", samples)
+        rows.executemany("INSERT INTO counters VALUES (?, ?, ?, ?)", counters)
+        rows.execute("COMMIT")
+        row_times.append(time.perf_counter() - start)
+        blob = pack(range(count), (c[2] for c in counters), (c[3] for c in counters))
+        start = time.perf_counter()
+        literal.execute("BEGIN IMMEDIATE")
+        literal.executemany("INSERT INTO samples VALUES (?, ?, ?, ?)", samples)
+        literal.execute("INSERT OR REPLACE INTO packed VALUES ('bench', ?, ?)", (ts, blob))
+        literal.execute("COMMIT")
+        literal_times.append(time.perf_counter() - start)
+    rows.close()
+    literal.close()
+    return statistics.median(row_times), statistics.median(literal_times)
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
 
 
 def main() -> None:
@@ -114,7 +135,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ovpnmon-bench-") as tmp:
         workdir = Path(tmp)
-        floor = measure_floor(workdir, args.sessions, args.repeat)
+        floor, literal = measure_floor(workdir, args.sessions, args.repeat)
         steady, first, size = measure_ovpnmon(workdir, args.sessions, args.repeat)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
@@ -125,6 +146,10 @@ def main() -> None:
         f"ovpnmon steady-state poll:    {steady * 1000:8.1f} ms  (median of {args.repeat})  ratio {steady / floor:.2f}x"
     )
     print(f"ovpnmon first poll (opens):   {first * 1000:8.1f} ms  ratio {first / floor:.2f}x")
+    print(
+        f"floor of the literal rows (samples + one packed value): {literal * 1000:.1f} ms;"
+        f" steady poll against it {steady / literal:.2f}x"
+    )
     print(f"peak RSS of this process:     {rss_mb:8.1f} MB")
 
 

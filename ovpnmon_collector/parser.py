@@ -236,6 +236,7 @@ def _client_rows(block: str, sep: str, at: _Layout) -> tuple[SessionRow, ...] | 
     if (
         len(flat) != rows * width
         or flat[0::width].count(bare) != rows
+        # the tag as a field anywhere but at the start of a line
         or f"{sep}{bare}{sep}" in block
         or f"{sep}{bare}\n" in block
         or block.endswith(sep + bare)
