@@ -4,10 +4,12 @@ The floor, measured in the same run on the same disk: what a steady-state poll s
 sample per client and the new counters of every session — inserted as rows with
 ``sqlite3.executemany`` in one transaction into tables of the same shape. ovpnmon stores the
 same counters packed into one value per source (schema version 2), so a second floor is printed
-too: the sample rows plus one such value, i.e. literally the rows ovpnmon writes. Prints the
-figures, the ratios and peak RSS.
+too: the sample rows plus one such value, i.e. literally the rows ovpnmon writes. Everything is
+measured twice: on new databases, and with ``--history-polls`` polls of samples already stored
+(an hour by default) in ovpnmon's and the floors' tables alike, which is what a poll meets on a
+real host. Prints the figures, the ratios and peak RSS.
 
-    python bench/poll_10k.py [--sessions 10000] [--repeat 7]
+    python bench/poll_10k.py [--sessions 10000] [--repeat 7] [--history-polls 360]
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import sqlite3
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from ovpnmon_collector.collector import Collector
@@ -59,9 +62,17 @@ def sessions(count: int, step: int) -> list[SessionRow]:
     ]
 
 
-def measure_ovpnmon(workdir: Path, count: int, repeat: int) -> tuple[float, float, int]:
+def history(clients: int, polls: int, before: int) -> Iterator[tuple[int, int, int, int]]:
+    """(client, ts, rx, tx) of ``polls`` polls every 10 s before ``before``, in time order."""
+    for k in range(polls, 0, -1):
+        for client in range(1, clients + 1):
+            yield client, before - 10 * k, 1000 + client, 500 + client
+
+
+def measure_ovpnmon(workdir: Path, count: int, repeat: int, polls: int) -> tuple[float, float, int]:
     status = workdir / "status.log"
-    engine = writer_engine(str(workdir / "ovpnmon.db"))
+    path = workdir / "ovpnmon.db"
+    engine = writer_engine(str(path))
     init_db(engine)
     clock = Clock()
     collector = Collector(engine, [StatusFileSource("bench", str(status))], clock=clock)
@@ -71,6 +82,21 @@ def measure_ovpnmon(workdir: Path, count: int, repeat: int) -> tuple[float, floa
     summary = collector.poll()  # the first poll: 10,000 sessions opened
     first = time.perf_counter() - start
     assert summary.stored and summary.sessions == count, summary
+    if polls:  # earlier polls' samples, as a host that has run for a while has them
+        conn = connect(path)
+        conn.execute("BEGIN")
+        conn.executemany(
+            "INSERT INTO usage_history (client_id, ts, bytes_received, bytes_sent)"
+            " VALUES (?, ?, ?, ?)",
+            history(count * 9 // 10, polls, int(clock.now)),
+        )
+        conn.executemany(
+            "INSERT INTO global_history VALUES (?, 0, 0, 0, 10.0)",
+            ((int(clock.now) - 10 * k,) for k in range(polls, 0, -1)),
+        )
+        conn.execute("COMMIT")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.close()
     times = []
     for step in range(1, repeat + 1):
         clock.now += 10
@@ -83,21 +109,33 @@ def measure_ovpnmon(workdir: Path, count: int, repeat: int) -> tuple[float, floa
     return statistics.median(times), first, os.path.getsize(status)
 
 
-def measure_floor(workdir: Path, count: int, repeat: int) -> tuple[float, float]:
+def measure_floor(workdir: Path, count: int, repeat: int, polls: int) -> tuple[float, float]:
     """Median seconds of (samples + counter rows, samples + one packed value), each in a file of
-    its own so that neither table grows with the other's rows."""
+    its own so that neither table grows with the other's rows. Tables keyed time first, like
+    ovpnmon's raw samples."""
     rows, literal = connect(workdir / "floor.db"), connect(workdir / "literal.db")
     for conn in (rows, literal):
         conn.execute(
             "CREATE TABLE samples (client_id INTEGER, ts INTEGER, rx INTEGER, tx INTEGER,"
-            " PRIMARY KEY (client_id, ts)) WITHOUT ROWID"
+            " PRIMARY KEY (ts, client_id)) WITHOUT ROWID"
         )
     rows.execute(
         "CREATE TABLE counters (session_id INTEGER, ts INTEGER, rx INTEGER, tx INTEGER,"
-        " PRIMARY KEY (session_id, ts)) WITHOUT ROWID"
+        " PRIMARY KEY (ts, session_id)) WITHOUT ROWID"
     )
     literal.execute("CREATE TABLE packed (source TEXT PRIMARY KEY, ts INTEGER, counters BLOB)")
     clients = count * 9 // 10
+    if polls:
+        for conn in (rows, literal):
+            conn.execute("BEGIN")
+            samples = history(clients, polls, T0)
+            conn.executemany("INSERT INTO samples VALUES (?, ?, ?, ?)", samples)
+            conn.execute("COMMIT")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        rows.execute("BEGIN")
+        rows.executemany("INSERT INTO counters VALUES (?, ?, ?, ?)", history(count, polls, T0))
+        rows.execute("COMMIT")
+        rows.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     row_times, literal_times = [], []
     for step in range(1, repeat + 1):
         ts = T0 + 10 * step
@@ -132,25 +170,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--history-polls", type=int, default=360)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="ovpnmon-bench-") as tmp:
-        workdir = Path(tmp)
-        floor, literal = measure_floor(workdir, args.sessions, args.repeat)
-        steady, first, size = measure_ovpnmon(workdir, args.sessions, args.repeat)
+    print(
+        f"sessions per poll: {args.sessions} ({args.sessions * 9 // 10} CNs), median of {args.repeat}"
+    )
+    for polls in sorted({0, args.history_polls}):
+        with tempfile.TemporaryDirectory(prefix="ovpnmon-bench-") as tmp:
+            workdir = Path(tmp)
+            floor, literal = measure_floor(workdir, args.sessions, args.repeat, polls)
+            steady, first, size = measure_ovpnmon(workdir, args.sessions, args.repeat, polls)
+        print(
+            f"\n{'new databases' if not polls else f'{polls} polls of samples already stored'}"
+            f" (status file {size / 1e6:.1f} MB):"
+        )
+        print(f"  floor, samples + counter rows:     {floor * 1000:7.1f} ms")
+        print(f"  floor, samples + one packed value: {literal * 1000:7.1f} ms")
+        print(
+            f"  ovpnmon steady-state poll:         {steady * 1000:7.1f} ms"
+            f"  {steady / floor:.2f}x / {steady / literal:.2f}x"
+        )
+        print(
+            f"  ovpnmon first poll (opens all):    {first * 1000:7.1f} ms"
+            f"  {first / floor:.2f}x / {first / literal:.2f}x"
+        )
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(
-        f"sessions per poll:            {args.sessions} ({args.sessions * 9 // 10} CNs), status file {size / 1e6:.1f} MB"
-    )
-    print(f"floor (sqlite3.executemany):  {floor * 1000:8.1f} ms  (median of {args.repeat})")
-    print(
-        f"ovpnmon steady-state poll:    {steady * 1000:8.1f} ms  (median of {args.repeat})  ratio {steady / floor:.2f}x"
-    )
-    print(f"ovpnmon first poll (opens):   {first * 1000:8.1f} ms  ratio {first / floor:.2f}x")
-    print(
-        f"floor of the literal rows (samples + one packed value): {literal * 1000:.1f} ms;"
-        f" steady poll against it {steady / literal:.2f}x"
-    )
-    print(f"peak RSS of this process:     {rss_mb:8.1f} MB")
+    print(f"\npeak RSS of this process: {rss_mb:.1f} MB")
 
 
 if __name__ == "__main__":

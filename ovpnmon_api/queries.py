@@ -309,23 +309,28 @@ def system_totals(conn: Connection) -> dict[str, int]:
 Sums = dict[int, list[int]]  # bucket (or client id) -> [bytes received, bytes sent]
 
 
+# Raw samples are keyed (ts, client_id). One client's samples in [start, end) are found by one
+# key seek per poll time, and every poll writes a global_history row beside its samples: ``ts IN
+# (poll times)`` makes SQLite do exactly that, instead of reading every client's samples.
+_POLL_TIMES = select(g.c.ts).where(g.c.ts >= bindparam("start"), g.c.ts < bindparam("end"))
+
+
 def _sums(table: Any, time_column: str, by_client: bool, one_client: bool) -> Prepared:
     """SUM of bytes in ``[start, end)`` grouped by ``step`` bucket or by client."""
     when = table.c[time_column]
     key = table.c.client_id if by_client else sql_align(when, bindparam("step"))
+    sums = (key.label("key"), func.sum(table.c.bytes_received), func.sum(table.c.bytes_sent))
+    if table is u and one_client:
+        where = [u.c.client_id == bindparam("client_id"), u.c.ts.in_(_POLL_TIMES)]
+        return Prepared(select(*sums).where(*where).group_by(key))
     where = [when >= bindparam("start"), when < bindparam("end")]
     if one_client:
         where.append(table.c.client_id == bindparam("client_id"))
-    else:
-        # Drive from the clients into each table's (client_id, time) key: one short range per
-        # client, read in key order, instead of a (bucket) index plus a key lookup per row
-        # (raw samples have no index on ts alone at all).
+    elif table is not u:
+        # Drive from the clients into each tier's (client_id, bucket) key: one short range per
+        # client, read in key order, instead of the (bucket) index plus a key lookup per row.
         where.append(table.c.client_id.in_(select(c.c.id)))
-    return Prepared(
-        select(key.label("key"), func.sum(table.c.bytes_received), func.sum(table.c.bytes_sent))
-        .where(*where)
-        .group_by(key)
-    )
+    return Prepared(select(*sums).where(*where).group_by(key))
 
 
 _TIER_TABLES = {"raw": (u, "ts"), **{name: (r.table, "bucket") for name, r in BY_NAME.items()}}
@@ -353,13 +358,13 @@ def client_series(
 
 
 CLIENT_SAMPLES = Prepared(
-    select(u.c.ts, u.c.bytes_received, u.c.bytes_sent, func.coalesce(g.c.interval, 0.0))
-    .outerjoin(g, g.c.ts == u.c.ts)
-    .where(
-        u.c.client_id == bindparam("client_id"),
-        u.c.ts >= bindparam("start"),
-        u.c.ts < bindparam("end"),
+    select(
+        u.c.ts,
+        u.c.bytes_received,
+        u.c.bytes_sent,
+        select(g.c.interval).where(g.c.ts == u.c.ts).scalar_subquery(),
     )
+    .where(u.c.client_id == bindparam("client_id"), u.c.ts.in_(_POLL_TIMES))
     .order_by(u.c.ts)
 )
 

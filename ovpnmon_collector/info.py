@@ -39,15 +39,8 @@ def database_info(engine: Engine, path: str) -> dict[str, Any]:
             }
             column = TIME_COLUMNS.get(table.name)
             if column is not None:
-                if table is schema.usage_history:
-                    u, c = schema.usage_history, schema.clients
-                    low = select(func.min(u.c.ts)).where(u.c.client_id == c.c.id).scalar_subquery()
-                    high = select(func.max(u.c.ts)).where(u.c.client_id == c.c.id).scalar_subquery()
-                    oldest = conn.execute(select(func.min(low)).select_from(c)).scalar()
-                    newest = conn.execute(select(func.max(high)).select_from(c)).scalar()
-                else:
-                    col = table.c[column]
-                    oldest, newest = conn.execute(select(func.min(col), func.max(col))).one()
+                col = table.c[column]
+                oldest, newest = conn.execute(select(func.min(col), func.max(col))).one()
                 entry["oldest"] = oldest
                 entry["newest"] = newest
             tables[table.name] = entry

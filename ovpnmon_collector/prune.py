@@ -99,10 +99,7 @@ def prune(
             end = min(limit, start + span)
             began = time.perf_counter()
             with engine.begin() as conn:
-                where = [column >= start, column < end]
-                if table is schema.usage_history:  # into the (client_id, ts) key: no ts index
-                    where.append(table.c.client_id.in_(select(schema.clients.c.id)))
-                result = conn.execute(delete(table).where(*where))
+                result = conn.execute(delete(table).where(column >= start, column < end))
                 report.deleted[name] += result.rowcount or 0
             start = end
             if time.perf_counter() - began < SLICE_SECONDS / 4:
@@ -113,11 +110,6 @@ def prune(
 
 def _oldest(conn: Connection, target: Target) -> int | None:
     table = target.table
-    if table is schema.usage_history:
-        # one key seek per client instead of a scan of every sample (no index on ts alone)
-        u, c = schema.usage_history, schema.clients
-        first = select(func.min(u.c.ts)).where(u.c.client_id == c.c.id).scalar_subquery()
-        return conn.execute(select(func.min(first)).select_from(c)).scalar()
     column = table.c[target.column]
     return conn.execute(select(func.min(column))).scalar()
 

@@ -54,12 +54,7 @@ def _source_select(rollup: Rollup, start: int, end: int):
     if src is schema.usage_history:
         bucket = sql_align(src.c.ts, width).label("bucket")
         samples: Any = func.count()
-        # drive the scan from the clients into the (client_id, ts) key: no index on ts alone
-        where = [
-            src.c.client_id.in_(select(schema.clients.c.id)),
-            src.c.ts >= start,
-            src.c.ts < end,
-        ]
+        where = [src.c.ts >= start, src.c.ts < end]  # a range of the (ts, client_id) key
     else:
         bucket = sql_align(src.c.bucket, width).label("bucket")
         samples = func.sum(src.c.samples)
@@ -104,9 +99,6 @@ def _bounds(conn: Connection, rollup: Rollup, now: int) -> tuple[int | None, int
 
 def _oldest(conn: Connection, rollup: Rollup) -> int | None:
     src = rollup.source
-    if src is schema.usage_history:
-        # every client sample has a whole-server sample at the same ts, and that key is indexed
-        src = schema.global_history
     column = src.c.bucket if "bucket" in src.c else src.c.ts
     return conn.execute(select(func.min(column))).scalar()
 

@@ -262,7 +262,7 @@ class Store:
         total_rx, total_tx = sum(received), sum(sent)
         # two polls within one wall-clock second (or a clock stepped back) add up, never collide
         db.upsert_tuples(
-            conn, schema.usage_history, SAMPLE_COLUMNS, rows, ["client_id", "ts"], merge=ADD
+            conn, schema.usage_history, SAMPLE_COLUMNS, rows, ["ts", "client_id"], merge=ADD
         )
         db.upsert(
             conn,

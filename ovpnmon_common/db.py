@@ -14,7 +14,18 @@ from functools import lru_cache
 from typing import Any, Literal
 from urllib.parse import quote
 
-from sqlalchemy import Connection, Engine, create_engine, event, func, inspect, select
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    MetaData,
+    Table,
+    create_engine,
+    event,
+    func,
+    inspect,
+    select,
+)
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -180,13 +191,26 @@ def schema_version(conn: Connection) -> int | None:
 
 
 def _to_version_2(conn: Connection) -> None:
-    """1 -> 2: open sessions' counters move to one packed row per source, and open sessions get
-    a partial index instead of an index on every session's disconnection time. Nothing to
-    convert: a session without an entry in session_counters keeps the counters its ``sessions``
-    row holds, which is where version 1 kept them."""
+    """1 -> 2: open sessions' counters move to one packed row per source, open sessions get a
+    partial index instead of an index on every session's disconnection time, and raw samples are
+    keyed time first. No counter to convert: a session without an entry in session_counters keeps
+    the counters its ``sessions`` row holds, which is where version 1 kept them. The raw samples
+    are copied into the new key (seconds per million rows)."""
     schema.session_counters.create(conn)
     next(i for i in schema.sessions.indexes if i.name == "ix_sessions_open").create(conn)
     conn.exec_driver_sql("DROP INDEX IF EXISTS ix_sessions_disconnected_at")
+    # raw samples re-keyed time first (and without the foreign key): copied in key order
+    conn.exec_driver_sql("ALTER TABLE usage_history RENAME TO usage_history_v1")
+    schema.usage_history.create(conn)
+    u = schema.usage_history
+    old = Table("usage_history_v1", MetaData(), *(Column(c.name, c.type) for c in u.columns))
+    columns = [c.name for c in u.columns]
+    conn.execute(
+        u.insert().from_select(
+            columns, select(*(old.c[n] for n in columns)).order_by(old.c.ts, old.c.client_id)
+        )
+    )
+    old.drop(conn)
 
 
 # from-version -> function upgrading to from-version + 1

@@ -286,8 +286,8 @@ def test_unreadable_status_file_names_the_fix(status):
 def test_schema_1_database_upgrades_and_continues_exactly(tmp_path, status):
     """Schema 1 kept open sessions' counters in their sessions rows; version 2 moved them to one
     packed row per source. A version-1 database (made here by moving the packed counters back,
-    dropping the table and restoring version 1's index) upgrades in place and the next poll
-    counts only new bytes."""
+    dropping the table, and restoring version 1's index and raw-sample key) upgrades in place,
+    keeps every raw sample, and the next poll counts only new bytes."""
     path = str(tmp_path / "v1.db")
     engine = writer_engine(path)
     init_db(engine)
@@ -308,6 +308,14 @@ def test_schema_1_database_upgrades_and_continues_exactly(tmp_path, status):
                 s.update().where(s.c.id == row_id).values(bytes_received=rx, bytes_sent=tx)
             )
         schema.session_counters.drop(conn)
+        conn.exec_driver_sql("ALTER TABLE usage_history RENAME TO new_usage")
+        conn.exec_driver_sql(
+            "CREATE TABLE usage_history (client_id INTEGER NOT NULL REFERENCES clients (id),"
+            " ts BIGINT NOT NULL, bytes_received BIGINT NOT NULL, bytes_sent BIGINT NOT NULL,"
+            " CONSTRAINT pk_usage_history PRIMARY KEY (client_id, ts)) WITHOUT ROWID"
+        )
+        conn.exec_driver_sql("INSERT INTO usage_history SELECT * FROM new_usage")
+        conn.exec_driver_sql("DROP TABLE new_usage")
         conn.exec_driver_sql("DROP INDEX ix_sessions_open")
         conn.exec_driver_sql(
             "CREATE INDEX ix_sessions_disconnected_at ON sessions (disconnected_at)"
@@ -318,8 +326,14 @@ def test_schema_1_database_upgrades_and_continues_exactly(tmp_path, status):
     engine = writer_engine(path)
     with pytest.raises(db.DatabaseError, match="older than this ovpnmon needs"):
         db.check_schema(engine, path)
+    raw = samples(engine)
     assert init_db(engine) == (1, schema.SCHEMA_VERSION)
     assert totals(engine) == {"alice": (300, 30, True), "bob": (7, 7, True)}
+    assert sorted(samples(engine)) == sorted(raw)  # every raw sample, now keyed (ts, client_id)
+    with engine.connect() as conn:
+        key = inspect(conn).get_pk_constraint("usage_history")["constrained_columns"]
+        assert key == ["ts", "client_id"]
+        assert inspect(conn).get_foreign_keys("usage_history") == []
     clock.advance(10)
     status.write(int(clock.wall), row("alice", 0, T0 + 1, 350, 31), row("bob", 1, T0 + 1, 7, 9))
     collector = make(engine, status, clock)
