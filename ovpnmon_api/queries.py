@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, Select, bindparam, case, func, select
+from sqlalchemy import Connection, Select, bindparam, case, func, select, union_all
 
 from ovpnmon_common import schema
 from ovpnmon_common.buckets import Series, align, align_up
@@ -377,22 +379,58 @@ def client_samples(
     return [(ts, rx, tx, float(interval)) for ts, rx, tx, interval in rows]
 
 
-CLIENT_NAMES = Prepared(select(c.c.id, c.c.common_name))
+CLIENT_NAMES = Prepared(
+    select(c.c.id, c.c.common_name).where(c.c.id.in_(bindparam("ids", expanding=True)))
+)
 
 
 def top_clients(
     conn: Connection, status: CollectorStatus, start: int, end: int, limit: int = 10
 ) -> list[tuple[str, int, int]]:
-    """The ``limit`` CNs with most bytes (both directions) in ``[start, end)``."""
-    per_client: Sums = defaultdict(lambda: [0, 0])
-    # the coarsest tier first: whole days from stats_daily, the edges from finer tiers
-    _tier_sums(conn, status, "daily", start, end, None, per_client, None)
-    ranked = sorted(per_client.items(), key=lambda item: (-(item[1][0] + item[1][1]), item[0]))
-    ranked = [item for item in ranked if item[1][0] + item[1][1] > 0][:limit]
+    """The ``limit`` CNs with most bytes (both directions) in ``[start, end)``: every client's
+    sums over the range's pieces (whole days from stats_daily, the edges from finer tiers) merged
+    and ranked by SQLite in one statement, so only ``limit`` rows come back."""
+    pieces = list(_pieces(status, "daily", start, end))
+    if not pieces:
+        return []
+    params: dict[str, Any] = {"limit": limit}
+    for i, (_, first, last) in enumerate(pieces):
+        params[f"start_{i}"], params[f"end_{i}"] = first, last
+    ranked = _top_statement(tuple(tier for tier, _, _ in pieces))(conn, **params).all()
     if not ranked:
         return []
-    names = dict(CLIENT_NAMES(conn).all())
-    return [(names[cid], rx, tx) for cid, (rx, tx) in ranked]
+    names = dict(conn.execute(CLIENT_NAMES.stmt, {"ids": [cid for cid, _, _ in ranked]}).all())
+    return [(names[cid], int(rx), int(tx)) for cid, rx, tx in ranked]
+
+
+@lru_cache(maxsize=64)
+def _top_statement(tiers: tuple[str, ...]) -> Prepared:
+    """Per client sums of every piece (UNION ALL), summed again, ranked, limited."""
+    parts = []
+    for i, tier in enumerate(tiers):
+        table, column = _TIER_TABLES[tier]
+        when = table.c[column]
+        where = [when >= bindparam(f"start_{i}"), when < bindparam(f"end_{i}")]
+        if table is not u:
+            where.append(table.c.client_id.in_(select(c.c.id)))  # see _sums
+        parts.append(
+            select(
+                table.c.client_id.label("client_id"),
+                func.sum(table.c.bytes_received).label("rx"),
+                func.sum(table.c.bytes_sent).label("tx"),
+            )
+            .where(*where)
+            .group_by(table.c.client_id)
+        )
+    pieces = union_all(*parts).subquery("pieces")
+    rx, tx = func.sum(pieces.c.rx), func.sum(pieces.c.tx)
+    return Prepared(
+        select(pieces.c.client_id, rx, tx)
+        .group_by(pieces.c.client_id)
+        .having(rx + tx > 0)
+        .order_by((rx + tx).desc(), pieces.c.client_id)
+        .limit(bindparam("limit"))
+    )
 
 
 def _tier_sums(
@@ -406,24 +444,33 @@ def _tier_sums(
     client_id: int | None,
 ) -> None:
     """Add the bytes of ``[start, end)`` to ``out``, keyed by ``step`` bucket (or, with ``step``
-    None, by client): whole tier buckets before its watermark from the tier's table, the rest
-    (edges and the buckets not yet final) from the next finer tier, down to raw samples."""
+    None, by client)."""
+    for piece, first, last in _pieces(status, tier, start, end):
+        _add(conn, piece, first, last, step, out, client_id)
+
+
+def _pieces(
+    status: CollectorStatus, tier: str, start: int, end: int
+) -> Iterator[tuple[str, int, int]]:
+    """``[start, end)`` as (tier, start, end) pieces: whole tier buckets before the tier's
+    watermark from the tier's table, the rest (edges and the buckets not yet final) from the
+    next finer tier, down to raw samples."""
     if start >= end:
         return
     if tier == "raw":
-        _add(conn, "raw", start, end, step, out, client_id)
+        yield tier, start, end
         return
     rollup = BY_NAME[tier]
     width = rollup.width
     first = align_up(start, width)  # the first whole bucket inside the range
     final = min(status.watermarks.get(tier, first), align(end, width))
     if first < final:
-        _add(conn, tier, first, final, step, out, client_id)
+        yield tier, first, final
     else:
         first = final = start
     finer = rollup.finer or "raw"
-    _tier_sums(conn, status, finer, start, first, step, out, client_id)
-    _tier_sums(conn, status, finer, max(final, start), end, step, out, client_id)
+    yield from _pieces(status, finer, start, first)
+    yield from _pieces(status, finer, max(final, start), end)
 
 
 def _add(
