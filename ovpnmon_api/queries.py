@@ -308,7 +308,7 @@ def system_totals(conn: Connection) -> dict[str, int]:
 
 # --- series -----------------------------------------------------------------------------------
 
-Sums = dict[int, list[int]]  # bucket (or client id) -> [bytes received, bytes sent]
+Sums = dict[int, list[int]]  # bucket -> [bytes received, bytes sent]
 
 
 # Raw samples are keyed (ts, client_id). One client's samples in [start, end) are found by one
@@ -317,31 +317,27 @@ Sums = dict[int, list[int]]  # bucket (or client id) -> [bytes received, bytes s
 _POLL_TIMES = select(g.c.ts).where(g.c.ts >= bindparam("start"), g.c.ts < bindparam("end"))
 
 
-def _sums(table: Any, time_column: str, by_client: bool, one_client: bool) -> Prepared:
-    """SUM of bytes in ``[start, end)`` grouped by ``step`` bucket or by client."""
+def _client_sums(table: Any, time_column: str) -> Prepared:
+    """One client's bytes in ``[start, end)`` grouped by ``step`` bucket."""
     when = table.c[time_column]
-    key = table.c.client_id if by_client else sql_align(when, bindparam("step"))
-    sums = (key.label("key"), func.sum(table.c.bytes_received), func.sum(table.c.bytes_sent))
-    if table is u and one_client:
+    key = sql_align(when, bindparam("step")).label("key")
+    if table is u:
         where = [u.c.client_id == bindparam("client_id"), u.c.ts.in_(_POLL_TIMES)]
-        return Prepared(select(*sums).where(*where).group_by(key))
-    where = [when >= bindparam("start"), when < bindparam("end")]
-    if one_client:
-        where.append(table.c.client_id == bindparam("client_id"))
-    elif table is not u:
-        # Drive from the clients into each tier's (client_id, bucket) key: one short range per
-        # client, read in key order, instead of the (bucket) index plus a key lookup per row.
-        where.append(table.c.client_id.in_(select(c.c.id)))
-    return Prepared(select(*sums).where(*where).group_by(key))
+    else:
+        where = [
+            table.c.client_id == bindparam("client_id"),
+            when >= bindparam("start"),
+            when < bindparam("end"),
+        ]
+    sums = select(key, func.sum(table.c.bytes_received), func.sum(table.c.bytes_sent))
+    return Prepared(sums.where(*where).group_by(key))
 
 
 _TIER_TABLES = {"raw": (u, "ts"), **{name: (r.table, "bucket") for name, r in BY_NAME.items()}}
-SUMS = {
-    (tier, by_client, one_client): _sums(table, column, by_client, one_client)
+CLIENT_SUMS = {
+    tier: _client_sums(table, column)
     for tier, (table, column) in _TIER_TABLES.items()
     if tier != "global_15min"
-    for by_client in (False, True)
-    for one_client in (False, True)
 }
 
 
@@ -355,7 +351,14 @@ def client_series(
     if tier == "raw" and series.step % BY_NAME["quarter_hour"].width == 0:
         # whole 15-minute buckets of raw samples are already summed (exactly) in stats_15min
         tier = "quarter_hour"
-    _tier_sums(conn, status, tier, series.start, series.end, series.step, out, client_id)
+    for piece, first, last in _pieces(status, tier, series.start, series.end):
+        query = CLIENT_SUMS[piece]
+        for key, rx, tx in query(
+            conn, client_id=client_id, start=first, end=last, step=series.step
+        ):
+            entry = out[key]
+            entry[0] += rx
+            entry[1] += tx
     return out
 
 
@@ -379,28 +382,21 @@ def client_samples(
     return [(ts, rx, tx, float(interval)) for ts, rx, tx, interval in rows]
 
 
-CLIENT_NAMES = Prepared(
-    select(c.c.id, c.c.common_name).where(c.c.id.in_(bindparam("ids", expanding=True)))
-)
-
-
 def top_clients(
     conn: Connection, status: CollectorStatus, start: int, end: int, limit: int = 10
 ) -> list[tuple[str, int, int]]:
-    """The ``limit`` CNs with most bytes (both directions) in ``[start, end)``: every client's
-    sums over the range's pieces (whole days from stats_daily, the edges from finer tiers) merged
-    and ranked by SQLite in one statement, so only ``limit`` rows come back."""
+    """The ``limit`` CNs with most bytes (both directions) in ``[start, end)``, most first (ties
+    by client id): every client's sums over the range's pieces (whole days from stats_daily, the
+    edges from finer tiers) merged and ranked by SQLite in one statement, so only ``limit`` rows
+    come back. Clients without a byte in the range are left out."""
     pieces = list(_pieces(status, "daily", start, end))
     if not pieces:
         return []
     params: dict[str, Any] = {"limit": limit}
     for i, (_, first, last) in enumerate(pieces):
         params[f"start_{i}"], params[f"end_{i}"] = first, last
-    ranked = _top_statement(tuple(tier for tier, _, _ in pieces))(conn, **params).all()
-    if not ranked:
-        return []
-    names = dict(conn.execute(CLIENT_NAMES.stmt, {"ids": [cid for cid, _, _ in ranked]}).all())
-    return [(names[cid], int(rx), int(tx)) for cid, rx, tx in ranked]
+    ranked = _top_statement(tuple(tier for tier, _, _ in pieces))(conn, **params)
+    return [(name, int(rx), int(tx)) for name, rx, tx in ranked]
 
 
 @lru_cache(maxsize=64)
@@ -412,7 +408,10 @@ def _top_statement(tiers: tuple[str, ...]) -> Prepared:
         when = table.c[column]
         where = [when >= bindparam(f"start_{i}"), when < bindparam(f"end_{i}")]
         if table is not u:
-            where.append(table.c.client_id.in_(select(c.c.id)))  # see _sums
+            # Drive from the clients into each tier's (client_id, bucket) key: one short range
+            # per client, read in key order, instead of the (bucket) index plus a key lookup per
+            # row (28 days of stats_daily for 1,000 clients: 6 ms against 37 ms).
+            where.append(table.c.client_id.in_(select(c.c.id)))
         parts.append(
             select(
                 table.c.client_id.label("client_id"),
@@ -425,28 +424,13 @@ def _top_statement(tiers: tuple[str, ...]) -> Prepared:
     pieces = union_all(*parts).subquery("pieces")
     rx, tx = func.sum(pieces.c.rx), func.sum(pieces.c.tx)
     return Prepared(
-        select(pieces.c.client_id, rx, tx)
-        .group_by(pieces.c.client_id)
+        select(c.c.common_name, rx, tx)
+        .join(c, c.c.id == pieces.c.client_id)
+        .group_by(pieces.c.client_id, c.c.common_name)
         .having(rx + tx > 0)
         .order_by((rx + tx).desc(), pieces.c.client_id)
         .limit(bindparam("limit"))
     )
-
-
-def _tier_sums(
-    conn: Connection,
-    status: CollectorStatus,
-    tier: str,
-    start: int,
-    end: int,
-    step: int | None,
-    out: Sums,
-    client_id: int | None,
-) -> None:
-    """Add the bytes of ``[start, end)`` to ``out``, keyed by ``step`` bucket (or, with ``step``
-    None, by client)."""
-    for piece, first, last in _pieces(status, tier, start, end):
-        _add(conn, piece, first, last, step, out, client_id)
 
 
 def _pieces(
@@ -471,27 +455,6 @@ def _pieces(
     finer = rollup.finer or "raw"
     yield from _pieces(status, finer, start, first)
     yield from _pieces(status, finer, max(final, start), end)
-
-
-def _add(
-    conn: Connection,
-    tier: str,
-    start: int,
-    end: int,
-    step: int | None,
-    out: Sums,
-    client_id: int | None,
-) -> None:
-    query = SUMS[(tier, step is None, client_id is not None)]
-    params: dict[str, Any] = {"start": start, "end": end}
-    if step is not None:
-        params["step"] = step
-    if client_id is not None:
-        params["client_id"] = client_id
-    for k, rx, tx in query(conn, **params):
-        entry = out[k]
-        entry[0] += rx
-        entry[1] += tx
 
 
 def _global(when: Any, rx: Any, tx: Any, active: Any) -> Prepared:

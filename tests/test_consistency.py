@@ -111,16 +111,20 @@ def test_tiers_equal_raw_sums_before_and_after_prune(steps, raw_days, data):
             raw = raw_by_bucket(conn, 1)
             start = data.draw(st.integers(T0, now))
             end = data.draw(st.integers(start, now + 1))
-            per_client = defaultdict(lambda: [0, 0])
-            queries._tier_sums(conn, status, "daily", start, end, None, per_client, None)
+            # every client (no limit) through the statement behind /analytics' top clients
+            ranked = queries.top_clients(conn, status, start, end, limit=1_000_000)
+            clients = select(schema.clients.c.id, schema.clients.c.common_name)
+            names = dict(conn.execute(clients).all())
             expected = defaultdict(lambda: [0, 0])
             for (cid, ts), (rx, tx) in raw.items():
                 if start <= ts < end:
-                    expected[cid][0] += rx
-                    expected[cid][1] += tx
-            assert {k: v for k, v in per_client.items() if v != [0, 0]} == {
+                    expected[names[cid]][0] += rx
+                    expected[names[cid]][1] += tx
+            assert {name: [rx, tx] for name, rx, tx in ranked} == {
                 k: v for k, v in expected.items() if v != [0, 0]
             }
+            totals = [rx + tx for _, rx, tx in ranked]
+            assert totals == sorted(totals, reverse=True)
         # prune keeps whole days, never what is not rolled up: what is left still agrees
         retention = RetentionConfig(
             raw_days=raw_days, hourly_days=raw_days + 1, six_hour_days=raw_days + 2, daily_days=0
