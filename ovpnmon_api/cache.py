@@ -64,6 +64,3 @@ class ResponseCache:
                     _, (_, evicted) = self._bodies.popitem(last=False)
                     self._size -= evicted
         return value
-
-    def close(self) -> None:
-        self.counter.close()

@@ -89,9 +89,12 @@ def _counted(conn: Connection, rows: list[Any], every_source: bool) -> list[tupl
             for source, data in ALL_COUNTERS(conn)
             for session, value in Counters(data).items()
         }
-    else:  # a few sessions: look each up in its source's counters
-        packed = {source: SOURCE_COUNTERS(conn, source=source).scalar() for _, source, *_ in rows}
-        found = {source: Counters(data) for source, data in packed.items() if data is not None}
+    else:  # a few sessions: look each up in its source's counters, read once per source
+        found = {}
+        for source in {source for _, source, *_ in rows}:
+            data = SOURCE_COUNTERS(conn, source=source).scalar()
+            if data is not None:
+                found[source] = Counters(data)
         current = {}
         for session, source, *_ in rows:
             value = found[source].get(session) if source in found else None
