@@ -75,13 +75,13 @@ def account_source(
     opened: list[SessionState] = []
     moved: list[SessionState] = []
     deltas: dict[str, list[int]] = {}
-    for row in snapshot.sessions:
-        name, real, v4, v6, rx_now, tx_now, since, cid = row
+    for name, real, v4, v6, rx_now, tx_now, since, cid in snapshot.rows():
         ident = (cid if cid is not None else f"addr:{real}", since)
         if ident in state:
             continue  # a duplicated line in one snapshot must not count twice
         known = previous.get(ident)
         if known is None:
+            row = SessionRow(name, real, v4, v6, rx_now, tx_now, since, cid)
             known = _new_session(row, source, first_watched, now)
             opened.append(known)
             rx = rx_now - known.baseline_received

@@ -219,6 +219,9 @@ def test_fast_path_takes_real_output_and_agrees(name):
     fast = _parse_tagged_fast(text, UTC)
     assert fast is not None, "real OpenVPN output should not need the line-by-line parser"
     assert fast == _parse_lines(text, UTC)
+    # what the accounting reads: the same sessions as plain tuples, built from the columns
+    assert list(fast.rows()) == [tuple(row) for row in fast.sessions]
+    assert len(fast) == len(fast.sessions)
 
 
 ODD = ["UNDEF", "a,b", "a\tb", "ünï", "٣", "+5", " 7", "1_0", "", "x\ry", "²"]
