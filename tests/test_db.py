@@ -95,6 +95,41 @@ def test_upsert_merges(engine):
     assert [tuple(r) for r in got] == [(900, 10, 14, 2, 2), (1800, 5, 7, 2, 1)]
 
 
+SAMPLE_COLUMNS = ("client_id", "ts", "bytes_received", "bytes_sent")
+ADD = {"bytes_received": "add", "bytes_sent": "add"}
+
+
+@pytest.mark.parametrize("count", [1, 99, 100, 101, 250, 1000])
+def test_upsert_tuples_stores_every_row_whatever_the_count(engine, count):
+    """Whole multi-row statements, a remainder, or both: each row lands in its own columns, and a
+    second upsert of the same keys adds (two polls within one second)."""
+    rows = [(client, 60, 1000 + client, 7 * client) for client in range(count, 0, -1)]
+    u = schema.usage_history
+    with engine.begin() as conn:
+        db.upsert_tuples(conn, u, SAMPLE_COLUMNS, rows, ["ts", "client_id"], merge=ADD)
+        db.upsert_tuples(conn, u, SAMPLE_COLUMNS, rows[:3], ["ts", "client_id"], merge=ADD)
+        got = conn.execute(
+            select(u.c.client_id, u.c.ts, u.c.bytes_received, u.c.bytes_sent).order_by(
+                u.c.client_id
+            )
+        ).all()
+    twice = {client for client, *_ in rows[:3]}
+    expected = [
+        (c, 60, (1000 + c) * (2 if c in twice else 1), 7 * c * (2 if c in twice else 1))
+        for c in range(1, count + 1)
+    ]
+    assert [tuple(r) for r in got] == expected
+
+
+def test_upsert_tuples_refuses_rows_of_the_wrong_width(engine):
+    rows = [(client, 60, 1, 2) for client in range(1, 200)]
+    rows[50] = (51, 60, 1)  # one value short would shift every later value one column
+    with engine.begin() as conn, pytest.raises(ValueError, match="every row must have 4 values"):
+        db.upsert_tuples(conn, schema.usage_history, SAMPLE_COLUMNS, rows, ["ts", "client_id"])
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(schema.usage_history)).scalar() == 0
+
+
 # --- an unprivileged reader, as under the API's systemd unit ------------------------------------
 
 
