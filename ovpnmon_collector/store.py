@@ -259,6 +259,9 @@ class Store:
         sent = list(map(itemgetter(1), poll.clients.values()))
         client_ids = map(ids.__getitem__, poll.clients)
         rows = list(zip(client_ids, repeat(poll.ts), received, sent, strict=False))
+        # In key order (ts, client_id): SQLite then fills the B-tree's pages one after another
+        # instead of inserting all over them (status files list clients in OpenVPN's order).
+        rows.sort(key=itemgetter(0))
         total_rx, total_tx = sum(received), sum(sent)
         # two polls within one wall-clock second (or a clock stepped back) add up, never collide
         db.upsert_tuples(
