@@ -155,6 +155,8 @@ def run_command(config_path: str | None, db_path: str | None, log_level: str) ->
     config = load(config_path, db_path)
     engine, _ = open_writer(config)
     collector = build_collector(config, engine)
+    if not daemon.keep_freed_memory():
+        log.debug("mallopt unavailable: freed memory goes back to the system after each poll")
     stop = threading.Event()
     daemon.stop_on_signals(stop)
     log.info(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import signal
 import threading
@@ -127,6 +128,33 @@ class Maintenance:
             report_c = certs.scan(self.certificate_paths, self.crl)
             certs.store(self.engine, report_c, now)
         return True
+
+
+# glibc's mallopt parameters
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def keep_freed_memory(mmap_threshold: int = 16 << 20, trim_threshold: int = 128 << 20) -> bool:
+    """Ask the C library to keep memory a poll frees for the next poll; True if it agreed.
+
+    A poll of a large status file allocates and frees some 10 MB of text and lists (2.2 MB of
+    text for 10,000 sessions, then slices and splits of it). By default glibc maps the large
+    blocks afresh, and hands freed memory at the top of the heap back, every poll; each page is
+    then a page fault when the next poll touches it: about 1,200 a poll at 10,000 sessions, 5 ms
+    of a 40 ms poll on this project's benchmark machine. With blocks under ``mmap_threshold``
+    taken from the heap and up to ``trim_threshold`` of free heap kept, steady polls fault
+    nothing. Peak memory is unchanged (the heap stays the size one poll needs). Where the C
+    library has no ``mallopt`` (musl, macOS) this does nothing and returns False.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, trim_threshold)
+    )
 
 
 def stop_on_signals(stop: threading.Event) -> None:

@@ -1,7 +1,10 @@
 """The daemon's schedule and its work between polls (fake clock, real database)."""
 
+import subprocess
+import sys
 import threading
 
+import pytest
 from conftest import FakeClock
 from ovpn_harness import Pki
 from sqlalchemy import func, select
@@ -58,3 +61,64 @@ def test_maintenance_rolls_up_prunes_and_scans(tmp_path):
     with engine.connect() as conn:
         oldest = conn.execute(select(func.min(schema.global_history.c.ts))).scalar()
     assert oldest >= align(NOW - 2 * 86400, 86400)
+
+
+# --- memory a poll frees is kept for the next one ----------------------------------------------
+
+_POLLS_IN_A_CHILD = """
+import resource, sys, tempfile
+from ovpnmon_collector.collector import Collector
+from ovpnmon_collector.daemon import keep_freed_memory
+from ovpnmon_collector.parser import SessionRow
+from ovpnmon_collector.simulator import render_status, write_in_place
+from ovpnmon_collector.sources import StatusFileSource
+from ovpnmon_common.db import init_db, writer_engine
+
+class Clock:
+    now = 1_795_717_500.0
+    def time(self): return self.now
+    def monotonic(self): return self.now
+
+keep = sys.argv[1] == "keep"
+kept = keep_freed_memory() if keep else False
+directory = tempfile.mkdtemp()
+engine = writer_engine(directory + "/ovpnmon.db")
+init_db(engine)
+clock = Clock()
+collector = Collector(engine, [StatusFileSource("s", directory + "/status")], clock=clock)
+faults = []
+for poll in range(8):
+    rows = [
+        SessionRow(f"cn-{i}", f"127.0.0.1:{1000 + i}", "10.8.0.2", "", 10 * poll * i, 5 * poll,
+                   int(clock.now) - 60, i)
+        for i in range(6000)
+    ]
+    write_in_place(directory + "/status", render_status(rows, int(clock.now)))
+    clock.now += 10
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    assert collector.poll().stored
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(kept, sum(faults[4:]))
+"""
+
+
+@pytest.mark.slow
+def test_keep_freed_memory_spares_steady_polls_their_page_faults():
+    """Real polls of 6,000 sessions in child processes (the setting is process-wide): with the
+    daemon's setting the steady polls page-fault far less than with glibc's defaults."""
+
+    def steady_faults(mode: str) -> tuple[str, int]:
+        out = subprocess.run(
+            [sys.executable, "-c", _POLLS_IN_A_CHILD, mode],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        ).stdout.split()
+        return out[0], int(out[1])
+
+    kept, with_setting = steady_faults("keep")
+    given_back, default = steady_faults("default")
+    assert (kept, given_back) == ("True", "False")
+    assert default > 400, "the workload no longer exercises the allocator; make it larger"
+    assert with_setting < default / 4, (with_setting, default)
