@@ -4,12 +4,20 @@ The floor, measured in the same run on the same disk: what a steady-state poll s
 sample per client and the new counters of every session — inserted as rows with
 ``sqlite3.executemany`` in one transaction into tables of the same shape. ovpnmon stores the
 same counters packed into one value per source (schema version 2), so a second floor is printed
-too: the sample rows plus one such value, i.e. literally the rows ovpnmon writes. Everything is
+too: the sample rows plus one such value, i.e. literally the rows ovpnmon writes. ovpnmon also
+inserts its samples 100 rows per statement, which SQLite does in well under half the time of
+``executemany``; the third floor is the second with that done too — the cost of ovpnmon's SQL
+alone, so what the Python around it costs can be read off without trusting anyone. Everything is
 measured twice: on new databases, and with ``--history-polls`` polls of samples already stored
 (an hour by default) in ovpnmon's and the floors' tables alike, which is what a poll meets on a
 real host. Prints the figures, the ratios and peak RSS.
 
+The process first asks glibc to keep freed memory between polls, as ``ovpnmon-collector run``
+does (``daemon.keep_freed_memory``); ``--system-malloc`` leaves glibc's defaults, to see what
+that is worth.
+
     python bench/poll_10k.py [--sessions 10000] [--repeat 7] [--history-polls 360]
+                             [--system-malloc]
 """
 
 from __future__ import annotations
@@ -22,9 +30,11 @@ import statistics
 import tempfile
 import time
 from collections.abc import Iterator
+from itertools import chain
 from pathlib import Path
 
 from ovpnmon_collector.collector import Collector
+from ovpnmon_collector.daemon import keep_freed_memory
 from ovpnmon_collector.parser import SessionRow
 from ovpnmon_collector.simulator import render_status, write_in_place
 from ovpnmon_collector.sources import StatusFileSource
@@ -109,12 +119,13 @@ def measure_ovpnmon(workdir: Path, count: int, repeat: int, polls: int) -> tuple
     return statistics.median(times), first, os.path.getsize(status)
 
 
-def measure_floor(workdir: Path, count: int, repeat: int, polls: int) -> tuple[float, float]:
-    """Median seconds of (samples + counter rows, samples + one packed value), each in a file of
-    its own so that neither table grows with the other's rows. Tables keyed time first, like
-    ovpnmon's raw samples."""
+def measure_floor(workdir: Path, count: int, repeat: int, polls: int) -> tuple[float, ...]:
+    """Median seconds of (samples + counter rows, samples + one packed value, the same with the
+    samples in 100-row statements), each in a file of its own so that no table grows with
+    another's rows. Tables keyed time first, like ovpnmon's raw samples."""
     rows, literal = connect(workdir / "floor.db"), connect(workdir / "literal.db")
-    for conn in (rows, literal):
+    batched = connect(workdir / "batched.db")
+    for conn in (rows, literal, batched):
         conn.execute(
             "CREATE TABLE samples (client_id INTEGER, ts INTEGER, rx INTEGER, tx INTEGER,"
             " PRIMARY KEY (ts, client_id)) WITHOUT ROWID"
@@ -123,10 +134,12 @@ def measure_floor(workdir: Path, count: int, repeat: int, polls: int) -> tuple[f
         "CREATE TABLE counters (session_id INTEGER, ts INTEGER, rx INTEGER, tx INTEGER,"
         " PRIMARY KEY (ts, session_id)) WITHOUT ROWID"
     )
-    literal.execute("CREATE TABLE packed (source TEXT PRIMARY KEY, ts INTEGER, counters BLOB)")
+    for conn in (literal, batched):
+        conn.execute("CREATE TABLE packed (source TEXT PRIMARY KEY, ts INTEGER, counters BLOB)")
     clients = count * 9 // 10
+    hundred = "INSERT INTO samples VALUES " + ", ".join(["(?, ?, ?, ?)"] * 100)
     if polls:
-        for conn in (rows, literal):
+        for conn in (rows, literal, batched):
             conn.execute("BEGIN")
             samples = history(clients, polls, T0)
             conn.executemany("INSERT INTO samples VALUES (?, ?, ?, ?)", samples)
@@ -136,7 +149,7 @@ def measure_floor(workdir: Path, count: int, repeat: int, polls: int) -> tuple[f
         rows.executemany("INSERT INTO counters VALUES (?, ?, ?, ?)", history(count, polls, T0))
         rows.execute("COMMIT")
         rows.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    row_times, literal_times = [], []
+    row_times, literal_times, batched_times = [], [], []
     for step in range(1, repeat + 1):
         ts = T0 + 10 * step
         samples = [(c, ts, 1000 + c, 500 + c) for c in range(clients)]
@@ -154,9 +167,16 @@ def measure_floor(workdir: Path, count: int, repeat: int, polls: int) -> tuple[f
         literal.execute("INSERT OR REPLACE INTO packed VALUES ('bench', ?, ?)", (ts, blob))
         literal.execute("COMMIT")
         literal_times.append(time.perf_counter() - start)
-    rows.close()
-    literal.close()
-    return statistics.median(row_times), statistics.median(literal_times)
+        start = time.perf_counter()
+        flat = tuple(chain.from_iterable(samples))
+        batched.execute("BEGIN IMMEDIATE")
+        batched.executemany(hundred, [flat[at : at + 400] for at in range(0, len(flat), 400)])
+        batched.execute("INSERT OR REPLACE INTO packed VALUES ('bench', ?, ?)", (ts, blob))
+        batched.execute("COMMIT")
+        batched_times.append(time.perf_counter() - start)
+    for conn in (rows, literal, batched):
+        conn.close()
+    return tuple(statistics.median(t) for t in (row_times, literal_times, batched_times))
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -171,29 +191,32 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--history-polls", type=int, default=360)
+    parser.add_argument("--system-malloc", action="store_true", help="glibc's defaults")
     args = parser.parse_args()
+    kept = not args.system_malloc and keep_freed_memory()
     print(
         f"sessions per poll: {args.sessions} ({args.sessions * 9 // 10} CNs), median of {args.repeat}"
+        f"; freed memory {'kept between polls, as the daemon does' if kept else 'given back'}"
     )
     for polls in sorted({0, args.history_polls}):
         with tempfile.TemporaryDirectory(prefix="ovpnmon-bench-") as tmp:
             workdir = Path(tmp)
-            floor, literal = measure_floor(workdir, args.sessions, args.repeat, polls)
+            floors = measure_floor(workdir, args.sessions, args.repeat, polls)
             steady, first, size = measure_ovpnmon(workdir, args.sessions, args.repeat, polls)
         print(
             f"\n{'new databases' if not polls else f'{polls} polls of samples already stored'}"
             f" (status file {size / 1e6:.1f} MB):"
         )
-        print(f"  floor, samples + counter rows:     {floor * 1000:7.1f} ms")
-        print(f"  floor, samples + one packed value: {literal * 1000:7.1f} ms")
-        print(
-            f"  ovpnmon steady-state poll:         {steady * 1000:7.1f} ms"
-            f"  {steady / floor:.2f}x / {steady / literal:.2f}x"
+        labels = (
+            "floor 1, samples + counter rows:",
+            "floor 2, samples + one packed value:",
+            "floor 3, as 2 in 100-row statements:",
         )
-        print(
-            f"  ovpnmon first poll (opens all):    {first * 1000:7.1f} ms"
-            f"  {first / floor:.2f}x / {first / literal:.2f}x"
-        )
+        for label, floor in zip(labels, floors, strict=True):
+            print(f"  {label:38s} {floor * 1000:7.1f} ms")
+        for label, took in (("steady-state poll:", steady), ("first poll (opens all):", first)):
+            ratios = " / ".join(f"{took / floor:.2f}x" for floor in floors)
+            print(f"  ovpnmon {label:30s} {took * 1000:7.1f} ms  {ratios}")
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\npeak RSS of this process: {rss_mb:.1f} MB")
 
