@@ -141,7 +141,7 @@ def keep_freed_memory(mmap_threshold: int = 16 << 20, trim_threshold: int = 128 
     A poll of a large status file allocates and frees some 10 MB of text and lists (2.2 MB of
     text for 10,000 sessions, then slices and splits of it). By default glibc maps the large
     blocks afresh, and hands freed memory at the top of the heap back, every poll; each page is
-    then a page fault when the next poll touches it: about 1,200 a poll at 10,000 sessions, 5 ms
+    then a page fault when the next poll touches it: about 1,200 a poll at 10,000 sessions, 1-5 ms
     of a 40 ms poll on this project's benchmark machine. With blocks under ``mmap_threshold``
     taken from the heap and up to ``trim_threshold`` of free heap kept, steady polls fault
     nothing. Peak memory is unchanged (the heap stays the size one poll needs). Where the C

@@ -296,7 +296,6 @@ def set_meta(conn: Connection, key: str, value: str) -> None:
 _NAMED_SQLITE = sqlite_dialect.dialect(paramstyle="named")
 _QMARK_SQLITE = sqlite_dialect.dialect(paramstyle="qmark")
 _COMPILED: dict[tuple[Any, ...], tuple[str, dict[str, Any]]] = {}
-_POSITIONAL: dict[tuple[Any, ...], str] = {}
 
 
 def _compiled(conn: Connection, stmt: Any, keys: tuple[str, ...]) -> tuple[str, dict[str, Any]]:
