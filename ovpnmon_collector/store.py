@@ -12,12 +12,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import repeat
 from operator import itemgetter
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, bindparam, func, select, update
 
 from ovpnmon_collector.accounting import SessionId, SessionState
 from ovpnmon_common import counters, db, schema
+
+_T = TypeVar("_T")
 
 FIRST_WATCHED = "source.{}.first_watched"
 HEALTH = "source.{}.health"
@@ -48,6 +50,14 @@ CLOSE_SESSION = (
     )
 )
 SAMPLE_COLUMNS = ("client_id", "ts", "bytes_received", "bytes_sent")
+CLIENT_COLUMNS = (
+    *("id", "common_name", "first_seen", "last_seen", "active", "closed_received", "closed_sent"),
+)
+SESSION_COLUMNS = (
+    *("id", "source", "session_key", "connected_since", "client_id", "real_address"),
+    *("virtual_address", "virtual_ipv6", "first_seen", "last_seen", "bytes_received"),
+    *("bytes_sent", "baseline_received", "baseline_sent"),
+)
 ADD: dict[str, db.Merge] = {"bytes_received": "add", "bytes_sent": "add"}
 ADD_CLOSED = (
     update(_c)
@@ -57,7 +67,9 @@ ADD_CLOSED = (
         closed_sent=_c.c.closed_sent + bindparam("tx"),
     )
 )
-SET_ACTIVE = update(_c).where(_c.c.id == bindparam("cid")).values(active=True)
+SET_ACTIVE = (
+    update(_c).where(_c.c.id.in_(bindparam("ids", expanding=True))).values(active=True)
+)
 SET_INACTIVE = (
     update(_c).where(_c.c.id == bindparam("cid")).values(active=False, last_seen=bindparam("ts"))
 )
@@ -122,18 +134,16 @@ class Store:
                     st = by_id.get(row_id)
                     if st is not None and st.source == source:
                         st.bytes_received, st.bytes_sent, st.last_seen = rx, tx, ts
-            active = dict(conn.execute(select(c.c.common_name, c.c.id).where(c.c.active)).all())
-            self._active = set(active)
-            # Every name a poll writes for is in here from now on: those of open sessions and
-            # active clients now, and any other enters through poll.opened.
-            self._client_ids = active
-            self._client_ids.update(
-                conn.execute(
-                    select(c.c.common_name, c.c.id)
-                    .join(s, s.c.client_id == c.c.id)
-                    .where(s.c.disconnected_at.is_(None))
-                ).all()
-            )
+            # Every client's id (about 100 bytes a client ever seen): clients are never deleted
+            # and the collector is their one writer, so a name not in here is new. Were another
+            # process to add one anyway, the insert fails on the unique name, the poll is
+            # retried after a reload, and nothing is lost.
+            self._client_ids = {}
+            self._active = set()
+            for name, cid, active in conn.execute(select(c.c.common_name, c.c.id, c.c.active)):
+                self._client_ids[name] = cid
+                if active:
+                    self._active.add(name)
         return state
 
     def first_watched(self, source: str, now: int) -> int:
@@ -158,8 +168,8 @@ class Store:
 
     def write_poll(self, poll: PollWrite) -> None:
         with self.engine.begin() as conn:
-            # a client name new to this process can only come with a session that opened now
-            ids = self._ensure_clients(conn, poll.ts, {st.common_name for st in poll.opened})
+            # a client new to the database can only come with a session that opened now
+            ids = self._ensure_clients(conn, poll.ts, [st.common_name for st in poll.opened])
             self._write_sessions(conn, poll, ids)
             self._write_samples(conn, poll, ids)
             self._write_clients(conn, poll, ids)
@@ -169,27 +179,16 @@ class Store:
         self._active = poll.active  # the collector builds a new set every poll
 
     def _ensure_clients(self, conn: Connection, now: int, names: Iterable[str]) -> dict[str, int]:
-        c = schema.clients
-        missing = [name for name in names if name not in self._client_ids]
-        if missing:
-            new = [
-                {
-                    "common_name": name,
-                    "first_seen": now,
-                    "last_seen": now,
-                    "active": False,
-                    "closed_received": 0,
-                    "closed_sent": 0,
-                }
-                for name in missing
-            ]
-            keep: dict[str, db.Merge] = {name: "keep" for name in new[0] if name != "common_name"}
-            db.upsert(conn, c, new, ["common_name"], merge=keep)
-            for chunk in _chunks(missing, 500):
-                rows = conn.execute(
-                    select(c.c.common_name, c.c.id).where(c.c.common_name.in_(chunk))
-                )
-                self._client_ids.update({name: cid for name, cid in rows})
+        new = [name for name in dict.fromkeys(names) if name not in self._client_ids]
+        if new:
+            # This transaction holds the write lock, so the next ids are ours to hand out. (A
+            # failed write rolls them back; the collector then reloads this map from the database.)
+            c = schema.clients
+            first = (conn.execute(select(func.max(c.c.id))).scalar() or 0) + 1
+            ids = range(first, first + len(new))
+            rows = [(cid, name, now, now, False, 0, 0) for cid, name in zip(ids, new, strict=True)]
+            db.insert_tuples(conn, c, CLIENT_COLUMNS, rows)
+            self._client_ids.update(zip(new, ids, strict=True))
         return self._client_ids
 
     def _write_sessions(self, conn: Connection, poll: PollWrite, ids: Mapping[str, int]) -> None:
@@ -202,24 +201,14 @@ class Store:
             for row_id, st in enumerate(poll.opened, next_id):
                 st.row_id = row_id
                 rows.append(
-                    {
-                        "id": row_id,
-                        "source": st.source,
-                        "session_key": st.key,
-                        "connected_since": st.connected_since,
-                        "client_id": ids[st.common_name],
-                        "real_address": st.real_address,
-                        "virtual_address": st.virtual_address,
-                        "virtual_ipv6": st.virtual_ipv6,
-                        "first_seen": st.first_seen,
-                        "last_seen": st.last_seen,
-                        "bytes_received": st.bytes_received,
-                        "bytes_sent": st.bytes_sent,
-                        "baseline_received": st.baseline_received,
-                        "baseline_sent": st.baseline_sent,
-                    }
+                    (
+                        *(row_id, st.source, st.key, st.connected_since, ids[st.common_name]),
+                        *(st.real_address, st.virtual_address, st.virtual_ipv6),
+                        *(st.first_seen, st.last_seen, st.bytes_received, st.bytes_sent),
+                        *(st.baseline_received, st.baseline_sent),
+                    )
                 )
-            db.executemany(conn, INSERT_SESSION, rows)
+            db.insert_tuples(conn, s, SESSION_COLUMNS, rows)
         # Every poll stores the counters of every open session (that is what makes a restart exact):
         # one packed row per source read; addresses only when they changed (a UDP client floated).
         packed = []
@@ -296,19 +285,20 @@ class Store:
             conn, ADD_CLOSED, [{"cid": cid, "rx": rx, "tx": tx} for cid, (rx, tx) in closed.items()]
         )
         previously = self._active if self._active is not None else set()
-        became = [{"cid": ids[name]} for name in poll.active - previously if name in ids]
+        became = [ids[name] for name in poll.active - previously if name in ids]
         left = [
             {"cid": ids[name], "ts": last_seen.get(name, poll.ts)}
             for name in previously - poll.active
             if name in ids
         ]
-        db.executemany(conn, SET_ACTIVE, became)
+        for chunk in _chunks(became, 500):
+            conn.execute(SET_ACTIVE, {"ids": chunk})
         db.executemany(conn, SET_INACTIVE, left)
 
     def close(self) -> None:
         db.close_writer(self.engine)
 
 
-def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
+def _chunks(items: list[_T], size: int) -> Iterable[list[_T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]

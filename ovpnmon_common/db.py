@@ -371,9 +371,17 @@ def upsert(
     executemany(conn, stmt, rows)
 
 
-# Rows per statement of upsert_tuples on SQLite: 400 parameters for four columns, within the
-# 999 that every SQLite version allows.
+# Parameters of one statement of insert_tuples / upsert_tuples on SQLite: the 999 that every
+# SQLite version allows. At most ROWS_PER_STATEMENT rows each (400 parameters for four columns).
+MAX_PARAMETERS = 999
 ROWS_PER_STATEMENT = 100
+
+
+def insert_tuples(
+    conn: Connection, table: Any, columns: tuple[str, ...], rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """``INSERT`` of tuples in ``columns`` order, many rows per statement (see upsert_tuples)."""
+    _write_tuples(conn, table, columns, rows, None, ())
 
 
 def upsert_tuples(
@@ -386,26 +394,37 @@ def upsert_tuples(
 ) -> None:
     """``upsert`` of tuples in ``columns`` order: the hot path (a sample per client per poll).
 
-    On SQLite the rows go ``ROWS_PER_STATEMENT`` at a time into one multi-row
+    On SQLite the rows go up to ``ROWS_PER_STATEMENT`` at a time into one multi-row
     ``INSERT ... VALUES (...), (...) ON CONFLICT ...``: SQLite does the same work per row, but
     the driver binds, steps and resets a statement once per hundred rows instead of once per
     row — 9,000 samples in about 4 ms instead of 10 (bench/poll_10k.py). Other dialects get the
     one-row statement with dicts.
     """
+    _write_tuples(conn, table, columns, rows, tuple(keys), tuple(sorted((merge or {}).items())))
+
+
+def _write_tuples(
+    conn: Connection,
+    table: Any,
+    columns: tuple[str, ...],
+    rows: Sequence[tuple[Any, ...]],
+    keys: tuple[str, ...] | None,
+    merge_items: tuple[tuple[str, Merge], ...],
+) -> None:
     if not rows:
         return
-    keys, merge_items = tuple(keys), tuple(sorted((merge or {}).items()))
     if conn.dialect.name != "sqlite":
         stmt = _upsert_statement(conn.dialect.name, table, keys, columns, merge_items)
         executemany(conn, stmt, [dict(zip(columns, row, strict=True)) for row in rows])
         return
-    whole = len(rows) - len(rows) % ROWS_PER_STATEMENT
+    per = min(ROWS_PER_STATEMENT, MAX_PARAMETERS // len(columns))
+    whole = len(rows) - len(rows) % per
     if whole:
         flat = tuple(chain.from_iterable(rows[:whole]))
         if len(flat) != whole * len(columns):
             raise ValueError(f"every row must have {len(columns)} values, in {columns} order")
-        width = ROWS_PER_STATEMENT * len(columns)
-        sql = _multirow_sql(table, keys, columns, merge_items, ROWS_PER_STATEMENT)
+        width = per * len(columns)
+        sql = _multirow_sql(table, keys, columns, merge_items, per)
         conn.exec_driver_sql(sql, [flat[at : at + width] for at in range(0, len(flat), width)])
     if whole < len(rows):
         sql = _multirow_sql(table, keys, columns, merge_items, 1)
@@ -415,13 +434,14 @@ def upsert_tuples(
 @lru_cache(maxsize=64)
 def _multirow_sql(
     table: Any,
-    keys: tuple[str, ...],
+    keys: tuple[str, ...] | None,
     columns: tuple[str, ...],
     merge_items: tuple[tuple[str, Merge], ...],
     count: int,
 ) -> str:
-    """SQLite text of an upsert of ``count`` rows, its ``?`` parameters row after row, each row's
-    in ``columns`` order (checked: a mismatch raises rather than store values in wrong columns)."""
+    """SQLite text of an insert (or upsert) of ``count`` rows, its ``?`` parameters row after
+    row, each row's in ``columns`` order (checked: a mismatch raises rather than store values in
+    wrong columns)."""
     stmt = _upsert_statement("sqlite", table, keys, columns, merge_items, count)
     compiled = stmt.compile(dialect=_QMARK_SQLITE)
     order = tuple(compiled.positiontup or ())
@@ -435,13 +455,13 @@ def _multirow_sql(
 def _upsert_statement(
     dialect: str,
     table: Any,
-    keys: tuple[str, ...],
+    keys: tuple[str, ...] | None,
     columns: tuple[str, ...],
     merge_items: tuple[tuple[str, Merge], ...],
     rows: int = 0,
 ) -> Any:
-    """``INSERT ... ON CONFLICT`` of one row bound by column names, or of ``rows`` rows bound as
-    ``<column>_<row>``."""
+    """``INSERT ... ON CONFLICT (keys)`` of one row bound by column names, or of ``rows`` rows
+    bound as ``<column>_<row>``; a plain ``INSERT`` when ``keys`` is None."""
     merge = dict(merge_items)
     stmt: Any
     if dialect == "sqlite":
@@ -454,6 +474,8 @@ def _upsert_statement(
         stmt = stmt.values(
             [{name: bindparam(f"{name}_{row}") for name in columns} for row in range(rows)]
         )
+    if keys is None:
+        return stmt
     excluded = stmt.excluded
     updates: dict[str, ColumnElement[Any]] = {}
     for name in columns:

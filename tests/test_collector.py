@@ -2,10 +2,12 @@
 
 import json
 import logging
+import sqlite3
 
 import pytest
 from conftest import FakeClock, as_nobody, fixture_text, needs_root
 from sqlalchemy import inspect, select
+from sqlalchemy.exc import OperationalError
 
 from ovpnmon_api.queries import lifetime_totals
 from ovpnmon_collector.collector import Collector
@@ -343,3 +345,74 @@ def test_schema_1_database_upgrades_and_continues_exactly(tmp_path, status):
     with engine.connect() as conn:
         indexes = {ix["name"] for ix in inspect(conn).get_indexes("sessions")}
     assert "ix_sessions_open" in indexes and "ix_sessions_disconnected_at" not in indexes
+
+
+def client_ids(engine):
+    with engine.connect() as conn:
+        c = schema.clients
+        return dict(conn.execute(select(c.c.common_name, c.c.id)).all())
+
+
+def test_a_client_back_after_a_restart_keeps_its_row(db_path, status):
+    """The collector knows every stored client's id from its start: one who was away when it
+    restarted comes back to the same row (and totals), and a new one gets a row of its own."""
+    clock = FakeClock(T0)
+    engine = writer_engine(db_path)
+    init_db(engine)
+    status.write(T0, row("alice", 0, T0 + 1, 100, 10), row("bob", 1, T0 + 1, 5, 5))
+    make(engine, status, clock).poll()
+    clock.advance(10)
+    status.write(clock.wall, row("bob", 1, T0 + 1, 7, 7))  # alice leaves
+    make(engine, status, clock).poll()
+    before = client_ids(engine)
+    clock.advance(10)
+    status.write(
+        clock.wall,
+        row("bob", 1, T0 + 1, 9, 9),
+        row("alice", 2, T0 + 15, 40, 4),  # back, in a new session
+        row("carol", 3, T0 + 16, 1, 1),
+    )
+    assert make(engine, status, clock).poll().stored  # a new process
+    after = client_ids(engine)
+    assert {name: after[name] for name in before} == before
+    assert len(set(after.values())) == 3
+    assert totals(engine) == {"alice": (140, 14, True), "bob": (9, 9, True), "carol": (1, 1, True)}
+    by_id = {cid: name for name, cid in after.items()}
+    last = [(by_id[cid], rx) for cid, ts, rx, _ in samples(engine) if ts == clock.wall]
+    assert sorted(last) == [("alice", 40), ("bob", 2), ("carol", 1)]
+
+
+def test_ids_handed_out_in_a_failed_poll_are_not_reused_wrongly(engine, status, monkeypatch):
+    """A write that fails after new clients and sessions got their ids rolls those back; the next
+    poll must not write samples under ids that no longer exist."""
+    clock = FakeClock(T0)
+    status.write(T0, row("alice", 0, T0 + 1, 100, 10))
+    collector = make(engine, status, clock)
+    collector.poll()
+    real = collector.store._write_samples
+    calls = []
+
+    def fail_once(*args):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OperationalError("INSERT", {}, sqlite3.OperationalError("disk I/O error"))
+        return real(*args)
+
+    monkeypatch.setattr(collector.store, "_write_samples", fail_once)
+    clock.advance(10)
+    status.write(clock.wall, row("alice", 0, T0 + 1, 150, 15), row("bob", 1, T0 + 5, 20, 2))
+    summary = collector.poll()
+    assert not summary.stored and "disk I/O error" in summary.error
+    clock.advance(10)
+    status.write(
+        clock.wall,
+        row("alice", 0, T0 + 1, 160, 16),
+        row("bob", 1, T0 + 5, 30, 3),
+        row("carol", 2, T0 + 12, 8, 8),
+    )
+    assert collector.poll().stored
+    ids = client_ids(engine)
+    assert len(set(ids.values())) == 3
+    stored = {cid for cid, *_ in samples(engine)}
+    assert stored <= set(ids.values())
+    assert totals(engine) == {"alice": (160, 16, True), "bob": (30, 3, True), "carol": (8, 8, True)}

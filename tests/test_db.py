@@ -130,6 +130,22 @@ def test_upsert_tuples_refuses_rows_of_the_wrong_width(engine):
         assert conn.execute(select(func.count()).select_from(schema.usage_history)).scalar() == 0
 
 
+def test_insert_tuples_of_a_wide_table_stays_within_sqlites_parameter_limit(engine):
+    """Sessions have 14 columns: 71 rows a statement (994 parameters), then a remainder."""
+    clients = [(cid, f"cn-{cid}", 0, 0, False, 0, 0) for cid in (1, 2, 3)]
+    columns = tuple(col.name for col in schema.sessions.columns if col.name != "disconnected_at")
+    sessions = [
+        (n, "udp", f"id:{n}", 1000 + n, n % 3 + 1, "127.0.0.1:1", "10.8.0.2", "", 5, 6, n, 2 * n, 0, 0)
+        for n in range(1, 151)
+    ]
+    with engine.begin() as conn:
+        db.insert_tuples(conn, schema.clients, tuple(c.name for c in schema.clients.columns), clients)
+        db.insert_tuples(conn, schema.sessions, columns, sessions)
+        s = schema.sessions
+        got = conn.execute(select(*(s.c[name] for name in columns)).order_by(s.c.id)).all()
+    assert [tuple(r) for r in got] == sessions
+
+
 # --- an unprivileged reader, as under the API's systemd unit ------------------------------------
 
 
