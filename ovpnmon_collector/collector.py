@@ -144,7 +144,7 @@ class Collector:
             configured_interval=self.interval,
             clients=clients,
             opened=[st for _, d in results for st in d.opened],
-            open_now={source.name: delta.state.values() for source, delta in results},
+            open_now={source.name: delta for source, delta in results},
             moved=[st for _, d in results for st in d.moved],
             closed=[st for _, d in results for st in d.closed],
             active=active,

@@ -12,6 +12,7 @@ always with the 1-based line number. Nothing else escapes ``parse_status``.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import time
 from collections.abc import Iterator
 from typing import Any, NamedTuple
@@ -19,6 +20,8 @@ from typing import Any, NamedTuple
 UNAUTHENTICATED = "UNDEF"
 
 _DATE_FORMATS = ("%Y-%m-%d %H:%M:%S", "%a %b %d %H:%M:%S %Y")
+
+_LEADING_ZERO = re.compile(r"\t0[0-9]")
 
 _REQUIRED = ("Common Name", "Real Address", "Bytes Received", "Bytes Sent", "Connected Since")
 
@@ -57,16 +60,18 @@ class SessionRow(NamedTuple):
         return f"addr:{self.real_address}"
 
 
-# A session's fields in SessionRow's order, as a plain tuple.
-Row = tuple[str, str, str, str, int, int, int, int | None]
+# What the accounting reads of a session: SessionRow's fields in its order, but Connected Since
+# (time_t) and Client ID as their decimal text, exactly as str(int) writes them. They only
+# identify a session, so the fast path never converts them (two integer columns of 10,000).
+Row = tuple[str, str, str, str, int, int, str, str | None]
 
 
 class Snapshot:
     """What one status text says: its version, when OpenVPN wrote it, and its sessions.
 
     The fast path hands over its sessions column by column (``columns``: eight lists in
-    ``SessionRow``'s field order); ``rows()`` walks them as tuples without building a
-    ``SessionRow`` per session, and ``sessions`` builds those only when asked for.
+    ``Row``'s order); ``rows()`` walks them as tuples without building a ``SessionRow`` per
+    session, and ``sessions`` builds those only when asked for.
     """
 
     __slots__ = ("_columns", "_sessions", "time", "version")
@@ -88,14 +93,27 @@ class Snapshot:
     def sessions(self) -> tuple[SessionRow, ...]:
         if self._sessions is None:
             assert self._columns is not None
-            self._sessions = tuple(map(SessionRow._make, zip(*self._columns, strict=True)))
+            self._sessions = tuple(
+                SessionRow(name, real, v4, v6, rx, tx, int(since), None if c is None else int(c))
+                for name, real, v4, v6, rx, tx, since, c in zip(*self._columns, strict=True)
+            )
         return self._sessions
 
     def rows(self) -> Iterator[Row]:
-        """Every session as a plain tuple in ``SessionRow``'s field order."""
+        """Every session as a ``Row``: what the accounting reads."""
         if self._columns is not None:
             return zip(*self._columns, strict=True)
-        return iter(self.sessions)
+        return (
+            (name, real, v4, v6, rx, tx, str(since), None if c is None else str(c))
+            for name, real, v4, v6, rx, tx, since, c in self.sessions
+        )
+
+    def counter_columns(self) -> tuple[list[int], list[int]] | None:
+        """Bytes received and sent of every session in ``rows()`` order, if the fast path gave
+        them as columns (lists the caller must not change), else None."""
+        if self._columns is None:
+            return None
+        return self._columns[4], self._columns[5]
 
     def __len__(self) -> int:
         return len(self._columns[0]) if self._columns is not None else len(self.sessions)
@@ -293,7 +311,7 @@ def _client_rows(block: str, sep: str, at: _Layout) -> tuple[list[Any], ...] | N
     ):
         return None
 
-    def column(index: int | None) -> list[str]:
+    def column(index: int | None) -> list[Any]:
         return flat[index::width] if index is not None else [""] * rows
 
     names = column(at.name)
@@ -315,10 +333,17 @@ def _client_rows(block: str, sep: str, at: _Layout) -> tuple[list[Any], ...] | N
     digits = "".join("".join(values) for values in (*numbers, ids))
     if not all(map(all, numbers)) or not digits.isascii() or not digits.encode().isdigit():
         return None
+    since = numbers[2]
+    # Connected Since and Client ID stay text (see Row): as str(int) would write them, so no
+    # leading zeros ("07"), whichever path parsed the file.
+    if _LEADING_ZERO.search("\t".join(["", *since, *ids])):
+        return None
     return (
         *columns[:4],
-        *(list(map(int, values)) for values in numbers),
-        list(map(int, ids)) if all(ids) else [int(c) if c else None for c in ids],
+        list(map(int, numbers[0])),
+        list(map(int, numbers[1])),
+        since,
+        ids if all(ids) else [c or None for c in ids],
     )
 
 

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, bindparam, func, select, update
 
-from ovpnmon_collector.accounting import SessionId, SessionState
+from ovpnmon_collector.accounting import SessionId, SessionState, SourceDelta
 from ovpnmon_common import counters, db, schema
 
 _T = TypeVar("_T")
@@ -84,8 +84,8 @@ class PollWrite:
     configured_interval: int
     clients: dict[str, list[int]]  # common name -> [bytes received, bytes sent] this poll
     opened: list[SessionState] = field(default_factory=list)
-    # source -> every session of it open now: the sources read this poll, nothing else
-    open_now: dict[str, Iterable[SessionState]] = field(default_factory=dict)
+    # source -> what reading it changed (its open sessions): the sources read this poll only
+    open_now: dict[str, SourceDelta] = field(default_factory=dict)
     moved: list[SessionState] = field(default_factory=list)  # addresses changed
     closed: list[SessionState] = field(default_factory=list)
     active: set[str] = field(default_factory=set)  # CNs with an open session on any source
@@ -212,12 +212,9 @@ class Store:
         # Every poll stores the counters of every open session (that is what makes a restart exact):
         # one packed row per source read; addresses only when they changed (a UDP client floated).
         packed = []
-        for source, sessions in poll.open_now.items():
-            data = counters.pack(
-                [st.row_id for st in sessions],  # type: ignore[misc]  # set by the insert above
-                [st.bytes_received for st in sessions],
-                [st.bytes_sent for st in sessions],
-            )
+        for source, delta in poll.open_now.items():
+            row_ids = [st.row_id for st in delta.state.values()]  # all set by the insert above
+            data = counters.pack(row_ids, *delta.counters())  # type: ignore[arg-type]
             packed.append({"source": source, "ts": poll.ts, "counters": data})
         db.upsert(conn, schema.session_counters, packed, ["source"])
         moved = [

@@ -1,7 +1,8 @@
 """Hand-built sequences through the pure accounting functions."""
 
 from ovpnmon_collector.accounting import account_source, merge_sources
-from ovpnmon_collector.parser import SessionRow, Snapshot
+from ovpnmon_collector.parser import SessionRow, Snapshot, parse_status
+from ovpnmon_collector.simulator import render_status
 
 WATCHED = 1_000_000
 
@@ -155,3 +156,23 @@ def test_idle_sessions_count_zero_and_moves_are_noticed():
     assert moved.deltas == {"a": [2, 0]}
     [session] = moved.state.values()
     assert (session.bytes_received, session.bytes_sent, session.last_seen) == (12, 5, WATCHED + 30)
+
+
+def test_counters_line_up_with_the_open_sessions_whichever_parser_answered():
+    """What the store packs: every open session's counters in ``state``'s order, taken from the
+    fast parser's columns when they line up, read from the sessions otherwise (a duplicated line,
+    the line-by-line parser); the same answer every way."""
+    rows = [row("a", 1, WATCHED + 1, 10, 1), row("b", 2, WATCHED + 2, 20, 2)]
+    texts = {
+        "columns": render_status(rows, WATCHED + 10),
+        "duplicated line": render_status([*rows, rows[0]], WATCHED + 10),
+        "version 1": render_status(rows, WATCHED + 10, version=1),
+    }
+    for how, text in texts.items():
+        delta = account_source(
+            {}, parse_status(text), source="s", first_watched=WATCHED, now=WATCHED + 10
+        )
+        assert (delta.columns is not None) == (how == "columns"), how
+        sessions = list(delta.state.values())
+        assert delta.counters() == ([10, 20], [1, 2]), how
+        assert [(s.bytes_received, s.bytes_sent) for s in sessions] == [(10, 1), (20, 2)], how

@@ -218,13 +218,18 @@ def test_fast_path_takes_real_output_and_agrees(name):
     text = fixture_text(name)
     fast = _parse_tagged_fast(text, UTC)
     assert fast is not None, "real OpenVPN output should not need the line-by-line parser"
-    assert fast == _parse_lines(text, UTC)
-    # what the accounting reads: the same sessions as plain tuples, built from the columns
-    assert list(fast.rows()) == [tuple(row) for row in fast.sessions]
+    general = _parse_lines(text, UTC)
+    assert fast == general
+    # what the accounting reads, identities as text: the same whichever path parsed the text
+    assert list(fast.rows()) == list(general.rows())
+    assert [(r[6], r[7]) for r in fast.rows()] == [
+        (str(r.connected_since), None if r.client_id is None else str(r.client_id))
+        for r in general.sessions
+    ]
     assert len(fast) == len(fast.sessions)
 
 
-ODD = ["UNDEF", "a,b", "a\tb", "ünï", "٣", "+5", " 7", "1_0", "", "x\ry", "²"]
+ODD = ["UNDEF", "a,b", "a\tb", "ünï", "٣", "+5", " 7", "1_0", "", "x\ry", "²", "07"]
 # mostly well-formed, so that both parsers answer often; sometimes one odd field
 FIELD = st.sampled_from(["alice", "bob", "carol", "12", "0"] * 6 + ODD)
 NUMBER = st.one_of(*[st.integers(0, 2**64).map(str)] * 8, st.sampled_from(ODD))
@@ -283,6 +288,8 @@ def test_fast_path_never_disagrees_with_the_line_by_line_parser(
         expected = None
     fast = _parse_tagged_fast(text, UTC)
     assert fast is None or fast == expected
+    if fast is not None:
+        assert expected is not None and list(fast.rows()) == list(expected.rows())
 
 
 def _v3(*body):
@@ -318,6 +325,9 @@ TIME = "TIME\t2026-11-26 10:00:00\t1795717500"
         (_v3(TIME, "{header}", _row("UNDEF", 1, rx="x"), _row("b", 2)), True),
         (_v3(TIME, "{header}", _row("a", 1) + "\textra", _row("b", 2)[:-2]), False),
         (_v3(TIME, "{header}"), True),
+        # "07" is Client ID 7: the general path says so, the fast path cannot key it as text
+        (_v3(TIME, "{header}", _row("a", "07"), _row("b", 2)), False),
+        (_v3(TIME, "{header}", _row("a", 0), _row("b", 10)), True),
     ],
 )
 def test_fast_path_agrees_on_awkward_layouts(text, fast_answers):
@@ -328,3 +338,4 @@ def test_fast_path_agrees_on_awkward_layouts(text, fast_answers):
     fast = _parse_tagged_fast(text, UTC)
     assert (fast is not None) == fast_answers
     assert fast is None or fast == expected
+    assert fast is None or list(fast.rows()) == list(expected.rows())
