@@ -125,6 +125,7 @@ class Store:
                     virtual_ipv6=row["virtual_ipv6"],
                     first_seen=row["first_seen"],
                     last_seen=row["last_seen"],
+                    since_text=str(row["connected_since"]),
                     row_id=row["id"],
                 )
                 state.setdefault(session.source, {})[session.ident] = session

@@ -81,6 +81,16 @@ def test_server_restart_reuses_client_ids_with_a_new_connected_since():
         ]
     )
     assert totals == {"a": [130, 13]}
+    # the old session is closed, the new one opened: two connections in the history
+    d1 = account_source(
+        {}, snap(row("a", 0, WATCHED + 1, 100, 10)), source="s", first_watched=WATCHED, now=10
+    )
+    d2 = account_source(
+        d1.state, snap(row("a", 0, WATCHED + 15, 30, 3)), source="s", first_watched=WATCHED, now=20
+    )
+    assert [s.connected_since for s in d2.closed] == [WATCHED + 1]
+    assert [s.connected_since for s in d2.opened] == [WATCHED + 15]
+    assert [s.connected_since for s in d2.state.values()] == [WATCHED + 15]
 
 
 def test_counters_going_backwards_under_one_identity_are_a_restart():

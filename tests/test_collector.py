@@ -416,3 +416,20 @@ def test_ids_handed_out_in_a_failed_poll_are_not_reused_wrongly(engine, status, 
     stored = {cid for cid, *_ in samples(engine)}
     assert stored <= set(ids.values())
     assert totals(engine) == {"alice": (160, 16, True), "bob": (30, 3, True), "carol": (8, 8, True)}
+
+
+def test_a_restarted_openvpn_handing_out_the_same_client_id_is_a_new_session(engine, status):
+    clock = FakeClock(T0)
+    status.write(T0, row("alice", 0, T0 + 1, 100, 10))
+    collector = make(engine, status, clock)
+    collector.poll()
+    clock.advance(10)
+    status.write(clock.wall, row("alice", 0, T0 + 5, 30, 3))  # OpenVPN restarted: id 0 again
+    assert collector.poll().stored
+    assert totals(engine) == {"alice": (130, 13, True)}
+    with engine.connect() as conn:
+        s = schema.sessions
+        rows = conn.execute(
+            select(s.c.session_key, s.c.connected_since, s.c.disconnected_at).order_by(s.c.id)
+        ).all()
+    assert [tuple(r) for r in rows] == [("id:0", T0 + 1, T0 + 10), ("id:0", T0 + 5, None)]
