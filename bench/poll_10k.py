@@ -10,23 +10,30 @@ inserts its samples 100 rows per statement, which SQLite does in well under half
 alone, so what the Python around it costs can be read off without trusting anyone. Everything is
 measured twice: on new databases, and with ``--history-polls`` polls of samples already stored
 (an hour by default) in ovpnmon's and the floors' tables alike, which is what a poll meets on a
-real host. Prints the figures, the ratios and peak RSS.
+real host. Prints the figures, the ratios and peak RSS (of this process, and of a process
+that only polls, as the daemon does).
 
+The first poll meets the clients in one order and every later poll in another, fixed one, as on
+a real server: OpenVPN lists clients in its hash table's order, unrelated to the order ovpnmon
+first saw them in (which its objects and client ids follow). That costs a poll several ms of
+cache misses; ``--first-seen-order`` keeps one order throughout (as right after a start).
 The process first asks glibc to keep freed memory between polls, as ``ovpnmon-collector run``
-does (``daemon.keep_freed_memory``); ``--system-malloc`` leaves glibc's defaults, to see what
-that is worth.
+does (``daemon.keep_freed_memory``); ``--system-malloc`` leaves glibc's defaults.
 
-    python bench/poll_10k.py [--sessions 10000] [--repeat 7] [--history-polls 360]
-                             [--system-malloc]
+    python bench/poll_10k.py [--sessions 10000] [--repeat 15] [--history-polls 360]
+                             [--first-seen-order] [--system-malloc]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import random
 import resource
 import sqlite3
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -79,15 +86,33 @@ def history(clients: int, polls: int, before: int) -> Iterator[tuple[int, int, i
             yield client, before - 10 * k, 1000 + client, 500 + client
 
 
-def measure_ovpnmon(workdir: Path, count: int, repeat: int, polls: int) -> tuple[float, float, int]:
+def measure_ovpnmon(
+    workdir: Path, count: int, repeat: int, polls: int, shuffled: bool = True
+) -> tuple[float, float, int]:
     status = workdir / "status.log"
     path = workdir / "ovpnmon.db"
     engine = writer_engine(str(path))
     init_db(engine)
     clock = Clock()
     collector = Collector(engine, [StatusFileSource("bench", str(status))], clock=clock)
-    texts = [render_status(sessions(count, step), T0 + 10 * step) for step in range(repeat + 1)]
-    write_in_place(str(status), texts[0])
+    # OpenVPN lists clients in its hash table's order, which has nothing to do with the order
+    # ovpnmon first saw them in (their client ids): the first poll meets them in one order, every
+    # later poll in another, fixed one.
+    order = list(range(count))
+    if shuffled:
+        random.Random(7).shuffle(order)
+    # Rendered before any poll, so that the collector's heap between polls is its own, as in
+    # the daemon (rendering in between made polls a few ms slower here).
+    for step in range(repeat + 1):
+        rows = sessions(count, step)
+        text = render_status([rows[i] for i in order] if step else rows, T0 + 10 * step)
+        (workdir / f"status.{step}").write_text(text)
+    del rows, text
+
+    def text_of(step: int) -> str:
+        return (workdir / f"status.{step}").read_text()
+
+    write_in_place(str(status), text_of(0))
     start = time.perf_counter()
     summary = collector.poll()  # the first poll: 10,000 sessions opened
     first = time.perf_counter() - start
@@ -110,7 +135,7 @@ def measure_ovpnmon(workdir: Path, count: int, repeat: int, polls: int) -> tuple
     times = []
     for step in range(1, repeat + 1):
         clock.now += 10
-        write_in_place(str(status), texts[step])
+        write_in_place(str(status), text_of(step))
         start = time.perf_counter()
         summary = collector.poll()
         times.append(time.perf_counter() - start)
@@ -179,6 +204,37 @@ def measure_floor(workdir: Path, count: int, repeat: int, polls: int) -> tuple[f
     return tuple(statistics.median(t) for t in (row_times, literal_times, batched_times))
 
 
+def collector_rss(workdir: Path, count: int, polls: int) -> float:
+    """Peak RSS (MB) of a process that does nothing but ``polls`` polls of ``count`` sessions,
+    as the daemon does (this process also holds the floors' rows and the benchmark's own data).
+    """
+    for step in range(polls):
+        (workdir / f"status.{step}").write_text(render_status(sessions(count, step), T0 + 10 * step))
+    out = subprocess.run(
+        [sys.executable, __file__, "--child-rss", str(workdir), str(polls)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return float(out.stdout)
+
+
+def child_rss(workdir: Path, polls: int) -> None:
+    keep_freed_memory()
+    engine = writer_engine(str(workdir / "child.db"))
+    init_db(engine)
+    clock = Clock()
+    collector = Collector(engine, [StatusFileSource("bench", str(workdir / "status"))], clock=clock)
+    for step in range(polls):
+        os.replace(workdir / f"status.{step}", workdir / "status")
+        assert collector.poll().stored
+        clock.now += 10
+    collector.close()
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork and exec
+    status = Path("/proc/self/status").read_text()
+    print(int(status.split("VmHWM:")[1].split()[0]) / 1024)
+
+
 def connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -189,10 +245,19 @@ def connect(path: Path) -> sqlite3.Connection:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=10_000)
-    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--history-polls", type=int, default=360)
     parser.add_argument("--system-malloc", action="store_true", help="glibc's defaults")
+    parser.add_argument(
+        "--first-seen-order",
+        action="store_true",
+        help="every poll lists clients in the order ovpnmon first saw them (as right after a start)",
+    )
+    parser.add_argument("--child-rss", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child_rss:
+        child_rss(Path(args.child_rss[0]), int(args.child_rss[1]))
+        return
     kept = not args.system_malloc and keep_freed_memory()
     print(
         f"sessions per poll: {args.sessions} ({args.sessions * 9 // 10} CNs), median of {args.repeat}"
@@ -202,7 +267,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="ovpnmon-bench-") as tmp:
             workdir = Path(tmp)
             floors = measure_floor(workdir, args.sessions, args.repeat, polls)
-            steady, first, size = measure_ovpnmon(workdir, args.sessions, args.repeat, polls)
+            steady, first, size = measure_ovpnmon(
+                workdir, args.sessions, args.repeat, polls, not args.first_seen_order
+            )
         print(
             f"\n{'new databases' if not polls else f'{polls} polls of samples already stored'}"
             f" (status file {size / 1e6:.1f} MB):"
@@ -218,7 +285,10 @@ def main() -> None:
             ratios = " / ".join(f"{took / floor:.2f}x" for floor in floors)
             print(f"  ovpnmon {label:30s} {took * 1000:7.1f} ms  {ratios}")
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    with tempfile.TemporaryDirectory(prefix="ovpnmon-bench-") as tmp:
+        alone = collector_rss(Path(tmp), args.sessions, args.repeat + 1)
     print(f"\npeak RSS of this process: {rss_mb:.1f} MB")
+    print(f"peak RSS of a process that only polls, as the daemon: {alone:.1f} MB")
 
 
 if __name__ == "__main__":

@@ -239,7 +239,9 @@ def _parse_tagged_fast(text: str, tz: dt.tzinfo | None) -> Snapshot | None:
         sep, version = ",", 2
     else:
         return None
-    if not text.rstrip().endswith("\nEND") or any(ch in text for ch in _ASCII_BREAKS):
+    # (the tail only: rstrip() of the whole text would copy megabytes; more than a page of
+    # trailing blanks is left to the line-by-line parser)
+    if not text[-4096:].rstrip().endswith("\nEND") or any(ch in text for ch in _ASCII_BREAKS):
         return None
     if not text.isascii() and any(ch in text for ch in _OTHER_BREAKS):
         return None
@@ -321,7 +323,7 @@ def _client_rows(block: str, sep: str, at: _Layout) -> tuple[list[Any], ...] | N
         if not keep:
             return tuple([] for _ in SessionRow._fields)
     assert at.since_t is not None
-    columns = [column(i) for i in (at.name, at.real, at.v4, at.v6, at.rx, at.tx, at.since_t)]
+    columns = [names, *(column(i) for i in (at.real, at.v4, at.v6, at.rx, at.tx, at.since_t))]
     ids = column(at.client_id)
     if keep is not None:
         columns = [[values[i] for i in keep] for values in columns]
