@@ -21,8 +21,8 @@ from ovpnmon_collector.parser import Snapshot
 # restarted OpenVPN hands the same ids out again), else ("addr:<Real Address>", connected since).
 # All text (parser.Row: the fast parser never converts them); a str never equals a tuple, so the
 # two kinds cannot collide. The sessions table stores the key as "id:<n>" or "addr:<address>"
-# and connected since as an integer. One string rather than a tuple of two: a third less time
-# per session in a poll of 10,000.
+# and connected since as an integer. One string rather than a tuple of two took a quarter off
+# the accounting of a poll of 10,000 sessions.
 SessionId = str | tuple[str, str]
 
 

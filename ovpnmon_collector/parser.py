@@ -292,8 +292,9 @@ def _only(text: str, needle: str, around: tuple[int, int]) -> int | None:
 
 
 def _client_rows(block: str, sep: str, at: _Layout) -> tuple[list[Any], ...] | None:
-    """The sessions of a block of CLIENT_LIST lines, column by column (``SessionRow``'s field
-    order), if each line is an exact row, else None.
+    """The sessions of a block of CLIENT_LIST lines, column by column in ``Row``'s order (the
+    counters as integers, Connected Since and Client ID as text), if each line is an exact row,
+    else None.
 
     Column-wise, so that the per-row work happens in C: the block is split into one flat list of
     fields and each column is a slice of it. If no field but a line's first is the tag, and the

@@ -136,9 +136,9 @@ class Store:
                     if st is not None and st.source == source:
                         st.bytes_received, st.bytes_sent, st.last_seen = rx, tx, ts
             # Every client's id (about 100 bytes a client ever seen): clients are never deleted
-            # and the collector is their one writer, so a name not in here is new. Were another
-            # process to add one anyway, the insert fails on the unique name, the poll is
-            # retried after a reload, and nothing is lost.
+            # and the collector is their one writer, so a name not in here is new. Were a second
+            # collector to add one anyway (not supported), this one's insert fails on the unique
+            # name and its poll is retried after a reload.
             self._client_ids = {}
             self._active = set()
             for name, cid, active in conn.execute(select(c.c.common_name, c.c.id, c.c.active)):

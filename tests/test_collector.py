@@ -433,3 +433,38 @@ def test_a_restarted_openvpn_handing_out_the_same_client_id_is_a_new_session(eng
             select(s.c.session_key, s.c.connected_since, s.c.disconnected_at).order_by(s.c.id)
         ).all()
     assert [tuple(r) for r in rows] == [("id:0", T0 + 1, T0 + 10), ("id:0", T0 + 5, None)]
+
+
+def test_a_client_added_behind_the_collectors_back_fails_one_poll_cleanly(db_path, status):
+    """The collector knows every client's id from its start; a second writer (not supported)
+    adding one meanwhile makes one poll fail with a clear message, and the next one recovers."""
+    clock = FakeClock(T0)
+    engine = writer_engine(db_path)
+    init_db(engine)
+    status.write(T0)
+    collector = make(engine, status, clock)
+    assert collector.poll().stored  # state and client ids loaded: none yet
+    other = writer_engine(db_path)
+    with other.begin() as conn:
+        conn.execute(
+            schema.clients.insert().values(
+                common_name="carol",
+                first_seen=T0,
+                last_seen=T0,
+                active=False,
+                closed_received=0,
+                closed_sent=0,
+            )
+        )
+    clock.advance(10)
+    status.write(clock.wall, row("carol", 0, T0 + 5, 10, 1))
+    summary = collector.poll()
+    assert not summary.stored
+    assert summary.error == (
+        "database write failed, will retry next poll: UNIQUE constraint failed: clients.common_name"
+    )
+    clock.advance(10)
+    status.write(clock.wall, row("carol", 0, T0 + 5, 30, 3))
+    assert collector.poll().stored
+    assert totals(engine) == {"carol": (30, 3, True)}  # nothing of hers lost
+    assert len(client_ids(engine)) == 1
