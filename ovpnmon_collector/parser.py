@@ -297,8 +297,9 @@ def _client_rows(block: str, sep: str, at: _Layout) -> tuple[list[Any], ...] | N
     else None.
 
     Column-wise, so that the per-row work happens in C: the block is split into one flat list of
-    fields and each column is a slice of it. If no field but a line's first is the tag, and the
-    tags sit every ``width`` fields, every line is a client row of exactly ``width`` fields.
+    fields and each column is a slice of it. If no field but a line's first starts with the tag,
+    and the tags sit every ``width`` fields, every line is a client row of exactly ``width``
+    fields.
     """
     rows = block.count("\n") + 1
     bare = "CLIENT_LIST"
@@ -307,10 +308,8 @@ def _client_rows(block: str, sep: str, at: _Layout) -> tuple[list[Any], ...] | N
     if (
         len(flat) != rows * width
         or flat[0::width].count(bare) != rows
-        # the tag as a field anywhere but at the start of a line
-        or f"{sep}{bare}{sep}" in block
-        or f"{sep}{bare}\n" in block
-        or block.endswith(sep + bare)
+        # a field anywhere but at the start of a line that is (or starts like) the tag
+        or sep + bare in block
     ):
         return None
 

@@ -321,6 +321,18 @@ TIME = "TIME\t2026-11-26 10:00:00\t1795717500"
         (_v3(TIME, "{header}", _row("a", 1), "{header}", _row("b", 2)), False),
         (_v3(TIME, "{header}", _row("a", 1), "ROUTING_TABLE\tx", _row("b", 2)), False),
         (_v3(TIME, "{header}", _row("CLIENT_LIST", 1), _row("b", 2)), False),
+        (_v3(TIME, "{header}", _row("CLIENT_LISTS", 1), _row("b", 2)), False),
+        # a tag at a line's end lines the fields up for a line that is not a client row at all
+        (
+            _v3(
+                TIME,
+                "{header}",
+                _row("a", 1) + "\tCLIENT_LIST",
+                "x\ty\tz\t1\t2\t3\t4\t5",
+                _row("b", 2),
+            ),
+            False,
+        ),
         (_v3(TIME, "{header}", _row("UNDEF", 1), _row("UNDEF", 2)), True),
         (_v3(TIME, "{header}", _row("UNDEF", 1, rx="x"), _row("b", 2)), True),
         (_v3(TIME, "{header}", _row("a", 1) + "\textra", _row("b", 2)[:-2]), False),
