@@ -7,11 +7,12 @@ same counters packed into one value per source (schema version 2), so a second f
 too: the sample rows plus one such value, i.e. literally the rows ovpnmon writes. ovpnmon also
 inserts its samples 100 rows per statement, which SQLite does in well under half the time of
 ``executemany``; the third floor is the second with that done too — the cost of ovpnmon's SQL
-alone, so what the Python around it costs can be read off without trusting anyone. Everything is
-measured twice: on new databases, and with ``--history-polls`` polls of samples already stored
-(an hour by default) in ovpnmon's and the floors' tables alike, which is what a poll meets on a
-real host. Prints the figures, the ratios and peak RSS (of this process, and of a process
-that only polls, as the daemon does).
+alone, so what the Python around it costs can be read off without trusting anyone. The floors'
+transactions and ovpnmon's polls take turns, so that a machine whose speed drifts moves both.
+Everything is measured twice: on new databases, and with ``--history-polls`` polls of samples
+already stored (an hour by default) in ovpnmon's and the floors' tables alike, which is what a
+poll meets on a real host. Prints the figures, the ratios and peak RSS (of this process, and of
+a process that only polls, as the daemon does).
 
 The first poll meets the clients in one order and every later poll in another, fixed one, as on
 a real server: OpenVPN lists clients in its hash table's order, unrelated to the order ovpnmon
@@ -86,9 +87,26 @@ def history(clients: int, polls: int, before: int) -> Iterator[tuple[int, int, i
             yield client, before - 10 * k, 1000 + client, 500 + client
 
 
-def measure_ovpnmon(
-    workdir: Path, count: int, repeat: int, polls: int, shuffled: bool = True
-) -> tuple[float, float, int]:
+class Caches:
+    """Evicts the CPU caches before each timed transaction or poll (unless ``warm``): the daemon
+    polls after ten seconds in which OpenVPN, the API and everything else ran, never with the
+    previous poll's data still in cache. A walk over 64 MiB, kept in one buffer so that it
+    disturbs no Python heap."""
+
+    def __init__(self, warm: bool) -> None:
+        self.warm = warm
+        self.buffer = bytearray(0 if warm else 64 << 20)
+        self.zeros = bytes(len(range(0, len(self.buffer), 64)))
+
+    def evict(self) -> None:
+        if not self.warm:
+            self.buffer[::64] = self.zeros  # one write per cache line
+
+
+def ovpnmon_polls(
+    workdir: Path, count: int, repeat: int, polls: int, shuffled: bool, caches: Caches
+) -> Iterator[float]:
+    """Seconds of the first poll, then of each of ``repeat`` steady polls, one per next()."""
     status = workdir / "status.log"
     path = workdir / "ovpnmon.db"
     engine = writer_engine(str(path))
@@ -113,10 +131,12 @@ def measure_ovpnmon(
         return (workdir / f"status.{step}").read_text()
 
     write_in_place(str(status), text_of(0))
+    caches.evict()
     start = time.perf_counter()
     summary = collector.poll()  # the first poll: 10,000 sessions opened
     first = time.perf_counter() - start
     assert summary.stored and summary.sessions == count, summary
+    yield first
     if polls:  # earlier polls' samples, as a host that has run for a while has them
         conn = connect(path)
         conn.execute("BEGIN")
@@ -132,22 +152,26 @@ def measure_ovpnmon(
         conn.execute("COMMIT")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.close()
-    times = []
     for step in range(1, repeat + 1):
         clock.now += 10
         write_in_place(str(status), text_of(step))
+        caches.evict()
         start = time.perf_counter()
         summary = collector.poll()
-        times.append(time.perf_counter() - start)
+        took = time.perf_counter() - start
         assert summary.stored and not summary.failed, summary
+        yield took
     collector.close()
-    return statistics.median(times), first, os.path.getsize(status)
 
 
-def measure_floor(workdir: Path, count: int, repeat: int, polls: int) -> tuple[float, ...]:
-    """Median seconds of (samples + counter rows, samples + one packed value, the same with the
-    samples in 100-row statements), each in a file of its own so that no table grows with
-    another's rows. Tables keyed time first, like ovpnmon's raw samples."""
+def floor_steps(
+    workdir: Path, count: int, repeat: int, polls: int, caches: Caches
+) -> Iterator[tuple[float, ...]]:
+    """Seconds of (samples + counter rows, samples + one packed value, the same with the samples
+    in 100-row statements) for each of ``repeat`` polls, one per next(); each in a file of its
+    own so that no table grows with another's rows. Tables keyed time first, like ovpnmon's raw
+    samples. Every row is built before the first step, so that the steps, which take turns with
+    ovpnmon's polls in this process, allocate nothing in between."""
     rows, literal = connect(workdir / "floor.db"), connect(workdir / "literal.db")
     batched = connect(workdir / "batched.db")
     for conn in (rows, literal, batched):
@@ -174,34 +198,38 @@ def measure_floor(workdir: Path, count: int, repeat: int, polls: int) -> tuple[f
         rows.executemany("INSERT INTO counters VALUES (?, ?, ?, ?)", history(count, polls, T0))
         rows.execute("COMMIT")
         rows.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    row_times, literal_times, batched_times = [], [], []
+    prepared = []
     for step in range(1, repeat + 1):
         ts = T0 + 10 * step
         samples = [(c, ts, 1000 + c, 500 + c) for c in range(clients)]
         counters = [(s, ts, 1_000_000 + s, 500_000 + s) for s in range(count)]
+        blob = pack(range(count), (c[2] for c in counters), (c[3] for c in counters))
+        prepared.append((ts, samples, counters, blob))
+    for ts, samples, counters, blob in prepared:
+        caches.evict()
         start = time.perf_counter()
         rows.execute("BEGIN IMMEDIATE")
         rows.executemany("INSERT INTO samples VALUES (?, ?, ?, ?)", samples)
         rows.executemany("INSERT INTO counters VALUES (?, ?, ?, ?)", counters)
         rows.execute("COMMIT")
-        row_times.append(time.perf_counter() - start)
-        blob = pack(range(count), (c[2] for c in counters), (c[3] for c in counters))
+        row_time = time.perf_counter() - start
+        caches.evict()
         start = time.perf_counter()
         literal.execute("BEGIN IMMEDIATE")
         literal.executemany("INSERT INTO samples VALUES (?, ?, ?, ?)", samples)
         literal.execute("INSERT OR REPLACE INTO packed VALUES ('bench', ?, ?)", (ts, blob))
         literal.execute("COMMIT")
-        literal_times.append(time.perf_counter() - start)
+        literal_time = time.perf_counter() - start
+        caches.evict()
         start = time.perf_counter()
         flat = tuple(chain.from_iterable(samples))
         batched.execute("BEGIN IMMEDIATE")
         batched.executemany(hundred, [flat[at : at + 400] for at in range(0, len(flat), 400)])
         batched.execute("INSERT OR REPLACE INTO packed VALUES ('bench', ?, ?)", (ts, blob))
         batched.execute("COMMIT")
-        batched_times.append(time.perf_counter() - start)
+        yield row_time, literal_time, time.perf_counter() - start
     for conn in (rows, literal, batched):
         conn.close()
-    return tuple(statistics.median(t) for t in (row_times, literal_times, batched_times))
 
 
 def collector_rss(workdir: Path, count: int, polls: int) -> float:
@@ -209,7 +237,9 @@ def collector_rss(workdir: Path, count: int, polls: int) -> float:
     as the daemon does (this process also holds the floors' rows and the benchmark's own data).
     """
     for step in range(polls):
-        (workdir / f"status.{step}").write_text(render_status(sessions(count, step), T0 + 10 * step))
+        (workdir / f"status.{step}").write_text(
+            render_status(sessions(count, step), T0 + 10 * step)
+        )
     out = subprocess.run(
         [sys.executable, __file__, "--child-rss", str(workdir), str(polls)],
         check=True,
@@ -253,23 +283,38 @@ def main() -> None:
         action="store_true",
         help="every poll lists clients in the order ovpnmon first saw them (as right after a start)",
     )
+    parser.add_argument(
+        "--warm-caches",
+        action="store_true",
+        help="do not evict the CPU caches before each timed transaction and poll",
+    )
     parser.add_argument("--child-rss", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_rss:
         child_rss(Path(args.child_rss[0]), int(args.child_rss[1]))
         return
     kept = not args.system_malloc and keep_freed_memory()
+    caches = Caches(args.warm_caches)
     print(
         f"sessions per poll: {args.sessions} ({args.sessions * 9 // 10} CNs), median of {args.repeat}"
         f"; freed memory {'kept between polls, as the daemon does' if kept else 'given back'}"
+        f"; CPU caches {'warm' if args.warm_caches else 'evicted before each timed step'}"
     )
     for polls in sorted({0, args.history_polls}):
         with tempfile.TemporaryDirectory(prefix="ovpnmon-bench-") as tmp:
             workdir = Path(tmp)
-            floors = measure_floor(workdir, args.sessions, args.repeat, polls)
-            steady, first, size = measure_ovpnmon(
-                workdir, args.sessions, args.repeat, polls, not args.first_seen_order
-            )
+            # Interleaved, a floor transaction then a poll, so that both meet the same moments
+            # of a machine whose speed drifts: the ratio is what this benchmark is for.
+            floor_iter = floor_steps(workdir, args.sessions, args.repeat, polls, caches)
+            shuffled = not args.first_seen_order
+            poll_iter = ovpnmon_polls(workdir, args.sessions, args.repeat, polls, shuffled, caches)
+            first = next(poll_iter)
+            pairs = [(next(floor_iter), next(poll_iter)) for _ in range(args.repeat)]
+            for leftover in (floor_iter, poll_iter):
+                assert next(leftover, None) is None  # both ran to the end (and closed)
+            size = os.path.getsize(workdir / "status.log")
+        floors = [statistics.median(f[k] for f, _ in pairs) for k in range(3)]
+        steady = statistics.median(took for _, took in pairs)
         print(
             f"\n{'new databases' if not polls else f'{polls} polls of samples already stored'}"
             f" (status file {size / 1e6:.1f} MB):"
