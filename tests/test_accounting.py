@@ -123,6 +123,14 @@ def test_a_duplicated_line_in_one_snapshot_counts_once():
     assert totals == {"a": [100, 10]}
 
 
+def test_two_rows_of_one_client_id_in_one_snapshot_count_the_first():
+    """OpenVPN never writes one; docs/accounting.md says what happens if a status does."""
+    first, second = row("a", 1, WATCHED + 1, 100, 10), row("b", 1, WATCHED + 2, 7, 7)
+    totals, state = run([(WATCHED + 10, snap(first, second))])
+    assert totals == {"a": [100, 10]}
+    assert [s.common_name for s in state.values()] == ["a"]
+
+
 def test_clients_sum_over_sources():
     d1 = account_source(
         {},
