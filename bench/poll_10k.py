@@ -22,7 +22,8 @@ The process first asks glibc to keep freed memory between polls, as ``ovpnmon-co
 does (``daemon.keep_freed_memory``); ``--system-malloc`` leaves glibc's defaults.
 
     python bench/poll_10k.py [--sessions 10000] [--repeat 15] [--history-polls 360]
-                             [--first-seen-order] [--system-malloc]
+                             [--first-seen-order] [--warm-caches] [--system-malloc]
+                             [--churn N]
 """
 
 from __future__ import annotations
@@ -104,7 +105,13 @@ class Caches:
 
 
 def ovpnmon_polls(
-    workdir: Path, count: int, repeat: int, polls: int, shuffled: bool, caches: Caches
+    workdir: Path,
+    count: int,
+    repeat: int,
+    polls: int,
+    shuffled: bool,
+    caches: Caches,
+    churn: int = 0,
 ) -> Iterator[float]:
     """Seconds of the first poll, then of each of ``repeat`` steady polls, one per next()."""
     status = workdir / "status.log"
@@ -121,8 +128,20 @@ def ovpnmon_polls(
         random.Random(7).shuffle(order)
     # Rendered before any poll, so that the collector's heap between polls is its own, as in
     # the daemon (rendering in between made polls a few ms slower here).
+    # --churn: every poll, that many sessions reconnect (a new Client ID and Connected Since,
+    # same CN and place in the list): one closes and one opens, as on a big server all day
+    reconnected: dict[int, int] = {}  # position -> the step it last reconnected at
     for step in range(repeat + 1):
         rows = sessions(count, step)
+        for k in range(churn if step else 0):
+            reconnected[(step * churn + k) * 7919 % count] = step
+        for at, since_step in reconnected.items():
+            rows[at] = rows[at]._replace(
+                client_id=count * since_step + at,
+                connected_since=T0 + 10 * since_step - 5,
+                bytes_received=1000 * (step - since_step + 1),
+                bytes_sent=500 * (step - since_step + 1),
+            )
         text = render_status([rows[i] for i in order] if step else rows, T0 + 10 * step)
         (workdir / f"status.{step}").write_text(text)
     del rows, text
@@ -288,6 +307,9 @@ def main() -> None:
         action="store_true",
         help="do not evict the CPU caches before each timed transaction and poll",
     )
+    parser.add_argument(
+        "--churn", type=int, default=0, help="sessions that reconnect every poll (default 0)"
+    )
     parser.add_argument("--child-rss", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_rss:
@@ -299,6 +321,7 @@ def main() -> None:
         f"sessions per poll: {args.sessions} ({args.sessions * 9 // 10} CNs), median of {args.repeat}"
         f"; freed memory {'kept between polls, as the daemon does' if kept else 'given back'}"
         f"; CPU caches {'warm' if args.warm_caches else 'evicted before each timed step'}"
+        + (f"; {args.churn} sessions reconnect every poll" if args.churn else "")
     )
     for polls in sorted({0, args.history_polls}):
         with tempfile.TemporaryDirectory(prefix="ovpnmon-bench-") as tmp:
@@ -307,7 +330,9 @@ def main() -> None:
             # of a machine whose speed drifts: the ratio is what this benchmark is for.
             floor_iter = floor_steps(workdir, args.sessions, args.repeat, polls, caches)
             shuffled = not args.first_seen_order
-            poll_iter = ovpnmon_polls(workdir, args.sessions, args.repeat, polls, shuffled, caches)
+            poll_iter = ovpnmon_polls(
+                workdir, args.sessions, args.repeat, polls, shuffled, caches, args.churn
+            )
             first = next(poll_iter)
             pairs = [(next(floor_iter), next(poll_iter)) for _ in range(args.repeat)]
             for leftover in (floor_iter, poll_iter):
