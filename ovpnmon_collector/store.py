@@ -67,9 +67,7 @@ ADD_CLOSED = (
         closed_sent=_c.c.closed_sent + bindparam("tx"),
     )
 )
-SET_ACTIVE = (
-    update(_c).where(_c.c.id.in_(bindparam("ids", expanding=True))).values(active=True)
-)
+SET_ACTIVE = update(_c).where(_c.c.id.in_(bindparam("ids", expanding=True))).values(active=True)
 SET_INACTIVE = (
     update(_c).where(_c.c.id == bindparam("cid")).values(active=False, last_seen=bindparam("ts"))
 )
@@ -97,6 +95,9 @@ class Store:
         self.engine = engine
         self._client_ids: dict[str, int] = {}
         self._active: set[str] | None = None
+        # after a load, the stored active flags are compared with every client once; after
+        # that, only clients with a session that opened or closed can change
+        self._compare_all = True
 
     # --- reads at start-up ------------------------------------------------------------------
 
@@ -141,6 +142,7 @@ class Store:
             # name and its poll is retried after a reload.
             self._client_ids = {}
             self._active = set()
+            self._compare_all = True
             for name, cid, active in conn.execute(select(c.c.common_name, c.c.id, c.c.active)):
                 self._client_ids[name] = cid
                 if active:
@@ -178,6 +180,7 @@ class Store:
             meta.update({HEALTH.format(n): json.dumps(h) for n, h in poll.health.items()})
             db.upsert(conn, schema.meta, [{"key": k, "value": v} for k, v in meta.items()], ["key"])
         self._active = poll.active  # the collector builds a new set every poll
+        self._compare_all = False
 
     def _ensure_clients(self, conn: Connection, now: int, names: Iterable[str]) -> dict[str, int]:
         new = [name for name in dict.fromkeys(names) if name not in self._client_ids]
@@ -283,11 +286,16 @@ class Store:
             conn, ADD_CLOSED, [{"cid": cid, "rx": rx, "tx": tx} for cid, (rx, tx) in closed.items()]
         )
         previously = self._active if self._active is not None else set()
-        became = [ids[name] for name in poll.active - previously if name in ids]
+        if self._compare_all:
+            coming, going = poll.active - previously, previously - poll.active
+        else:
+            # a client's sessions all carried over from the last poll: it was active then and
+            # is now. Only an opened or a closed session can change that (9,000 set lookups less).
+            coming = {st.common_name for st in poll.opened} - previously
+            going = {st.common_name for st in poll.closed} - poll.active
+        became = [ids[name] for name in coming if name in ids]
         left = [
-            {"cid": ids[name], "ts": last_seen.get(name, poll.ts)}
-            for name in previously - poll.active
-            if name in ids
+            {"cid": ids[name], "ts": last_seen.get(name, poll.ts)} for name in going if name in ids
         ]
         for chunk in _chunks(became, 500):
             conn.execute(SET_ACTIVE, {"ids": chunk})

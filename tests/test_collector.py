@@ -468,3 +468,34 @@ def test_a_client_added_behind_the_collectors_back_fails_one_poll_cleanly(db_pat
     assert collector.poll().stored
     assert totals(engine) == {"carol": (30, 3, True)}  # nothing of hers lost
     assert len(client_ids(engine)) == 1
+
+
+def test_stored_active_flags_are_checked_against_every_client_after_a_start(db_path, status):
+    """The first poll of a process compares the stored flags with every client (a flag left
+    wrong by an older version or a hand edit is mended); later polls look only at clients whose
+    sessions opened or closed."""
+    clock = FakeClock(T0)
+    engine = writer_engine(db_path)
+    init_db(engine)
+    status.write(T0, row("alice", 0, T0 + 1, 10, 1))
+    make(engine, status, clock).poll()
+    with engine.begin() as conn:  # "ghost" is marked active, with no session anywhere
+        conn.execute(
+            schema.clients.insert().values(
+                common_name="ghost",
+                first_seen=T0,
+                last_seen=T0,
+                active=True,
+                closed_received=0,
+                closed_sent=0,
+            )
+        )
+    collector = make(engine, status, clock)  # a new process
+    clock.advance(10)
+    status.write(clock.wall, row("alice", 0, T0 + 1, 20, 2), row("bob", 1, T0 + 12, 5, 5))
+    assert collector.poll().stored
+    assert totals(engine) == {"alice": (20, 2, True), "bob": (5, 5, True), "ghost": (0, 0, False)}
+    clock.advance(10)
+    status.write(clock.wall, row("bob", 1, T0 + 12, 6, 6))  # alice leaves: an event
+    assert collector.poll().stored
+    assert totals(engine) == {"alice": (20, 2, False), "bob": (6, 6, True), "ghost": (0, 0, False)}
