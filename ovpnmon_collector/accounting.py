@@ -90,14 +90,17 @@ def account_source(
     state: dict[SessionId, SessionState] = {}
     opened: list[SessionState] = []
     moved: list[SessionState] = []
+    closed: list[SessionState] = []
     deltas: dict[str, list[int]] = {}
+    unseen = dict(previous)  # what this snapshot does not show again has closed
     for name, real, v4, v6, rx_now, tx_now, since, cid in snapshot.rows():
         ident: SessionId = cid if cid is not None else (f"addr:{real}", since)
         if ident in state:
             continue  # a duplicated line in one snapshot must not count twice
-        known = previous.get(ident)
+        known = unseen.pop(ident, None)
         if known is not None and known.since_text != since:
-            known = None  # a Client ID handed out again after a restart: a new session
+            closed.append(known)  # its Client ID handed out again after a restart
+            known = None
         if known is None:
             # counted in full if it connected since the first watch, else its counters now are
             # a baseline that is never counted
@@ -154,11 +157,7 @@ def account_source(
         else:
             totals[0] += rx
             totals[1] += tx
-    if len(state) - len(opened) == len(previous):
-        closed = []  # every session open before is still open
-    else:
-        # gone, or its Client ID taken by a new session
-        closed = [s for ident, s in previous.items() if state.get(ident) is not s]
+    closed.extend(unseen.values())
     # state holds the rows in snapshot order, unless a duplicated line was skipped
     columns = snapshot.counter_columns() if len(state) == len(snapshot) else None
     return SourceDelta(state, opened, moved, closed, deltas, columns)
