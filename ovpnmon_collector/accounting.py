@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ovpnmon_collector.parser import Snapshot
+from ovpnmon_collector.parser import Snapshot, session_key
 
 # A session within one source, as the accounting looks it up: its Client ID when OpenVPN gives
 # one (unique among the clients it serves; a match must also have the same connected since, as a
@@ -110,7 +110,7 @@ def account_source(
             # shows when OpenVPN restarts and 10,000 sessions open in one poll
             known = SessionState(
                 source,
-                f"id:{cid}" if cid is not None else f"addr:{real}",  # as SessionRow.key
+                session_key(cid, real),
                 connected,
                 name,
                 rx_now,

@@ -55,9 +55,15 @@ class SessionRow(NamedTuple):
     @property
     def key(self) -> str:
         """Identity within a source, together with ``connected_since`` (never the CN alone)."""
-        if self.client_id is not None:
-            return f"id:{self.client_id}"
-        return f"addr:{self.real_address}"
+        return session_key(self.client_id, self.real_address)
+
+
+def session_key(client_id: int | str | None, real_address: str) -> str:
+    """A session's key as the ``sessions`` table stores it: "id:<Client ID>" when OpenVPN gives
+    one, else "addr:<Real Address>" (status-version 1). ``client_id`` as an int or its text."""
+    if client_id is not None:
+        return f"id:{client_id}"
+    return f"addr:{real_address}"
 
 
 # What the accounting reads of a session: SessionRow's fields in its order, but Connected Since

@@ -29,7 +29,6 @@ INTERVAL = "collector.interval"
 
 # Built once: db.executemany compiles each statement object once per process.
 _s, _c = schema.sessions, schema.clients
-INSERT_SESSION = _s.insert()
 UPDATE_ADDRESSES = (
     update(_s)
     .where(_s.c.id == bindparam("row_id"))
