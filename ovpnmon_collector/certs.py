@@ -15,11 +15,14 @@ from dataclasses import dataclass
 from sqlalchemy import Engine, delete
 
 from ovpnmon_common import db, schema
+from ovpnmon_common.files import MIB, read_regular_file
 
 log = logging.getLogger("ovpnmon.certs")
 
 PEM_BEGIN = b"-----BEGIN CERTIFICATE-----"
-MAX_FILE_BYTES = 1024 * 1024
+MAX_FILE_BYTES = 1 * MIB  # a bundle of hundreds of certificates is a few hundred KiB
+# A CRL lists 30-40 bytes per revoked certificate: this is well over a million revocations.
+MAX_CRL_BYTES = 64 * MIB
 SUFFIXES = (".crt", ".pem", ".cer", ".der")
 
 
@@ -67,10 +70,7 @@ def candidate_files(paths: Iterable[str]) -> Iterator[str]:
 def read_certificates(path: str) -> list[CertInfo]:
     """Every certificate in one file (PEM, DER, easy-rsa text dump + PEM, or a PEM bundle)."""
     x509 = _x509()
-    with open(path, "rb") as handle:
-        data = handle.read(MAX_FILE_BYTES + 1)
-    if len(data) > MAX_FILE_BYTES:
-        raise ValueError("larger than 1 MiB: not a certificate")
+    data = read_regular_file(path, MAX_FILE_BYTES)
     if PEM_BEGIN in data:
         certs = x509.load_pem_x509_certificates(data[data.index(PEM_BEGIN) :])
     else:
@@ -95,8 +95,7 @@ def _info(path: str, cert) -> CertInfo:
 
 def revoked_serials(crl_path: str) -> set[str]:
     x509 = _x509()
-    with open(crl_path, "rb") as handle:
-        data = handle.read()
+    data = read_regular_file(crl_path, MAX_CRL_BYTES)
     crl = (
         x509.load_pem_x509_crl(data)
         if b"-----BEGIN X509 CRL-----" in data
@@ -120,7 +119,7 @@ def scan(paths: Iterable[str], crl: str | None = None) -> ScanReport:
     if crl:
         try:
             revoked = revoked_serials(crl)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError) as exc:  # BadFile is a ValueError
             report.crl_error = (
                 f"cannot read CRL {crl}: {exc.strerror if isinstance(exc, OSError) else exc}"
             )

@@ -12,8 +12,14 @@ import time
 from typing import Protocol
 
 from ovpnmon_common.config import SourceConfig, parse_management_address
+from ovpnmon_common.files import MIB, BadFile, describe_size, read_regular_file
 
-MAX_REPLY_BYTES = 64 * 1024 * 1024  # 10,000 sessions of `status 3` are ~2 MB
+# The most ovpnmon reads of one status: a status file or a management reply. 10,000 sessions
+# are about 2.2 MB, so this is some 140,000 sessions, far above any one OpenVPN process; and it
+# bounds the collector's memory (a poll needs about ten times the text's size).
+MAX_STATUS_BYTES = 32 * MIB
+MAX_REPLY_BYTES = MAX_STATUS_BYTES
+MAX_PASSWORD_BYTES = 4096
 
 
 class SourceError(Exception):
@@ -38,8 +44,9 @@ class StatusFileSource:
 
     def read(self) -> str:
         try:
-            with open(self.path, "rb") as handle:
-                data = handle.read()
+            data = read_regular_file(self.path, MAX_STATUS_BYTES)
+        except BadFile as exc:
+            raise SourceError(f"status file {self.path} {exc}") from None
         except FileNotFoundError:
             raise SourceError(
                 f"status file {self.path} does not exist (is OpenVPN running?)"
@@ -101,14 +108,13 @@ class ManagementSource:
         if not self.password_file:
             return None
         try:
-            with open(self.password_file, encoding="utf-8") as handle:
-                first = handle.readline()
-        except OSError as exc:
+            data = read_regular_file(self.password_file, MAX_PASSWORD_BYTES)
+        except (OSError, BadFile) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise SourceError(
-                f"management {self.address}: cannot read password file {self.password_file}: "
-                f"{exc.strerror or exc}"
+                f"management {self.address}: cannot read password file {self.password_file}: {why}"
             ) from None
-        return first.rstrip("\r\n")
+        return data.decode("utf-8", errors="replace").split("\n", 1)[0].rstrip("\r")
 
     def _connect(self) -> socket.socket:
         host, port = self.target
@@ -213,7 +219,8 @@ class _Conversation:
         self.received += len(chunk)
         if self.received > MAX_REPLY_BYTES:
             raise SourceError(
-                f"management {self.address}: reply larger than {MAX_REPLY_BYTES} bytes"
+                f"management {self.address}: reply larger than {describe_size(MAX_REPLY_BYTES)}, "
+                "the most ovpnmon reads of one status"
             )
         return chunk
 

@@ -15,9 +15,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ovpnmon_common.files import MIB, BadFile, read_regular_file
+
 DEFAULT_CONFIG_PATH = "/etc/ovpnmon/ovpnmon.conf"
 CONFIG_ENV_VAR = "OVPNMON_CONFIG"
 DEFAULT_DB_PATH = "/var/lib/ovpnmon/ovpnmon.db"
+MAX_CONFIG_BYTES = 1 * MIB
 
 _SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -210,10 +213,11 @@ def load_config(path: str | None = None) -> Config:
     if chosen is None or (not required and not os.path.exists(chosen)):
         return Config()
     try:
-        with open(chosen, encoding="utf-8") as handle:
-            text = handle.read()
+        text = read_regular_file(chosen, MAX_CONFIG_BYTES).decode("utf-8")
     except OSError as exc:
         raise ConfigError(f"{chosen}: cannot read config file: {exc.strerror or exc}") from None
+    except BadFile as exc:
+        raise ConfigError(f"{chosen}: cannot read config file: it {exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{chosen}: cannot read config file: it is not UTF-8 text") from None
     return parse_config(text, chosen)
