@@ -119,7 +119,7 @@ def ovpnmon_polls(
     engine = writer_engine(str(path))
     init_db(engine)
     clock = Clock()
-    collector = Collector(engine, [StatusFileSource("bench", str(status))], clock=clock)
+    collector = Collector(engine, [StatusFileSource("bench", str(status), settle=0)], clock=clock)
     # OpenVPN lists clients in its hash table's order, which has nothing to do with the order
     # ovpnmon first saw them in (their client ids): the first poll meets them in one order, every
     # later poll in another, fixed one.
@@ -273,7 +273,7 @@ def child_rss(workdir: Path, polls: int) -> None:
     engine = writer_engine(str(workdir / "child.db"))
     init_db(engine)
     clock = Clock()
-    collector = Collector(engine, [StatusFileSource("bench", str(workdir / "status"))], clock=clock)
+    collector = Collector(engine, [StatusFileSource("bench", str(workdir / "status"), settle=0)], clock=clock)
     for step in range(polls):
         os.replace(workdir / f"status.{step}", workdir / "status")
         assert collector.poll().stored

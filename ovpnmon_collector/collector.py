@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import gc
 import logging
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
@@ -25,30 +24,13 @@ from ovpnmon_collector.accounting import (
     account_source,
     merge_sources,
 )
-from ovpnmon_collector.parser import IncompleteStatus, Snapshot, StatusError, parse_status
+from ovpnmon_collector.clock import SYSTEM_CLOCK, Clock
+from ovpnmon_collector.parser import Snapshot, StatusError, parse_status
 from ovpnmon_collector.sources import Source, SourceError
 from ovpnmon_collector.store import PollWrite, Store
 from ovpnmon_common.db import describe_error
 
 log = logging.getLogger("ovpnmon.collector")
-
-INCOMPLETE_RETRIES = 3
-INCOMPLETE_PAUSE = 0.05
-
-
-class Clock(Protocol):
-    def time(self) -> float: ...  # wall clock: timestamps
-
-    def monotonic(self) -> float: ...  # intervals and rates
-
-
-class SystemClock:
-    def time(self) -> float:
-        return time.time()
-
-    def monotonic(self) -> float:
-        return time.monotonic()
-
 
 @dataclass
 class PollSummary:
@@ -70,14 +52,12 @@ class Collector:
         interval: int = 10,
         stale_after: dict[str, int] | None = None,
         clock: Clock | None = None,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.store = Store(engine)
         self.sources = list(sources)
         self.interval = interval
         self.stale_after = stale_after or {}
-        self.clock = clock or SystemClock()
-        self.sleep = sleep
+        self.clock = clock or SYSTEM_CLOCK
         self._state: dict[str, dict[SessionId, SessionState]] | None = None
         self._first_watched: dict[str, int] = {}
         self._last_poll: float | None = None
@@ -166,15 +146,7 @@ class Collector:
         self.store.close()
 
     def _read(self, source: Source) -> Snapshot:
-        for attempt in range(INCOMPLETE_RETRIES):
-            text = source.read()
-            try:
-                return parse_status(text)
-            except IncompleteStatus:
-                if attempt == INCOMPLETE_RETRIES - 1:
-                    raise
-                self.sleep(INCOMPLETE_PAUSE)  # caught mid-rewrite: the next read sees it whole
-        raise AssertionError("unreachable")
+        return parse_status(source.read())
 
     def _check_fresh(self, source: Source, snapshot: Snapshot, now: int) -> None:
         limit = self.stale_after.get(source.name)

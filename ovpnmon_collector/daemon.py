@@ -13,7 +13,8 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
 from ovpnmon_collector import certs, prune, rollup
-from ovpnmon_collector.collector import Clock, PollSummary
+from ovpnmon_collector.clock import Clock
+from ovpnmon_collector.collector import PollSummary
 from ovpnmon_collector.notify import Notifier
 from ovpnmon_common.config import RetentionConfig
 from ovpnmon_common.db import describe_error

@@ -242,7 +242,7 @@ def populate(
     simulation = simulation or Simulation()
     clock = SimClock(start)
     collector = Collector(
-        engine, [StatusFileSource(source, status_path)], interval=step, clock=clock
+        engine, [StatusFileSource(source, status_path, settle=0)], interval=step, clock=clock
     )
     for now in range(start, end, step):
         clock.now = now

@@ -7,12 +7,21 @@ whose message names the source and says what went wrong in words an administrato
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
-import time
 from typing import Protocol
 
+from ovpnmon_collector.clock import SYSTEM_CLOCK, Clock
 from ovpnmon_common.config import SourceConfig, parse_management_address
-from ovpnmon_common.files import MIB, BadFile, describe_size, read_regular_file
+from ovpnmon_common.files import (
+    MIB,
+    BadFile,
+    check_regular,
+    describe_size,
+    open_regular,
+    read_fd,
+    read_regular_file,
+)
 
 # The most ovpnmon reads of one status: a status file or a management reply. 10,000 sessions
 # are about 2.2 MB, so this is some 140,000 sessions, far above any one OpenVPN process; and it
@@ -33,18 +42,54 @@ class Source(Protocol):
     def read(self) -> str: ...
 
 
+# How long a status file must have stood unchanged before it is read (see StatusFileSource).
+DEFAULT_SETTLE = 0.25
+# File times come from the kernel's coarse clock, up to a tick (1-10 ms) behind time.time().
+_TICK = 0.02
+
+
 class StatusFileSource:
-    """A ``status`` file OpenVPN rewrites in place every few seconds."""
+    """A ``status`` file OpenVPN rewrites every few seconds, read only when it is one whole write.
+
+    OpenVPN 2.6 rewrites the file in place: it seeks to 0, writes one line per ``write()`` and
+    truncates at the end (``status.c``), so a reader can see new lines followed by the old tail,
+    which still ends with the old ``END``; other writers truncate first, or write a new file and
+    rename it. Nothing in the text tells a torn read from a whole one, so the text is not asked:
+    the file is read only after its inode, size, modification and change times have stood
+    unchanged for ``settle`` seconds, and used only if they are still the same after the read.
+    Any write during that time moves the times (the settle covers the kernel's clock tick, or a
+    whole second on file systems that keep whole seconds), so what is read is the file as the last
+    complete rewrite left it. OpenVPN writes a status in one go from its event loop (10,000
+    sessions take a few milliseconds); only a writer that stopped in the middle of a rewrite for
+    longer than ``settle`` could be read half-way.
+
+    The wait is on the file's own times (``settle`` after the last write, usually over long before
+    a poll) or, when the wall clock cannot be trusted for that (it stepped back), on the monotonic
+    clock since the times were first seen. A file that never stands still for ``settle`` within
+    ``timeout`` is a source error for this poll.
+    """
 
     kind = "file"
 
-    def __init__(self, name: str, path: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        path: str,
+        *,
+        settle: float = DEFAULT_SETTLE,
+        timeout: float = 5.0,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
         self.name = name
         self.path = path
+        self.settle = settle
+        self.timeout = timeout
+        self.clock = clock
+        self._seen: tuple[tuple[int, ...], float] | None = None  # times, monotonic first seen
 
     def read(self) -> str:
         try:
-            data = read_regular_file(self.path, MAX_STATUS_BYTES)
+            return self._read_settled().decode("utf-8", errors="replace")
         except BadFile as exc:
             raise SourceError(f"status file {self.path} {exc}") from None
         except FileNotFoundError:
@@ -60,7 +105,67 @@ class StatusFileSource:
             raise SourceError(
                 f"cannot read status file {self.path}: {exc.strerror or exc}"
             ) from None
-        return data.decode("utf-8", errors="replace")
+
+    def _read_settled(self) -> bytes:
+        deadline = self.clock.monotonic() + self.timeout
+        while True:
+            fd, info = open_regular(self.path, MAX_STATUS_BYTES)
+            try:
+                data = self._read_open(fd, info, deadline)
+            finally:
+                os.close(fd)
+            if data is not None:
+                return data
+            # replaced by a new file (written elsewhere and renamed): read that one
+
+    def _read_open(self, fd: int, info: os.stat_result, deadline: float) -> bytes | None:
+        """The whole file once it has settled, or None if the path now names another file."""
+        while True:
+            times = _identity(info)
+            wait = 0.0
+            if self.settle > 0:  # 0: trust every read (a writer that renames a whole file)
+                wait = self.settle + _granularity(info) - self._unchanged_for(times, info)
+            if wait <= 0:
+                data = read_fd(fd, MAX_STATUS_BYTES)
+                after = os.fstat(fd)
+                if _identity(after) == times and len(data) == info.st_size:
+                    return data
+                info = after  # written while being read: wait for it to settle again
+                check_regular(info, MAX_STATUS_BYTES)
+                continue
+            if self.clock.monotonic() + wait > deadline:
+                raise SourceError(
+                    f"status file {self.path} never stood unchanged for {self.settle:g} s "
+                    f"within {self.timeout:g} s (is something rewriting it all the time?)"
+                )
+            self.clock.sleep(wait)
+            if os.stat(self.path).st_ino != info.st_ino:
+                return None
+            info = os.fstat(fd)
+            check_regular(info, MAX_STATUS_BYTES)
+
+    def _unchanged_for(self, times: tuple[int, ...], info: os.stat_result) -> float:
+        """How long the file is known to have stood as ``times`` says: by its own modification
+        and change times, or since this source first saw them."""
+        now = self.clock.monotonic()
+        if self._seen is None or self._seen[0] != times:
+            self._seen = (times, now)
+        by_monotonic = now - self._seen[1]
+        age = self.clock.time() - max(info.st_mtime_ns, info.st_ctime_ns) / 1e9
+        # a negative age is a wall clock stepped back: the file's times say nothing then
+        return max(by_monotonic, age if age >= 0 else 0.0)
+
+
+def _identity(info: os.stat_result) -> tuple[int, ...]:
+    """What any write to the file changes."""
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def _granularity(info: os.stat_result) -> float:
+    """How coarse the file system's times are: whole seconds on some (a write within the same
+    second leaves them as they were), else the kernel's clock tick."""
+    whole = info.st_mtime_ns % 1_000_000_000 == 0 and info.st_ctime_ns % 1_000_000_000 == 0
+    return 1.0 if whole else _TICK
 
 
 class ManagementSource:
@@ -73,17 +178,24 @@ class ManagementSource:
     kind = "management"
 
     def __init__(
-        self, name: str, address: str, password_file: str | None = None, timeout: float = 5.0
+        self,
+        name: str,
+        address: str,
+        password_file: str | None = None,
+        timeout: float = 5.0,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.name = name
         self.address = address
         self.target = parse_management_address(address)
         self.password_file = password_file
         self.timeout = timeout
+        self.clock = clock
 
     def read(self) -> str:
         password = self._password()
-        deadline = time.monotonic() + self.timeout
+        deadline = self.clock.monotonic() + self.timeout
         try:
             sock = self._connect()
         except OSError as exc:
@@ -91,7 +203,7 @@ class ManagementSource:
                 f"management {self.address}: cannot connect: {exc.strerror or exc}"
             ) from None
         try:
-            return _Conversation(sock, self.address, deadline).status(password)
+            return _Conversation(sock, self.address, deadline, self.clock).status(password)
         except TimeoutError:
             raise SourceError(
                 f"management {self.address}: no answer within {self.timeout:g} s "
@@ -133,10 +245,11 @@ class ManagementSource:
 class _Conversation:
     """One exchange with the management interface, line by line, within one deadline."""
 
-    def __init__(self, sock: socket.socket, address: str, deadline: float) -> None:
+    def __init__(self, sock: socket.socket, address: str, deadline: float, clock: Clock) -> None:
         self.sock = sock
         self.address = address
         self.deadline = deadline
+        self.clock = clock
         self.buffer = b""
         self.received = 0
 
@@ -207,7 +320,7 @@ class _Conversation:
             raise SourceError(f"management {self.address}: no greeting line in the first 64 KiB")
 
     def _recv(self) -> bytes:
-        remaining = self.deadline - time.monotonic()
+        remaining = self.deadline - self.clock.monotonic()
         if remaining <= 0:
             raise TimeoutError
         self.sock.settimeout(remaining)
@@ -228,7 +341,9 @@ class _Conversation:
 def build_source(config: SourceConfig) -> Source:
     """The source a ``[source:NAME]`` section describes."""
     if config.status_file:
-        return StatusFileSource(config.name, config.status_file)
+        return StatusFileSource(
+            config.name, config.status_file, settle=config.settle, timeout=config.timeout
+        )
     assert config.management is not None
     return ManagementSource(
         config.name, config.management, config.management_password_file, config.timeout

@@ -39,6 +39,7 @@ class SourceConfig:
     management_password_file: str | None = None
     timeout: float = 5.0
     stale_after: int = 300
+    settle: float = 0.25  # a status file must stand unchanged this long before it is read
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,7 @@ _SOURCE_KEYS: _Parsers = {
     "management_password_file": _path,
     "timeout": _float_between(0.1, 60),
     "stale_after": _int_between(1, 86400),
+    "settle": _float_between(0, 10),
 }
 
 
@@ -293,4 +295,6 @@ def _parse_source(parser: configparser.ConfigParser, section: str, path: str) ->
         raise ConfigError(
             f"{path}: [{section}] management_password_file: only applies with management"
         )
+    if "settle" in items and not has_file:
+        raise ConfigError(f"{path}: [{section}] settle: only applies with status_file")
     return SourceConfig(name=name, **items)

@@ -33,6 +33,9 @@ class FakeClock:
         self.wall += seconds
         self.mono += seconds
 
+    def sleep(self, seconds: float) -> None:
+        self.advance(seconds)
+
 
 @pytest.fixture
 def clock() -> FakeClock:

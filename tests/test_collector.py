@@ -40,7 +40,7 @@ def status(tmp_path):
 
 def make(engine, status, clock, **kw):
     return Collector(
-        engine, [StatusFileSource("udp", str(status.path))], clock=clock, sleep=lambda s: None, **kw
+        engine, [StatusFileSource("udp", str(status.path), settle=0)], clock=clock, **kw
     )
 
 
@@ -122,7 +122,10 @@ def test_two_sources_share_a_common_name(engine, tmp_path):
     udp, tcp = StatusFile(tmp_path / "udp.log"), StatusFile(tmp_path / "tcp.log")
     collector = Collector(
         engine,
-        [StatusFileSource("udp", str(udp.path)), StatusFileSource("tcp", str(tcp.path))],
+        [
+            StatusFileSource("udp", str(udp.path), settle=0),
+            StatusFileSource("tcp", str(tcp.path), settle=0),
+        ],
         clock=clock,
     )
     udp.write(T0, row("alice", 0, T0 + 1, 100, 1))

@@ -35,7 +35,7 @@ def replay(workdir: Path, steps) -> tuple:
     db.init_db(engine)
     status = str(workdir / "status.log")
     clock = SimClock(T0)
-    collector = Collector(engine, [StatusFileSource("p", status)], clock=clock)
+    collector = Collector(engine, [StatusFileSource("p", status, settle=0)], clock=clock)
     open_sessions: dict[int, list[int]] = {}
     next_id = 0
     now = T0

@@ -85,7 +85,7 @@ directory = tempfile.mkdtemp()
 engine = writer_engine(directory + "/ovpnmon.db")
 init_db(engine)
 clock = Clock()
-collector = Collector(engine, [StatusFileSource("s", directory + "/status")], clock=clock)
+collector = Collector(engine, [StatusFileSource("s", directory + "/status", settle=0)], clock=clock)
 faults = []
 for poll in range(8):
     rows = [

@@ -65,7 +65,7 @@ def test_full_disk_is_logged_survived_and_recovered(small_disk, tmp_path):
     engine = db.writer_engine(os.path.join(small_disk, "ovpnmon.db"))
     db.init_db(engine)
     clock = FakeClock(T0)
-    collector = Collector(engine, [StatusFileSource("udp", str(status))], clock=clock)
+    collector = Collector(engine, [StatusFileSource("udp", str(status), settle=0)], clock=clock)
     status.write_text(render_status(sessions(1), T0))
     assert collector.poll().stored
     fill(os.path.join(small_disk, "filler"))
