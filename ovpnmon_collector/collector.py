@@ -1,15 +1,22 @@
 """One poll: read every source, account the snapshots, write the result in one transaction.
 
-Every edge is injected (sources, engine, clock, sleep) so tests drive it with a fake clock and real
-status text. A source that fails is marked on its health and retried next poll; a database that
-fails (locked, disk full) loses nothing: the in-memory state is dropped and reloaded from the last
-committed poll, so the next successful poll counts the bytes this one could not store.
+Every edge is injected (sources, engine, clock) so tests drive it with a fake clock and real status
+text. Sources are read at the same time, each in a thread of its own, and a poll waits for them
+only up to ``read_wait`` seconds: one slow or hanging source never holds up another, and is
+itself stored by the first poll that finds its read done. A source that fails is marked on its
+health and retried next poll; a database that fails (locked, disk full) loses nothing: the
+in-memory state is dropped and reloaded from the last committed poll, so the next successful poll
+counts the bytes this one could not store. Whatever OpenVPN shows that it should not (a session
+that comes back after it closed, a new common name on a known session, numbers too large to
+store, counters that go down) is handled by the rules of docs/accounting.md and logged once.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +30,7 @@ from ovpnmon_collector.accounting import (
     SourceDelta,
     account_source,
     merge_sources,
+    reopen,
 )
 from ovpnmon_collector.clock import SYSTEM_CLOCK, Clock
 from ovpnmon_collector.parser import Snapshot, StatusError, parse_status
@@ -32,18 +40,72 @@ from ovpnmon_common.db import describe_error
 
 log = logging.getLogger("ovpnmon.collector")
 
+# At most this many oddities are remembered as logged (then they may be logged again).
+ODDITIES_REMEMBERED = 100_000
+
+
 @dataclass
 class PollSummary:
+    """What one poll did, for the daemon's status line, ``poll-once`` and tests."""
+
     ts: int
     ok: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    pending: list[str] = field(default_factory=list)  # still reading: stored by a later poll
     stored: bool = False
     clients: int = 0
     sessions: int = 0
     error: str | None = None
 
 
+class SourceReader:
+    """Reads and parses one source in a thread of its own, one read at a time.
+
+    Threads are daemon threads: a read stuck in the kernel (a hung network file system) never
+    keeps the process from exiting.
+    """
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self.started: float | None = None  # time.monotonic() when the read under way began
+        self._done = threading.Event()
+        self._result: Snapshot | str | None = None
+
+    def start(self) -> None:
+        """Begin a read, unless one is still under way or its result not yet taken."""
+        if self.started is not None:
+            return
+        self.started = time.monotonic()
+        self._done.clear()
+        threading.Thread(target=self._run, name=f"source {self.source.name}", daemon=True).start()
+
+    def wait(self, until: float) -> bool:
+        """Wait for the read under way until ``time.monotonic()`` reaches ``until``."""
+        return self._done.wait(max(0.0, until - time.monotonic()))
+
+    def take(self) -> Snapshot | str | None:
+        """The finished read's snapshot or error message, or None while it is still going."""
+        if self.started is None or not self._done.is_set():
+            return None
+        result, self._result, self.started = self._result, None, None
+        return result
+
+    def _run(self) -> None:
+        try:
+            self._result = parse_status(self.source.read())
+        except (SourceError, StatusError) as exc:
+            self._result = str(exc)
+        except Exception as exc:  # a bug: reported as the source's error, never lost silently
+            log.exception("%s: reading failed unexpectedly", self.source.name)
+            self._result = f"reading failed unexpectedly: {type(exc).__name__}: {exc}"
+        finally:
+            self._done.set()
+
+
 class Collector:
+    """Polls every source and stores each poll in one transaction; the daemon's and
+    ``poll-once``'s engine."""
+
     def __init__(
         self,
         engine: Engine,
@@ -52,16 +114,21 @@ class Collector:
         interval: int = 10,
         stale_after: dict[str, int] | None = None,
         clock: Clock | None = None,
+        read_wait: float | None = None,
     ) -> None:
         self.store = Store(engine)
         self.sources = list(sources)
         self.interval = interval
         self.stale_after = stale_after or {}
         self.clock = clock or SYSTEM_CLOCK
+        # How long a poll waits for its sources (real seconds: reads are real threads).
+        self.read_wait = read_wait if read_wait is not None else min(2.0, interval / 2)
+        self._readers = {source.name: SourceReader(source) for source in self.sources}
         self._state: dict[str, dict[SessionId, SessionState]] | None = None
         self._first_watched: dict[str, int] = {}
         self._last_poll: float | None = None
         self._health: dict[str, dict[str, Any]] = {}
+        self._told: set[tuple[str, str, SessionId]] = set()
 
     def poll(self) -> PollSummary:
         """One poll of every source, stored in one transaction (or not at all)."""
@@ -71,6 +138,15 @@ class Collector:
         gc.disable()
         try:
             return self._poll()
+        except Exception as exc:  # a bug must not stop the collector: start again from the DB
+            summary = PollSummary(ts=int(self.clock.time()))
+            summary.error = f"poll failed unexpectedly, will retry: {type(exc).__name__}: {exc}"
+            if self._health.get("poll", {}).get("message") != summary.error:
+                log.exception("poll failed unexpectedly")
+            self._health["poll"] = {"state": "error", "message": summary.error}
+            self._state = None
+            self._last_poll = None
+            return summary
         finally:
             if paused:
                 gc.enable()
@@ -89,29 +165,34 @@ class Collector:
         except DBAPIError as exc:
             return self._database_failed(summary, exc)
 
-        results: list[tuple[Source, SourceDelta]] = []
         changed_health: dict[str, dict[str, Any]] = {}
-        for source in self.sources:
-            try:
-                snapshot = self._read(source)
-                self._check_fresh(source, snapshot, now)
-            except (SourceError, StatusError) as exc:
-                summary.failed[source.name] = str(exc)
-                self._set_health(source.name, "error", str(exc), now, changed_health)
+        results: list[tuple[Source, SourceDelta]] = []
+        reopened: list[tuple[SessionState, int, int]] = []
+        for source, outcome in self._read_all(summary):
+            if isinstance(outcome, Snapshot):
+                try:
+                    self._check_fresh(source, outcome, now)
+                except SourceError as exc:
+                    outcome = str(exc)
+            if isinstance(outcome, str):
+                summary.failed[source.name] = outcome
+                self._set_health(source.name, "error", outcome, now, changed_health)
                 continue
-            delta = account_source(
-                self._state.get(source.name, {}),
-                snapshot,
-                source=source.name,
-                first_watched=self._first_watched[source.name],
-                now=now,
-            )
+            try:
+                delta, back = self._account(source, outcome, now)
+            except DBAPIError as exc:
+                return self._database_failed(summary, exc)
             results.append((source, delta))
+            reopened.extend(back)
             summary.ok.append(source.name)
             self._set_health(source.name, "ok", "", now, changed_health)
+        for name in summary.pending:
+            self._pending_health(name, now, changed_health)
 
+        configured = {source.name for source in self.sources}
+        retired = {name: st for name, st in self._state.items() if name not in configured}
         clients = merge_sources(delta for _, delta in results)
-        new_state = dict(self._state)
+        new_state = {name: s for name, s in self._state.items() if name in configured}
         for source, delta in results:
             new_state[source.name] = delta.state
         # every session a source showed now has an entry in clients, even at zero bytes
@@ -127,6 +208,10 @@ class Collector:
             open_now={source.name: delta for source, delta in results},
             moved=[st for _, d in results for st in d.moved],
             closed=[st for _, d in results for st in d.closed],
+            reopened=reopened,
+            rebased=[st for _, d in results for st in d.rebased],
+            retired=[st for sessions in retired.values() for st in sessions.values()],
+            retired_sources=sorted(retired),
             active=active,
             health=changed_health,
         )
@@ -134,19 +219,86 @@ class Collector:
             self.store.write_poll(write)
         except DBAPIError as exc:
             return self._database_failed(summary, exc)
+        for name, sessions in retired.items():
+            log.warning(
+                "source %s is no longer configured: closed its %d open sessions at the last "
+                "poll that saw them",
+                name,
+                len(sessions),
+            )
+        self._report([(source.name, delta) for source, delta in results])
         self._state = new_state
         self._last_poll = mono
         summary.stored = True
         summary.clients = len(active)
         summary.sessions = sum(len(s) for s in new_state.values())
         self._set_health("database", "ok", "", now, {})
+        self._health.pop("poll", None)
         return summary
+
+    def _read_all(self, summary: PollSummary) -> list[tuple[Source, Snapshot | str]]:
+        """Every source's read, all under way at once; those not done within ``read_wait`` are
+        left running and go to ``summary.pending``."""
+        for reader in self._readers.values():
+            reader.start()
+        until = time.monotonic() + self.read_wait
+        outcomes = []
+        for source in self.sources:
+            reader = self._readers[source.name]
+            reader.wait(until)
+            outcome = reader.take()
+            if outcome is None:
+                summary.pending.append(source.name)
+            else:
+                outcomes.append((source, outcome))
+        return outcomes
+
+    def _account(
+        self, source: Source, snapshot: Snapshot, now: int
+    ) -> tuple[SourceDelta, list[tuple[SessionState, int, int]]]:
+        """Account one snapshot; a session that looks new but closed before with the same
+        identity (a status that showed it missing for a while) is that session, reopened."""
+        assert self._state is not None
+        previous = self._state.get(source.name, {})
+        first_watched = self._first_watched[source.name]
+        delta = account_source(
+            previous, snapshot, source=source.name, first_watched=first_watched, now=now
+        )
+        if not delta.opened:
+            return delta, []
+        back = self.store.closed_sessions(source.name, delta.opened)
+        if not back:
+            return delta, []
+        for session, _, _ in back:
+            self._tell(
+                source.name,
+                "reopened",
+                session.ident,
+                f"session {session.key} of {session.common_name!r} (connected "
+                f"{session.connected_since}) is back after it was closed: reopened, and counted "
+                "from its counters when it closed",
+            )
+        reopen(delta, [session for session, _, _ in back], now)
+        return delta, back
+
+    def _report(self, results: list[tuple[str, SourceDelta]]) -> None:
+        for name, delta in results:
+            for oddity in delta.oddities:
+                self._tell(name, oddity.kind, oddity.session, oddity.message)
+
+    def _tell(self, source: str, kind: str, session: SessionId, message: str) -> None:
+        """Log an oddity the first time it is seen (not on every poll that shows it again)."""
+        key = (source, kind, session)
+        if key in self._told:
+            return
+        if len(self._told) >= ODDITIES_REMEMBERED:
+            self._told.clear()
+        self._told.add(key)
+        level = logging.INFO if kind in ("floated", "reopened") else logging.WARNING
+        log.log(level, "%s: %s", source, message)
 
     def close(self) -> None:
         self.store.close()
-
-    def _read(self, source: Source) -> Snapshot:
-        return parse_status(source.read())
 
     def _check_fresh(self, source: Source, snapshot: Snapshot, now: int) -> None:
         limit = self.stale_after.get(source.name)
@@ -158,6 +310,14 @@ class Collector:
                 f"status file is stale: OpenVPN last wrote it {age} s ago (more than {limit} s); "
                 "is OpenVPN running, and is its 'status' interval shorter than stale_after?"
             )
+
+    def _pending_health(self, name: str, now: int, changed: dict[str, dict[str, Any]]) -> None:
+        """A read still under way is no error until it has run for several polls."""
+        started = self._readers[name].started
+        running = time.monotonic() - started if started is not None else 0.0
+        if running > max(3 * self.interval, 2 * self.read_wait, 10.0):
+            message = f"reading has taken {running:.0f} s so far and goes on"
+            self._set_health(name, "error", message, now, changed)
 
     def _set_health(
         self, name: str, state: str, message: str, now: int, changed: dict[str, dict[str, Any]]

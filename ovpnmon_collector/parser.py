@@ -4,9 +4,11 @@ Handles ``status-version`` 1 (CSV with section titles), 2 (CSV with HEADER rows)
 what the management interface's ``status 3`` prints), auto-detected from the first line. Columns are
 found by the HEADER's names, so columns added by newer OpenVPN versions do no harm.
 
-Errors: ``IncompleteStatus`` when the text has no final ``END`` (OpenVPN rewrites the file in
-place, so a reader can catch it half-written) and ``StatusError`` for anything else malformed,
-always with the 1-based line number. Nothing else escapes ``parse_status``.
+Errors: ``IncompleteStatus`` when the text has no final ``END`` (a file truncated, or caught
+being written) and ``StatusError`` for anything else malformed, always with the 1-based line
+number. Nothing else escapes ``parse_status``. A well-formed row whose numbers the database
+cannot store (a counter or a Connected Since of 2^63 or more) is not an error of the whole text:
+it comes back in ``Snapshot.held``, and the accounting keeps that session as it was.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ _DATE_FORMATS = ("%Y-%m-%d %H:%M:%S", "%a %b %d %H:%M:%S %Y")
 _LEADING_ZERO = re.compile(r"\t0[0-9]")
 
 _REQUIRED = ("Common Name", "Real Address", "Bytes Received", "Bytes Sent", "Connected Since")
+
+# The largest integer the database stores (a signed 64-bit integer, in SQLite and PostgreSQL).
+MAX_STORED = 2**63 - 1
+_MAX_DIGITS = len(str(MAX_STORED)) - 1  # numbers with at most this many digits always fit
 
 
 class StatusError(ValueError):
@@ -58,6 +64,17 @@ class SessionRow(NamedTuple):
         return session_key(self.client_id, self.real_address)
 
 
+class HeldRow(NamedTuple):
+    """A session row with a number the database cannot store. Its identity as the accounting
+    keys it (Connected Since and Client ID as text) and why it was held."""
+
+    common_name: str
+    real_address: str
+    connected_since: str
+    client_id: str | None
+    reason: str
+
+
 def session_key(client_id: int | str | None, real_address: str) -> str:
     """A session's key as the ``sessions`` table stores it: "id:<Client ID>" when OpenVPN gives
     one, else "addr:<Real Address>" (status-version 1). ``client_id`` as an int or its text."""
@@ -80,7 +97,7 @@ class Snapshot:
     session, and ``sessions`` builds those only when asked for.
     """
 
-    __slots__ = ("_columns", "_sessions", "time", "version")
+    __slots__ = ("_columns", "_sessions", "held", "time", "version")
 
     def __init__(
         self,
@@ -89,11 +106,13 @@ class Snapshot:
         sessions: tuple[SessionRow, ...] = (),
         *,
         columns: tuple[list[Any], ...] | None = None,
+        held: tuple[HeldRow, ...] = (),
     ) -> None:
         self.version = version
         self.time = time
         self._sessions: tuple[SessionRow, ...] | None = sessions if columns is None else None
         self._columns = columns
+        self.held = held
 
     @property
     def sessions(self) -> tuple[SessionRow, ...]:
@@ -127,13 +146,16 @@ class Snapshot:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Snapshot):
             return NotImplemented
-        mine = (self.version, self.time, self.sessions)
-        return mine == (other.version, other.time, other.sessions)
+        mine = (self.version, self.time, self.sessions, self.held)
+        return mine == (other.version, other.time, other.sessions, other.held)
 
     __hash__ = None  # type: ignore[assignment]  # mutable cache inside: not hashable
 
     def __repr__(self) -> str:
-        return f"Snapshot(version={self.version!r}, time={self.time!r}, sessions={self.sessions!r})"
+        return (
+            f"Snapshot(version={self.version!r}, time={self.time!r}, "
+            f"sessions={self.sessions!r}, held={self.held!r})"
+        )
 
 
 def parse_status(text: str, local_tz: dt.tzinfo | None = None) -> Snapshot:
@@ -199,6 +221,7 @@ def _parse_tagged(lines: list[str], sep: str, version: int, tz: dt.tzinfo | None
     layout: _Layout | None = None
     written: int | None = None
     sessions: list[SessionRow] = []
+    held: list[HeldRow] = []
     for number, line in enumerate(lines, 1):
         if not line:
             continue
@@ -211,7 +234,9 @@ def _parse_tagged(lines: list[str], sep: str, version: int, tz: dt.tzinfo | None
                 session = _fast_session(fields, layout, number)
             else:  # v2 with a comma in a name, or a header without time_t: the general path
                 session = _session(_row(layout.columns, fields[1:], sep, number), number, tz)
-            if session is not None:
+            if isinstance(session, HeldRow):
+                held.append(session)
+            elif session is not None:
                 sessions.append(session)
         elif tag == "HEADER":
             if len(fields) > 2 and fields[1] == "CLIENT_LIST":
@@ -219,7 +244,7 @@ def _parse_tagged(lines: list[str], sep: str, version: int, tz: dt.tzinfo | None
         elif tag == "TIME":
             written = _time_field(fields, number, tz)
         # TITLE, ROUTING_TABLE, GLOBAL_STATS, END and tags of newer versions carry nothing we need
-    return Snapshot(version, written, tuple(sessions))
+    return Snapshot(version, written, tuple(sessions), held=tuple(held))
 
 
 # Characters ``str.splitlines`` breaks lines at, besides "\n": text holding any of them takes the
@@ -346,16 +371,20 @@ def _client_rows(block: str, sep: str, at: _Layout) -> tuple[list[Any], ...] | N
     # leading zeros ("07"), whichever path parsed the file.
     if _LEADING_ZERO.search("\t".join(["", *since, *ids])):
         return None
+    received, sent = list(map(int, numbers[0])), list(map(int, numbers[1]))
+    # a number the database cannot store holds its row back: the line-by-line path does that
+    if max(received) > MAX_STORED or max(sent) > MAX_STORED or max(map(len, since)) > _MAX_DIGITS:
+        return None
     return (
         *columns[:4],
-        list(map(int, numbers[0])),
-        list(map(int, numbers[1])),
+        received,
+        sent,
         since,
         ids if all(ids) else [c or None for c in ids],
     )
 
 
-def _fast_session(fields: list[str], at: _Layout, number: int) -> SessionRow | None:
+def _fast_session(fields: list[str], at: _Layout, number: int) -> SessionRow | HeldRow | None:
     """``_session`` for a row that matches its header exactly (nearly every row): no dict."""
     name = fields[at.name]
     if name == UNAUTHENTICATED:
@@ -370,16 +399,32 @@ def _fast_session(fields: list[str], at: _Layout, number: int) -> SessionRow | N
         _integer(tx, "Bytes Sent", number)
         _integer(since, "Connected Since (time_t)", number)
         _integer(cid, "Client ID", number)
-    return SessionRow(
-        name,
-        fields[at.real],
-        fields[at.v4] if at.v4 is not None else "",
-        fields[at.v6] if at.v6 is not None else "",
-        int(rx),
-        int(tx),
-        int(since),
-        int(cid) if cid else None,
+    return _checked(
+        SessionRow(
+            name,
+            fields[at.real],
+            fields[at.v4] if at.v4 is not None else "",
+            fields[at.v6] if at.v6 is not None else "",
+            int(rx),
+            int(tx),
+            int(since),
+            int(cid) if cid else None,
+        )
     )
+
+
+def _checked(row: SessionRow) -> SessionRow | HeldRow:
+    """``row``, or a ``HeldRow`` if one of its numbers is more than the database stores."""
+    for value, what in (
+        (row.bytes_received, "Bytes Received"),
+        (row.bytes_sent, "Bytes Sent"),
+        (row.connected_since, "Connected Since"),
+    ):
+        if value > MAX_STORED:
+            cid = None if row.client_id is None else str(row.client_id)
+            reason = f"{what} {value} is more than ovpnmon can store (2^63 - 1)"
+            return HeldRow(row.common_name, row.real_address, str(row.connected_since), cid, reason)
+    return row
 
 
 def _parse_v1(lines: list[str], tz: dt.tzinfo | None) -> Snapshot:
@@ -426,14 +471,17 @@ def _parse_v1(lines: list[str], tz: dt.tzinfo | None) -> Snapshot:
     if columns is None:
         raise StatusError("no 'Common Name,...' client list header", None)
     sessions: list[SessionRow] = []
+    held: list[HeldRow] = []
     for number, row in rows:
         addresses = routes.get((row["Common Name"], row["Real Address"]), [])
         row["Virtual Address"] = next((a for a in addresses if _is_ipv4(a)), "")
         row["Virtual IPv6 Address"] = next((a for a in addresses if ":" in a and "/" not in a), "")
         session = _session(row, number, tz)
-        if session is not None:
+        if isinstance(session, HeldRow):
+            held.append(session)
+        elif session is not None:
             sessions.append(session)
-    return Snapshot(1, written, tuple(sessions))
+    return Snapshot(1, written, tuple(sessions), held=tuple(held))
 
 
 def _row(
@@ -452,7 +500,7 @@ def _row(
     return dict(zip(columns, values, strict=True))
 
 
-def _session(row: dict[str, str], number: int, tz: dt.tzinfo | None) -> SessionRow | None:
+def _session(row: dict[str, str], number: int, tz: dt.tzinfo | None) -> SessionRow | HeldRow | None:
     name = row["Common Name"]
     if name == UNAUTHENTICATED:
         return None
@@ -462,15 +510,17 @@ def _session(row: dict[str, str], number: int, tz: dt.tzinfo | None) -> SessionR
     else:
         connected = _date(row["Connected Since"], number, tz)
     client_id = row.get("Client ID")
-    return SessionRow(
-        common_name=name,
-        real_address=row["Real Address"],
-        virtual_address=row.get("Virtual Address", ""),
-        virtual_ipv6=row.get("Virtual IPv6 Address", ""),
-        bytes_received=_integer(row["Bytes Received"], "Bytes Received", number),
-        bytes_sent=_integer(row["Bytes Sent"], "Bytes Sent", number),
-        connected_since=connected,
-        client_id=_integer(client_id, "Client ID", number) if client_id else None,
+    return _checked(
+        SessionRow(
+            common_name=name,
+            real_address=row["Real Address"],
+            virtual_address=row.get("Virtual Address", ""),
+            virtual_ipv6=row.get("Virtual IPv6 Address", ""),
+            bytes_received=_integer(row["Bytes Received"], "Bytes Received", number),
+            bytes_sent=_integer(row["Bytes Sent"], "Bytes Sent", number),
+            connected_since=connected,
+            client_id=_integer(client_id, "Client ID", number) if client_id else None,
+        )
     )
 
 

@@ -38,7 +38,10 @@ _COLUMNS = (
 
 
 def _local(ts: int) -> str:
-    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+    try:
+        return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, ValueError, OSError):  # a time no calendar of OpenVPN's prints
+        return "9999-12-31 23:59:59"
 
 
 def render_status(sessions: Iterable[SessionRow], written: int, version: int = 3) -> str:
@@ -223,6 +226,9 @@ class SimClock:
 
     def monotonic(self) -> float:
         return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
 
 
 def populate(

@@ -33,10 +33,21 @@ UPDATE_ADDRESSES = (
     update(_s)
     .where(_s.c.id == bindparam("row_id"))
     .values(
+        session_key=bindparam("key"),  # changes when a status-version 1 session floats
         real_address=bindparam("real"),
         virtual_address=bindparam("v4"),
         virtual_ipv6=bindparam("v6"),
     )
+)
+REOPEN_SESSION = (
+    update(_s)
+    .where(_s.c.id == bindparam("row_id"))
+    .values(disconnected_at=None, last_seen=bindparam("ts"))
+)
+UPDATE_BASELINE = (
+    update(_s)
+    .where(_s.c.id == bindparam("row_id"))
+    .values(baseline_received=bindparam("rx"), baseline_sent=bindparam("tx"))
 )
 CLOSE_SESSION = (
     update(_s)
@@ -85,6 +96,12 @@ class PollWrite:
     open_now: dict[str, SourceDelta] = field(default_factory=dict)
     moved: list[SessionState] = field(default_factory=list)  # addresses changed
     closed: list[SessionState] = field(default_factory=list)
+    # closed sessions that came back: (session, its counted bytes when it closed)
+    reopened: list[tuple[SessionState, int, int]] = field(default_factory=list)
+    rebased: list[SessionState] = field(default_factory=list)  # baseline moved
+    # sessions of sources no longer configured, closed at the last poll that saw them
+    retired: list[SessionState] = field(default_factory=list)
+    retired_sources: list[str] = field(default_factory=list)
     active: set[str] = field(default_factory=set)  # CNs with an open session on any source
     health: dict[str, dict[str, Any]] = field(default_factory=dict)  # only changed entries
 
@@ -111,23 +128,7 @@ class Store:
         state: dict[str, dict[SessionId, SessionState]] = {}
         with self.engine.connect() as conn:
             for row in conn.execute(query).mappings():
-                session = SessionState(
-                    source=row["source"],
-                    key=row["session_key"],
-                    connected_since=row["connected_since"],
-                    common_name=row["common_name"],
-                    bytes_received=row["bytes_received"],
-                    bytes_sent=row["bytes_sent"],
-                    baseline_received=row["baseline_received"],
-                    baseline_sent=row["baseline_sent"],
-                    real_address=row["real_address"],
-                    virtual_address=row["virtual_address"],
-                    virtual_ipv6=row["virtual_ipv6"],
-                    first_seen=row["first_seen"],
-                    last_seen=row["last_seen"],
-                    since_text=str(row["connected_since"]),
-                    row_id=row["id"],
-                )
+                session = _session_state(row)
                 state.setdefault(session.source, {})[session.ident] = session
             by_id = {st.row_id: st for sessions in state.values() for st in sessions.values()}
             for source, ts, packed in conn.execute(select(schema.session_counters)):
@@ -158,6 +159,37 @@ class Store:
                 return now
             return int(value)
 
+    def closed_sessions(
+        self, source: str, candidates: list[SessionState]
+    ) -> list[tuple[SessionState, int, int]]:
+        """Closed sessions of ``source`` with the identity of one of ``candidates`` (sessions
+        that look new): sessions that came back. Each as the state to carry on from, with the
+        bytes it had counted when it closed."""
+        s, c = schema.sessions, schema.clients
+        wanted = {(st.key, st.connected_since) for st in candidates}
+        found = []
+        with self.engine.connect() as conn:
+            for chunk in _chunks(sorted({key for key, _ in wanted}), 500):
+                query = (
+                    select(s, c.c.common_name)
+                    .join(c, c.c.id == s.c.client_id)
+                    .where(
+                        s.c.source == source,
+                        s.c.session_key.in_(chunk),
+                        s.c.disconnected_at.is_not(None),
+                    )
+                )
+                for row in conn.execute(query).mappings():
+                    if (row["session_key"], row["connected_since"]) not in wanted:
+                        continue
+                    session = _session_state(row)
+                    counted = (
+                        row["bytes_received"] - row["baseline_received"],
+                        row["bytes_sent"] - row["baseline_sent"],
+                    )
+                    found.append((session, *counted))
+        return found
+
     def health(self) -> dict[str, dict[str, Any]]:
         with self.engine.connect() as conn:
             return {
@@ -178,6 +210,10 @@ class Store:
             meta = {HEARTBEAT: str(poll.ts), INTERVAL: str(poll.configured_interval)}
             meta.update({HEALTH.format(n): json.dumps(h) for n, h in poll.health.items()})
             db.upsert(conn, schema.meta, [{"key": k, "value": v} for k, v in meta.items()], ["key"])
+            if poll.retired_sources:
+                m = schema.meta
+                gone = [HEALTH.format(name) for name in poll.retired_sources]
+                conn.execute(m.delete().where(m.c.key.in_(gone)))
         self._active = poll.active  # the collector builds a new set every poll
         self._compare_all = False
 
@@ -220,26 +256,43 @@ class Store:
             data = counters.pack(row_ids, *delta.counters())  # type: ignore[arg-type]
             packed.append({"source": source, "ts": poll.ts, "counters": data})
         db.upsert(conn, schema.session_counters, packed, ["source"])
+        if poll.retired_sources:
+            counters_table = schema.session_counters
+            conn.execute(
+                counters_table.delete().where(counters_table.c.source.in_(poll.retired_sources))
+            )
+        reopened = [{"row_id": st.row_id, "ts": poll.ts} for st, _, _ in poll.reopened]
+        db.executemany(conn, REOPEN_SESSION, reopened)
         moved = [
             {
                 "row_id": st.row_id,
+                "key": st.key,
                 "real": st.real_address,
                 "v4": st.virtual_address,
                 "v6": st.virtual_ipv6,
             }
-            for st in poll.moved
+            for st in (*poll.moved, *(st for st, _, _ in poll.reopened))
         ]
         db.executemany(conn, UPDATE_ADDRESSES, moved)
+        rebased = [
+            {"row_id": st.row_id, "rx": st.baseline_received, "tx": st.baseline_sent}
+            for st in poll.rebased
+        ]
+        db.executemany(conn, UPDATE_BASELINE, rebased)
         closed = [
             {
                 "row_id": st.row_id,
-                "ts": poll.ts,
+                "ts": ts,
                 "seen": st.last_seen,
                 "rx": st.bytes_received,
                 "tx": st.bytes_sent,
             }
-            for st in poll.closed
+            for ts, sessions in ((poll.ts, poll.closed), (None, poll.retired))
+            for st in sessions
         ]
+        for entry in closed:
+            if entry["ts"] is None:  # a retired source's session: closed when last seen
+                entry["ts"] = entry["seen"]
         db.executemany(conn, CLOSE_SESSION, closed)
 
     def _write_samples(self, conn: Connection, poll: PollWrite, ids: Mapping[str, int]) -> None:
@@ -276,11 +329,15 @@ class Store:
         """Only what changed: closed sessions' bytes, and clients that became (in)active."""
         closed: dict[int, list[int]] = {}
         last_seen: dict[str, int] = {}
-        for st in poll.closed:
+        for st in (*poll.closed, *poll.retired):
             totals = closed.setdefault(ids[st.common_name], [0, 0])
             totals[0] += st.bytes_received - st.baseline_received
             totals[1] += st.bytes_sent - st.baseline_sent
             last_seen[st.common_name] = max(st.last_seen, last_seen.get(st.common_name, 0))
+        for st, rx, tx in poll.reopened:  # counted as open again, no longer as closed
+            totals = closed.setdefault(ids[st.common_name], [0, 0])
+            totals[0] -= rx
+            totals[1] -= tx
         db.executemany(
             conn, ADD_CLOSED, [{"cid": cid, "rx": rx, "tx": tx} for cid, (rx, tx) in closed.items()]
         )
@@ -291,7 +348,8 @@ class Store:
             # a client's sessions all carried over from the last poll: it was active then and
             # is now. Only an opened or a closed session can change that (9,000 set lookups less).
             coming = {st.common_name for st in poll.opened} - previously
-            going = {st.common_name for st in poll.closed} - poll.active
+            coming.update({st.common_name for st, _, _ in poll.reopened} - previously)
+            going = {st.common_name for st in (*poll.closed, *poll.retired)} - poll.active
         became = [ids[name] for name in coming if name in ids]
         left = [
             {"cid": ids[name], "ts": last_seen.get(name, poll.ts)} for name in going if name in ids
@@ -302,6 +360,27 @@ class Store:
 
     def close(self) -> None:
         db.close_writer(self.engine)
+
+
+def _session_state(row: Any) -> SessionState:
+    """A ``sessions`` row (joined with its client's common name) as accounting state."""
+    return SessionState(
+        source=row["source"],
+        key=row["session_key"],
+        connected_since=row["connected_since"],
+        common_name=row["common_name"],
+        bytes_received=row["bytes_received"],
+        bytes_sent=row["bytes_sent"],
+        baseline_received=row["baseline_received"],
+        baseline_sent=row["baseline_sent"],
+        real_address=row["real_address"],
+        virtual_address=row["virtual_address"],
+        virtual_ipv6=row["virtual_ipv6"],
+        first_seen=row["first_seen"],
+        last_seen=row["last_seen"],
+        since_text=str(row["connected_since"]),
+        row_id=row["id"],
+    )
 
 
 def _next_id(conn: Connection, table: str) -> int:

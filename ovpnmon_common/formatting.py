@@ -6,7 +6,12 @@ import datetime as dt
 import zoneinfo
 from functools import lru_cache
 
-TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
+TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"  # parsing; rendering pads the year to four digits
+
+
+def _render(moment: dt.datetime) -> str:
+    # isoformat, unlike glibc's strftime("%Y"), writes year 1 as "0001"
+    return moment.isoformat(" ", "seconds")[:19]
 
 
 @lru_cache(maxsize=32)
@@ -16,16 +21,43 @@ def timezone(name: str) -> zoneinfo.ZoneInfo:
 
 
 def format_timestamp(epoch: int | float, tz: str | dt.tzinfo = "UTC") -> str:
-    """Render epoch seconds as ``YYYY-MM-DD HH:MM:SS`` in ``tz``."""
+    """Render epoch seconds as ``YYYY-MM-DD HH:MM:SS`` in ``tz``.
+
+    A time outside the years 1 to 9999 (a Connected Since an OpenVPN should never print, but a
+    status may) is rendered in UTC, as far as the calendar goes, rather than failing.
+    """
     if isinstance(tz, str):
         return _format_cached(int(epoch), tz)
-    return dt.datetime.fromtimestamp(int(epoch), tz).strftime(TIMESTAMP_FORMAT)
+    try:
+        return _render(dt.datetime.fromtimestamp(int(epoch), tz))
+    except (OverflowError, ValueError, OSError):
+        return _format_utc_any_year(int(epoch))
 
 
 @lru_cache(maxsize=65536)
 def _format_cached(epoch: int, tz: str) -> str:
     # bucket starts repeat in every response of the same minute: render each once
-    return dt.datetime.fromtimestamp(epoch, timezone(tz)).strftime(TIMESTAMP_FORMAT)
+    try:
+        return _render(dt.datetime.fromtimestamp(epoch, timezone(tz)))
+    except (OverflowError, ValueError, OSError):
+        return _format_utc_any_year(epoch)
+
+
+def _format_utc_any_year(epoch: int) -> str:
+    """Epoch seconds in UTC on the proleptic Gregorian calendar, for any year (the civil-from-days
+    algorithm of H. Hinnant, "chrono-Compatible Low-Level Date Algorithms")."""
+    days, seconds = divmod(epoch, 86400)
+    z = days + 719468
+    era = z // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    day = doy - (153 * mp + 2) // 5 + 1
+    month = mp + 3 if mp < 10 else mp - 9
+    year = yoe + era * 400 + (month <= 2)
+    clock = f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+    return f"{year:04d}-{month:02d}-{day:02d} {clock}"
 
 
 def parse_timestamp(text: str, tz: str | dt.tzinfo = "UTC") -> int:

@@ -1,3 +1,4 @@
+import datetime
 import math
 
 import pytest
@@ -40,3 +41,39 @@ def test_units_are_binary_for_sizes_and_decimal_for_rates():
 def test_rates_are_never_infinite_or_negative(seconds):
     rate = to_mbps(10_000, seconds)
     assert rate == 0.0 and math.isfinite(rate)
+
+
+CYCLE = 146_097 * 86_400  # the Gregorian calendar repeats every 400 years, to the second
+
+
+def by_cycles(epoch: int) -> str:
+    """``epoch`` rendered by datetime after moving it by whole 400-year cycles into its range."""
+    cycles = (epoch - 1_000_000_000) // CYCLE
+    text = format_timestamp(epoch - cycles * CYCLE)
+    year, rest = text.split("-", 1)
+    return f"{int(year) + 400 * cycles:04d}-{rest}"
+
+
+@pytest.mark.parametrize(
+    "epoch",
+    [300_000_000_000, 253_402_300_800, 2**63 - 1, -62_135_596_801, -(10**15)],
+)
+def test_times_beyond_the_calendar_render_in_utc_instead_of_failing(epoch):
+    expected = by_cycles(epoch)
+    assert format_timestamp(epoch) == expected
+    assert format_timestamp(epoch, "Europe/Berlin") == expected
+    assert format_timestamp(epoch, datetime.timezone.utc) == expected
+
+
+def test_far_years_render_as_the_calendar_says():
+    assert format_timestamp(300_000_000_000).startswith("11476-")
+    assert format_timestamp(253_402_300_800) == "10000-01-01 00:00:00"
+    assert format_timestamp(253_402_300_799) == "9999-12-31 23:59:59"
+    assert format_timestamp(-62_135_596_800) == "0001-01-01 00:00:00"  # four digits, always
+
+
+def test_the_any_year_calendar_agrees_with_datetime_where_both_work():
+    from ovpnmon_common.formatting import _format_utc_any_year
+
+    for epoch in range(-62_135_596_800, 253_402_300_800, 7_777_777_777):
+        assert _format_utc_any_year(epoch) == format_timestamp(epoch)
