@@ -15,6 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from ovpnmon_collector import certs, daemon, prune, rollup
 from ovpnmon_collector.collector import Collector
 from ovpnmon_collector.info import database_info, render_info
+from ovpnmon_collector.notify import Notifier
 from ovpnmon_collector.sources import build_source
 from ovpnmon_common import __version__
 from ovpnmon_common.cliutil import CONTEXT_SETTINGS, config_options, ensure_parent_dir, load
@@ -165,6 +166,7 @@ def run_command(config_path: str | None, db_path: str | None, log_level: str) ->
         config.interval,
         config.database_path,
     )
+    notifier = Notifier()
     maintenance = daemon.Maintenance(
         engine,
         collector.clock,
@@ -172,12 +174,14 @@ def run_command(config_path: str | None, db_path: str | None, log_level: str) ->
         config.retention,
         config.certificate_paths,
         config.crl,
+        slice_limit=notifier.watchdog_every,
     )
     try:
         daemon.run(
             collector,
             config.interval,
             stop,
+            notifier=notifier,
             monotonic=collector.clock.monotonic,
             extra=maintenance.run,
         )

@@ -48,19 +48,33 @@ def run(
     monotonic: Callable[[], float],
     extra: Callable[[], None] | None = None,
 ) -> None:
-    """Poll every ``interval`` seconds until ``stop`` is set; the poll under way always finishes."""
+    """Poll every ``interval`` seconds until ``stop`` is set; the poll under way always finishes.
+
+    The systemd watchdog is fed after every poll and every piece of maintenance, and while
+    waiting between polls on its own schedule (half of ``WatchdogSec``), whatever the interval:
+    a poll and a slice of maintenance are bounded, so a missing ping means a hang. A failing
+    source or database is health, not a hang, and does not stop the pings.
+    """
     notifier = notifier or Notifier()
     deadline = monotonic()
     notifier.ready()
     while not stop.is_set():
         summary = collector.poll()
-        notifier.watchdog()  # liveness: a failing source or database is health, not a hang
+        notifier.watchdog()
         if summary.stored:
             notifier.status(f"{summary.clients} clients, {summary.sessions} sessions")
         if extra is not None:
             extra()
+            notifier.watchdog()
         deadline = next_deadline(deadline, interval, monotonic())
-        stop.wait(max(0.0, deadline - monotonic()))
+        while not stop.is_set():
+            remaining = deadline - monotonic()
+            if remaining <= 0:
+                break
+            if notifier.watchdog_every is None:
+                stop.wait(remaining)
+            elif not stop.wait(min(remaining, notifier.watchdog_every)):
+                notifier.watchdog()
     notifier.stopping()
 
 
@@ -68,8 +82,9 @@ class Maintenance:
     """Work between polls: rollups every minute, retention and the certificate scan every hour.
 
     Rollup and prune work in short transactions and stop when their time slice (half the poll
-    interval) is spent, so a long catch-up after downtime never delays a poll; it resumes after
-    the next one. A failure is logged once and retried.
+    interval, and at most ``slice_limit``: the watchdog's period) is spent, so a long catch-up
+    after downtime never delays a poll; it resumes after the next one. A failure is logged once
+    and retried.
     """
 
     def __init__(
@@ -80,10 +95,12 @@ class Maintenance:
         retention: RetentionConfig | None = None,
         certificate_paths: tuple[str, ...] = (),
         crl: str | None = None,
+        slice_limit: float | None = None,
     ) -> None:
         self.engine = engine
         self.clock = clock
         self.interval = interval
+        self.slice = min(interval / 2, slice_limit) if slice_limit else interval / 2
         self.retention = retention or RetentionConfig()
         self.certificate_paths = certificate_paths
         self.crl = crl
@@ -94,7 +111,7 @@ class Maintenance:
 
     def run(self) -> None:
         start = self.clock.monotonic()
-        deadline = start + self.interval / 2
+        deadline = start + self.slice
         for job in ("rollup", "prune", "certificates"):
             if start < self.due[job] or self.clock.monotonic() >= deadline:
                 continue

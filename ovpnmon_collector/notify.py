@@ -7,13 +7,18 @@ import socket
 
 
 class Notifier:
-    """Sends state lines to ``$NOTIFY_SOCKET``; every method is a no-op when it is unset."""
+    """Sends state lines to ``$NOTIFY_SOCKET``; every method is a no-op when it is unset.
 
-    def __init__(self, address: str | None = None) -> None:
+    ``watchdog_every`` is how often systemd wants ``WATCHDOG=1``: half of ``$WATCHDOG_USEC``
+    (the unit's ``WatchdogSec``) when it is set for this process, else None.
+    """
+
+    def __init__(self, address: str | None = None, watchdog_usec: str | None = None) -> None:
         address = address if address is not None else os.environ.get("NOTIFY_SOCKET")
         if address and address.startswith("@"):
             address = "\0" + address[1:]  # abstract namespace socket
         self.address = address or None
+        self.watchdog_every = _watchdog_every(watchdog_usec)
 
     def send(self, state: str) -> bool:
         if not self.address:
@@ -37,3 +42,15 @@ class Notifier:
 
     def status(self, text: str) -> bool:
         return self.send(f"STATUS={text}")
+
+
+def _watchdog_every(usec: str | None) -> float | None:
+    if usec is None:
+        if os.environ.get("WATCHDOG_PID", str(os.getpid())) != str(os.getpid()):
+            return None  # meant for another process (systemd sets it for the main one)
+        usec = os.environ.get("WATCHDOG_USEC")
+    try:
+        value = int(usec) if usec else 0
+    except ValueError:
+        return None
+    return value / 2e6 if value > 0 else None
