@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import click
 from sqlalchemy import Engine
@@ -15,6 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from ovpnmon_collector import certs, daemon, prune, rollup
 from ovpnmon_collector.collector import Collector
 from ovpnmon_collector.info import database_info, render_info
+from ovpnmon_collector.lock import WriterBusy, WriterLock
 from ovpnmon_collector.notify import Notifier
 from ovpnmon_collector.sources import build_source
 from ovpnmon_common import __version__
@@ -48,18 +51,60 @@ def cli() -> None:
 
 
 def open_writer(config: Config) -> tuple[Engine, tuple[int | None, int]]:
-    """The writer engine on an initialised database; problems become one clean CLI error."""
+    """The writer engine on an initialised database; problems become one clean CLI error.
+    (Without the writer lock: ``writing`` takes both.)"""
     ensure_parent_dir(config.database_path)
     engine = writer_engine(config.database_path)
     try:
         versions = init_db(engine)
     except DatabaseError as exc:
+        engine.dispose()
         raise click.ClickException(f"{config.database_path}: {exc}") from None
     except DBAPIError as exc:
+        engine.dispose()
         raise click.ClickException(
             f"cannot open database {config.database_path}: {describe_error(exc)}"
         ) from None
     return engine, versions
+
+
+@contextlib.contextmanager
+def writing(config: Config, command: str, wait: float = 0.0) -> Iterator[tuple[Engine, WriterLock]]:
+    """The database for one writing command: the writer lock (refused with one line when another
+    collector holds it), an initialised schema, and a clean close. A database error inside
+    becomes one line naming the command."""
+    ensure_parent_dir(config.database_path)
+    lock = WriterLock(config.database_path, command)
+    try:
+        lock.acquire(wait)
+    except WriterBusy as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot lock {lock.path}: {exc.strerror or exc} (the collector must be able to "
+            "write the database's directory)"
+        ) from None
+    try:
+        engine, versions = open_writer(config)
+        lock.versions = versions
+        try:
+            yield engine, lock
+        except DBAPIError as exc:
+            raise click.ClickException(f"{command} failed: {describe_error(exc)}") from None
+        finally:
+            # leaves the file readable by a read-only API with no collector running
+            close_writer(engine)
+    finally:
+        lock.release()
+
+
+wait_option = click.option(
+    "--wait",
+    type=click.FloatRange(0, 86400),
+    default=0,
+    metavar="SECONDS",
+    help="Wait this long for another collector command to finish [default: refuse at once].",
+)
 
 
 def build_collector(config: Config, engine: Engine) -> Collector:
@@ -94,7 +139,8 @@ log_level_option = click.option(
 
 @cli.command("init-db")
 @config_options
-def init_db_command(config_path: str | None, db_path: str | None) -> None:
+@wait_option
+def init_db_command(config_path: str | None, db_path: str | None, wait: float) -> None:
     """Create the database, or upgrade its schema; safe to run again.
 
     \b
@@ -102,8 +148,8 @@ def init_db_command(config_path: str | None, db_path: str | None) -> None:
       ovpnmon-collector init-db --db /var/lib/ovpnmon/ovpnmon.db
     """
     config = load(config_path, db_path)
-    engine, (before, after) = open_writer(config)
-    close_writer(engine)  # leaves it readable by a read-only API with no collector running
+    with writing(config, "init-db", wait) as (_, lock):
+        before, after = lock.versions
     if before is None:
         click.echo(f"created schema version {after} in {config.database_path}")
     elif before == after:
@@ -118,25 +164,28 @@ def init_db_command(config_path: str | None, db_path: str | None) -> None:
 def poll_once(config_path: str | None, db_path: str | None, log_level: str) -> None:
     """Read every source once, store the result, and exit (non-zero if anything failed).
 
+    Refused while another collector (the daemon) writes the database: both would count the same
+    bytes.
+
     \b
     Example:
       ovpnmon-collector poll-once --config ./ovpnmon.conf
     """
     setup_logging(log_level)
     config = load(config_path, db_path)
-    engine, _ = open_writer(config)
-    collector = build_collector(config, engine)
-    summary = collector.poll()
-    collector.close()
+    with writing(config, "poll-once") as (engine, _):
+        summary = build_collector(config, engine).poll()
     for name, message in summary.failed.items():
         click.echo(f"source {name}: {message}", err=True)
+    for name in summary.pending:
+        click.echo(f"source {name}: still reading after {config.interval / 2:g} s", err=True)
     if not summary.stored:
         raise click.ClickException(summary.error or "nothing was stored")
     click.echo(
         f"stored poll at {summary.ts}: {len(summary.ok)} of {len(config.sources)} sources read, "
         f"{summary.clients} active clients, {summary.sessions} sessions"
     )
-    if summary.failed:
+    if summary.failed or summary.pending:
         sys.exit(1)
 
 
@@ -146,7 +195,8 @@ def poll_once(config_path: str | None, db_path: str | None, log_level: str) -> N
 def run_command(config_path: str | None, db_path: str | None, log_level: str) -> None:
     """Run the collector daemon: poll every [collector] interval until SIGTERM or SIGINT.
 
-    Under systemd (Type=notify) it reports READY, WATCHDOG and STOPPING.
+    Under systemd (Type=notify) it reports READY, WATCHDOG and STOPPING. Refused while another
+    collector writes the database.
 
     \b
     Example:
@@ -154,45 +204,51 @@ def run_command(config_path: str | None, db_path: str | None, log_level: str) ->
     """
     setup_logging(log_level)
     config = load(config_path, db_path)
-    engine, _ = open_writer(config)
-    collector = build_collector(config, engine)
-    if not daemon.keep_freed_memory():
-        log.debug("mallopt unavailable: freed memory goes back to the system after each poll")
-    stop = threading.Event()
-    daemon.stop_on_signals(stop)
-    log.info(
-        "collecting from %s every %d s into %s",
-        ", ".join(s.name for s in config.sources),
-        config.interval,
-        config.database_path,
-    )
-    notifier = Notifier()
-    maintenance = daemon.Maintenance(
-        engine,
-        collector.clock,
-        config.interval,
-        config.retention,
-        config.certificate_paths,
-        config.crl,
-        slice_limit=notifier.watchdog_every,
-    )
-    try:
-        daemon.run(
-            collector,
+    with writing(config, "run") as (engine, lock):
+        collector = build_collector(config, engine)
+        if not daemon.keep_freed_memory():
+            log.debug("mallopt unavailable: freed memory goes back to the system after each poll")
+        stop = threading.Event()
+        daemon.stop_on_signals(stop)
+        log.info(
+            "collecting from %s every %d s into %s",
+            ", ".join(s.name for s in config.sources),
             config.interval,
-            stop,
-            notifier=notifier,
-            monotonic=collector.clock.monotonic,
-            extra=maintenance.run,
+            config.database_path,
         )
-    finally:
-        collector.close()
+        notifier = Notifier()
+        maintenance = daemon.Maintenance(
+            engine,
+            collector.clock,
+            config.interval,
+            config.retention,
+            config.certificate_paths,
+            config.crl,
+            slice_limit=notifier.watchdog_every,
+        )
+
+        def between_polls() -> None:
+            lock.ensure()  # a deleted lock file is taken again, or the daemon stops
+            maintenance.run()
+
+        try:
+            daemon.run(
+                collector,
+                config.interval,
+                stop,
+                notifier=notifier,
+                monotonic=collector.clock.monotonic,
+                extra=between_polls,
+            )
+        except WriterBusy as exc:
+            raise click.ClickException(f"stopped: {exc}") from None
     log.info("stopped")
 
 
 @cli.command("rollup")
 @config_options
-def rollup_command(config_path: str | None, db_path: str | None) -> None:
+@wait_option
+def rollup_command(config_path: str | None, db_path: str | None, wait: float) -> None:
     """Catch every rollup tier up to the last closed bucket now (the daemon does this by itself).
 
     \b
@@ -200,13 +256,8 @@ def rollup_command(config_path: str | None, db_path: str | None) -> None:
       ovpnmon-collector rollup --config /etc/ovpnmon/ovpnmon.conf
     """
     config = load(config_path, db_path)
-    engine, _ = open_writer(config)
-    try:
+    with writing(config, "rollup", wait) as (engine, _):
         reports = rollup.catch_up(engine, int(time.time()))
-    except DBAPIError as exc:
-        raise click.ClickException(f"rollup failed: {describe_error(exc)}") from None
-    finally:
-        close_writer(engine)
     for report in reports:
         click.echo(
             f"{report.tier:13s} {report.buckets:6d} buckets built, final up to "
@@ -230,13 +281,20 @@ TIER_NAMES = [r.name for r in ROLLUPS]
     multiple=True,
     help="Only these tiers (repeatable) [default: all].",
 )
+@wait_option
 def backfill_command(
-    config_path: str | None, db_path: str | None, start: str, end: str, tiers: tuple[str, ...]
+    config_path: str | None,
+    db_path: str | None,
+    start: str,
+    end: str,
+    tiers: tuple[str, ...],
+    wait: float,
 ) -> None:
     """Recompute the tiers over a range of days from the finest data still present.
 
-    Use it after downtime, a bug fix or a retention change. Safe while the daemon runs: each
-    bucket is replaced in its own short transaction.
+    Use it after downtime, a bug fix or a retention change, with the daemon stopped (it is
+    refused while a collector writes the database). Each bucket is replaced in its own short
+    transaction, so the API keeps answering.
 
     \b
     Example:
@@ -247,13 +305,8 @@ def backfill_command(
     last = _day(end, "--to")
     if last < first:
         raise click.BadParameter(f"{end} is before --from {start}", param_hint="--to")
-    engine, _ = open_writer(config)
-    try:
+    with writing(config, "backfill", wait) as (engine, _):
         reports = rollup.backfill(engine, first, last + 86400, list(tiers) or None)
-    except DBAPIError as exc:
-        raise click.ClickException(f"backfill failed: {describe_error(exc)}") from None
-    finally:
-        close_writer(engine)
     for report in reports:
         click.echo(f"{report.tier:13s} {report.buckets:6d} buckets recomputed")
 
@@ -269,24 +322,22 @@ def _day(text: str, option: str) -> int:
 
 @cli.command("prune")
 @config_options
-def prune_command(config_path: str | None, db_path: str | None) -> None:
+@wait_option
+def prune_command(config_path: str | None, db_path: str | None, wait: float) -> None:
     """Apply [retention]: delete what no tier keeps any more, then give the space back.
 
     Never deletes raw samples or tier rows that the next tier has not been built from. Runs in
-    short transactions, so the collector and the API keep working meanwhile.
+    short transactions, so the API keeps working meanwhile. The daemon does this hourly by
+    itself; this command is for a collector run by cron or a timer, and is refused while the
+    daemon writes the database.
 
     \b
     Example:
       ovpnmon-collector prune --config /etc/ovpnmon/ovpnmon.conf
     """
     config = load(config_path, db_path)
-    engine, _ = open_writer(config)
-    try:
+    with writing(config, "prune", wait) as (engine, _):
         report = prune.prune(engine, config.retention, int(time.time()))
-    except DBAPIError as exc:
-        raise click.ClickException(f"prune failed: {describe_error(exc)}") from None
-    finally:
-        close_writer(engine)
     for table, count in report.deleted.items():
         limit = report.cutoffs[table]
         kept = f"before {format_timestamp(limit)}" if limit is not None else "none: kept"
@@ -296,7 +347,8 @@ def prune_command(config_path: str | None, db_path: str | None) -> None:
 
 @cli.command("scan-certs")
 @config_options
-def scan_certs_command(config_path: str | None, db_path: str | None) -> None:
+@wait_option
+def scan_certs_command(config_path: str | None, db_path: str | None, wait: float) -> None:
     """Scan [certificates] paths and record each certificate's expiry (the daemon does it hourly).
 
     Reads PEM, DER, easy-rsa issued/ files and bundles; other files are reported and skipped.
@@ -315,11 +367,8 @@ def scan_certs_command(config_path: str | None, db_path: str | None) -> None:
         report = certs.scan(config.certificate_paths, config.crl)
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from None
-    engine, _ = open_writer(config)
-    try:
+    with writing(config, "scan-certs", wait) as (engine, _):
         certs.store(engine, report, int(time.time()))
-    finally:
-        close_writer(engine)
     for path, why in report.skipped.items():
         click.echo(f"skipped {path}: {why}", err=True)
     if report.crl_error:

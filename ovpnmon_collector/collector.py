@@ -37,6 +37,7 @@ from ovpnmon_collector.parser import Snapshot, StatusError, parse_status
 from ovpnmon_collector.sources import Source, SourceError
 from ovpnmon_collector.store import PollWrite, Store
 from ovpnmon_common.db import describe_error
+from ovpnmon_common.formatting import format_timestamp
 
 log = logging.getLogger("ovpnmon.collector")
 
@@ -304,11 +305,13 @@ class Collector:
         limit = self.stale_after.get(source.name)
         if source.kind != "file" or limit is None or snapshot.time is None:
             return
-        age = now - snapshot.time
-        if age > limit:
+        if now - snapshot.time > limit:
+            # the time it was written, not its age: the message stays the same poll after poll,
+            # so it is logged once
             raise SourceError(
-                f"status file is stale: OpenVPN last wrote it {age} s ago (more than {limit} s); "
-                "is OpenVPN running, and is its 'status' interval shorter than stale_after?"
+                f"status file is stale: OpenVPN last wrote it at {format_timestamp(snapshot.time)} "
+                f"UTC, more than {limit} s ago; is OpenVPN running, and is its 'status' interval "
+                "shorter than stale_after?"
             )
 
     def _pending_health(self, name: str, now: int, changed: dict[str, dict[str, Any]]) -> None:

@@ -214,8 +214,14 @@ def test_stale_file_is_not_used(engine, status):
     status.write(T0 - 900, row("alice", 0, T0 - 1000, 100, 10))
     collector = make(engine, status, clock, stale_after={"udp": 300})
     summary = collector.poll()
-    assert summary.failed["udp"].startswith("status file is stale: OpenVPN last wrote it 900 s ago")
+    assert summary.failed["udp"] == (
+        "status file is stale: OpenVPN last wrote it at 2026-11-26 18:10:00 UTC, more than 300 s "
+        "ago; is OpenVPN running, and is its 'status' interval shorter than stale_after?"
+    )
     assert health(engine)["state"] == "error"
+    # the same message poll after poll (it is logged once), while the file stays as it was
+    clock.advance(10)
+    assert collector.poll().failed["udp"] == summary.failed["udp"]
 
 
 def test_locked_database_loses_nothing(db_path, status):
