@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, func, insert, select
+from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select
 
 from ovpnmon_common import db, schema
 from ovpnmon_common.buckets import align, align_up
@@ -105,6 +105,67 @@ def _oldest(conn: Connection, rollup: Rollup) -> int | None:
 
 # Longest a rollup transaction holds the write lock: a poll waits at most this long for it.
 SLICE_SECONDS = 0.05
+
+_MARKS = db.Prepared(
+    select(schema.meta.c.key, schema.meta.c.value).where(
+        schema.meta.c.key.like(bindparam("pattern"))
+    )
+)
+
+
+def late_tiers(conn: Connection, ts: int) -> list[Rollup]:
+    """The tiers that already hold the bucket of ``ts`` as final: a poll at ``ts`` is late for
+    them (the wall clock stepped back, or a rollup ran while it was ahead)."""
+    marks = dict(_MARKS(conn, pattern="rollup.%.watermark").all())
+    late = []
+    for rollup in ROLLUPS:
+        mark = marks.get(watermark_key(rollup.name))
+        if mark is not None and align(ts, rollup.width) < int(mark):
+            late.append(rollup)
+    return late
+
+
+def fold_in(
+    conn: Connection,
+    late: list[Rollup],
+    ts: int,
+    samples: list[tuple[int, int, int, int]],
+    server: tuple[int, int, int, int],
+) -> None:
+    """Add one poll's rows at ``ts`` into the ``late`` tiers' final buckets, in the poll's own
+    transaction: every tier then equals the raw sums of its buckets at every commit, whatever
+    the wall clock did. ``samples`` are (client id, bytes received, bytes sent, new raw rows:
+    0 when the poll's row merged into one of the same second); ``server`` the same for the
+    whole-server row, with the active count in place of the client id.
+
+    Watermarks never move back instead: a tier rebuilt from finer data that retention has
+    already pruned would lose what it held."""
+    add: dict[str, db.Merge] = {"bytes_received": "add", "bytes_sent": "add", "samples": "add"}
+    for rollup in late:
+        bucket = align(ts, rollup.width)
+        if rollup.name == "global_15min":
+            active, rx, tx, new = server
+            db.upsert(
+                conn,
+                rollup.table,
+                [
+                    {
+                        "bucket": bucket,
+                        "bytes_received": rx,
+                        "bytes_sent": tx,
+                        "max_active": active,
+                        "samples": new,
+                    }
+                ],
+                ["bucket"],
+                merge={**add, "max_active": "max"},
+            )
+            continue
+        rows = [(cid, bucket, rx, tx, new) for cid, rx, tx, new in samples]
+        db.upsert_tuples(conn, rollup.table, TIER_COLUMNS, rows, ["client_id", "bucket"], merge=add)
+
+
+TIER_COLUMNS = ("client_id", "bucket", "bytes_received", "bytes_sent", "samples")
 
 
 def catch_up(

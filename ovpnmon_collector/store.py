@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, bindparam, select, update
 
+from ovpnmon_collector import rollup
 from ovpnmon_collector.accounting import SessionId, SessionState, SourceDelta
 from ovpnmon_common import counters, db, schema
 
@@ -305,10 +306,18 @@ class Store:
         # instead of inserting all over them (status files list clients in OpenVPN's order).
         rows.sort(key=itemgetter(0))
         total_rx, total_tx = sum(received), sum(sent)
+        late = rollup.late_tiers(conn, poll.ts)
+        if late:
+            before = self._rows_at(conn, poll.ts)  # read before the rows below merge into them
         # two polls within one wall-clock second (or a clock stepped back) add up, never collide
         db.upsert_tuples(
             conn, schema.usage_history, SAMPLE_COLUMNS, rows, ["ts", "client_id"], merge=ADD
         )
+        if late:
+            clients_before, server_before = before
+            samples = [(cid, rx, tx, int(cid not in clients_before)) for cid, _, rx, tx in rows]
+            server = (len(poll.active), total_rx, total_tx, int(not server_before))
+            rollup.fold_in(conn, late, poll.ts, samples, server)
         db.upsert(
             conn,
             schema.global_history,
@@ -324,6 +333,15 @@ class Store:
             ["ts"],
             merge={**ADD, "active_count": "max", "interval": "add"},
         )
+
+    @staticmethod
+    def _rows_at(conn: Connection, ts: int) -> tuple[set[int], bool]:
+        """Which clients already have a raw sample at ``ts``, and whether the whole-server row
+        exists (a second poll in one wall-clock second merges into them)."""
+        u, g = schema.usage_history, schema.global_history
+        clients = set(conn.execute(select(u.c.client_id).where(u.c.ts == ts)).scalars())
+        server = conn.execute(select(g.c.ts).where(g.c.ts == ts)).first() is not None
+        return clients, server
 
     def _write_clients(self, conn: Connection, poll: PollWrite, ids: Mapping[str, int]) -> None:
         """Only what changed: closed sessions' bytes, and clients that became (in)active."""

@@ -1,10 +1,12 @@
-"""Property: every tier's sums equal the raw sums over the same buckets, for any history —
-before and after prune (for what prune keeps), and as the API reads them (tier + finer tail)."""
+"""Property: every tier's sums equal the raw sums over the same buckets, for any history — with
+the wall clock stepping back and ahead between polls and rollups, before and after prune (for
+what prune keeps), and as the API reads them (tier + finer tail)."""
 
 import tempfile
 from collections import defaultdict
 from pathlib import Path
 
+from conftest import FakeClock
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
@@ -13,7 +15,7 @@ from ovpnmon_api import queries
 from ovpnmon_collector import prune, rollup
 from ovpnmon_collector.collector import Collector
 from ovpnmon_collector.parser import SessionRow
-from ovpnmon_collector.simulator import SimClock, render_status, write_in_place
+from ovpnmon_collector.simulator import render_status, write_in_place
 from ovpnmon_collector.sources import StatusFileSource
 from ovpnmon_common import db, schema
 from ovpnmon_common.buckets import align
@@ -23,10 +25,16 @@ from ovpnmon_common.tiers import ROLLUPS
 T0 = 1_795_000_000
 
 step = st.tuples(
-    st.sampled_from([7, 60, 600, 3599, 3600, 5 * 3600 + 1, 86400 + 13]),  # gap before the poll
+    # how the wall clock moves before the poll: mostly forward, sometimes a step back or ahead
+    # across a 15-minute, hour or day edge (the monotonic clock always goes forward)
+    st.one_of(
+        st.sampled_from([7, 60, 600, 3599, 3600, 5 * 3600 + 1, 86400 + 13]),
+        st.sampled_from([-7, -700, -3600, -6 * 3600 - 1, -86400 - 13, 2 * 86400 + 1]),
+    ),
     st.lists(  # per client: None = not connected, "new" = (re)connect, int = bytes moved
         st.one_of(st.none(), st.just("new"), st.integers(0, 10**9)), min_size=3, max_size=3
     ),
+    st.booleans(),  # a rollup after this poll, at the wall clock of then
 )
 
 
@@ -34,14 +42,15 @@ def replay(workdir: Path, steps) -> tuple:
     engine = db.writer_engine(str(workdir / "x.db"))
     db.init_db(engine)
     status = str(workdir / "status.log")
-    clock = SimClock(T0)
+    clock = FakeClock(T0)
     collector = Collector(engine, [StatusFileSource("p", status, settle=0)], clock=clock)
     open_sessions: dict[int, list[int]] = {}
     next_id = 0
     now = T0
-    for gap, actions in steps:
+    for gap, actions, rolls_up in steps:
         now += gap
-        clock.now = now
+        clock.wall = now
+        clock.mono += 10
         for client, action in enumerate(actions):
             if action is None:
                 open_sessions.pop(client, None)
@@ -57,6 +66,9 @@ def replay(workdir: Path, steps) -> tuple:
         ]
         write_in_place(status, render_status(rows, now))
         assert collector.poll().stored
+        if rolls_up:
+            rollup.catch_up(engine, now)
+            check_tiers(engine)  # at every moment, not only at the end
     return engine, now
 
 
@@ -97,7 +109,7 @@ def check_tiers(engine, raw_cutoff=None, kept=None):
                     assert rows.get((cid, bucket)) == sums, (r.name, bucket, "missing")
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(step, min_size=1, max_size=30), st.integers(0, 3), st.data())
 def test_tiers_equal_raw_sums_before_and_after_prune(steps, raw_days, data):
     note(f"steps={steps!r} raw_days={raw_days}")
@@ -109,8 +121,9 @@ def test_tiers_equal_raw_sums_before_and_after_prune(steps, raw_days, data):
         with engine.connect() as conn:
             status = queries.collector_status(conn)
             raw = raw_by_bucket(conn, 1)
-            start = data.draw(st.integers(T0, now))
-            end = data.draw(st.integers(start, now + 1))
+            times = [ts for _, ts in raw] or [T0]
+            start = data.draw(st.integers(min(times) - 1, max(times) + 1))
+            end = data.draw(st.integers(start, max(times) + 2))
             # every client (no limit) through the statement behind /analytics' top clients
             ranked = queries.top_clients(conn, status, start, end, limit=1_000_000)
             clients = select(schema.clients.c.id, schema.clients.c.common_name)

@@ -1,0 +1,121 @@
+"""Clock steps never lose bytes from the tiers (issue 12, item 2): whatever the wall clock does
+between polls and rollups, every tier equals the raw sums, and so do the API's views."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import falcon.testing
+from conftest import FakeClock
+from sqlalchemy import func, select
+
+from ovpnmon_api.app import create_app
+from ovpnmon_collector import rollup
+from ovpnmon_collector.collector import Collector
+from ovpnmon_collector.parser import SessionRow
+from ovpnmon_collector.simulator import render_status
+from ovpnmon_collector.sources import StatusFileSource
+from ovpnmon_common import db, schema
+from ovpnmon_common.buckets import align
+from ovpnmon_common.config import Config
+from ovpnmon_common.tiers import ROLLUPS
+
+T0 = 1_795_651_200 + 100  # a day's start (UTC), plus 100 s
+
+
+class Host:
+    def __init__(self, tmp_path) -> None:
+        self.path = tmp_path / "x.db"
+        self.status = tmp_path / "status.log"
+        self.engine = db.writer_engine(str(self.path))
+        db.init_db(self.engine)
+        self.clock = FakeClock(T0)
+        source = StatusFileSource("udp", str(self.status), settle=0)
+        self.collector = Collector(self.engine, [source], clock=self.clock)
+        self.received = 0
+
+    def poll_at(self, wall: int, moved: int = 1000) -> None:
+        """A poll at wall-clock time ``wall`` (the monotonic clock only ever goes forward)."""
+        self.clock.wall = wall
+        self.clock.mono += 10
+        self.received += moved
+        rows = [SessionRow("alice", "127.0.0.1:1", "", "", self.received, 0, T0, 0)]
+        self.status.write_text(render_status(rows, wall))
+        assert self.collector.poll().stored
+
+    def rollup_at(self, wall: int) -> None:
+        rollup.catch_up(self.engine, wall)
+
+    def tier_sums(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            return {
+                r.name: int(conn.execute(select(func.sum(r.table.c.bytes_received))).scalar() or 0)
+                for r in ROLLUPS
+            }
+
+    def check_every_bucket(self) -> None:
+        """Every bucket before a tier's watermark holds exactly the raw sum of its time."""
+        with self.engine.connect() as conn:
+            raw = conn.execute(
+                select(schema.usage_history.c.ts, schema.usage_history.c.bytes_received)
+            ).all()
+            for r in ROLLUPS:
+                mark = db.get_meta(conn, f"rollup.{r.name}.watermark")
+                if mark is None:
+                    continue
+                expected: dict[int, int] = defaultdict(int)
+                for ts, rx in raw:
+                    if align(ts, r.width) < int(mark):
+                        expected[align(ts, r.width)] += rx
+                rows = conn.execute(
+                    select(r.table.c.bucket, r.table.c.bytes_received).where(
+                        r.table.c.bucket < int(mark)
+                    )
+                ).all()
+                assert {b: rx for b, rx in rows if rx} == dict(expected), r.name
+
+    def api_totals(self, now: int, views=("24h", "7d", "30d")) -> dict[str, int]:
+        app = create_app(Config(database_path=str(self.path)), clock=lambda: now)
+        client = falcon.testing.TestClient(app)
+        found = {}
+        for view in views:
+            body = client.simulate_get("/api/v1/analytics", params={"range": view}).json
+            found[f"analytics {view}"] = body["data"]["traffic_distribution"]["rx"]
+            history = client.simulate_get("/api/v1/stats/alice", params={"range": view}).json[
+                "data"
+            ]["history"]
+            found[f"stats {view}"] = sum(p["bytes_received"] for p in history)
+        return found
+
+
+def test_a_clock_stepped_back_across_a_bucket_keeps_every_byte_in_the_tiers(tmp_path):
+    host = Host(tmp_path)
+    host.poll_at(T0)  # bucket 1
+    host.poll_at(T0 + 900)  # bucket 2
+    host.rollup_at(T0 + 900)  # bucket 1 is final in every 15-minute tier
+    host.poll_at(T0 + 200)  # the clock stepped back 700 s, into bucket 1
+    host.poll_at(T0 + 1000)
+    host.rollup_at(T0 + 1800)  # bucket 2 final
+    host.check_every_bucket()
+    assert host.tier_sums()["quarter_hour"] == host.tier_sums()["global_15min"] == 4000
+    assert set(host.api_totals(T0 + 1800).values()) == {4000}
+    host.rollup_at(T0 + 86400 + 3600)  # the coarser tiers final too
+    assert set(host.tier_sums().values()) == {4000}
+    host.check_every_bucket()
+    assert set(host.api_totals(T0 + 86400 + 3600, ("7d", "30d")).values()) == {4000}
+
+
+def test_one_poll_a_day_ahead_never_keeps_the_next_hours_out_of_the_tiers(tmp_path):
+    host = Host(tmp_path)
+    host.poll_at(T0)
+    host.poll_at(T0 + 86400)  # the clock a day ahead, for one poll and a rollup
+    host.rollup_at(T0 + 86400 + 60)
+    for minute in range(10, 4 * 60 + 10, 10):  # back to the right time: four hours of polls
+        host.poll_at(T0 + 60 * minute)
+        host.rollup_at(T0 + 60 * minute + 5)
+        host.check_every_bucket()
+    received = host.received
+    assert set(host.api_totals(T0 + 4 * 3600 + 600).values()) == {received - 1000}  # all but +1d
+    host.rollup_at(T0 + 3 * 86400)
+    assert set(host.tier_sums().values()) == {received}
+    host.check_every_bucket()
