@@ -289,27 +289,9 @@ def _floated(
         for new, old in pairs:
             new_ident: SessionId = (new.key, new.since_text)
             del unseen[(old.key, old.since_text)]
-            opened.remove(new)
-            counted = deltas[new.common_name]
-            counted[0] -= new.bytes_received - new.baseline_received
-            counted[1] -= new.bytes_sent - new.baseline_sent
-            rx = new.bytes_received - old.bytes_received
-            tx = new.bytes_sent - old.bytes_sent
-            if rx < 0 or tx < 0:
-                _restarted(old, new.bytes_received, new.bytes_sent, rebased, oddities, new_ident)
-                rx = new.bytes_received if rx < 0 else rx
-                tx = new.bytes_sent if tx < 0 else tx
-            counted[0] += rx
-            counted[1] += tx
             previous_key = old.key
+            _carry_on(old, new, new_ident, opened, state, deltas, rebased, oddities, now)
             old.key = new.key
-            old.real_address = new.real_address
-            old.virtual_address = new.virtual_address
-            old.virtual_ipv6 = new.virtual_ipv6
-            old.bytes_received = new.bytes_received
-            old.bytes_sent = new.bytes_sent
-            old.last_seen = now
-            state[new_ident] = old
             moved.append(old)
             oddities.append(
                 Oddity(
@@ -332,17 +314,6 @@ def reopen(delta: SourceDelta, back: list[SessionState], now: int) -> None:
         if old is None:
             continue
         ident = new.ident
-        delta.opened.remove(new)
-        counted = delta.deltas[new.common_name]
-        counted[0] -= new.bytes_received - new.baseline_received
-        counted[1] -= new.bytes_sent - new.baseline_sent
-        rx = new.bytes_received - old.bytes_received
-        tx = new.bytes_sent - old.bytes_sent
-        if rx < 0 or tx < 0:
-            rebased, oddities = delta.rebased, delta.oddities
-            _restarted(old, new.bytes_received, new.bytes_sent, rebased, oddities, ident)
-            rx = new.bytes_received if rx < 0 else rx
-            tx = new.bytes_sent if tx < 0 else tx
         if new.common_name != old.common_name:
             delta.oddities.append(
                 Oddity(
@@ -353,16 +324,46 @@ def reopen(delta: SourceDelta, back: list[SessionState], now: int) -> None:
                     "connected with",
                 )
             )
-        totals = delta.deltas.setdefault(old.common_name, [0, 0])
-        totals[0] += rx
-        totals[1] += tx
-        old.bytes_received, old.bytes_sent = new.bytes_received, new.bytes_sent
-        old.real_address, old.virtual_address = new.real_address, new.virtual_address
-        old.virtual_ipv6, old.last_seen = new.virtual_ipv6, now
-        delta.state[ident] = old  # same key: the dict keeps its order (see counters())
+        _carry_on(
+            *(old, new, ident, delta.opened, delta.state, delta.deltas),
+            *(delta.rebased, delta.oddities, now),
+        )
     for name in [name for name, totals in delta.deltas.items() if totals == [0, 0]]:
         if not any(st.common_name == name for st in delta.state.values()):
             del delta.deltas[name]  # its only session was the one given back to another name
+
+
+def _carry_on(
+    old: SessionState,
+    new: SessionState,
+    ident: SessionId,
+    opened: list[SessionState],
+    state: dict[SessionId, SessionState],
+    deltas: dict[str, list[int]],
+    rebased: list[SessionState],
+    oddities: list[Oddity],
+    now: int,
+) -> None:
+    """``new``, just opened, is ``old`` carrying on: count it from ``old``'s counters instead of
+    as a new session, under ``old``'s name, and let ``old`` take its place in ``state`` (the
+    same key: the dict keeps its order, see ``SourceDelta.counters``)."""
+    opened.remove(new)
+    undone = deltas[new.common_name]
+    undone[0] -= new.bytes_received - new.baseline_received
+    undone[1] -= new.bytes_sent - new.baseline_sent
+    rx = new.bytes_received - old.bytes_received
+    tx = new.bytes_sent - old.bytes_sent
+    if rx < 0 or tx < 0:
+        _restarted(old, new.bytes_received, new.bytes_sent, rebased, oddities, ident)
+        rx = new.bytes_received if rx < 0 else rx
+        tx = new.bytes_sent if tx < 0 else tx
+    counted = deltas.setdefault(old.common_name, [0, 0])
+    counted[0] += rx
+    counted[1] += tx
+    old.bytes_received, old.bytes_sent = new.bytes_received, new.bytes_sent
+    old.real_address, old.virtual_address = new.real_address, new.virtual_address
+    old.virtual_ipv6, old.last_seen = new.virtual_ipv6, now
+    state[ident] = old
 
 
 def _cap(name: str, totals: list[int], oddities: list[Oddity]) -> None:

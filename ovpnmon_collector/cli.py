@@ -174,11 +174,12 @@ def poll_once(config_path: str | None, db_path: str | None, log_level: str) -> N
     setup_logging(log_level)
     config = load(config_path, db_path)
     with writing(config, "poll-once") as (engine, _):
-        summary = build_collector(config, engine).poll()
+        collector = build_collector(config, engine)
+        summary = collector.poll()
     for name, message in summary.failed.items():
         click.echo(f"source {name}: {message}", err=True)
     for name in summary.pending:
-        click.echo(f"source {name}: still reading after {config.interval / 2:g} s", err=True)
+        click.echo(f"source {name}: still reading after {collector.read_wait:g} s", err=True)
     if not summary.stored:
         raise click.ClickException(summary.error or "nothing was stored")
     click.echo(

@@ -7,6 +7,7 @@ whose message names the source and says what went wrong in words an administrato
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 from typing import Protocol
@@ -41,6 +42,8 @@ class Source(Protocol):
 
     def read(self) -> str: ...
 
+
+log = logging.getLogger("ovpnmon.sources")
 
 # How long a status file must have stood unchanged before it is read (see StatusFileSource).
 DEFAULT_SETTLE = 0.25
@@ -122,17 +125,36 @@ class StatusFileSource:
         """The whole file once it has settled, or None if the path now names another file."""
         while True:
             times = _identity(info)
-            wait = 0.0
+            wait = unchanged = 0.0
             if self.settle > 0:  # 0: trust every read (a writer that renames a whole file)
-                wait = self.settle + _granularity(info) - self._unchanged_for(times, info)
+                unchanged = self._unchanged_for(times, info)
+                wait = self.settle + _granularity(info) - unchanged
             if wait <= 0:
                 data = read_fd(fd, MAX_STATUS_BYTES)
                 after = os.fstat(fd)
-                if _identity(after) == times and len(data) == info.st_size:
+                if _identity(after) != times or len(data) != info.st_size:
+                    info = after  # written while being read: wait for it to settle again
+                    check_regular(info, MAX_STATUS_BYTES)
+                    continue
+                if self.settle == 0 or _ends_whole(data):
                     return data
-                info = after  # written while being read: wait for it to settle again
+                # Empty, or no END: no whole status, whatever the times say. A writer that
+                # truncated first was held up (the kernel throttling its writes, say): wait for
+                # it to go on, and report the file incomplete only if it never does.
+                changed = self._wait_for_change(fd, times, deadline)
+                if changed is None:
+                    return data  # the parser says what is wrong with it
+                if changed == "replaced":
+                    return None
+                info = os.fstat(fd)
                 check_regular(info, MAX_STATUS_BYTES)
                 continue
+            log.debug(
+                "%s: status file written %.3f s ago, waiting %.3f s for it to settle",
+                self.name,
+                unchanged,
+                wait,
+            )
             if self.clock.monotonic() + wait > deadline:
                 raise SourceError(
                     f"status file {self.path} never stood unchanged for {self.settle:g} s "
@@ -144,6 +166,18 @@ class StatusFileSource:
             info = os.fstat(fd)
             check_regular(info, MAX_STATUS_BYTES)
 
+    def _wait_for_change(self, fd: int, times: tuple[int, ...], deadline: float) -> str | None:
+        """Wait until the open file changes from ``times`` ("changed") or the path names another
+        file ("replaced"); None at the deadline."""
+        log.debug("%s: status file incomplete, waiting for its writer", self.name)
+        while self.clock.monotonic() < deadline:
+            self.clock.sleep(min(self.settle / 5, max(0.0, deadline - self.clock.monotonic())))
+            if os.stat(self.path).st_ino != os.fstat(fd).st_ino:
+                return "replaced"
+            if _identity(os.fstat(fd)) != times:
+                return "changed"
+        return None
+
     def _unchanged_for(self, times: tuple[int, ...], info: os.stat_result) -> float:
         """How long the file is known to have stood as ``times`` says: by its own modification
         and change times, or since this source first saw them."""
@@ -154,6 +188,11 @@ class StatusFileSource:
         age = self.clock.time() - max(info.st_mtime_ns, info.st_ctime_ns) / 1e9
         # a negative age is a wall clock stepped back: the file's times say nothing then
         return max(by_monotonic, age if age >= 0 else 0.0)
+
+
+def _ends_whole(data: bytes) -> bool:
+    """Whether the text ends as every whole status does: with END (blank lines after it aside)."""
+    return data[-4096:].rstrip().endswith(b"END")
 
 
 def _identity(info: os.stat_result) -> tuple[int, ...]:

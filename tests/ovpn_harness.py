@@ -142,6 +142,9 @@ class Server:
     pki: Pki
     status_version: int = 2
     management_password: str | None = "s3cret"
+    # "keepalive 1 5": both ends ping. None: only clients given ping= do (no server pings, no
+    # timeouts), so counters stand still while the clients are stopped.
+    keepalive: str | None = "1 5"
     port: int = field(default_factory=lambda: free_port(socket.SOCK_DGRAM))
     management_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
@@ -173,7 +176,7 @@ topology subnet
 server 10.98.0.0 255.255.255.0
 ifconfig-noexec
 route-noexec
-keepalive 1 5
+{f"keepalive {self.keepalive}" if self.keepalive else ""}
 duplicate-cn
 ca {self.pki.directory / "ca.crt"}
 cert {crt}
@@ -194,8 +197,11 @@ verb 3
         )
         self._wait_for("Initialization Sequence Completed", self.workdir / "server.log", 20)
 
-    def connect(self, cn: str, label: str | None = None) -> subprocess.Popen[bytes]:
-        """Start a client with certificate ``cn``; waits until it is connected."""
+    def connect(
+        self, cn: str, label: str | None = None, *, ping: int | None = None, wait: bool = True
+    ) -> subprocess.Popen[bytes]:
+        """Start a client with certificate ``cn``; waits until it is connected (unless not
+        ``wait``). ``ping``: the client pings the server every so many seconds."""
         label = label or f"{cn}-{len(self.clients)}"
         crt, key = self._client_cert(cn)
         workdir = self.workdir / "clients" / label
@@ -216,6 +222,7 @@ pull-filter ignore "route"
 pull-filter ignore "redirect-gateway"
 pull-filter ignore "dhcp-option"
 pull-filter ignore "block-outside-dns"
+{f"ping {ping}" if ping else ""}
 verb 3
 """
         (workdir / "client.conf").write_text(config)
@@ -228,7 +235,8 @@ verb 3
             cwd=workdir,
         )
         self.clients.append(process)
-        self._wait_for("Initialization Sequence Completed", logfile, 20)
+        if wait:
+            self._wait_for("Initialization Sequence Completed", logfile, 20)
         return process
 
     def _client_cert(self, cn: str) -> tuple[Path, Path]:
@@ -246,6 +254,30 @@ verb 3
             time.sleep(0.1)
         tail = logfile.read_text(errors="replace")[-3000:] if logfile.exists() else "(no log)"
         raise TimeoutError(f"OpenVPN did not log {text!r} within {timeout} s:\n{tail}")
+
+    def management_status(self) -> str:
+        """OpenVPN's own ``status 3`` over its management interface: one consistent answer."""
+        with socket.create_connection(("127.0.0.1", self.management_port), timeout=10) as sock:
+            reply = b""
+
+            def until(marker: bytes) -> None:
+                nonlocal reply
+                while marker not in reply:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        raise ConnectionError(f"management closed before {marker!r}: {reply!r}")
+                    reply += chunk
+
+            if self.management_password is not None:
+                until(b"ENTER PASSWORD:")
+                sock.sendall(self.management_password.encode() + b"\n")
+                until(b"SUCCESS:")
+            reply = b""
+            sock.sendall(b"status 3\n")
+            until(b"\nEND\r\n")
+            sock.sendall(b"quit\n")
+        text = reply.decode(errors="replace")
+        return text[text.index("TITLE") : text.index("\nEND\r\n") + 7]
 
     def stop(self) -> None:
         for process in [*self.clients, self.process]:

@@ -10,8 +10,10 @@ Each ``write`` may stop in the middle for ``stall`` seconds after ``stall_after`
 ``stalled`` first), which is how a test holds a torn state still for a reader.
 
 Run as a script it rewrites a status file of N sessions again and again (``python
-status_writers.py PATTERN PATH SESSIONS SECONDS PREFIX``), versions numbered from 1, and prints the
-last version written: session i of version k has received 1000*k + i bytes and sent 7*k bytes.
+status_writers.py PATTERN PATH SESSIONS SECONDS PREFIX [SPREAD]``), versions numbered from 1, and
+prints the last version written: session i of version k has received 1000*k + i bytes and sent
+7*k bytes. SPREAD spreads each rewrite's writes over that many seconds (pauses of a hundredth of
+it), as OpenVPN on a loaded host: readers then meet it mid-write often.
 """
 
 from __future__ import annotations
@@ -34,18 +36,23 @@ HEADER = (
 class Writer:
     stalled: threading.Event
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, spread: float = 0.0) -> None:
         self.path = path
         self.stalled = threading.Event()
+        self.spread = spread  # a rewrite's writes spread over this long, as on a loaded host
 
     def write(self, text: str, stall_after: int | None = None, stall: float = 0.0) -> None:
         raise NotImplementedError
 
     def _lines(self, fd: int, text: str, stall_after: int | None, stall: float) -> None:
-        for number, line in enumerate(text.splitlines(keepends=True)):
+        lines = text.splitlines(keepends=True)
+        every = max(1, len(lines) // 100)
+        for number, line in enumerate(lines):
             if number == stall_after:
                 self.stalled.set()
                 time.sleep(stall)
+            elif self.spread and number % every == every - 1:
+                time.sleep(self.spread / 100)
             os.write(fd, line.encode())
 
     def close(self) -> None:
@@ -53,8 +60,8 @@ class Writer:
 
 
 class InPlaceWriter(Writer):
-    def __init__(self, path: str) -> None:
-        super().__init__(path)
+    def __init__(self, path: str, spread: float = 0.0) -> None:
+        super().__init__(path, spread)
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
 
     def write(self, text: str, stall_after: int | None = None, stall: float = 0.0) -> None:
@@ -128,8 +135,9 @@ def version_text(k: int, sessions: int, written: int, since: int, prefix: str = 
 
 def main() -> None:
     pattern, path, sessions, seconds, prefix = sys.argv[1:6]
+    spread = float(sys.argv[6]) if len(sys.argv) > 6 else 0.0
     since = int(time.time())
-    writer = PATTERNS[pattern](path)
+    writer = PATTERNS[pattern](path, spread)
     rng = random.Random(f"{pattern}{prefix}")
     end = time.monotonic() + float(seconds)
     k = 0

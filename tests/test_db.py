@@ -135,11 +135,28 @@ def test_insert_tuples_of_a_wide_table_stays_within_sqlites_parameter_limit(engi
     clients = [(cid, f"cn-{cid}", 0, 0, False, 0, 0) for cid in (1, 2, 3)]
     columns = tuple(col.name for col in schema.sessions.columns if col.name != "disconnected_at")
     sessions = [
-        (n, "udp", f"id:{n}", 1000 + n, n % 3 + 1, "127.0.0.1:1", "10.8.0.2", "", 5, 6, n, 2 * n, 0, 0)
+        (
+            n,
+            "udp",
+            f"id:{n}",
+            1000 + n,
+            n % 3 + 1,
+            "127.0.0.1:1",
+            "10.8.0.2",
+            "",
+            5,
+            6,
+            n,
+            2 * n,
+            0,
+            0,
+        )
         for n in range(1, 151)
     ]
     with engine.begin() as conn:
-        db.insert_tuples(conn, schema.clients, tuple(c.name for c in schema.clients.columns), clients)
+        db.insert_tuples(
+            conn, schema.clients, tuple(c.name for c in schema.clients.columns), clients
+        )
         db.insert_tuples(conn, schema.sessions, columns, sessions)
         s = schema.sessions
         got = conn.execute(select(*(s.c[name] for name in columns)).order_by(s.c.id)).all()

@@ -21,7 +21,7 @@ from ovpnmon_collector.parser import SessionRow
 from ovpnmon_collector.simulator import render_status
 from ovpnmon_common import db
 
-SINCE = int(time.time()) + 60  # connects after the first watch: counted in full
+SINCE = int(time.time()) + 30 * 86400  # after the first watch, however late the test runs
 
 
 def write_status(path: Path, rx: int) -> None:

@@ -87,3 +87,34 @@ def test_a_torn_rewrite_is_never_recorded(tmp_path, writer_class, status_version
     assert (sessions, closed) == (SESSIONS + 1, 0)  # nobody was closed and reopened
     expected = {f"client-{i:02d}": (10**7 + i, 10**6, True) for i in range(SESSIONS)}
     assert totals == {**expected, "bystander": (5, 5, True)}
+
+
+@pytest.mark.parametrize("status_version", [1, 3])
+def test_a_writer_held_up_longer_than_the_settle_time_after_truncating_is_waited_for(
+    tmp_path, status_version
+):
+    """Empty or without END, a file is no whole status however long it stood still: the reader
+    waits for its writer (here 0.6 s, the settle time is 0.25 s) instead of reporting it."""
+    path = tmp_path / "udp.log"
+    writer = TruncateFirstWriter(str(path))
+    writer.write(version(0, status_version))
+    engine = db.writer_engine(str(tmp_path / "x.db"))
+    db.init_db(engine)
+    clock = FakeClock(T0)
+    collector = Collector(engine, [StatusFileSource("udp", str(path))], clock=clock)
+    assert collector.poll().stored
+    for k, stall_after in ((1, 0), (2, SESSIONS // 2)):  # empty; half written, no END yet
+        clock.advance(10)
+        writer.stalled.clear()
+        rewrite = threading.Thread(
+            target=writer.write, args=(version(k, status_version), stall_after, 0.6)
+        )
+        rewrite.start()
+        assert writer.stalled.wait(10)
+        summary = collector.poll()
+        rewrite.join()
+        assert (summary.stored, summary.failed, summary.pending) == (True, {}, []), summary
+    with engine.connect() as conn:
+        totals = lifetime_totals(conn)
+    engine.dispose()
+    assert totals["client-00"] == (10**6, 10**5, True)
