@@ -308,3 +308,21 @@ def wait_for_sessions(path: Path, count: int, timeout: float = 20) -> str:
                 return text
         time.sleep(0.2)
     raise TimeoutError(f"status file never listed {count} clients:\n{text}")
+
+
+def client_rows(text: str) -> dict[tuple[str, str], tuple[str, int, int]]:
+    """(Client ID, Connected Since time_t) -> (CN, bytes received, bytes sent) of a status-version 3
+    text or a ``status 3`` reply, parsed here, independently of ovpnmon's parser."""
+    header: list[str] = []
+    rows = {}
+    for line in text.replace("\r\n", "\n").split("\n"):
+        fields = line.split("\t")
+        if fields[:2] == ["HEADER", "CLIENT_LIST"]:
+            header = fields[2:]
+        elif fields[0] == "CLIENT_LIST" and header:
+            row = dict(zip(header, fields[1:], strict=True))
+            if row["Common Name"] == "UNDEF":
+                continue
+            key = (row["Client ID"], row["Connected Since (time_t)"])
+            rows[key] = (row["Common Name"], int(row["Bytes Received"]), int(row["Bytes Sent"]))
+    return rows

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from conftest import free_port, get_json, require_openvpn, wait_for_http
+from ovpn_harness import client_rows
 from sqlalchemy import select
 
 from ovpnmon_api.queries import lifetime_totals
@@ -31,23 +32,6 @@ from ovpnmon_common import db, schema
 from ovpnmon_common.db import reader_engine
 
 pytestmark = pytest.mark.slow
-
-
-def client_rows(text: str) -> dict[tuple[str, str], tuple[str, int, int]]:
-    """(Client ID, Connected Since time_t) -> (CN, bytes received, bytes sent), parsed here."""
-    header: list[str] = []
-    rows = {}
-    for line in text.replace("\r\n", "\n").split("\n"):
-        fields = line.split("\t")
-        if fields[:2] == ["HEADER", "CLIENT_LIST"]:
-            header = fields[2:]
-        elif fields[0] == "CLIENT_LIST" and header:
-            row = dict(zip(header, fields[1:], strict=True))
-            if row["Common Name"] == "UNDEF":
-                continue
-            key = (row["Client ID"], row["Connected Since (time_t)"])
-            rows[key] = (row["Common Name"], int(row["Bytes Received"]), int(row["Bytes Sent"]))
-    return rows
 
 
 def expected_totals(snapshots: list[str]) -> dict[str, list[int]]:

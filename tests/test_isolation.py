@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import stop_process
 from sqlalchemy import select
 
 from ovpnmon_collector.parser import SessionRow
@@ -49,15 +49,6 @@ def start_daemon(config: Path, log: Path, **env: str) -> subprocess.Popen[bytes]
     )
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 def test_a_hanging_management_source_never_delays_a_status_file(tmp_path):
     status = tmp_path / "status.log"
     now = int(time.time())
@@ -75,7 +66,7 @@ def test_a_hanging_management_source_never_delays_a_status_file(tmp_path):
     try:
         time.sleep(8)
     finally:
-        stop(daemon)
+        stop_process(daemon)
         listener.close()
     engine = db.reader_engine(str(tmp_path / "x.db"))
     with engine.connect() as conn:
@@ -118,7 +109,7 @@ def test_the_watchdog_is_fed_on_its_own_schedule_whatever_the_interval(tmp_path)
             except TimeoutError:
                 continue
     finally:
-        stop(daemon)
+        stop_process(daemon)
         listener.close()
     assert len(pings) >= 8, pings  # not one per 150 s poll
     gaps = [b - a for a, b in itertools.pairwise(pings)]

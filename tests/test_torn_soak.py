@@ -17,7 +17,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from conftest import require_openvpn
+from conftest import require_openvpn, stop_process
+from ovpn_harness import client_rows
 from sqlalchemy import select
 from status_writers import PATTERNS, version_text
 
@@ -39,15 +40,6 @@ def start_daemon(config: Path, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "ovpnmon_collector", *command], stderr=log.open("wb")
     )
-
-
-def stop_daemon(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def problems(log: str) -> list[str]:
@@ -144,7 +136,7 @@ def test_a_minute_of_rewrites_of_10000_sessions_records_no_torn_snapshot(tmp_pat
         ended = time.time()
         time.sleep(3)  # the last versions read
     finally:
-        stop_daemon(daemon)
+        stop_process(daemon)
     log = (tmp_path / "collector.log").read_text()
     polls, totals, stamps = recorded_polls(dbfile)
 
@@ -183,22 +175,6 @@ def test_a_minute_of_rewrites_of_10000_sessions_records_no_torn_snapshot(tmp_pat
     }
     assert totals == expected
     assert min(final.values()) >= SECONDS / 1.2  # each writer really rewrote about every 0.75 s
-
-
-def client_rows(text: str) -> dict[tuple[str, str], tuple[str, int, int]]:
-    """(Client ID, Connected Since) -> (CN, received, sent) of a ``status 3`` text, parsed here."""
-    header: list[str] = []
-    rows = {}
-    for line in text.replace("\r\n", "\n").split("\n"):
-        fields = line.split("\t")
-        if fields[:2] == ["HEADER", "CLIENT_LIST"]:
-            header = fields[2:]
-        elif fields[0] == "CLIENT_LIST" and header:
-            row = dict(zip(header, fields[1:], strict=True))
-            if row["Common Name"] != "UNDEF":
-                key = (row["Client ID"], row["Connected Since (time_t)"])
-                rows[key] = (row["Common Name"], int(row["Bytes Received"]), int(row["Bytes Sent"]))
-    return rows
 
 
 class TightReader(threading.Thread):
@@ -270,14 +246,14 @@ def test_a_real_openvpn_read_tightly_under_load_records_only_whole_writes(tmp_pa
         time.sleep(3)  # OpenVPN writes the still counters, the collector reads them
         truth = client_rows(server.management_status())
         time.sleep(2)
-        stop_daemon(daemon)
+        stop_process(daemon)
         daemon = None
         assert client_rows(server.management_status()) == truth  # they did stand still
     finally:
         for burner in burners:
             burner.kill()
         if daemon is not None:
-            stop_daemon(daemon)
+            stop_process(daemon)
         for process in server.clients:
             process.send_signal(signal.SIGCONT)
         server.stop()
