@@ -273,7 +273,9 @@ def child_rss(workdir: Path, polls: int) -> None:
     engine = writer_engine(str(workdir / "child.db"))
     init_db(engine)
     clock = Clock()
-    collector = Collector(engine, [StatusFileSource("bench", str(workdir / "status"), settle=0)], clock=clock)
+    collector = Collector(
+        engine, [StatusFileSource("bench", str(workdir / "status"), settle=0)], clock=clock
+    )
     for step in range(polls):
         os.replace(workdir / f"status.{step}", workdir / "status")
         assert collector.poll().stored

@@ -14,7 +14,7 @@ from itertools import repeat
 from operator import itemgetter
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, bindparam, select, update
+from sqlalchemy import Connection, Engine, bindparam, func, select, update
 
 from ovpnmon_collector import rollup
 from ovpnmon_collector.accounting import SessionId, SessionState, SourceDelta
@@ -25,6 +25,7 @@ _T = TypeVar("_T")
 FIRST_WATCHED = "source.{}.first_watched"
 HEALTH = "source.{}.health"
 HEARTBEAT = "collector.heartbeat"
+CLOSED_SINCE = "collector.closed_since"
 INTERVAL = "collector.interval"
 
 
@@ -112,6 +113,9 @@ class Store:
         self.engine = engine
         self._client_ids: dict[str, int] = {}
         self._active: set[str] | None = None
+        # per source, the latest Connected Since of its closed sessions (see closed_sessions)
+        self._closed_since: dict[str, int] = {}
+        self._closed_since_stored = False
         # after a load, the stored active flags are compared with every client once; after
         # that, only clients with a session that opened or closed can change
         self._compare_all = True
@@ -148,6 +152,7 @@ class Store:
                 self._client_ids[name] = cid
                 if active:
                     self._active.add(name)
+            self._closed_since, self._closed_since_stored = _latest_closed(conn)
         return state
 
     def first_watched(self, source: str, now: int) -> int:
@@ -165,7 +170,15 @@ class Store:
     ) -> list[tuple[SessionState, int, int]]:
         """Closed sessions of ``source`` with the identity of one of ``candidates`` (sessions
         that look new): sessions that came back. Each as the state to carry on from, with the
-        bytes it had counted when it closed."""
+        bytes it had counted when it closed.
+
+        A session that comes back has the Connected Since of one that closed, so candidates
+        that connected after every closed session of the source are not looked up (both times
+        are OpenVPN's): after an OpenVPN restart, none of its 10,000 new sessions."""
+        latest = self._closed_since.get(source)
+        if latest is None:
+            return []
+        candidates = [st for st in candidates if st.connected_since <= latest]
         s, c = schema.sessions, schema.clients
         wanted = {(st.key, st.connected_since) for st in candidates}
         found = []
@@ -210,6 +223,12 @@ class Store:
             self._write_clients(conn, poll, ids)
             meta = {HEARTBEAT: str(poll.ts), INTERVAL: str(poll.configured_interval)}
             meta.update({HEALTH.format(n): json.dumps(h) for n, h in poll.health.items()})
+            latest = dict(self._closed_since)
+            for st in (*poll.closed, *poll.retired):
+                if st.connected_since > latest.get(st.source, -1):
+                    latest[st.source] = st.connected_since
+            if latest != self._closed_since or not self._closed_since_stored:
+                meta[CLOSED_SINCE] = json.dumps(latest, sort_keys=True)
             db.upsert(conn, schema.meta, [{"key": k, "value": v} for k, v in meta.items()], ["key"])
             if poll.retired_sources:
                 m = schema.meta
@@ -217,6 +236,7 @@ class Store:
                 conn.execute(m.delete().where(m.c.key.in_(gone)))
         self._active = poll.active  # the collector builds a new set every poll
         self._compare_all = False
+        self._closed_since, self._closed_since_stored = latest, True
 
     def _ensure_clients(self, conn: Connection, now: int, names: Iterable[str]) -> dict[str, int]:
         new = [name for name in dict.fromkeys(names) if name not in self._client_ids]
@@ -378,6 +398,22 @@ class Store:
 
     def close(self) -> None:
         db.close_writer(self.engine)
+
+
+def _latest_closed(conn: Connection) -> tuple[dict[str, int], bool]:
+    """Per source, the latest Connected Since among its closed sessions, and whether ``meta``
+    holds it: the polls that close sessions keep it there; for a database from before that it
+    is worked out once (a scan) and stored by the next poll."""
+    stored = db.get_meta(conn, CLOSED_SINCE)
+    if stored is not None:
+        return {source: int(since) for source, since in json.loads(stored).items()}, True
+    s = schema.sessions
+    rows = conn.execute(
+        select(s.c.source, func.max(s.c.connected_since))
+        .where(s.c.disconnected_at.is_not(None))
+        .group_by(s.c.source)
+    )
+    return {source: int(since) for source, since in rows}, False
 
 
 def _session_state(row: Any) -> SessionState:

@@ -269,3 +269,26 @@ def test_a_source_removed_from_the_config_has_its_sessions_closed(tmp_path, capl
     # closed at the last poll that saw it (the first one), not when the collector noticed
     assert closed == {"udp": None, "tcp": polls[0].ts}
     assert polls[-1].active_count == 1
+
+
+def test_the_latest_closed_connected_since_is_kept_and_worked_out_for_older_databases(host):
+    """What lets a poll skip looking up 10,000 new sessions after an OpenVPN restart."""
+    host.write(row("alice", 1, 100, 10), row("bob", 2, 50, 5, since=SINCE + 5))
+    host.poll()
+    host.write(row("alice", 1, 100, 10))  # bob closes
+    host.poll()
+    engine = db.writer_engine(str(host.db))
+
+    def stored():
+        with engine.connect() as conn:
+            return db.get_meta(conn, "collector.closed_since")
+
+    assert stored() == f'{{"udp": {SINCE + 5}}}'
+    with engine.begin() as conn:  # as a database written before the key existed
+        conn.execute(schema.meta.delete().where(schema.meta.c.key == "collector.closed_since"))
+    host.configure(("udp",))  # a new collector: works it out from the sessions table
+    host.write(row("alice", 1, 100, 10), row("bob", 2, 80, 8, since=SINCE + 5))  # bob is back
+    host.poll()
+    assert stored() == f'{{"udp": {SINCE + 5}}}'
+    engine.dispose()
+    assert host.totals() == {"alice": (100, 10, True), "bob": (80, 8, True)}
