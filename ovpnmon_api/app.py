@@ -13,9 +13,9 @@ from sqlalchemy import Engine
 
 from ovpnmon_api import errors, resources
 from ovpnmon_api.cache import ResponseCache
+from ovpnmon_api.database import FollowedDatabase
 from ovpnmon_api.openapi import OpenApi
 from ovpnmon_common.config import Config
-from ovpnmon_common.db import reader_engine
 
 PREFIX = "/api/v1"
 
@@ -78,7 +78,7 @@ def create_app(
 ) -> falcon.App:
     """Build the app. ``engine`` defaults to the read-only engine on ``config.database_path``,
     ``cache`` to one of ``config.api.cache_mb`` on the same file."""
-    engine = engine or reader_engine(config.database_path, pool_size=config.api.threads)
+    database = FollowedDatabase(config.database_path, pool_size=config.api.threads, engine=engine)
     middleware: list[Any] = [AccessLog(), BearerTokens(config.api.tokens)]
     if config.api.cors_origins:
         middleware.insert(0, falcon.CORSMiddleware(allow_origins=list(config.api.cors_origins)))
@@ -87,7 +87,7 @@ def create_app(
     app.req_options.keep_blank_qs_values = True
     errors.install(app)
 
-    ctx = resources.Context(engine, config, clock, cache)
+    ctx = resources.Context(database, config, clock, cache)
     client_stats = resources.ClientStats(ctx)
     app.add_route(f"{PREFIX}/analytics", resources.Analytics(ctx))
     app.add_route(f"{PREFIX}/stats", resources.AllStats(ctx))

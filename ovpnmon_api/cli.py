@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 
@@ -63,10 +64,17 @@ def serve(
             f"the API needs its extra: pip install 'ovpnmon[api]' ({exc})"
         ) from None
     engine = reader_engine(config.database_path, pool_size=config.api.threads)
-    try:
-        check_schema(engine, config.database_path)
-    except DatabaseError as exc:
-        raise click.ClickException(str(exc)) from None
+    if os.path.exists(config.database_path):
+        try:  # a wrong path or a foreign file is a mistake to say at once
+            check_schema(engine, config.database_path)
+        except DatabaseError as exc:
+            engine.dispose()
+            raise click.ClickException(str(exc)) from None
+    else:  # the collector has not created it yet: answer 503 until it does
+        log.warning(
+            "%s does not exist yet: answering 503 until the collector creates it",
+            config.database_path,
+        )
     app = create_app(config, engine)
     try:
         server = waitress.create_server(

@@ -29,11 +29,16 @@ def invalid_query(req: falcon.Request, resp: falcon.Response, ex: Exception, par
     raise falcon.HTTPBadRequest(title="Bad request", description=str(ex))
 
 
+_last_unavailable: list[str] = [""]
+
+
 def database_unavailable(
     req: falcon.Request, resp: falcon.Response, ex: Exception, params: Any
 ) -> None:
     detail = describe_error(ex)
-    log.warning("database unavailable for %s %s: %s", req.method, req.path, detail)
+    if detail != _last_unavailable[0]:  # once per reason, not once per request
+        _last_unavailable[0] = detail
+        log.warning("database unavailable (first for %s %s): %s", req.method, req.path, detail)
     raise falcon.HTTPServiceUnavailable(
         title="Service unavailable", description=f"database unavailable: {detail}"
     )

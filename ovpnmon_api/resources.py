@@ -11,36 +11,37 @@ from contextlib import contextmanager
 from typing import Any
 
 import falcon
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
 from ovpnmon_api import queries
 from ovpnmon_api.cache import ResponseCache
+from ovpnmon_api.database import FollowedDatabase
 from ovpnmon_common.buckets import Series, plan, plan_analytics
 from ovpnmon_common.config import Config
-from ovpnmon_common.db import ChangeCounter, DatabaseError, check_schema, describe_error
+from ovpnmon_common.db import DatabaseError, describe_error
 from ovpnmon_common.formatting import format_timestamp, to_gb, to_mb, to_mbps
 
 STALE_FACTOR = 3
 
 
 class Context:
-    """What every resource needs: the read-only engine, the config, the clock and the cache."""
+    """What every resource needs: the database (followed, read-only), the config, the clock
+    and the cache."""
 
     def __init__(
         self,
-        engine: Engine,
+        database: FollowedDatabase,
         config: Config,
         clock: Callable[[], float],
         cache: ResponseCache | None = None,
     ) -> None:
-        self.engine = engine
+        self.database = database
+        self.engine = database.engine
         self.config = config
         self.clock = clock
         self.tz = config.api.timezone
-        self.cache = cache or ResponseCache(
-            ChangeCounter(config.database_path), config.api.cache_mb * 1024 * 1024
-        )
+        self.cache = cache or ResponseCache(database.counter, config.api.cache_mb * 1024 * 1024)
 
     def respond(self, resp: falcon.Response, key: Hashable, build: Callable[[], Any]) -> None:
         """Answer with the JSON of ``build()``, rendered once per database state and ``key``."""
@@ -51,6 +52,7 @@ class Context:
         """The collector's status, read once per database state."""
 
         def read() -> queries.CollectorStatus:
+            self.database.check()
             with self.engine.connect() as conn:
                 return queries.collector_status(conn)
 
@@ -59,6 +61,7 @@ class Context:
     @contextmanager
     def snapshot(self) -> Iterator[tuple[Connection, queries.CollectorStatus]]:
         """One read transaction: every query of a request sees the same committed poll."""
+        self.database.check()
         with self.engine.connect() as conn:
             yield conn, queries.collector_status(conn)
 
@@ -360,12 +363,8 @@ class Health(Resource):
         allow_params(req)
         config = self.ctx.config
 
-        def check() -> bool:
-            check_schema(self.ctx.engine, config.database_path)
-            return True
-
         try:
-            self.ctx.cache.get_or_build(("schema checked",), check)  # once per database state
+            self.ctx.database.check()
             status = self.ctx.status()
         except (DatabaseError, DBAPIError) as exc:
             detail = describe_error(exc)

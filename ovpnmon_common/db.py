@@ -30,7 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects import sqlite as sqlite_dialect
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import QueuePool
 from sqlalchemy.sql.expression import ColumnElement
 
@@ -244,7 +244,7 @@ def check_schema(engine: Engine, path: str) -> None:
     try:
         with engine.connect() as conn:
             version = schema_version(conn)
-    except OperationalError as exc:
+    except DBAPIError as exc:  # unreadable, locked, or not an SQLite file at all
         raise DatabaseError(f"cannot read database {path}: {describe_error(exc)}") from None
     if version is None:
         raise DatabaseError(

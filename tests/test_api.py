@@ -295,7 +295,8 @@ def test_missing_database_is_503_everywhere(tmp_path):
         assert result.status_code == 503, path
         assert result.json == {
             "success": False,
-            "error": "database unavailable: unable to open database file",
+            "error": f"database unavailable: {tmp_path / 'gone.db'} does not exist (yet): the "
+            "collector creates it; is ovpnmon-collector running?",
         }
     health = gone.simulate_get("/api/v1/health")
     assert health.status_code == 503 and health.json["status"] == "unhealthy"

@@ -136,12 +136,28 @@ def test_poll_once_reads_and_stores(runner, tmp_path):
     assert f"source udp: status file {status} does not exist" in result.stderr
 
 
-def test_api_refuses_missing_or_foreign_database(runner, tmp_path):
-    missing = tmp_path / "missing.db"
-    result = runner.invoke(api_cli, ["serve", "--db", str(missing)])
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        (b"not a database, just text\n" * 200, "file is not a database"),
+        (b"", "has no ovpnmon schema: run 'ovpnmon-collector init-db'"),
+    ],
+)
+def test_api_refuses_a_file_that_is_no_ovpnmon_database(runner, tmp_path, content, said):
+    path = tmp_path / "foreign.db"
+    path.write_bytes(content)
+    result = runner.invoke(api_cli, ["serve", "--db", str(path)])
     assert result.exit_code == 1
-    assert result.stderr == f"Error: cannot read database {missing}: unable to open database file\n"
-    assert not missing.exists()
+    assert result.stderr.count("\n") == 1 and said in result.stderr, result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_info_on_a_file_that_is_no_database_is_one_line(runner, tmp_path):
+    path = tmp_path / "garbage.db"
+    path.write_bytes(b"\x00garbage" * 500)
+    result = runner.invoke(cli, ["info", "--db", str(path)])
+    assert result.exit_code == 1
+    assert result.stderr == f"Error: cannot read database {path}: file is not a database\n"
 
 
 def test_api_refuses_newer_schema(runner, tmp_path):

@@ -1,0 +1,73 @@
+"""The collector's database as the API reads it: read-only, and following the file.
+
+The API's pooled connections hold the file they opened. A database replaced under them (a restore,
+an ``mv``) would go on being served from the old inode, and a deleted one from memory, with
+``/health`` saying all is well. So every request first looks at the path (one ``stat``): a new
+file is opened afresh (the pool is dropped), a missing or unreadable one is a ``DatabaseError``
+(503, ``/health`` unhealthy) until it is back, and the schema is checked once per state of the
+database. The API starts without the file and serves as soon as the collector creates it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Hashable
+
+from sqlalchemy import Engine
+
+from ovpnmon_common.db import ChangeCounter, DatabaseError, check_schema, reader_engine
+
+log = logging.getLogger("ovpnmon.api")
+
+
+class FollowedDatabase:
+    """The read-only engine on ``path`` and the counter that moves with every commit."""
+
+    def __init__(self, path: str, *, pool_size: int = 8, engine: Engine | None = None) -> None:
+        self.path = path
+        self.engine = engine or reader_engine(path, pool_size=pool_size)
+        self.counter = ChangeCounter(path)
+        self._lock = threading.Lock()
+        self._file: tuple[int, int] | None = None  # the file the pool's connections are on
+        self._checked: Hashable = None  # the database state whose schema was checked
+
+    def check(self) -> None:
+        """Raise ``DatabaseError`` unless the file is there, readable and of our schema;
+        reopen on a file that replaced the one the connections hold."""
+        try:
+            info = os.stat(self.path)
+        except FileNotFoundError:
+            raise DatabaseError(
+                f"{self.path} does not exist (yet): the collector creates it; is "
+                "ovpnmon-collector running?"
+            ) from None
+        except OSError as exc:
+            raise DatabaseError(f"cannot read {self.path}: {exc.strerror}") from None
+        if not os.access(self.path, os.R_OK):
+            raise DatabaseError(
+                f"cannot read {self.path}: permission denied (the API's user must be in the "
+                "database's group: see docs/deploy.md)"
+            )
+        file = (info.st_dev, info.st_ino)
+        if file != self._file:
+            with self._lock:
+                if file != self._file:
+                    if self._file is not None:
+                        log.info("database %s is a new file: reading that one", self.path)
+                    self.engine.dispose()  # connections on the old file go; new ones open this
+                    self._file = file
+                    self._checked = None
+        try:
+            version = self.counter.value()
+        except (OSError, sqlite3.Error) as exc:
+            raise DatabaseError(f"cannot read {self.path}: {exc}") from None
+        if version != self._checked:
+            check_schema(self.engine, self.path)
+            self._checked = version
+
+    def dispose(self) -> None:
+        self.counter.close()
+        self.engine.dispose()
