@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,7 +24,9 @@ access_log = logging.getLogger("ovpnmon.api.access")
 
 
 class BearerTokens:
-    """When ``[api] tokens`` is set, every endpoint but ``/health`` needs one of them."""
+    """When ``[api] tokens`` is set, every endpoint but ``/health`` and ``/openapi.json`` needs
+    one of them; ``req.context.authorized`` says whether the request had one (``/health`` shows
+    its details only then)."""
 
     def __init__(self, tokens: tuple[str, ...]) -> None:
         self.tokens = [token.encode() for token in tokens]
@@ -31,19 +34,43 @@ class BearerTokens:
     def process_resource(
         self, req: falcon.Request, resp: falcon.Response, resource: Any, params: Any
     ) -> None:
-        if not self.tokens or getattr(resource, "auth_exempt", False) or req.method == "OPTIONS":
+        if not self.tokens:
+            req.context.authorized = True
             return
         header = req.get_header("Authorization") or ""
         scheme, _, token = header.partition(" ")
         given = token.strip().encode()
-        if scheme.lower() != "bearer" or not any(
+        valid = scheme.lower() == "bearer" and any(
             hmac.compare_digest(given, t) for t in self.tokens
-        ):
-            raise falcon.HTTPUnauthorized(
-                title="Unauthorized",
-                description="a bearer token is required: send 'Authorization: Bearer <token>'",
-                challenges=["Bearer"],
+        )
+        req.context.authorized = valid
+        if valid or getattr(resource, "auth_exempt", False) or req.method == "OPTIONS":
+            return
+        if not header:
+            description = "a bearer token is required: send 'Authorization: Bearer <token>'"
+        elif scheme.lower() != "bearer":
+            description = (
+                f"the Authorization header must be 'Bearer <token>', not '{scheme[:20]} ...'"
             )
+        else:
+            description = "this bearer token is not one of [api] tokens"
+        raise falcon.HTTPUnauthorized(
+            title="Unauthorized", description=description, challenges=["Bearer"]
+        )
+
+
+# Characters that would end or bend a log line (a %0A in a path would forge a second line).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped (``\n`` as ``\x0a``): one log line stays one."""
+    return _CONTROL.sub(
+        lambda m: (
+            f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else f"\\u{ord(m.group()):04x}"
+        ),
+        text,
+    )
 
 
 class AccessLog:
@@ -62,12 +89,24 @@ class AccessLog:
         access_log.info(
             "%s %s %s%s %s %.1fms",
             req.remote_addr,
-            req.method,
-            req.path,
-            query,
+            printable(req.method),
+            printable(req.path),
+            printable(query),
             resp.status[:3] if isinstance(resp.status, str) else resp.status,
             elapsed,
         )
+
+
+class _NameWithSlashes:
+    """``/clients/<name>/stats`` for a name that contains '/'."""
+
+    def __init__(self, resource: resources.ClientStats) -> None:
+        self.resource = resource
+
+    def __call__(self, req: falcon.Request, resp: falcon.Response, **params: Any) -> None:
+        if req.method not in ("GET", "HEAD"):
+            raise falcon.HTTPMethodNotAllowed(["GET", "HEAD"])
+        self.resource.on_get(req, resp, params["common_name"])
 
 
 def create_app(
@@ -96,6 +135,9 @@ def create_app(
     # as /clients/system/stats, the same resource under a path no fixed name shadows.
     app.add_route(PREFIX + "/stats/{common_name:path}", client_stats)
     app.add_route(PREFIX + "/clients/{common_name}/stats", client_stats)
+    # a name with '/' (sent as %2F) spans several segments, which no route field can: a sink
+    # (tried only when no route matched) takes what lies between /clients/ and /stats
+    app.add_sink(_NameWithSlashes(client_stats), rf"{PREFIX}/clients/(?P<common_name>.+/.+)/stats$")
     app.add_route(f"{PREFIX}/clients", resources.Clients(ctx))
     app.add_route(f"{PREFIX}/certificates", resources.Certificates(ctx))
     app.add_route(f"{PREFIX}/health", resources.Health(ctx))

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import signal
 import sys
 
 import click
 
 from ovpnmon_common import __version__
-from ovpnmon_common.cliutil import CONTEXT_SETTINGS, config_options, load
+from ovpnmon_common.cliutil import CONTEXT_SETTINGS, config_options, load, run_cli
 from ovpnmon_common.db import DatabaseError, check_schema, reader_engine
 
 log = logging.getLogger("ovpnmon.api")
@@ -76,6 +77,7 @@ def serve(
             config.database_path,
         )
     app = create_app(config, engine)
+    _raise_open_files_limit(CONNECTION_LIMIT + 256)
     try:
         server = waitress.create_server(
             app,
@@ -84,6 +86,10 @@ def serve(
             threads=config.api.threads,
             ident="ovpnmon",
             clear_untrusted_proxy_headers=True,
+            # waitress stops accepting at 100 open connections by default: 110 idle keep-alive
+            # connections (browsers keep a few each) then made every new request wait
+            connection_limit=CONNECTION_LIMIT,
+            channel_timeout=CHANNEL_TIMEOUT,
         )
     except OSError as exc:
         raise click.ClickException(
@@ -105,5 +111,20 @@ def serve(
     log.info("stopped")
 
 
+# Open connections waitress keeps (idle keep-alive ones included; each costs a file descriptor
+# and a few KiB, no thread), and how long an idle one may stay open.
+CONNECTION_LIMIT = 1000
+CHANNEL_TIMEOUT = 30
+
+
+def _raise_open_files_limit(wanted: int) -> None:
+    """Raise the soft limit on open files to ``wanted`` (within the hard limit): the common
+    default of 1024 is too few for CONNECTION_LIMIT connections."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def main() -> None:
-    cli(prog_name="ovpnmon-api")
+    run_cli(cli, "ovpnmon-api")

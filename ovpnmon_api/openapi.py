@@ -220,6 +220,7 @@ HEALTH_OK = _obj(
         "last_poll": NULLABLE_TIMESTAMP,
         "reason": {"type": "string"},
         "sources": {"type": "object"},
+        "failing_sources": {"type": "array", "items": {"type": "string"}},
     },
 )
 HEALTH_BAD = _obj(
@@ -349,7 +350,8 @@ def document() -> dict[str, Any]:
 
 
 class OpenApi:
-    """``GET /openapi.json``."""
+    """``GET /openapi.json``. Needs no token: it describes the API, the same for every
+    installation, and holds no data."""
 
     auth_exempt = True
 
@@ -358,3 +360,5 @@ class OpenApi:
 
     def on_get(self, req: Any, resp: Any) -> None:
         resp.media = self.body
+
+    on_head = on_get

@@ -73,15 +73,26 @@ class Context:
 
 
 class Resource:
-    """Every endpoint holds the shared context and nothing else."""
+    """Every endpoint holds the shared context and nothing else. Every GET also answers HEAD
+    (uptime checkers use it): the same status and headers, no body."""
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "on_get" in cls.__dict__:
+            cls.on_head = cls.on_get  # type: ignore[attr-defined]
+
+
+# ``_`` is a client-side cache-buster (jQuery's ``cache: false`` adds ``_=<time>``): accepted on
+# every endpoint and ignored.
+IGNORED_PARAMS = frozenset({"_"})
+
 
 def allow_params(req: falcon.Request, *names: str) -> None:
     """Reject query parameters the endpoint does not know (a typo should not pass silently)."""
-    unknown = sorted(set(req.params) - set(names))
+    unknown = sorted(set(req.params) - set(names) - IGNORED_PARAMS)
     if unknown:
         accepted = ", ".join(names) if names else "none"
         raise falcon.HTTPBadRequest(
@@ -355,40 +366,64 @@ class Certificates(Resource):
 
 
 class Health(Resource):
-    """Database connectivity and collector freshness (never needs a token)."""
+    """Database connectivity, collector freshness and source health; never needs a token.
+
+    With ``[api] tokens`` set, a request without a valid token gets the verdict only (status
+    and a reason without names, paths or addresses): enough for a monitor, nothing for a
+    stranger.
+    """
 
     auth_exempt = True
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         allow_params(req)
         config = self.ctx.config
+        details = getattr(req.context, "authorized", True)
 
         try:
             self.ctx.database.check()
             status = self.ctx.status()
         except (DatabaseError, DBAPIError) as exc:
-            detail = describe_error(exc)
             resp.status = falcon.HTTP_503
-            resp.media = {"success": False, "status": "unhealthy", "error": detail}
+            error = describe_error(exc) if details else "the database cannot be read"
+            resp.media = {"success": False, "status": "unhealthy", "error": error}
             return
         now = self.ctx.clock()
         interval = status.interval or config.interval
         heartbeat = status.heartbeat
+        reasons: list[tuple[str, str]] = []  # (with details, without)
+        if heartbeat is None:
+            reasons.append(("the collector has not stored a poll yet",) * 2)
+        elif now - heartbeat > STALE_FACTOR * interval:
+            reasons.append(
+                (
+                    f"the collector last stored a poll {int(now - heartbeat)} s ago (more than "
+                    f"{STALE_FACTOR} x {interval} s): is ovpnmon-collector running?",
+                    "the collector has not stored a poll for a while",
+                )
+            )
+        failing = sorted(name for name, h in status.sources.items() if h.get("state") != "ok")
+        if failing:
+            reasons.append(
+                (
+                    "; ".join(
+                        f"source {n}: {status.sources[n].get('message', '')}" for n in failing
+                    ),
+                    f"{len(failing)} of {len(status.sources)} sources failing",
+                )
+            )
         body: dict[str, Any] = {
             "success": True,
-            "status": "healthy",
-            "database": "ok",
-            "interval_seconds": interval,
-            "last_poll": self.ctx.ts(heartbeat),
-            "sources": status.sources,
+            "status": "degraded" if reasons else "healthy",
         }
-        if heartbeat is None:
-            body["status"] = "degraded"
-            body["reason"] = "the collector has not stored a poll yet"
-        elif now - heartbeat > STALE_FACTOR * interval:
-            body["status"] = "degraded"
-            body["reason"] = (
-                f"the collector last stored a poll {int(now - heartbeat)} s ago "
-                f"(more than {STALE_FACTOR} x {interval} s): is ovpnmon-collector running?"
+        if reasons:
+            body["reason"] = "; ".join(full if details else brief for full, brief in reasons)
+        if details:
+            body.update(
+                database="ok",
+                interval_seconds=interval,
+                last_poll=self.ctx.ts(heartbeat),
+                sources=status.sources,
+                failing_sources=failing,
             )
         resp.media = body

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -21,7 +22,13 @@ from ovpnmon_collector.lock import WriterBusy, WriterLock
 from ovpnmon_collector.notify import Notifier
 from ovpnmon_collector.sources import build_source
 from ovpnmon_common import __version__
-from ovpnmon_common.cliutil import CONTEXT_SETTINGS, config_options, ensure_parent_dir, load
+from ovpnmon_common.cliutil import (
+    CONTEXT_SETTINGS,
+    config_options,
+    ensure_parent_dir,
+    load,
+    run_cli,
+)
 from ovpnmon_common.config import Config, ConfigError
 from ovpnmon_common.db import (
     DatabaseError,
@@ -407,4 +414,7 @@ def info_command(config_path: str | None, db_path: str | None, as_json: bool) ->
 
 
 def main() -> None:
-    cli(prog_name="ovpnmon-collector")
+    # What the collector creates (the database, its WAL files, the lock) is for its group (the
+    # API's user is in it) and nobody else, also when it runs outside its unit (UMask=0027).
+    os.umask(os.umask(0) | 0o027)
+    run_cli(cli, "ovpnmon-collector")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -42,6 +43,26 @@ def load(config_path: str | None, db_path: str | None) -> Config:
     if db_path:
         config = config.replace(database_path=db_path)
     return config
+
+
+def run_cli(group: click.Group, prog_name: str) -> None:
+    """Run a program: a mistake on the command line is one line on stderr (click's own usage
+    message is three, its help hint and a blank among them), and exit status 2."""
+    try:
+        group.main(prog_name=prog_name, standalone_mode=False)
+    except click.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx is not None else prog_name
+        message = exc.format_message().rstrip(".")
+        click.echo(f"Error: {message} (see '{command} -h')", err=True)
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("Aborted!", err=True)
+        sys.exit(1)
 
 
 def ensure_parent_dir(path: str) -> None:

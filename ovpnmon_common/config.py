@@ -130,6 +130,18 @@ def _list(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
+def _tokens(text: str) -> tuple[str, ...]:
+    """Bearer tokens: a list that is there but empty (``tokens = ,``) would turn authentication
+    off without a word, so it is an error."""
+    tokens = _list(text)
+    if not tokens:
+        raise ValueError(
+            "expected one or more tokens separated by commas (remove the key to serve without "
+            "tokens)"
+        )
+    return tokens
+
+
 def _timezone(text: str) -> str:
     try:
         zoneinfo.ZoneInfo(text)
@@ -181,7 +193,7 @@ _SECTIONS: dict[str, _Parsers] = {
         "timezone": _timezone,
         "threads": _int_between(1, 64),
         "cache_mb": _int_between(0, 4096),
-        "tokens": _list,
+        "tokens": _tokens,
         "cors_origins": _list,
     },
 }
@@ -215,7 +227,8 @@ def load_config(path: str | None = None) -> Config:
     if chosen is None or (not required and not os.path.exists(chosen)):
         return Config()
     try:
-        text = read_regular_file(chosen, MAX_CONFIG_BYTES).decode("utf-8")
+        # "utf-8-sig": editors on Windows start the file with a byte order mark
+        text = read_regular_file(chosen, MAX_CONFIG_BYTES).decode("utf-8-sig")
     except OSError as exc:
         raise ConfigError(f"{chosen}: cannot read config file: {exc.strerror or exc}") from None
     except BadFile as exc:

@@ -131,10 +131,14 @@ def test_explicit_resolutions(client):
 
 @pytest.mark.parametrize("name", (*SPECIAL, "shared-laptop"))
 def test_names_with_spaces_unicode_and_url_characters(client, name):
-    path = "/clients/system/stats" if name == "system" else f"/stats/{quote(name, safe='')}"
-    body = client.simulate_get(f"/api/v1{path}").json
-    assert body["success"] is True, body
-    assert body["data"]["common_name"] == name
+    paths = [f"/clients/{quote(name, safe='')}/stats"]  # every name, '/' included
+    if name != "system":
+        paths.append(f"/stats/{quote(name, safe='')}")
+    for path in paths:
+        body = client.simulate_get(f"/api/v1{path}").json
+        assert body["success"] is True, (path, body)
+        assert body["data"]["common_name"] == name
+    assert client.simulate_post(f"/api/v1{paths[0]}").status_code == 405
 
 
 def test_system_is_the_server_not_a_client(client):
@@ -320,6 +324,68 @@ def test_bearer_tokens(database):
         "success": False,
         "error": "a bearer token is required: send 'Authorization: Bearer <token>'",
     }
+    wrong = guarded.simulate_get("/api/v1/stats", headers={"Authorization": "Bearer nope"})
+    assert wrong.json["error"] == "this bearer token is not one of [api] tokens"
+    basic = guarded.simulate_get("/api/v1/stats", headers={"Authorization": "Basic eDp5"})
+    assert (
+        basic.json["error"] == "the Authorization header must be 'Bearer <token>', not 'Basic ...'"
+    )
+
+
+def failing_source_database(tmp_path, state="error"):
+    """A copy of a small collected database whose source 'udp' is in ``state``."""
+    import json
+    import shutil
+
+    path = tmp_path / "failing.db"
+    engine = db.writer_engine(str(path))
+    db.init_db(engine)
+    populate(engine, str(tmp_path / "s.log"), NOW - 3600, NOW - 10, 600, Simulation(clients=3))
+    health = {"state": state, "message": "status file /run/x.log does not exist", "since": NOW}
+    with engine.begin() as conn:
+        db.set_meta(conn, "source.udp.health", json.dumps(health))
+    db.close_writer(engine)
+    shutil.rmtree(tmp_path / "unused", ignore_errors=True)
+    return str(path)
+
+
+def test_health_is_degraded_naming_a_failing_source(tmp_path):
+    client = make_client(failing_source_database(tmp_path))
+    body = client.simulate_get("/api/v1/health").json
+    assert body["status"] == "degraded"
+    assert body["reason"] == "source udp: status file /run/x.log does not exist"
+    assert body["failing_sources"] == ["udp"]
+
+
+def test_health_without_a_token_gives_the_verdict_only(tmp_path):
+    client = make_client(failing_source_database(tmp_path), tokens=("t0ken",))
+    brief = client.simulate_get("/api/v1/health")
+    assert brief.status_code == 200
+    assert brief.json == {"success": True, "status": "degraded", "reason": "1 of 2 sources failing"}
+    full = client.simulate_get("/api/v1/health", headers={"Authorization": "Bearer t0ken"}).json
+    assert full["reason"] == "source udp: status file /run/x.log does not exist"
+    assert "/run/x.log" in str(full["sources"])
+    gone = make_client(str(tmp_path / "gone.db"), tokens=("t0ken",))
+    result = gone.simulate_get("/api/v1/health")
+    assert (result.status_code, result.json["error"]) == (503, "the database cannot be read")
+
+
+def test_every_get_answers_head(client):
+    for path in ("/health", "/stats", "/stats/user-000", "/analytics", "/clients", "/openapi.json"):
+        got = client.simulate_get(f"/api/v1{path}")
+        head = client.simulate_head(f"/api/v1{path}")
+        assert head.status_code == got.status_code == 200, path
+        assert head.content == b"" and head.headers["content-type"] == got.headers["content-type"]
+    assert client.simulate_head("/api/v1/stats/nobody").status_code == 404
+
+
+def test_a_cache_buster_is_accepted_and_ignored(client):
+    plain = client.simulate_get("/api/v1/stats/user-000", params={"range": "1h"})
+    busted = client.simulate_get(
+        "/api/v1/stats/user-000", params={"range": "1h", "_": "1764612345678"}
+    )
+    assert busted.status_code == 200 and busted.json == plain.json
+    assert client.simulate_get("/api/v1/clients", params={"_": "1"}).status_code == 200
 
 
 def test_cors_origins(database):
@@ -328,3 +394,10 @@ def test_cors_origins(database):
     assert result.headers.get("access-control-allow-origin") == "https://dash.example"
     other = open_to.simulate_get("/api/v1/clients", headers={"Origin": "https://evil.example"})
     assert "access-control-allow-origin" not in other.headers
+
+
+def test_a_newline_in_a_path_cannot_forge_an_access_log_line(client, caplog):
+    with caplog.at_level("INFO", "ovpnmon.api.access"):
+        client.simulate_get("/api/v1/stats/a%0A127.0.0.1 GET /api/v1/health 200 0.1ms")
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "ovpnmon.api.access"]
+    assert "\n" not in line and "/stats/a\\x0a127.0.0.1 GET /api/v1/health" in line

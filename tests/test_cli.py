@@ -259,3 +259,44 @@ def test_backfill_rejects_bad_input(runner, tmp_path, args, message):
     result = runner.invoke(cli, ["backfill", "--db", str(tmp_path / "x.db"), *args])
     assert result.exit_code == 2
     assert message in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("program", "args", "line"),
+    [
+        (
+            "ovpnmon_collector",
+            ["run", "--bogus"],
+            "Error: No such option '--bogus' (see 'ovpnmon-collector run -h')",
+        ),
+        (
+            "ovpnmon_collector",
+            ["frob"],
+            "Error: No such command 'frob' (see 'ovpnmon-collector -h')",
+        ),
+        (
+            "ovpnmon_api",
+            ["serve", "--port", "x"],
+            "Error: Invalid value for '--port': 'x' is not a valid integer range (see 'ovpnmon-api serve -h')",
+        ),
+    ],
+)
+def test_a_bad_option_is_one_line_and_exit_status_2(program, args, line):
+    result = subprocess.run(
+        [sys.executable, "-m", program, *args], capture_output=True, text=True, timeout=60
+    )
+    assert (result.returncode, result.stderr, result.stdout) == (2, line + "\n", "")
+
+
+def test_the_collector_creates_its_files_for_its_group_only(tmp_path):
+    path = tmp_path / "x.db"
+    result = subprocess.run(
+        [sys.executable, "-m", "ovpnmon_collector", "init-db", "--db", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: os.umask(0o022),  # a root shell's usual umask
+    )
+    assert result.returncode == 0, result.stderr
+    for created in (path, tmp_path / "x.db.lock"):
+        assert created.stat().st_mode & 0o777 == 0o640, (created, oct(created.stat().st_mode))

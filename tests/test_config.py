@@ -154,3 +154,18 @@ def test_management_addresses(text, expected):
 def test_bad_management_addresses(text):
     with pytest.raises(ValueError):
         parse_management_address(text)
+
+
+def test_an_empty_token_list_is_an_error_not_authentication_off():
+    with pytest.raises(ConfigError) as caught:
+        parse_config("[api]\ntokens = ,\n", "c.conf")
+    assert str(caught.value) == (
+        "c.conf: [api] tokens: expected one or more tokens separated by commas (remove the key "
+        "to serve without tokens), got ','"
+    )
+
+
+def test_a_config_file_with_a_byte_order_mark_is_read(tmp_path):
+    path = tmp_path / "c.conf"
+    path.write_bytes("\ufeff[collector]\ninterval = 7\n".encode())
+    assert load_config(str(path)).interval == 7

@@ -3,6 +3,7 @@ at start, created by the collector, replaced by ``mv``, deleted, and back."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import subprocess
@@ -88,3 +89,30 @@ def test_the_api_follows_its_file_missing_created_replaced_deleted_and_back(tmp_
     log = (tmp_path / "api.log").read_text()
     assert "Traceback" not in log
     assert log.count("does not exist (yet)") <= 3  # said when it changes, not on every request
+
+
+def test_hundreds_of_idle_connections_never_keep_a_new_request_waiting(tmp_path):
+    served = collected_database(tmp_path, "one", "alice")
+    port = free_port()
+    api = subprocess.Popen(
+        [sys.executable, "-m", "ovpnmon_api", "serve", "--db", str(served), "--port", str(port)],
+        stderr=(tmp_path / "api.log").open("wb"),
+        env={**os.environ, "OVPNMON_CONFIG": ""},
+    )
+    idle: list[http.client.HTTPConnection] = []
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/api/v1/health")
+        for _ in range(300):  # browsers keep a few keep-alive connections each, idle
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", "/api/v1/health")
+            conn.getresponse().read()
+            idle.append(conn)
+        started = time.monotonic()
+        status, body = get(f"http://127.0.0.1:{port}/api/v1/clients")
+        waited = time.monotonic() - started
+        assert status == 200 and body["count"] == 1
+        assert waited < 5, waited  # answered, not queued behind the idle ones
+    finally:
+        for conn in idle:
+            conn.close()
+        stop_process(api)
