@@ -122,6 +122,23 @@ def start_real_openvpn(workdir: Path):
     return server
 
 
+MARKER = ".ovpnmon-demo"
+
+
+def prepare(workdir: Path) -> None:
+    """An empty working directory: made, or emptied if an earlier demo made it (it carries the
+    marker file). Anything else is left alone: --data names a directory the demo may delete."""
+    ours = (workdir / MARKER).exists()
+    if workdir.exists() and not ours and (not workdir.is_dir() or any(workdir.iterdir())):
+        raise ValueError(
+            f"--data {workdir} exists and was not made by the demo: give a new or empty "
+            "directory (the demo deletes its working directory when it starts again)"
+        )
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    (workdir / MARKER).write_text("made by scripts/demo; deleted by the next demo run\n")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="Run the ovpnmon demo on 127.0.0.1.")
     parser.add_argument("--port", type=int, default=5001, help="API port (default 5001)")
@@ -137,8 +154,11 @@ def main() -> int:
     args = parser.parse_args()
 
     workdir = Path(args.data).resolve()
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
+    try:
+        prepare(workdir)
+    except ValueError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 2
     stop = threading.Event()
     children: list[subprocess.Popen[bytes]] = []
     server = None

@@ -79,3 +79,23 @@ def test_demo_runs_serves_every_range_and_leaves_nothing_behind(tmp_path):
     assert "demo: stopped" in output
     time.sleep(0.5)
     assert processes_mentioning(str(data)) == []
+
+
+def test_demo_never_deletes_a_directory_it_did_not_make(tmp_path):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("four years of work")
+    result = subprocess.run(
+        [
+            str(ROOT / ".venv" / "bin" / "python"),
+            str(ROOT / "scripts" / "demo.py"),
+            "--data",
+            str(precious),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"Error: --data {precious} exists and was not made by the demo")
+    assert (precious / "thesis.txt").read_text() == "four years of work"
