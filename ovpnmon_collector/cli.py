@@ -114,11 +114,17 @@ wait_option = click.option(
 )
 
 
-def build_collector(config: Config, engine: Engine) -> Collector:
+def check_sources(config: Config) -> None:
+    """At least one source, none read twice: a clean CLI error before anything is opened."""
     try:
         config.require_sources()
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def build_collector(config: Config, engine: Engine) -> Collector:
+    """The collector ``run`` and ``poll-once`` poll with."""
+    check_sources(config)
     return Collector(
         engine,
         [build_source(s) for s in config.sources],
@@ -180,6 +186,7 @@ def poll_once(config_path: str | None, db_path: str | None, log_level: str) -> N
     """
     setup_logging(log_level)
     config = load(config_path, db_path)
+    check_sources(config)
     with writing(config, "poll-once") as (engine, _):
         collector = build_collector(config, engine)
         summary = collector.poll()
@@ -212,6 +219,7 @@ def run_command(config_path: str | None, db_path: str | None, log_level: str) ->
     """
     setup_logging(log_level)
     config = load(config_path, db_path)
+    check_sources(config)
     with writing(config, "run") as (engine, lock):
         collector = build_collector(config, engine)
         if not daemon.keep_freed_memory():

@@ -145,6 +145,8 @@ class Collector:
         self._last_poll: float | None = None
         self._health: dict[str, dict[str, Any]] = {}
         self._told: set[tuple[str, str, SessionId]] = set()
+        # per source, the sessions its last accepted snapshot showed (see _check_distinct)
+        self._sessions_seen: dict[str, set[tuple[Any, ...]]] = {}
 
     def poll(self) -> PollSummary:
         """One poll of every source, stored in one transaction (or not at all)."""
@@ -190,6 +192,8 @@ class Collector:
                     raise text
                 outcome = parse_status(text)
                 self._check_fresh(source, outcome, now)
+                if len(self.sources) > 1:
+                    self._check_distinct(source, outcome)
             except (SourceError, StatusError) as exc:
                 summary.failed[source.name] = str(exc)
                 self._set_health(source.name, "error", str(exc), now, changed_health)
@@ -328,6 +332,26 @@ class Collector:
                 f"UTC, more than {limit} s ago; is OpenVPN running, and is its 'status' interval "
                 "shorter than stale_after?"
             )
+
+    def _check_distinct(self, source: Source, snapshot: Snapshot) -> None:
+        """Refuse a snapshot that shows the sessions another source showed at its last read: one
+        OpenVPN read twice (its status file and its management interface, say) would count
+        every byte twice. Sessions are the same if Client ID, Connected Since and Real Address
+        are (or, without Client IDs, address, Connected Since and name): no two instances share
+        a client's address and port."""
+        mine = {
+            (cid, since, real) if cid is not None else ("addr", real, since, name)
+            for name, real, _, _, _, _, since, cid in snapshot.rows()
+        }
+        for other, theirs in self._sessions_seen.items():
+            if other != source.name and not mine.isdisjoint(theirs):
+                common = len(mine & theirs)
+                raise SourceError(
+                    f"shows the same sessions as source {other} ({common} in common): one "
+                    f"OpenVPN read twice would be counted twice; keep one of [source:{other}] "
+                    f"and [source:{source.name}] (its status file or its management interface)"
+                )
+        self._sessions_seen[source.name] = mine
 
     def _pending_health(self, name: str, now: int, changed: dict[str, dict[str, Any]]) -> None:
         """A read still under way is no error until it has run for several polls."""

@@ -82,13 +82,43 @@ class Config:
         return dataclasses.replace(self, api=dataclasses.replace(self.api, **changes))
 
     def require_sources(self) -> None:
-        """Raise unless at least one ``[source:NAME]`` is configured (the collector needs one)."""
+        """Raise unless at least one ``[source:NAME]`` is configured (the collector needs one),
+        and no OpenVPN instance is named twice (it would be counted twice)."""
+        where = self.path or "built-in defaults"
         if not self.sources:
-            where = self.path or "built-in defaults"
             raise ConfigError(
                 f"{where}: no [source:NAME] section: the collector needs at least one OpenVPN "
                 "status_file or management address to read"
             )
+        seen: dict[tuple[Any, ...], SourceConfig] = {}
+        for source in self.sources:
+            for identity in _identities(source):
+                other = seen.setdefault(identity, source)
+                if other is not source:
+                    what = (
+                        f"status file ({other.status_file} and {source.status_file})"
+                        if source.status_file
+                        else f"management interface ({source.management})"
+                    )
+                    raise ConfigError(
+                        f"{where}: [source:{other.name}] and [source:{source.name}] read the same "
+                        f"{what}: one OpenVPN instance read twice would be counted twice; keep "
+                        "one of them"
+                    )
+
+
+def _identities(source: SourceConfig) -> list[tuple[Any, ...]]:
+    """What makes two sources one: the same file (its real path, and its inode if it exists: a
+    symbolic or hard link is the same file), or the same management address."""
+    if source.status_file:
+        path = source.status_file
+        found: list[tuple[Any, ...]] = [("path", os.path.realpath(path))]
+        try:
+            info = os.stat(path)
+        except OSError:
+            return found
+        return [*found, ("inode", info.st_dev, info.st_ino)]
+    return [("management", source.management)]
 
 
 # --- value parsers: each returns the value or raises ValueError("expected ...") ---------------

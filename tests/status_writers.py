@@ -114,7 +114,8 @@ def version_text(k: int, sessions: int, written: int, since: int, prefix: str = 
                 (
                     "CLIENT_LIST",
                     f"{prefix}{i:05d}",
-                    f"127.0.{i // 250}.{i % 250 + 1}:{20000 + i}",
+                    # each file its own clients' addresses, as separate OpenVPN instances have
+                    f"127.{ord(prefix[0]) % 250}.{i // 250}.{i % 250 + 1}:{20000 + i}",
                     f"10.8.{i // 250}.{i % 250 + 2}",
                     "",
                     str(1000 * k + i),
