@@ -336,12 +336,12 @@ class Collector:
     def _check_distinct(self, source: Source, snapshot: Snapshot) -> None:
         """Refuse a snapshot that shows the sessions another source showed at its last read: one
         OpenVPN read twice (its status file and its management interface, say) would count
-        every byte twice. Sessions are the same if Client ID, Connected Since and Real Address
-        are (or, without Client IDs, address, Connected Since and name): no two instances share
-        a client's address and port."""
+        every byte twice. Sessions are the same if common name, Client ID, Connected Since,
+        Real Address and virtual addresses are: two instances on one host serve different
+        subnets, so no two share all of them."""
         mine = {
-            (cid, since, real) if cid is not None else ("addr", real, since, name)
-            for name, real, _, _, _, _, since, cid in snapshot.rows()
+            (name, cid, since, real, v4, v6)
+            for name, real, v4, v6, _, _, since, cid in snapshot.rows()
         }
         for other, theirs in self._sessions_seen.items():
             if other != source.name and not mine.isdisjoint(theirs):

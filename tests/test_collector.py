@@ -128,12 +128,15 @@ def test_two_sources_share_a_common_name(engine, tmp_path):
         ],
         clock=clock,
     )
+    def on_tcp(rx, tx):  # another instance serves another subnet
+        return row("alice", 0, T0 + 1, rx, tx)._replace(virtual_address="10.99.0.2")
+
     udp.write(T0, row("alice", 0, T0 + 1, 100, 1))
-    tcp.write(T0, row("alice", 0, T0 + 1, 200, 2))  # same client id and time on another instance
+    tcp.write(T0, on_tcp(200, 2))  # the same client id, time and address on another instance
     collector.poll()
     clock.advance(10)
     udp.write(clock.wall, row("alice", 0, T0 + 1, 150, 1))
-    tcp.write(clock.wall, row("alice", 0, T0 + 1, 260, 2))
+    tcp.write(clock.wall, on_tcp(260, 2))
     collector.poll()
     assert totals(engine)["alice"][:2] == (410, 3)
     assert [(rx, tx) for _, _, rx, tx in samples(engine)] == [(300, 3), (110, 0)]
