@@ -15,7 +15,7 @@ import click
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
-from ovpnmon_collector import certs, daemon, prune, rollup
+from ovpnmon_collector import backup, certs, daemon, prune, rollup
 from ovpnmon_collector.collector import Collector
 from ovpnmon_collector.info import database_info, render_info
 from ovpnmon_collector.lock import WriterBusy, WriterLock
@@ -39,6 +39,7 @@ from ovpnmon_common.db import (
     reader_engine,
     writer_engine,
 )
+from ovpnmon_common.files import describe_size
 from ovpnmon_common.formatting import format_timestamp, parse_timestamp
 from ovpnmon_common.tiers import ROLLUPS
 
@@ -76,10 +77,8 @@ def open_writer(config: Config) -> tuple[Engine, tuple[int | None, int]]:
 
 
 @contextlib.contextmanager
-def writing(config: Config, command: str, wait: float = 0.0) -> Iterator[tuple[Engine, WriterLock]]:
-    """The database for one writing command: the writer lock (refused with one line when another
-    collector holds it), an initialised schema, and a clean close. A database error inside
-    becomes one line naming the command."""
+def locked(config: Config, command: str, wait: float = 0.0) -> Iterator[WriterLock]:
+    """The writer lock for one command, refused with one line when another collector holds it."""
     ensure_parent_dir(config.database_path)
     lock = WriterLock(config.database_path, command)
     try:
@@ -92,6 +91,16 @@ def writing(config: Config, command: str, wait: float = 0.0) -> Iterator[tuple[E
             "write the database's directory)"
         ) from None
     try:
+        yield lock
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def writing(config: Config, command: str, wait: float = 0.0) -> Iterator[tuple[Engine, WriterLock]]:
+    """The database for one writing command: the writer lock, an initialised schema, and a
+    clean close. A database error inside becomes one line naming the command."""
+    with locked(config, command, wait) as lock:
         engine, versions = open_writer(config)
         lock.versions = versions
         try:
@@ -101,8 +110,6 @@ def writing(config: Config, command: str, wait: float = 0.0) -> Iterator[tuple[E
         finally:
             # leaves the file readable by a read-only API with no collector running
             close_writer(engine)
-    finally:
-        lock.release()
 
 
 wait_option = click.option(
@@ -393,6 +400,69 @@ def scan_certs_command(config_path: str | None, db_path: str | None, wait: float
     click.echo(
         f"recorded {len(report.certificates)} certificates ({revoked} revoked), "
         f"skipped {len(report.skipped)} files"
+    )
+
+
+@cli.command("backup")
+@config_options
+@click.argument("destination", metavar="DEST")
+@click.option("--force", is_flag=True, help="Replace DEST if it exists.")
+def backup_command(
+    config_path: str | None, db_path: str | None, destination: str, force: bool
+) -> None:
+    """Copy the database to DEST (a file, or a directory to put a dated file in), consistent
+    while the collector runs; the copy opens read-only as it is.
+
+    Run it as a user that may read the database and write DEST (root, or ovpnmon for a
+    directory it owns).
+
+    \b
+    Example:
+      ovpnmon-collector backup /var/backups/ovpnmon/
+    """
+    config = load(config_path, db_path)
+    try:
+        written, facts = backup.backup(config.database_path, destination, force=force)
+    except backup.BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"backed up {config.database_path} to {written}: {_describe(facts)}")
+
+
+@cli.command("restore")
+@config_options
+@click.argument("source", metavar="SRC")
+@wait_option
+def restore_command(config_path: str | None, db_path: str | None, source: str, wait: float) -> None:
+    """Put the backup SRC in place of the database, after checking its integrity and schema.
+
+    Refused while a collector writes the database (stop it first); the database it replaces is
+    kept beside it as <database>.replaced-<time>. The API reads the restored file by itself.
+
+    \b
+    Example:
+      systemctl stop ovpnmon-collector
+      ovpnmon-collector restore /var/backups/ovpnmon/ovpnmon-20261201T030000Z.db
+      systemctl start ovpnmon-collector
+    """
+    config = load(config_path, db_path)
+    with locked(config, "restore", wait):
+        try:
+            facts, kept = backup.restore(config.database_path, source)
+        except backup.BackupError as exc:
+            raise click.ClickException(str(exc)) from None
+        engine, (before, after) = open_writer(config)  # an older schema is upgraded now
+        close_writer(engine)
+    upgraded = f", upgraded from schema version {before} to {after}" if before != after else ""
+    click.echo(f"restored {source} into {config.database_path}: {_describe(facts)}{upgraded}")
+    if kept:
+        click.echo(f"the database it replaced is kept as {kept} (delete it when you are sure)")
+
+
+def _describe(facts: backup.Facts) -> str:
+    last = format_timestamp(facts.last_poll) + " UTC" if facts.last_poll else "never"
+    return (
+        f"{describe_size(facts.size)}, schema version {facts.schema_version}, "
+        f"{facts.clients} clients, last poll {last}"
     )
 
 

@@ -94,6 +94,8 @@ class WriterLock:
             )
         elif self.command in ("run", "poll-once"):
             fix = "two collectors would count every byte twice; stop the other one first"
+        elif self.command == "restore":
+            fix = "stop it first (systemctl stop ovpnmon-collector), restore, then start it"
         else:
             fix = (
                 "the daemon rolls up every minute and applies retention hourly by itself; "
@@ -103,7 +105,7 @@ class WriterLock:
 
 
 # the commands that take --wait
-_WAITS = ("init-db", "rollup", "backfill", "prune", "scan-certs")
+_WAITS = ("init-db", "rollup", "backfill", "prune", "scan-certs", "restore")
 
 
 def _holder(fd: int) -> tuple[str, str, int] | None:
