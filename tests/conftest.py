@@ -157,3 +157,19 @@ def stop_process(process, timeout: float = 30) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def run_collector(*args: str, timeout: float = 120, preexec_fn=None):
+    """``python -m ovpnmon_collector ARGS`` in a child, without the caller's OVPNMON_CONFIG."""
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "ovpnmon_collector", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=preexec_fn,
+        env={**os.environ, "OVPNMON_CONFIG": ""},
+    )

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import as_nobody, needs_root, stop_process, wait_for_http
+from conftest import as_nobody, needs_root, run_collector, stop_process, wait_for_http
 
 from ovpnmon_api.queries import lifetime_totals
 from ovpnmon_collector.parser import SessionRow
@@ -23,16 +23,6 @@ from ovpnmon_collector.simulator import render_status, write_in_place
 from ovpnmon_common import db
 
 SINCE = int(time.time()) + 30 * 86400
-
-
-def collector(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ovpnmon_collector", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "OVPNMON_CONFIG": ""},
-    )
 
 
 def write_status(path: Path, rx: int, clients: int = 3) -> None:
@@ -65,7 +55,7 @@ def host(tmp_path):
         f"[database]\npath = {dbfile}\n[collector]\ninterval = 1\n"
         f"[source:udp]\nstatus_file = {status}\nsettle = 0\n"
     )
-    assert collector("poll-once", "--config", str(config)).returncode == 0
+    assert run_collector("poll-once", "--config", str(config)).returncode == 0
     return config, dbfile, status
 
 
@@ -81,7 +71,7 @@ def test_a_backup_while_the_collector_runs_is_consistent_and_opens_read_only(hos
     try:
         for rx in range(2000, 8000, 1000):  # the collector writes while backups are made
             write_status(status, rx, clients=200)
-            result = collector("backup", "--config", str(config), str(backups))
+            result = run_collector("backup", "--config", str(config), str(backups))
             assert result.returncode == 0, result.stderr
             time.sleep(0.3)
     finally:
@@ -125,11 +115,11 @@ def test_a_backup_never_replaces_a_file_unless_told(host, tmp_path):
     config, _, _ = host
     target = tmp_path / "mine.db"
     target.write_text("precious")
-    result = collector("backup", "--config", str(config), str(target))
+    result = run_collector("backup", "--config", str(config), str(target))
     assert result.returncode == 1
     assert result.stderr == f"Error: {target} exists: give a new name, or --force to replace it\n"
     assert target.read_text() == "precious"
-    assert collector("backup", "--config", str(config), str(target), "--force").returncode == 0
+    assert run_collector("backup", "--config", str(config), str(target), "--force").returncode == 0
     assert totals(target) == totals(host[1])
 
 
@@ -137,9 +127,9 @@ def test_a_backup_never_replaces_a_file_unless_told(host, tmp_path):
 def test_restore_is_refused_while_a_collector_writes_then_checked_kept_and_followed(host, tmp_path):
     config, dbfile, status = host
     saved = tmp_path / "saved.db"
-    assert collector("backup", "--config", str(config), str(saved)).returncode == 0
+    assert run_collector("backup", "--config", str(config), str(saved)).returncode == 0
     write_status(status, 5000)
-    assert collector("poll-once", "--config", str(config)).returncode == 0
+    assert run_collector("poll-once", "--config", str(config)).returncode == 0
     before_restore = totals(dbfile)
     daemon = subprocess.Popen(
         [sys.executable, "-m", "ovpnmon_collector", "run", "--config", str(config)],
@@ -164,13 +154,13 @@ def test_restore_is_refused_while_a_collector_writes_then_checked_kept_and_follo
     try:
         wait_for_http(f"http://127.0.0.1:{port}/api/v1/health")
         time.sleep(1.5)
-        refused = collector("restore", "--config", str(config), str(saved))
+        refused = run_collector("restore", "--config", str(config), str(saved))
         assert refused.returncode == 1
         assert refused.stderr.endswith(
             "stop it first (systemctl stop ovpnmon-collector), restore, then start it\n"
         ), refused.stderr
         stop_process(daemon)
-        restored = collector("restore", "--config", str(config), str(saved))
+        restored = run_collector("restore", "--config", str(config), str(saved))
         assert restored.returncode == 0, restored.stderr
         assert f"restored {saved} into {dbfile}: " in restored.stdout
         (kept,) = [p for p in dbfile.parent.glob("ovpnmon.db.replaced-*") if p.name.endswith("Z")]
@@ -193,7 +183,7 @@ def test_restore_refuses_a_bad_file_and_leaves_the_database_alone(host, tmp_path
     config, dbfile, _ = host
     source = tmp_path / "bad.db"
     if bad == "damaged":
-        assert collector("backup", "--config", str(config), str(source)).returncode == 0
+        assert run_collector("backup", "--config", str(config), str(source)).returncode == 0
         data = bytearray(source.read_bytes())
         page = 4096
         data[page * 2 : page * 3] = b"\x07" * page  # a page of the tables overwritten
@@ -203,14 +193,14 @@ def test_restore_refuses_a_bad_file_and_leaves_the_database_alone(host, tmp_path
         source.write_text("hello\n" * 1000)
         said = "is not an ovpnmon database: file is not a database"
     elif bad == "newer schema":
-        assert collector("backup", "--config", str(config), str(source)).returncode == 0
+        assert run_collector("backup", "--config", str(config), str(source)).returncode == 0
         with sqlite3.connect(source) as conn:
             conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
         said = "has schema version 99, newer than this ovpnmon understands"
     else:
         said = "is not a file"
     before = digest(dbfile)
-    result = collector("restore", "--config", str(config), str(source))
+    result = run_collector("restore", "--config", str(config), str(source))
     assert result.returncode == 1
     assert said in result.stderr and result.stderr.count("\n") == 1, result.stderr
     assert digest(dbfile) == before
@@ -224,9 +214,9 @@ def test_restore_refuses_a_bad_file_and_leaves_the_database_alone(host, tmp_path
 def test_a_restore_run_as_root_leaves_a_file_the_collector_owns(host, tmp_path):
     config, dbfile, _ = host
     saved = tmp_path / "saved.db"
-    assert collector("backup", "--config", str(config), str(saved)).returncode == 0
+    assert run_collector("backup", "--config", str(config), str(saved)).returncode == 0
     os.chown(dbfile, 65534, 65534)  # as if the collector's own user made it
     dbfile.chmod(0o640)
-    assert collector("restore", "--config", str(config), str(saved)).returncode == 0
+    assert run_collector("restore", "--config", str(config), str(saved)).returncode == 0
     info = dbfile.stat()
     assert (info.st_uid, info.st_gid, info.st_mode & 0o777) == (65534, 65534, 0o640)

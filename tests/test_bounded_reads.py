@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 import resource
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_collector
 
 from ovpnmon_common import db
 from ovpnmon_common.files import BadFile, describe_size, read_regular_file
@@ -25,14 +25,7 @@ def limited() -> None:  # runs in the child before exec
 
 
 def collector(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ovpnmon_collector", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        preexec_fn=limited,
-        env={**os.environ, "OVPNMON_CONFIG": ""},
-    )
+    return run_collector(*args, timeout=timeout, preexec_fn=limited)
 
 
 @pytest.fixture

@@ -128,6 +128,7 @@ def test_two_sources_share_a_common_name(engine, tmp_path):
         ],
         clock=clock,
     )
+
     def on_tcp(rx, tx):  # another instance serves another subnet
         return row("alice", 0, T0 + 1, rx, tx)._replace(virtual_address="10.99.0.2")
 

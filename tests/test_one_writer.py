@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import run_collector
 from sqlalchemy.exc import OperationalError
 
 from ovpnmon_api.queries import lifetime_totals
@@ -27,16 +28,6 @@ SINCE = int(time.time()) + 30 * 86400  # after the first watch, however late the
 def write_status(path: Path, rx: int) -> None:
     rows = [SessionRow("alice", "127.0.0.1:5", "", "", rx, 1, SINCE, 0)]
     path.write_text(render_status(rows, int(time.time())))
-
-
-def collector(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ovpnmon_collector", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "OVPNMON_CONFIG": ""},
-    )
 
 
 def totals(path: Path) -> dict:
@@ -75,7 +66,7 @@ def test_a_second_collector_beside_the_daemon_is_refused_and_nothing_doubles(tmp
     try:
         wait_for(lambda: dbfile.exists() and totals(dbfile).get("alice", (0,))[0] == 100)
         write_status(status, 200)
-        refused = collector("poll-once", "--config", str(config))
+        refused = run_collector("poll-once", "--config", str(config))
         assert refused.returncode == 1
         (line,) = refused.stderr.splitlines()
         assert line.startswith(f"Error: another ovpnmon-collector (pid {daemon.pid}, 'run', since ")
@@ -83,14 +74,14 @@ def test_a_second_collector_beside_the_daemon_is_refused_and_nothing_doubles(tmp
             f"UTC) is writing {dbfile}: two collectors would count every byte twice; "
             "stop the other one first"
         )
-        second = collector("run", "--config", str(config))
+        second = run_collector("run", "--config", str(config))
         assert second.returncode == 1 and "two collectors would count" in second.stderr
         for command in (
             ["prune"],
             ["rollup", "--wait", "0.5"],
             ["backfill", "--from", "2026-11-01", "--to", "2026-11-02"],
         ):
-            result = collector(*command, "--config", str(config))
+            result = run_collector(*command, "--config", str(config))
             assert result.returncode == 1, command
             assert (
                 "the daemon rolls up every minute and applies retention hourly by itself; "
@@ -104,7 +95,7 @@ def test_a_second_collector_beside_the_daemon_is_refused_and_nothing_doubles(tmp
         daemon.wait()
     assert (tmp_path / "x.db.lock").read_text().split()[:2] == [str(daemon.pid), "run"]
     write_status(status, 250)
-    restarted = collector("poll-once", "--config", str(config))
+    restarted = run_collector("poll-once", "--config", str(config))
     assert restarted.returncode == 0, restarted.stderr
     assert totals(dbfile)["alice"][:2] == (250, 1)
 
