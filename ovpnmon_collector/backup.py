@@ -43,9 +43,15 @@ def _stamp() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
-def backup(database: str, destination: str, *, force: bool = False) -> tuple[str, Facts]:
+def backup(
+    database: str, destination: str, *, force: bool = False, keep: int | None = None
+) -> tuple[str, Facts]:
     """Copy ``database`` to ``destination`` (a file, or a directory to name one in); returns
-    the file written and what it holds."""
+    the file written and what it holds. With ``keep`` (a directory only), the oldest dated
+    backups there beyond that many are deleted afterwards."""
+    into = destination if os.path.isdir(destination) else None
+    if keep is not None and into is None:
+        raise BackupError(f"--keep needs a directory to keep backups in; {destination} is not one")
     if os.path.isdir(destination):
         stamp = _stamp()
         named = os.path.join(destination, f"ovpnmon-{stamp}.db")
@@ -77,7 +83,21 @@ def backup(database: str, destination: str, *, force: bool = False) -> tuple[str
     finally:
         if os.path.exists(partial):
             os.unlink(partial)
+    if into is not None and keep is not None:
+        _keep_newest(into, keep)
     return destination, facts
+
+
+def _keep_newest(directory: str, keep: int) -> None:
+    """Delete the dated backups (``ovpnmon-<time>.db``, the names ``backup`` gives) beyond the
+    newest ``keep``; nothing else in the directory is touched."""
+    dated = sorted(
+        name
+        for name in os.listdir(directory)
+        if name.startswith("ovpnmon-") and name.endswith(".db") and name[8:9].isdigit()
+    )
+    for name in dated[: max(0, len(dated) - keep)]:
+        os.unlink(os.path.join(directory, name))
 
 
 def restore(database: str, source: str) -> tuple[Facts, str | None]:

@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, delete
+from sqlalchemy import Engine, delete, select
 
 from ovpnmon_common import db, schema
 from ovpnmon_common.files import MIB, read_regular_file
@@ -40,9 +40,12 @@ class CertInfo:
 
 @dataclass
 class ScanReport:
+    """What one scan found: the certificates, the files it skipped and why, and the CRL."""
+
     certificates: list[CertInfo]
     skipped: dict[str, str]  # path -> why
     crl_error: str | None = None
+    revoked: set[str] | None = None  # the CRL's serials, when one was read
 
 
 def _x509():
@@ -65,6 +68,25 @@ def candidate_files(paths: Iterable[str]) -> Iterator[str]:
                     yield full
         else:
             yield path
+
+
+def fingerprint(paths: Iterable[str], crl: str | None) -> tuple[object, ...]:
+    """What changes when a certificate is issued, renewed or revoked: the times and sizes of
+    the configured directories, their candidate files and the CRL (a few stats; no reading)."""
+    seen: list[object] = []
+    for path in (*paths, *((crl,) if crl else ())):
+        seen.append((path, _times(path)))
+        if os.path.isdir(path):
+            seen.extend((name, _times(name)) for name in candidate_files([path]))
+    return tuple(seen)
+
+
+def _times(path: str) -> tuple[int, int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_mtime_ns, info.st_ctime_ns, info.st_size
 
 
 def read_certificates(path: str) -> list[CertInfo]:
@@ -125,6 +147,7 @@ def scan(paths: Iterable[str], crl: str | None = None) -> ScanReport:
             )
             log.warning("certificates: %s", report.crl_error)
         else:
+            report.revoked = revoked
             report.certificates = [
                 CertInfo(**{**c.__dict__, "revoked": c.serial in revoked}) for c in found
             ]
@@ -132,7 +155,12 @@ def scan(paths: Iterable[str], crl: str | None = None) -> ScanReport:
 
 
 def store(engine: Engine, report: ScanReport, now: int) -> None:
-    """Replace the certificates table with this scan's result, in one transaction."""
+    """Replace the certificates table with this scan's result, in one transaction.
+
+    A certificate recorded before that the scan no longer finds, but whose serial the CRL lists,
+    stays, marked revoked: ``easyrsa revoke`` moves the certificate's file out of
+    ``pki/issued/`` (to ``pki/revoked/``, which the collector need not be able to read), and a
+    revoked certificate is what an administrator most wants to see listed."""
     rows = [
         {
             "path": c.path,
@@ -149,6 +177,13 @@ def store(engine: Engine, report: ScanReport, now: int) -> None:
     ]
     unique = list({(r["path"], r["serial"]): r for r in rows}.values())
     with engine.begin() as conn:
+        if report.revoked:
+            scanned = {r["serial"] for r in unique}
+            unique += [
+                {**row, "revoked": True}
+                for row in conn.execute(select(schema.certificates)).mappings()
+                if row["serial"] in report.revoked and row["serial"] not in scanned
+            ]
         conn.execute(delete(schema.certificates))
         if unique:
             conn.execute(schema.certificates.insert(), unique)

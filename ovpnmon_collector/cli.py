@@ -407,8 +407,14 @@ def scan_certs_command(config_path: str | None, db_path: str | None, wait: float
 @config_options
 @click.argument("destination", metavar="DEST")
 @click.option("--force", is_flag=True, help="Replace DEST if it exists.")
+@click.option(
+    "--keep",
+    type=click.IntRange(1, 100000),
+    metavar="N",
+    help="With a directory: delete its dated backups beyond the newest N.",
+)
 def backup_command(
-    config_path: str | None, db_path: str | None, destination: str, force: bool
+    config_path: str | None, db_path: str | None, destination: str, force: bool, keep: int | None
 ) -> None:
     """Copy the database to DEST (a file, or a directory to put a dated file in), consistent
     while the collector runs; the copy opens read-only as it is.
@@ -418,11 +424,11 @@ def backup_command(
 
     \b
     Example:
-      ovpnmon-collector backup /var/backups/ovpnmon/
+      ovpnmon-collector backup /var/backups/ovpnmon/ --keep 14
     """
     config = load(config_path, db_path)
     try:
-        written, facts = backup.backup(config.database_path, destination, force=force)
+        written, facts = backup.backup(config.database_path, destination, force=force, keep=keep)
     except backup.BackupError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"backed up {config.database_path} to {written}: {_describe(facts)}")

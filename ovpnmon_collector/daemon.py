@@ -79,7 +79,8 @@ def run(
 
 
 class Maintenance:
-    """Work between polls: rollups every minute, retention and the certificate scan every hour.
+    """Work between polls: rollups every minute, retention every hour, the certificate scan at
+    start, hourly, and within a minute of a change to the certificate paths or the CRL.
 
     Rollup and prune work in short transactions and stop when their time slice (half the poll
     interval, and at most ``slice_limit``: the watchdog's period) is spent, so a long catch-up
@@ -106,8 +107,11 @@ class Maintenance:
         self.crl = crl
         now = clock.monotonic()
         self.due = {"rollup": now, "prune": now + 300, "certificates": now}
-        self.every = {"rollup": 60.0, "prune": 3600.0, "certificates": 3600.0}
+        # the certificate job looks every minute, and scans when the files changed or hourly
+        self.every = {"rollup": 60.0, "prune": 3600.0, "certificates": 60.0}
         self.failing: set[str] = set()
+        self._certificates_seen: tuple[object, ...] | None = None
+        self._certificates_scanned = now
 
     def run(self) -> None:
         start = self.clock.monotonic()
@@ -143,8 +147,13 @@ class Maintenance:
                 log.info("retention: deleted %d rows", deleted)
             return report.complete
         if self.certificate_paths:
-            report_c = certs.scan(self.certificate_paths, self.crl)
-            certs.store(self.engine, report_c, now)
+            seen = certs.fingerprint(self.certificate_paths, self.crl)
+            hourly = self.clock.monotonic() - self._certificates_scanned >= 3600
+            if seen != self._certificates_seen or hourly:
+                report_c = certs.scan(self.certificate_paths, self.crl)
+                certs.store(self.engine, report_c, now)
+                self._certificates_seen = seen
+                self._certificates_scanned = self.clock.monotonic()
         return True
 
 

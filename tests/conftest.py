@@ -60,18 +60,23 @@ def config(db_path: str) -> Config:
     return Config(database_path=db_path)
 
 
-def require_openvpn() -> None:
-    """Skip where a real OpenVPN cannot run; under CI (OVPNMON_REQUIRE_E2E=1) fail instead."""
+def require_e2e(reason: str | None) -> None:
+    """Skip an end-to-end test that cannot run here (``reason``, None if it can); under CI
+    (OVPNMON_REQUIRE_E2E=1) fail instead: a skip there would pass for a success."""
     import os
 
-    from ovpn_harness import openvpn_available
-
-    reason = openvpn_available()
     if reason is None:
         return
     if os.environ.get("OVPNMON_REQUIRE_E2E"):
         pytest.fail(f"end-to-end test cannot run: {reason}")
     pytest.skip(reason)
+
+
+def require_openvpn() -> None:
+    """Skip where a real OpenVPN cannot run; under CI (OVPNMON_REQUIRE_E2E=1) fail instead."""
+    from ovpn_harness import openvpn_available
+
+    require_e2e(openvpn_available())
 
 
 def as_nobody(func) -> str:

@@ -220,3 +220,23 @@ def test_a_restore_run_as_root_leaves_a_file_the_collector_owns(host, tmp_path):
     assert run_collector("restore", "--config", str(config), str(saved)).returncode == 0
     info = dbfile.stat()
     assert (info.st_uid, info.st_gid, info.st_mode & 0o777) == (65534, 65534, 0o640)
+
+
+def test_keep_leaves_the_newest_dated_backups_and_nothing_else_is_touched(host, tmp_path):
+    config, _, _ = host
+    shelf = tmp_path / "shelf"
+    shelf.mkdir()
+    (shelf / "notes.txt").write_text("mine")
+    (shelf / "ovpnmon-old-manual.db").write_text("mine too")
+    for _ in range(4):
+        assert (
+            run_collector("backup", "--config", str(config), str(shelf), "--keep", "2").returncode
+            == 0
+        )
+    names = sorted(p.name for p in shelf.iterdir())
+    dated = [n for n in names if n[8:9].isdigit()]
+    assert len(dated) == 2 and {"notes.txt", "ovpnmon-old-manual.db"} <= set(names)
+    refused = run_collector(
+        "backup", "--config", str(config), str(tmp_path / "x.db"), "--keep", "2"
+    )
+    assert refused.returncode == 1 and "--keep needs a directory" in refused.stderr

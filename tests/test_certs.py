@@ -103,6 +103,12 @@ def test_cli_scan_then_api_then_removed_file_disappears(pki_dir, tmp_path):
     assert CliRunner().invoke(cli, ["scan-certs", "--config", str(config)]).exit_code == 0
     files = [c["file"] for c in api.simulate_get("/api/v1/certificates").json["data"]]
     assert "carol.crt" not in files and len(files) == 4
+    # a revoked certificate moved away (as easyrsa revoke does) stays listed, revoked
+    (issued / "bob.der").rename(tmp_path / "bob.der")
+    assert CliRunner().invoke(cli, ["scan-certs", "--config", str(config)]).exit_code == 0
+    data = api.simulate_get("/api/v1/certificates").json["data"]
+    assert len(data) == 4  # bundle.pem holds two
+    assert next(c for c in data if c["file"] == "bob.der")["revoked"] is True
 
 
 def test_scan_certs_without_paths_is_an_error(tmp_path):

@@ -1,8 +1,10 @@
 """The daemon's schedule and its work between polls (fake clock, real database)."""
 
+import datetime as dt
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 from conftest import FakeClock
@@ -61,6 +63,59 @@ def test_maintenance_rolls_up_prunes_and_scans(tmp_path):
     with engine.connect() as conn:
         oldest = conn.execute(select(func.min(schema.global_history.c.ts))).scalar()
     assert oldest >= align(NOW - 2 * 86400, 86400)
+
+
+def test_a_certificate_issued_or_revoked_after_start_is_recorded_within_a_minute(tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    engine = db.writer_engine(str(tmp_path / "x.db"))
+    db.init_db(engine)
+    pki = Pki.create(tmp_path / "pki")
+    issued = tmp_path / "issued"
+    issued.mkdir()
+    crt, _ = pki.issue("alice")
+    crt.rename(issued / "alice.crt")
+    crl_path = tmp_path / "crl.pem"
+
+    def write_crl(*revoked: Path) -> None:
+        now = dt.datetime.now(dt.timezone.utc)
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(pki.ca_cert.subject)
+            .last_update(now)
+            .next_update(now + dt.timedelta(days=1))
+        )
+        for path in revoked:
+            serial = x509.load_pem_x509_certificate(path.read_bytes()).serial_number
+            entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now)
+            builder = builder.add_revoked_certificate(entry.build())
+        crl = builder.sign(pki.ca_key, hashes.SHA256())
+        fresh = tmp_path / "crl.new"
+        fresh.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+        fresh.rename(crl_path)  # a new file, as easyrsa gen-crl makes
+
+    write_crl()
+    clock = FakeClock(NOW, 0.0)
+    work = daemon.Maintenance(engine, clock, 10, None, (str(issued),), str(crl_path))
+
+    def recorded() -> dict[str, bool]:
+        with engine.connect() as conn:
+            rows = conn.execute(select(schema.certificates.c.file, schema.certificates.c.revoked))
+            return {file: bool(revoked) for file, revoked in rows}
+
+    work.run()
+    assert recorded() == {"alice.crt": False}
+    scanned = work._certificates_scanned
+    clock.advance(60)
+    work.run()  # nothing changed: no scan
+    assert work._certificates_scanned == scanned
+    crt, _ = pki.issue("carol")  # issued after start
+    crt.rename(issued / "carol.crt")
+    write_crl(issued / "alice.crt")  # and alice revoked
+    clock.advance(60)
+    work.run()
+    assert recorded() == {"alice.crt": True, "carol.crt": False}
 
 
 # --- memory a poll frees is kept for the next one ----------------------------------------------

@@ -32,17 +32,26 @@ def unit_values(path):
     return parser
 
 
-def test_there_are_two_units():
-    assert [u.name for u in UNITS] == ["ovpnmon-api.service", "ovpnmon-collector.service"]
+TIMERS = sorted((ROOT / "deploy" / "systemd").glob("*.timer"))
 
 
-@pytest.mark.parametrize("unit", UNITS, ids=lambda u: u.name)
+def test_the_units_are_the_collector_the_api_and_the_backup():
+    assert [u.name for u in UNITS] == [
+        "ovpnmon-api.service",
+        "ovpnmon-backup.service",
+        "ovpnmon-collector.service",
+    ]
+    assert [t.name for t in TIMERS] == ["ovpnmon-backup.timer"]
+
+
+@pytest.mark.parametrize("unit", UNITS + TIMERS, ids=lambda u: u.name)
 def test_unit_verifies_clean(unit, tmp_path):
     tool = analyze()
     # verify checks that ExecStart exists: point the guide's install path at this checkout's venv
-    text = unit.read_text().replace(INSTALLED, str(Path(sys.executable).parent))
+    for each in UNITS + TIMERS:
+        text = each.read_text().replace(INSTALLED, str(Path(sys.executable).parent))
+        (tmp_path / each.name).write_text(text)
     copy = tmp_path / unit.name
-    copy.write_text(text)
     result = subprocess.run([tool, "verify", str(copy)], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout + result.stderr == "", (
         result.stdout + result.stderr
@@ -64,9 +73,12 @@ def test_unit_exposure_is_at_most_two(unit):
 def test_guide_matches_the_unit(unit):
     service = unit_values(unit)["Service"]
     for key in ("User", "Group", "SupplementaryGroups"):
-        assert f"`{service[key]}`" in GUIDE, (key, service[key])
+        if key in service:
+            assert f"`{service[key]}`" in GUIDE, (key, service[key])
     assert service["ExecStart"].split()[0].startswith(INSTALLED)
     assert INSTALLED in GUIDE and "/etc/ovpnmon/ovpnmon.conf" in GUIDE
-    assert f"systemctl enable --now {unit.name}" in GUIDE
+    started_by = unit.with_suffix(".timer")
+    enabled = started_by.name if started_by.exists() else unit.name
+    assert f"systemctl enable --now {enabled}" in GUIDE
     if "StateDirectory" in service:
         assert f"/var/lib/{service['StateDirectory']}" in GUIDE
