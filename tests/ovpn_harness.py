@@ -25,6 +25,19 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 OPENVPN = shutil.which("openvpn") or "/usr/sbin/openvpn"
 
 
+# A client drops everything a server pushes that could route traffic anywhere (network rule).
+NO_PUSHED_ROUTES = "\n".join(
+    [
+        "ifconfig-noexec",
+        "route-noexec",
+        'pull-filter ignore "route"',
+        'pull-filter ignore "redirect-gateway"',
+        'pull-filter ignore "dhcp-option"',
+        'pull-filter ignore "block-outside-dns"',
+    ]
+)
+
+
 def openvpn_available() -> str | None:
     """Why a real OpenVPN cannot run here, or None if it can."""
     if not os.path.exists(OPENVPN):
@@ -216,12 +229,7 @@ remote-cert-tls server
 ca {self.pki.directory / "ca.crt"}
 cert {crt}
 key {key}
-ifconfig-noexec
-route-noexec
-pull-filter ignore "route"
-pull-filter ignore "redirect-gateway"
-pull-filter ignore "dhcp-option"
-pull-filter ignore "block-outside-dns"
+{NO_PUSHED_ROUTES}
 {f"ping {ping}" if ping else ""}
 verb 3
 """

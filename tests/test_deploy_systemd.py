@@ -26,7 +26,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from ovpn_harness import client_rows
+from ovpn_harness import NO_PUSHED_ROUTES, client_rows
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
@@ -65,7 +65,8 @@ EOF
 systemctl enable --now openvpn-server@server
 """
 
-CLIENT = """client
+CLIENT = (
+    """client
 dev null
 proto udp4
 remote 127.0.0.1 1194
@@ -74,15 +75,12 @@ remote-cert-tls server
 ca /etc/openvpn/server/easy-rsa/pki/ca.crt
 cert /etc/openvpn/server/easy-rsa/pki/issued/{name}.crt
 key /etc/openvpn/server/easy-rsa/pki/private/{name}.key
-ifconfig-noexec
-route-noexec
-pull-filter ignore "route"
-pull-filter ignore "redirect-gateway"
-pull-filter ignore "dhcp-option"
-pull-filter ignore "block-outside-dns"
 ping 1
 verb 3
 """
+    + NO_PUSHED_ROUTES.replace("{", "{{").replace("}", "}}")
+    + "\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +217,12 @@ def test_the_deploy_guide_followed_literally_on_debian_12(host):
     # the API runs as its own user and listens on 127.0.0.1 only
     pid = host.run("systemctl show -p MainPID --value ovpnmon-api").stdout.strip()
     assert host.run(f"ps -o user= -p {pid}").stdout.strip() == "ovpnmon-api"
-    listening = host.run("ss -Htln").stdout
+    # "active" is the process started (Type=simple): waitress binds a moment later
+    listening = wait_until(
+        lambda: re.search(r":5001\b", out := host.run("ss -Htln").stdout) and out,
+        30,
+        "the API listening on port 5001",
+    )
     assert re.search(r"\b127\.0\.0\.1:5001\b", listening) and not re.search(
         r"(0\.0\.0\.0|\*|\[::\]):5001\b", listening
     ), listening
