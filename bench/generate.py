@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ovpnmon_collector import rollup
 from ovpnmon_collector.simulator import Simulation, populate
-from ovpnmon_common import db
+from ovpnmon_common.storage import engines, migrations
 
 DAY = 86400
 
@@ -37,8 +37,8 @@ def generate(
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(out + suffix):
             os.unlink(out + suffix)
-    engine = db.writer_engine(out)
-    db.init_db(engine)
+    engine = engines.writer_engine(out)
+    migrations.init_db(engine)
     status = str(Path(out).with_suffix(".status"))
     simulation = Simulation(clients=clients, seed=42)
     raw_start = now - int(raw_days * DAY)
@@ -55,7 +55,7 @@ def generate(
     started = time.perf_counter()
     rollup.catch_up(engine, now)
     timings["rollup_s"] = time.perf_counter() - started
-    db.close_writer(engine)
+    engines.close_writer(engine)
     os.unlink(status)
     return timings
 

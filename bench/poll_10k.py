@@ -48,7 +48,8 @@ from ovpnmon_collector.parser import SessionRow
 from ovpnmon_collector.simulator import render_status, write_in_place
 from ovpnmon_collector.sources import StatusFileSource
 from ovpnmon_common.counters import pack
-from ovpnmon_common.db import init_db, writer_engine
+from ovpnmon_common.storage.engines import writer_engine
+from ovpnmon_common.storage.migrations import init_db
 
 T0 = 1_795_717_500
 

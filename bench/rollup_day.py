@@ -21,7 +21,8 @@ import time
 from generate import generate
 
 from ovpnmon_collector import rollup
-from ovpnmon_common import db, schema
+from ovpnmon_common import schema
+from ovpnmon_common.storage import engines
 
 DAY = 86400
 # the floor: the same aggregation, one statement per tier, as a person would write it in SQL
@@ -40,9 +41,9 @@ FLOOR = [
 
 
 def clear_tiers(path: str) -> None:
-    engine = db.writer_engine(path)
+    engine = engines.writer_engine(path)
     schema.metadata.create_all(engine)  # a database made before a tier was added gets it
-    db.close_writer(engine)
+    engines.close_writer(engine)
     conn = sqlite3.connect(path, isolation_level=None)
     for table in ("stats_15min", "stats_hourly", "stats_6h", "stats_daily", "global_15min"):
         conn.execute(f"DELETE FROM {table}")
@@ -87,7 +88,7 @@ def main() -> None:
         floor = time.perf_counter() - started
         conn.close()
 
-        engine = db.writer_engine(ours_db)
+        engine = engines.writer_engine(ours_db)
         started = time.perf_counter()
         rollup.catch_up(engine, end)
         ours = time.perf_counter() - started
@@ -95,7 +96,7 @@ def main() -> None:
         before = cpu()
         rollup.catch_up(engine, end + 3600)  # the next hour closes: the daemon's steady work
         per_hour = cpu() - before
-        db.close_writer(engine)
+        engines.close_writer(engine)
         size = os.path.getsize(ours_db)
 
     print(

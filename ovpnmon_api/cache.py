@@ -5,7 +5,7 @@ for some endpoints, the time (a range's aligned window, a certificate's days lef
 resources put in the key. The collector is the only writer and commits once per poll, so between
 two polls the same request has the same answer: dashboards that several people keep open, or a
 script polling faster than the collector, are served from here. The key is paired with the
-database's change counter (``db.ChangeCounter``) and every body is forgotten as soon as the
+database's change counter (``engines.ChangeCounter``) and every body is forgotten as soon as the
 counter moves, so a body is only ever served for the database state it was built from, or a newer
 one. A body is built outside the lock; two threads missing the same key both build it.
 """
@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
-from ovpnmon_common.db import ChangeCounter
+from ovpnmon_common.storage.engines import ChangeCounter
 
 T = TypeVar("T")
 

@@ -12,7 +12,9 @@ import click
 
 from ovpnmon_common import __version__
 from ovpnmon_common.cliutil import CONTEXT_SETTINGS, config_options, load, run_cli
-from ovpnmon_common.db import DatabaseError, check_schema, reader_engine
+from ovpnmon_common.storage import DatabaseError
+from ovpnmon_common.storage.engines import reader_engine
+from ovpnmon_common.storage.migrations import check_schema
 
 log = logging.getLogger("ovpnmon.api")
 

@@ -18,7 +18,9 @@ from collections.abc import Hashable
 
 from sqlalchemy import Engine
 
-from ovpnmon_common.db import ChangeCounter, DatabaseError, check_schema, reader_engine
+from ovpnmon_common.storage import DatabaseError
+from ovpnmon_common.storage.engines import ChangeCounter, reader_engine
+from ovpnmon_common.storage.migrations import check_schema
 
 log = logging.getLogger("ovpnmon.api")
 

@@ -8,8 +8,8 @@ from typing import Any
 import falcon
 from sqlalchemy.exc import DBAPIError
 
-from ovpnmon_common.buckets import InvalidQuery
-from ovpnmon_common.db import DatabaseError, describe_error
+from ovpnmon_common.planner import InvalidQuery
+from ovpnmon_common.storage import DatabaseError, describe_error
 
 log = logging.getLogger("ovpnmon.api")
 

@@ -1,8 +1,8 @@
 """The OpenAPI 3.1 description of the API, served at ``/api/v1/openapi.json``.
 
-Built from the same tables the API validates against (ranges, resolutions), so the document and
-the behaviour cannot drift apart on those. Tests validate real responses against it and fuzz a live
-server with schemathesis.
+Built from the same tables the API validates against (ranges, resolutions, the tiers' labels),
+so the document and the behaviour cannot drift apart on those. Tests validate real responses
+against it and fuzz a live server with schemathesis.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ovpnmon_common import __version__
-from ovpnmon_common.buckets import ANALYTICS, RANGES, RESOLUTIONS
+from ovpnmon_common.planner import ANALYTICS, LABELS, RANGES, RESOLUTIONS
 
 TIMESTAMP = {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$"}
 NULLABLE_TIMESTAMP = {"anyOf": [TIMESTAMP, {"type": "null"}]}
@@ -58,13 +58,7 @@ CLIENT_STATS = _ok(
                 {
                     "resolution_used": {
                         "type": "string",
-                        "enum": [
-                            "usage_history",
-                            "usage_history_hires",
-                            "stats_hourly",
-                            "stats_6h",
-                            "stats_daily",
-                        ],
+                        "enum": list(LABELS),
                     },
                     "record_count": COUNT,
                 },

@@ -1,4 +1,5 @@
-"""Thin Falcon resources: validate parameters, call query functions, set ``resp.media``.
+"""Thin Falcon resources: parse the parameters, read in one snapshot, hand the plain result
+to ``ovpnmon_api.bodies`` and the body to ``Context.respond``, the one response path.
 
 Bodies follow ``docs/api.md`` (the contract of ``shared/spec/api-v1.md`` plus added fields).
 """
@@ -14,15 +15,32 @@ import falcon
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
-from ovpnmon_api import queries
+from ovpnmon_api import bodies
 from ovpnmon_api.cache import ResponseCache
 from ovpnmon_api.database import FollowedDatabase
-from ovpnmon_common.buckets import Series, plan, plan_analytics
+from ovpnmon_api.read import certificates, clients, series
+from ovpnmon_common import meta, totals
 from ovpnmon_common.config import Config
-from ovpnmon_common.db import DatabaseError, describe_error
-from ovpnmon_common.formatting import format_timestamp, to_gb, to_mb, to_mbps
+from ovpnmon_common.formatting import format_timestamp
+from ovpnmon_common.meta import CollectorStatus
+from ovpnmon_common.planner import Series, check_raw_points, plan, plan_analytics
+from ovpnmon_common.storage import DatabaseError, describe_error
 
-STALE_FACTOR = 3
+
+class Fragment(bytes):
+    """JSON already rendered, spliced as it is into a body by ``render``."""
+
+
+def render(body: Any) -> bytes:
+    """JSON as Falcon's default handler writes it; ``Fragment`` values of a top-level dict are
+    spliced in as they are."""
+    if isinstance(body, dict) and any(isinstance(v, Fragment) for v in body.values()):
+        parts = [
+            render(key) + b": " + (value if isinstance(value, Fragment) else render(value))
+            for key, value in body.items()
+        ]
+        return b"{" + b", ".join(parts) + b"}"
+    return json.dumps(body, ensure_ascii=False).encode()
 
 
 class Context:
@@ -43,27 +61,37 @@ class Context:
         self.tz = config.api.timezone
         self.cache = cache or ResponseCache(database.counter, config.api.cache_mb * 1024 * 1024)
 
-    def respond(self, resp: falcon.Response, key: Hashable, build: Callable[[], Any]) -> None:
-        """Answer with the JSON of ``build()``, rendered once per database state and ``key``."""
+    def respond(
+        self,
+        resp: falcon.Response,
+        key: Hashable,
+        build: Callable[[], Any],
+        around: Callable[[Fragment], dict[str, Any]] | None = None,
+    ) -> None:
+        """Answer with the JSON of ``build()``, rendered once per database state and ``key``.
+        ``around`` wraps the cached JSON in parts that change more often (the time of the
+        request), rendered on every request."""
+        data = self.cache.get_or_build(key, lambda: render(build()))
         resp.content_type = falcon.MEDIA_JSON
-        resp.data = self.cache.get_or_build(key, lambda: render(build()))
+        resp.data = render(around(Fragment(data))) if around is not None else data
 
-    def status(self) -> queries.CollectorStatus:
+    def status(self) -> CollectorStatus:
         """The collector's status, read once per database state."""
 
-        def read() -> queries.CollectorStatus:
+        def read() -> CollectorStatus:
             self.database.check()
             with self.engine.connect() as conn:
-                return queries.collector_status(conn)
+                return meta.read_status(conn)
 
         return self.cache.get_or_build(("collector status",), read)
 
     @contextmanager
-    def snapshot(self) -> Iterator[tuple[Connection, queries.CollectorStatus]]:
-        """One read transaction: every query of a request sees the same committed poll."""
+    def snapshot(self) -> Iterator[tuple[Connection, CollectorStatus]]:
+        """One read transaction and the collector's status in it: every query of a request
+        sees the same committed poll."""
         self.database.check()
         with self.engine.connect() as conn:
-            yield conn, queries.collector_status(conn)
+            yield conn, meta.read_status(conn)
 
     def ts(self, epoch: int | None) -> str | None:
         return format_timestamp(epoch, self.tz) if epoch is not None else None
@@ -110,68 +138,31 @@ def single(req: falcon.Request, name: str) -> str | None:
     return value
 
 
-def render(body: Any) -> bytes:
-    """JSON as Falcon's default handler writes it."""
-    return json.dumps(body, ensure_ascii=False).encode()
-
-
-def status_word(active: bool) -> str:
-    return "Active" if active else "Inactive"
-
-
 class Analytics(Resource):
     """``GET /analytics``: the whole server in 96 buckets, top clients and the traffic split."""
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         allow_params(req, "range")
         now = self.ctx.now()
-        series = plan_analytics(single(req, "range"), now, self.ctx.config.retention)
+        planned = plan_analytics(single(req, "range"), now, self.ctx.config.retention)
         # Only "timestamp" (now) changes within one window of one database state.
-        data = self.ctx.cache.get_or_build(
-            ("analytics", series.range, series.start, series.end),
-            lambda: render(self._data(series)),
-        )
-        resp.content_type = falcon.MEDIA_JSON
-        resp.data = b"".join(
-            [
-                b'{"success": true, "timestamp": ',
-                render(self.ctx.ts(now)),
-                b', "range": ',
-                render(series.range),
-                b', "data": ',
-                data,
-                b"}",
-            ]
+        self.ctx.respond(
+            resp,
+            ("analytics", planned.range, planned.start, planned.end),
+            lambda: self._data(planned),
+            around=lambda data: {
+                "success": True,
+                "timestamp": self.ctx.ts(now),
+                "range": planned.range,
+                "data": data,
+            },
         )
 
-    def _data(self, series: Series) -> dict[str, Any]:
+    def _data(self, planned: Series) -> dict[str, Any]:
         with self.ctx.snapshot() as (conn, status):
-            buckets = queries.global_series(conn, status, series)
-            top = queries.top_clients(conn, status, series.start, series.end)
-        history = []
-        total_rx = total_tx = peak = 0
-        for start in series.starts():
-            rx, tx, active = buckets.get(start, (0, 0, 0))
-            total_rx, total_tx, peak = total_rx + rx, total_tx + tx, max(peak, active)
-            history.append(
-                {
-                    "timestamp": self.ctx.ts(start),
-                    "total_rx": rx,
-                    "total_tx": tx,
-                    "active_count": active,
-                }
-            )
-        return {
-            "global_history_24h": history,
-            "max_concurrent_24h": peak,
-            "top_clients_24h": [
-                {"common_name": name, "total_rx": rx, "total_tx": tx, "total": rx + tx}
-                for name, rx, tx in top
-            ],
-            "traffic_distribution": {"rx": total_rx, "tx": total_tx},
-            "interval_seconds": series.step,
-            "points": series.count,
-        }
+            buckets = series.server_series(conn, status, planned)
+            top = series.top_clients(conn, status, planned.start, planned.end)
+        return bodies.analytics_data(self.ctx.ts, planned, buckets, top)
 
 
 class ClientStats(Resource):
@@ -180,89 +171,27 @@ class ClientStats(Resource):
     def on_get(self, req: falcon.Request, resp: falcon.Response, common_name: str) -> None:
         allow_params(req, "range", "resolution")
         range_, resolution = single(req, "range"), single(req, "resolution")
-        now = self.ctx.now()
-        cfg = self.ctx.config
-        status = self.ctx.status()
-        series = plan(range_, resolution, now, cfg.retention, status.interval or cfg.interval)
-        key = ("client", common_name, range_, resolution, series.start, series.end, series.step)
-        self.ctx.respond(resp, key, lambda: self._body(common_name, series))
+        planned = plan(range_, resolution, self.ctx.now(), self.ctx.config.retention)
+        key = ("client", common_name, planned.range, planned.tier.name, planned.step, planned.start)
+        self.ctx.respond(resp, key, lambda: self._body(common_name, planned))
 
-    def _body(self, common_name: str, series: Series) -> dict[str, Any]:
+    def _body(self, common_name: str, planned: Series) -> dict[str, Any]:
         with self.ctx.snapshot() as (conn, status):
-            found = queries.client(conn, status, common_name)
+            check_raw_points(planned, status.interval or self.ctx.config.interval)
+            found = clients.client(conn, status, common_name)
             if found is None:
                 raise falcon.HTTPNotFound(
                     title="Not found",
                     description=f"no client named {common_name!r}; GET /api/v1/clients lists them",
                 )
             row, sessions = found
-            history = self._history(conn, status, row.id, series)
-            last_interval = queries.last_interval(conn, status)
-        return {
-            "success": True,
-            "data": {
-                "common_name": row.common_name,
-                "status": status_word(row.active),
-                "current_rates": {
-                    "recv_mbps": to_mbps(row.last_received, last_interval),
-                    "sent_mbps": to_mbps(row.last_sent, last_interval),
-                },
-                "totals": {
-                    "received_mb": to_mb(row.total_received),
-                    "sent_mb": to_mb(row.total_sent),
-                    "received_bytes": row.total_received,
-                    "sent_bytes": row.total_sent,
-                },
-                "first_seen": self.ctx.ts(row.first_seen),
-                "last_seen": self.ctx.ts(row.last_seen),
-                "connected_since": self.ctx.ts(row.connected_since),
-                "sessions": [
-                    {
-                        "source": session["source"],
-                        "real_address": session["real_address"],
-                        "virtual_address": session["virtual_address"],
-                        "virtual_ipv6": session["virtual_ipv6"],
-                        "connected_since": self.ctx.ts(session["connected_since"]),
-                        "bytes_received": session["rx"],
-                        "bytes_sent": session["tx"],
-                    }
-                    for session in sessions
-                ],
-                "history": history,
-                "meta": {
-                    "resolution_used": series.label,
-                    "record_count": len(history),
-                    "interval_seconds": series.step,
-                    "range": series.range,
-                },
-            },
-        }
-
-    def _history(
-        self, conn: Connection, status: queries.CollectorStatus, client_id: int, series: Series
-    ) -> list[dict[str, Any]]:
-        if series.step is None:
-            return [
-                self._point(ts, rx, tx, interval)
-                for ts, rx, tx, interval in queries.client_samples(
-                    conn, client_id, series.start, series.end
-                )
-            ]
-        sums = queries.client_series(conn, status, client_id, series)
-        points = []
-        for start in series.starts():
-            rx, tx = sums.get(start, (0, 0))
-            points.append(self._point(start, rx, tx, series.step))
-        return points
-
-    def _point(self, ts: int, rx: int, tx: int, seconds: float) -> dict[str, Any]:
-        return {
-            "timestamp": self.ctx.ts(ts),
-            "bytes_received": rx,
-            "bytes_sent": tx,
-            "bytes_received_rate_mbps": to_mbps(rx, seconds),
-            "bytes_sent_rate_mbps": to_mbps(tx, seconds),
-        }
+            if planned.step is None:
+                sums, samples = {}, series.client_samples(conn, row.id, planned.start, planned.end)
+            else:
+                sums, samples = series.client_series(conn, status, row.id, planned), []
+            last_interval = clients.last_interval(conn, status)
+        points = bodies.history(self.ctx.ts, planned, sums, samples)
+        return bodies.client_stats(self.ctx.ts, row, sessions, points, planned, last_interval)
 
 
 class AllStats(Resource):
@@ -274,26 +203,9 @@ class AllStats(Resource):
 
     def _body(self) -> dict[str, Any]:
         with self.ctx.snapshot() as (conn, status):
-            rows = queries.clients(conn, status)
-            seconds = queries.last_interval(conn, status)
-        return {
-            "success": True,
-            "count": len(rows),
-            "data": [
-                {
-                    "common_name": row.common_name,
-                    "status": status_word(row.active),
-                    "current_recv_rate_mbps": to_mbps(row.last_received, seconds),
-                    "current_sent_rate_mbps": to_mbps(row.last_sent, seconds),
-                    "total_received_mb": to_mb(row.total_received),
-                    "total_sent_mb": to_mb(row.total_sent),
-                    "sessions": row.open_sessions,
-                    "connected_since": self.ctx.ts(row.connected_since),
-                    "last_seen": self.ctx.ts(row.last_seen),
-                }
-                for row in rows
-            ],
-        }
+            rows = clients.clients(conn, status)
+            seconds = clients.last_interval(conn, status)
+        return bodies.all_stats(self.ctx.ts, rows, seconds)
 
 
 class SystemStats(Resource):
@@ -305,17 +217,8 @@ class SystemStats(Resource):
 
     def _body(self) -> dict[str, Any]:
         with self.ctx.snapshot() as (conn, status):
-            totals = queries.system_totals(conn)
-        return {
-            "success": True,
-            "data": {
-                "total_clients": totals["clients"],
-                "active_clients": totals["active"],
-                "total_received_gb": to_gb(totals["received"]),
-                "total_sent_gb": to_gb(totals["sent"]),
-                "last_poll": self.ctx.ts(status.heartbeat),
-            },
-        }
+            found = totals.system_totals(conn)
+        return bodies.system(self.ctx.ts, found, status.heartbeat)
 
 
 class Clients(Resource):
@@ -327,12 +230,8 @@ class Clients(Resource):
 
     def _body(self) -> dict[str, Any]:
         with self.ctx.snapshot() as (conn, _):
-            rows = queries.client_status(conn)
-        return {
-            "success": True,
-            "count": len(rows),
-            "data": [{"common_name": name, "status": status_word(active)} for name, active in rows],
-        }
+            rows = clients.client_status(conn)
+        return bodies.clients(rows)
 
 
 class Certificates(Resource):
@@ -345,24 +244,8 @@ class Certificates(Resource):
 
     def _body(self, now: int) -> dict[str, Any]:
         with self.ctx.snapshot() as (conn, _):
-            rows = queries.certificates(conn)
-        data = []
-        for row in rows:
-            days = int((row["not_after"] - now) / 86400)  # whole days, toward zero
-            data.append(
-                {
-                    "file": row["file"],
-                    "days_remaining": f"{days} days",
-                    "is_expired": row["not_after"] <= now,
-                    "common_name": row["common_name"],
-                    "serial": row["serial"],
-                    "not_before": self.ctx.ts(row["not_before"]),
-                    "not_after": self.ctx.ts(row["not_after"]),
-                    "issuer": row["issuer"],
-                    "revoked": bool(row["revoked"]),
-                }
-            )
-        return {"success": True, "count": len(data), "data": data}
+            rows = certificates.certificates(conn)
+        return bodies.certificates(self.ctx.ts, rows, now)
 
 
 class Health(Resource):
@@ -377,9 +260,7 @@ class Health(Resource):
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         allow_params(req)
-        config = self.ctx.config
         details = getattr(req.context, "authorized", True)
-
         try:
             self.ctx.database.check()
             status = self.ctx.status()
@@ -388,42 +269,5 @@ class Health(Resource):
             error = describe_error(exc) if details else "the database cannot be read"
             resp.media = {"success": False, "status": "unhealthy", "error": error}
             return
-        now = self.ctx.clock()
-        interval = status.interval or config.interval
-        heartbeat = status.heartbeat
-        reasons: list[tuple[str, str]] = []  # (with details, without)
-        if heartbeat is None:
-            reasons.append(("the collector has not stored a poll yet",) * 2)
-        elif now - heartbeat > STALE_FACTOR * interval:
-            reasons.append(
-                (
-                    f"the collector last stored a poll {int(now - heartbeat)} s ago (more than "
-                    f"{STALE_FACTOR} x {interval} s): is ovpnmon-collector running?",
-                    "the collector has not stored a poll for a while",
-                )
-            )
-        failing = sorted(name for name, h in status.sources.items() if h.get("state") != "ok")
-        if failing:
-            reasons.append(
-                (
-                    "; ".join(
-                        f"source {n}: {status.sources[n].get('message', '')}" for n in failing
-                    ),
-                    f"{len(failing)} of {len(status.sources)} sources failing",
-                )
-            )
-        body: dict[str, Any] = {
-            "success": True,
-            "status": "degraded" if reasons else "healthy",
-        }
-        if reasons:
-            body["reason"] = "; ".join(full if details else brief for full, brief in reasons)
-        if details:
-            body.update(
-                database="ok",
-                interval_seconds=interval,
-                last_poll=self.ctx.ts(heartbeat),
-                sources=status.sources,
-                failing_sources=failing,
-            )
-        resp.media = body
+        interval = status.interval or self.ctx.config.interval
+        resp.media = bodies.health(self.ctx.ts, status, self.ctx.clock(), interval, details)

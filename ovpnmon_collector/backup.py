@@ -22,7 +22,7 @@ import sqlite3
 from dataclasses import dataclass
 
 from ovpnmon_common import schema
-from ovpnmon_common.db import reader_uri
+from ovpnmon_common.storage.engines import reader_uri
 
 
 class BackupError(Exception):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine, delete, select
 
-from ovpnmon_common import db, schema
+from ovpnmon_common import meta, schema
 from ovpnmon_common.files import MIB, read_regular_file
 
 log = logging.getLogger("ovpnmon.certs")
@@ -187,4 +187,4 @@ def store(engine: Engine, report: ScanReport, now: int) -> None:
         conn.execute(delete(schema.certificates))
         if unique:
             conn.execute(schema.certificates.insert(), unique)
-        db.set_meta(conn, "certificates.scanned_at", str(now))
+        meta.put(conn, meta.CERTIFICATES_SCANNED, str(now))

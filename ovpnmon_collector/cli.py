@@ -30,17 +30,11 @@ from ovpnmon_common.cliutil import (
     run_cli,
 )
 from ovpnmon_common.config import Config, ConfigError
-from ovpnmon_common.db import (
-    DatabaseError,
-    check_schema,
-    close_writer,
-    describe_error,
-    init_db,
-    reader_engine,
-    writer_engine,
-)
 from ovpnmon_common.files import describe_size
 from ovpnmon_common.formatting import format_timestamp, parse_timestamp
+from ovpnmon_common.storage import DatabaseError, describe_error
+from ovpnmon_common.storage.engines import close_writer, reader_engine, writer_engine
+from ovpnmon_common.storage.migrations import check_schema, init_db
 from ovpnmon_common.tiers import ROLLUPS
 
 log = logging.getLogger("ovpnmon.collector")

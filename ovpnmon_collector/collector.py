@@ -36,8 +36,8 @@ from ovpnmon_collector.clock import SYSTEM_CLOCK, Clock
 from ovpnmon_collector.parser import Snapshot, StatusError, parse_status
 from ovpnmon_collector.sources import Source, SourceError
 from ovpnmon_collector.store import PollWrite, Store
-from ovpnmon_common.db import describe_error
 from ovpnmon_common.formatting import format_timestamp
+from ovpnmon_common.storage import describe_error
 
 log = logging.getLogger("ovpnmon.collector")
 

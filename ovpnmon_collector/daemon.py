@@ -17,7 +17,7 @@ from ovpnmon_collector.clock import Clock
 from ovpnmon_collector.collector import PollSummary
 from ovpnmon_collector.notify import Notifier
 from ovpnmon_common.config import RetentionConfig
-from ovpnmon_common.db import describe_error
+from ovpnmon_common.storage import describe_error
 
 log = logging.getLogger("ovpnmon.collector")
 

@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 from sqlalchemy import Engine, func, select
 
-from ovpnmon_common import db, schema
+from ovpnmon_common import meta, schema
 from ovpnmon_common.formatting import format_timestamp
-from ovpnmon_common.tiers import ROLLUPS, watermark_key
+from ovpnmon_common.storage import engines
+from ovpnmon_common.tiers import ROLLUPS, TIERS
 
 # the column that says when a row is from, per table
 TIME_COLUMNS = {
-    "usage_history": "ts",
-    "global_history": "ts",
-    "global_15min": "bucket",
-    "stats_15min": "bucket",
-    "stats_hourly": "bucket",
-    "stats_6h": "bucket",
-    "stats_daily": "bucket",
+    **{tier.table.name: tier.time_column for tier in TIERS},
     "sessions": "connected_since",
     "clients": "first_seen",
     "certificates": "not_after",
@@ -28,11 +22,12 @@ TIME_COLUMNS = {
 
 
 def database_info(engine: Engine, path: str) -> dict[str, Any]:
+    """Size, rows and time span of every table, watermarks, the collector's status."""
     files = [path, f"{path}-wal", f"{path}-shm"]
     size = sum(os.path.getsize(f) for f in files if os.path.exists(f))
     tables: dict[str, dict[str, Any]] = {}
     with engine.connect() as conn:
-        meta = db.get_meta_prefix(conn, "")
+        status = meta.read_status(conn)
         for table in schema.metadata.sorted_tables:
             entry: dict[str, Any] = {
                 "rows": conn.execute(select(func.count()).select_from(table)).scalar()
@@ -44,31 +39,15 @@ def database_info(engine: Engine, path: str) -> dict[str, Any]:
                 entry["oldest"] = oldest
                 entry["newest"] = newest
             tables[table.name] = entry
-        pages = {
-            name: conn.exec_driver_sql(f"PRAGMA {name}").scalar()
-            for name in ("page_size", "page_count", "freelist_count")
-        }
-    heartbeat = meta.get("collector.heartbeat")
+        pages = engines.page_counts(conn)
     return {
         "database": {"path": os.path.abspath(path), "size_bytes": size, **pages},
-        "schema_version": int(meta["schema_version"]),
+        "schema_version": status.schema_version,
         "tables": tables,
-        "watermarks": {
-            r.name: int(meta[watermark_key(r.name)]) if watermark_key(r.name) in meta else None
-            for r in ROLLUPS
-        },
-        "collector": {
-            "last_poll": int(heartbeat) if heartbeat else None,
-            "interval": int(meta["collector.interval"]) if "collector.interval" in meta else None,
-        },
-        "sources": {
-            key[len("source.") : -len(".health")]: json.loads(value)
-            for key, value in meta.items()
-            if key.startswith("source.") and key.endswith(".health")
-        },
-        "certificates_scanned_at": int(meta["certificates.scanned_at"])
-        if "certificates.scanned_at" in meta
-        else None,
+        "watermarks": {tier.name: status.watermarks.get(tier.name) for tier in ROLLUPS},
+        "collector": {"last_poll": status.heartbeat, "interval": status.interval},
+        "sources": status.sources,
+        "certificates_scanned_at": status.certificates_scanned_at,
     }
 
 

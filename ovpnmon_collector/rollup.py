@@ -1,10 +1,11 @@
-"""Rollups: raw -> hourly -> 6-hour -> daily per client, and the whole-server 15-minute tier.
+"""Rollups: raw -> 15-minute -> hourly -> 6-hour -> daily per client, and the whole-server
+15-minute tier; ``ovpnmon_common.tiers`` says which is built from which.
 
-Each tier has a watermark (``meta`` key ``rollup.<tier>.watermark``): every bucket before it is
-final in the tier's table. A rollup computes the buckets between the watermark and the last closed
-bucket in short transactions (so the collector's polls never wait long), replacing whatever the
-table held for them; running it again changes nothing. Buckets after the watermark, including
-the one in progress, are read from the next finer tier by the API (``ovpnmon_common.tiers``).
+Each tier has a watermark (``ovpnmon_common.meta.watermark_key``): every bucket before it is
+final in the tier's table. A rollup computes the buckets between the watermark and the last
+closed bucket in short transactions (so the collector's polls never wait long), replacing
+whatever the table held for them; running it again changes nothing. Buckets after the
+watermark, including the one in progress, are read from the next finer tier by the API.
 
 Each tier is built from the next finer one, so a backfill after raw samples were pruned still has
 something to build from, and the sums of every tier agree with the raw samples they came from.
@@ -18,11 +19,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select
+from sqlalchemy import Connection, Engine, delete, func, insert, select
 
-from ovpnmon_common import db, schema
+from ovpnmon_collector.slices import SLICE_SECONDS, oldest, spans
+from ovpnmon_common import meta
 from ovpnmon_common.buckets import align, align_up
-from ovpnmon_common.tiers import ROLLUPS, Rollup, sql_align, watermark_key
+from ovpnmon_common.meta import watermark_key
+from ovpnmon_common.storage import statements
+from ovpnmon_common.tiers import ROLLUPS, Tier, source_of, sql_align
 
 log = logging.getLogger("ovpnmon.rollup")
 
@@ -34,100 +38,73 @@ class RollupReport:
     watermark: int | None
 
 
-def _source_select(rollup: Rollup, start: int, end: int):
-    """SELECT of the finer data in ``[start, end)`` grouped into ``rollup``'s buckets."""
-    src = rollup.source
-    width = rollup.width
-    if rollup.name == "global_15min":
-        bucket = sql_align(src.c.ts, width).label("bucket")
+def _source_select(tier: Tier, start: int, end: int) -> Any:
+    """SELECT of the finer data in ``[start, end)`` grouped into ``tier``'s buckets, in the
+    order of ``_columns(tier)``."""
+    src = source_of(tier)
+    table, when = src.table, src.time
+    assert tier.width is not None
+    bucket = sql_align(when, tier.width).label("bucket")
+    # a raw row is one sample; a finer tier's row counts its own
+    samples = func.count() if src.raw else func.sum(table.c.samples)
+    sums = [func.sum(table.c.bytes_received), func.sum(table.c.bytes_sent)]
+    where = [when >= start, when < end]  # raw: a range of the (ts, client_id) key
+    if tier.per_client:
         return (
-            select(
-                bucket,
-                func.sum(src.c.bytes_received),
-                func.sum(src.c.bytes_sent),
-                func.max(src.c.active_count),
-                func.count(),
-            )
-            .where(src.c.ts >= start, src.c.ts < end)
-            .group_by(bucket)
+            select(table.c.client_id, bucket, *sums, samples)
+            .where(*where)
+            .group_by(table.c.client_id, bucket)
         )
-    if src is schema.usage_history:
-        bucket = sql_align(src.c.ts, width).label("bucket")
-        samples: Any = func.count()
-        where = [src.c.ts >= start, src.c.ts < end]  # a range of the (ts, client_id) key
-    else:
-        bucket = sql_align(src.c.bucket, width).label("bucket")
-        samples = func.sum(src.c.samples)
-        where = [src.c.bucket >= start, src.c.bucket < end]
-    return (
-        select(
-            src.c.client_id,
-            bucket,
-            func.sum(src.c.bytes_received),
-            func.sum(src.c.bytes_sent),
-            samples,
-        )
-        .where(*where)
-        .group_by(src.c.client_id, bucket)
-    )
+    peak = table.c.active_count if src.raw else table.c.max_active
+    return select(bucket, *sums, func.max(peak), samples).where(*where).group_by(bucket)
 
 
-def rebuild(conn: Connection, rollup: Rollup, start: int, end: int) -> None:
-    """Replace ``rollup``'s buckets in ``[start, end)`` with the sums of its source."""
-    table = rollup.table
+def _columns(tier: Tier) -> tuple[str, ...]:
+    return TIER_COLUMNS if tier.per_client else SERVER_COLUMNS
+
+
+TIER_COLUMNS = ("client_id", "bucket", "bytes_received", "bytes_sent", "samples")
+SERVER_COLUMNS = ("bucket", "bytes_received", "bytes_sent", "max_active", "samples")
+
+
+def rebuild(conn: Connection, tier: Tier, start: int, end: int) -> None:
+    """Replace ``tier``'s buckets in ``[start, end)`` with the sums of its source."""
+    table = tier.table
     conn.execute(delete(table).where(table.c.bucket >= start, table.c.bucket < end))
-    columns = (
-        ["bucket", "bytes_received", "bytes_sent", "max_active", "samples"]
-        if rollup.name == "global_15min"
-        else ["client_id", "bucket", "bytes_received", "bytes_sent", "samples"]
-    )
-    conn.execute(insert(table).from_select(columns, _source_select(rollup, start, end)))
+    conn.execute(insert(table).from_select(list(_columns(tier)), _source_select(tier, start, end)))
 
 
-def _bounds(conn: Connection, rollup: Rollup, now: int) -> tuple[int | None, int]:
+def _bounds(conn: Connection, tier: Tier, now: int) -> tuple[int | None, int]:
     """(watermark, end of the last closed bucket this tier may build now)."""
-    stored = db.get_meta(conn, watermark_key(rollup.name))
-    limit = align(now, rollup.width)
-    if rollup.finer is not None:  # only whole buckets of the finer tier's final data
-        finer = db.get_meta(conn, watermark_key(rollup.finer))
-        limit = min(limit, align(int(finer), rollup.width)) if finer else 0
+    assert tier.width is not None
+    marks = meta.watermarks(conn)
+    limit = align(now, tier.width)
+    src = source_of(tier)
+    if not src.raw:  # only whole buckets of the finer tier's final data
+        finer = marks.get(src.name)
+        limit = min(limit, align(finer, tier.width)) if finer else 0
+    stored = marks.get(tier.name)
     if stored is not None:
-        return int(stored), limit
-    first = _oldest(conn, rollup)
-    return (align(first, rollup.width) if first is not None else None), limit
+        return stored, limit
+    first = oldest(conn, src)
+    return (align(first, tier.width) if first is not None else None), limit
 
 
-def _oldest(conn: Connection, rollup: Rollup) -> int | None:
-    src = rollup.source
-    column = src.c.bucket if "bucket" in src.c else src.c.ts
-    return conn.execute(select(func.min(column))).scalar()
-
-
-# Longest a rollup transaction holds the write lock: a poll waits at most this long for it.
-SLICE_SECONDS = 0.05
-
-_MARKS = db.Prepared(
-    select(schema.meta.c.key, schema.meta.c.value).where(
-        schema.meta.c.key.like(bindparam("pattern"))
-    )
-)
-
-
-def late_tiers(conn: Connection, ts: int) -> list[Rollup]:
+def late_tiers(conn: Connection, ts: int) -> list[Tier]:
     """The tiers that already hold the bucket of ``ts`` as final: a poll at ``ts`` is late for
     them (the wall clock stepped back, or a rollup ran while it was ahead)."""
-    marks = dict(_MARKS(conn, pattern="rollup.%.watermark").all())
+    marks = meta.watermarks(conn)
     late = []
-    for rollup in ROLLUPS:
-        mark = marks.get(watermark_key(rollup.name))
-        if mark is not None and align(ts, rollup.width) < int(mark):
-            late.append(rollup)
+    for tier in ROLLUPS:
+        mark = marks.get(tier.name)
+        if mark is not None and tier.width is not None and align(ts, tier.width) < mark:
+            late.append(tier)
     return late
 
 
 def fold_in(
     conn: Connection,
-    late: list[Rollup],
+    late: list[Tier],
     ts: int,
     samples: list[tuple[int, int, int, int]],
     server: tuple[int, int, int, int],
@@ -140,32 +117,22 @@ def fold_in(
 
     Watermarks never move back instead: a tier rebuilt from finer data that retention has
     already pruned would lose what it held."""
-    add: dict[str, db.Merge] = {"bytes_received": "add", "bytes_sent": "add", "samples": "add"}
-    for rollup in late:
-        bucket = align(ts, rollup.width)
-        if rollup.name == "global_15min":
+    add: dict[str, statements.Merge] = {
+        "bytes_received": "add",
+        "bytes_sent": "add",
+        "samples": "add",
+    }
+    for tier in late:
+        assert tier.width is not None
+        bucket = align(ts, tier.width)
+        if tier.per_client:
+            rows = [(cid, bucket, rx, tx, new) for cid, rx, tx, new in samples]
+            keys, merge = ["client_id", "bucket"], add
+        else:
             active, rx, tx, new = server
-            db.upsert(
-                conn,
-                rollup.table,
-                [
-                    {
-                        "bucket": bucket,
-                        "bytes_received": rx,
-                        "bytes_sent": tx,
-                        "max_active": active,
-                        "samples": new,
-                    }
-                ],
-                ["bucket"],
-                merge={**add, "max_active": "max"},
-            )
-            continue
-        rows = [(cid, bucket, rx, tx, new) for cid, rx, tx, new in samples]
-        db.upsert_tuples(conn, rollup.table, TIER_COLUMNS, rows, ["client_id", "bucket"], merge=add)
-
-
-TIER_COLUMNS = ("client_id", "bucket", "bytes_received", "bytes_sent", "samples")
+            rows = [(bucket, rx, tx, active, new)]
+            keys, merge = ["bucket"], {**add, "max_active": "max"}
+        statements.upsert_tuples(conn, tier.table, _columns(tier), rows, keys, merge=merge)
 
 
 def catch_up(
@@ -182,28 +149,28 @@ def catch_up(
     resumes next call: the daemon gives it the time until the next poll.
     """
     reports = []
-    for rollup in ROLLUPS:
+    for tier in ROLLUPS:
+        assert tier.width is not None
         done = 0
         watermark: int | None = None
         while deadline is None or clock() < deadline:
             with engine.begin() as conn:
-                watermark, limit = _bounds(conn, rollup, now)
+                watermark, limit = _bounds(conn, tier, now)
                 if watermark is None or watermark >= limit:
                     break
                 slice_end = time.perf_counter() + SLICE_SECONDS
-                span = 1  # buckets per statement: doubles while statements stay quick
-                while watermark < limit and time.perf_counter() < slice_end:
-                    end = min(limit, watermark + span * rollup.width)
-                    started = time.perf_counter()
-                    rebuild(conn, rollup, watermark, end)
-                    done += (end - watermark) // rollup.width
+                # one bucket per statement at first, doubling while statements stay quick
+                most, quick = 256 * tier.width, SLICE_SECONDS / 10
+                for first, end in spans(watermark, limit, tier.width, most, quick):
+                    rebuild(conn, tier, first, end)
+                    done += (end - first) // tier.width
                     watermark = end
-                    if time.perf_counter() - started < SLICE_SECONDS / 10:
-                        span = min(span * 2, 256)
-                db.set_meta(conn, watermark_key(rollup.name), str(watermark))
-        reports.append(RollupReport(rollup.name, done, watermark))
+                    if time.perf_counter() >= slice_end:
+                        break
+                meta.put(conn, watermark_key(tier.name), str(watermark))
+        reports.append(RollupReport(tier.name, done, watermark))
         if done:
-            log.debug("rollup %s: %d buckets, watermark %s", rollup.name, done, watermark)
+            log.debug("rollup %s: %d buckets, watermark %s", tier.name, done, watermark)
     return reports
 
 
@@ -217,25 +184,22 @@ def backfill(
     their raw data is gone, and the hourly rows are now the finest data there is.
     """
     reports = []
-    for rollup in ROLLUPS:
-        if tiers and rollup.name not in tiers:
+    for tier in ROLLUPS:
+        if tiers and tier.name not in tiers:
             continue
+        assert tier.width is not None
         with engine.begin() as conn:
-            stored = db.get_meta(conn, watermark_key(rollup.name))
-            if stored is None:
-                reports.append(RollupReport(rollup.name, 0, None))
-                continue
-            low = align(start, rollup.width)
-            oldest = _oldest(conn, rollup)
-            if oldest is None:
-                reports.append(RollupReport(rollup.name, 0, int(stored)))
-                continue
-            low = max(low, align(oldest, rollup.width))
-            high = min(int(stored), align_up(end, rollup.width))
+            stored = meta.watermarks(conn).get(tier.name)
+            first = oldest(conn, source_of(tier))
+        if stored is None or first is None:
+            reports.append(RollupReport(tier.name, 0, stored))
+            continue
+        low = max(align(start, tier.width), align(first, tier.width))
+        high = min(stored, align_up(end, tier.width))
         count = 0
-        for bucket in range(low, high, rollup.width):
+        for bucket in range(low, high, tier.width):
             with engine.begin() as conn:
-                rebuild(conn, rollup, bucket, bucket + rollup.width)
+                rebuild(conn, tier, bucket, bucket + tier.width)
             count += 1
-        reports.append(RollupReport(rollup.name, count, int(stored)))
+        reports.append(RollupReport(tier.name, count, stored))
     return reports

@@ -18,18 +18,12 @@ from sqlalchemy import Connection, Engine, bindparam, func, select, update
 
 from ovpnmon_collector import rollup
 from ovpnmon_collector.accounting import SessionId, SessionState, SourceDelta
-from ovpnmon_common import counters, db, schema
+from ovpnmon_common import counters, meta, schema
+from ovpnmon_common.storage import engines, statements
 
 _T = TypeVar("_T")
 
-FIRST_WATCHED = "source.{}.first_watched"
-HEALTH = "source.{}.health"
-HEARTBEAT = "collector.heartbeat"
-CLOSED_SINCE = "collector.closed_since"
-INTERVAL = "collector.interval"
-
-
-# Built once: db.executemany compiles each statement object once per process.
+# Built once: statements.executemany compiles each statement object once per process.
 _s, _c = schema.sessions, schema.clients
 UPDATE_ADDRESSES = (
     update(_s)
@@ -70,7 +64,7 @@ SESSION_COLUMNS = (
     *("virtual_address", "virtual_ipv6", "first_seen", "last_seen", "bytes_received"),
     *("bytes_sent", "baseline_received", "baseline_sent"),
 )
-ADD: dict[str, db.Merge] = {"bytes_received": "add", "bytes_sent": "add"}
+ADD: dict[str, statements.Merge] = {"bytes_received": "add", "bytes_sent": "add"}
 ADD_CLOSED = (
     update(_c)
     .where(_c.c.id == bindparam("cid"))
@@ -157,11 +151,11 @@ class Store:
 
     def first_watched(self, source: str, now: int) -> int:
         """When ``source`` was first watched; recorded (and committed) on the first call ever."""
-        key = FIRST_WATCHED.format(source)
+        key = meta.first_watched_key(source)
         with self.engine.begin() as conn:
-            value = db.get_meta(conn, key)
+            value = meta.get(conn, key)
             if value is None:
-                db.set_meta(conn, key, str(now))
+                meta.put(conn, key, str(now))
                 return now
             return int(value)
 
@@ -205,12 +199,9 @@ class Store:
         return found
 
     def health(self) -> dict[str, dict[str, Any]]:
+        """Every source's stored health record (what the collector said before a restart)."""
         with self.engine.connect() as conn:
-            return {
-                key.removesuffix(".health"): json.loads(value)
-                for key, value in db.get_meta_prefix(conn, "source.").items()
-                if key.endswith(".health")
-            }
+            return meta.read_status(conn).sources
 
     # --- the poll ---------------------------------------------------------------------------
 
@@ -221,19 +212,19 @@ class Store:
             self._write_sessions(conn, poll, ids)
             self._write_samples(conn, poll, ids)
             self._write_clients(conn, poll, ids)
-            meta = {HEARTBEAT: str(poll.ts), INTERVAL: str(poll.configured_interval)}
-            meta.update({HEALTH.format(n): json.dumps(h) for n, h in poll.health.items()})
+            entries = {meta.HEARTBEAT: str(poll.ts), meta.INTERVAL: str(poll.configured_interval)}
+            entries.update(
+                {meta.health_key(n): meta.encode_health(h) for n, h in poll.health.items()}
+            )
             latest = dict(self._closed_since)
             for st in (*poll.closed, *poll.retired):
                 if st.connected_since > latest.get(st.source, -1):
                     latest[st.source] = st.connected_since
             if latest != self._closed_since or not self._closed_since_stored:
-                meta[CLOSED_SINCE] = json.dumps(latest, sort_keys=True)
-            db.upsert(conn, schema.meta, [{"key": k, "value": v} for k, v in meta.items()], ["key"])
+                entries[meta.CLOSED_SINCE] = json.dumps(latest, sort_keys=True)
+            meta.put_many(conn, entries)
             if poll.retired_sources:
-                m = schema.meta
-                gone = [HEALTH.format(name) for name in poll.retired_sources]
-                conn.execute(m.delete().where(m.c.key.in_(gone)))
+                meta.delete(conn, [meta.health_key(name) for name in poll.retired_sources])
         self._active = poll.active  # the collector builds a new set every poll
         self._compare_all = False
         self._closed_since, self._closed_since_stored = latest, True
@@ -247,7 +238,7 @@ class Store:
             first = _next_id(conn, "clients")
             ids = range(first, first + len(new))
             rows = [(cid, name, now, now, False, 0, 0) for cid, name in zip(ids, new, strict=True)]
-            db.insert_tuples(conn, c, CLIENT_COLUMNS, rows)
+            statements.insert_tuples(conn, c, CLIENT_COLUMNS, rows)
             self._client_ids.update(zip(new, ids, strict=True))
         return self._client_ids
 
@@ -268,7 +259,7 @@ class Store:
                         *(st.baseline_received, st.baseline_sent),
                     )
                 )
-            db.insert_tuples(conn, s, SESSION_COLUMNS, rows)
+            statements.insert_tuples(conn, s, SESSION_COLUMNS, rows)
         # Every poll stores the counters of every open session (that is what makes a restart exact):
         # one packed row per source read; addresses only when they changed (a UDP client floated).
         packed = []
@@ -276,14 +267,14 @@ class Store:
             row_ids = [st.row_id for st in delta.state.values()]  # all set by the insert above
             data = counters.pack(row_ids, *delta.counters())  # type: ignore[arg-type]
             packed.append({"source": source, "ts": poll.ts, "counters": data})
-        db.upsert(conn, schema.session_counters, packed, ["source"])
+        statements.upsert(conn, schema.session_counters, packed, ["source"])
         if poll.retired_sources:
             counters_table = schema.session_counters
             conn.execute(
                 counters_table.delete().where(counters_table.c.source.in_(poll.retired_sources))
             )
         reopened = [{"row_id": st.row_id, "ts": poll.ts} for st, _, _ in poll.reopened]
-        db.executemany(conn, REOPEN_SESSION, reopened)
+        statements.executemany(conn, REOPEN_SESSION, reopened)
         moved = [
             {
                 "row_id": st.row_id,
@@ -294,12 +285,12 @@ class Store:
             }
             for st in (*poll.moved, *(st for st, _, _ in poll.reopened))
         ]
-        db.executemany(conn, UPDATE_ADDRESSES, moved)
+        statements.executemany(conn, UPDATE_ADDRESSES, moved)
         rebased = [
             {"row_id": st.row_id, "rx": st.baseline_received, "tx": st.baseline_sent}
             for st in poll.rebased
         ]
-        db.executemany(conn, UPDATE_BASELINE, rebased)
+        statements.executemany(conn, UPDATE_BASELINE, rebased)
         closed = [
             {
                 "row_id": st.row_id,
@@ -314,7 +305,7 @@ class Store:
         for entry in closed:
             if entry["ts"] is None:  # a retired source's session: closed when last seen
                 entry["ts"] = entry["seen"]
-        db.executemany(conn, CLOSE_SESSION, closed)
+        statements.executemany(conn, CLOSE_SESSION, closed)
 
     def _write_samples(self, conn: Connection, poll: PollWrite, ids: Mapping[str, int]) -> None:
         # column-wise, so that the per-client work runs in C
@@ -330,7 +321,7 @@ class Store:
         if late:
             before = self._rows_at(conn, poll.ts)  # read before the rows below merge into them
         # two polls within one wall-clock second (or a clock stepped back) add up, never collide
-        db.upsert_tuples(
+        statements.upsert_tuples(
             conn, schema.usage_history, SAMPLE_COLUMNS, rows, ["ts", "client_id"], merge=ADD
         )
         if late:
@@ -338,7 +329,7 @@ class Store:
             samples = [(cid, rx, tx, int(cid not in clients_before)) for cid, _, rx, tx in rows]
             server = (len(poll.active), total_rx, total_tx, int(not server_before))
             rollup.fold_in(conn, late, poll.ts, samples, server)
-        db.upsert(
+        statements.upsert(
             conn,
             schema.global_history,
             [
@@ -376,7 +367,7 @@ class Store:
             totals = closed.setdefault(ids[st.common_name], [0, 0])
             totals[0] -= rx
             totals[1] -= tx
-        db.executemany(
+        statements.executemany(
             conn, ADD_CLOSED, [{"cid": cid, "rx": rx, "tx": tx} for cid, (rx, tx) in closed.items()]
         )
         previously = self._active if self._active is not None else set()
@@ -394,17 +385,17 @@ class Store:
         ]
         for chunk in _chunks(became, 500):
             conn.execute(SET_ACTIVE, {"ids": chunk})
-        db.executemany(conn, SET_INACTIVE, left)
+        statements.executemany(conn, SET_INACTIVE, left)
 
     def close(self) -> None:
-        db.close_writer(self.engine)
+        engines.close_writer(self.engine)
 
 
 def _latest_closed(conn: Connection) -> tuple[dict[str, int], bool]:
     """Per source, the latest Connected Since among its closed sessions, and whether ``meta``
     holds it: the polls that close sessions keep it there; for a database from before that it
     is worked out once (a scan) and stored by the next poll."""
-    stored = db.get_meta(conn, CLOSED_SINCE)
+    stored = meta.get(conn, meta.CLOSED_SINCE)
     if stored is not None:
         return {source: int(since) for source, since in json.loads(stored).items()}, True
     s = schema.sessions

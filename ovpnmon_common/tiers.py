@@ -1,7 +1,13 @@
-"""Which table each rollup tier is, what it is built from, and where its watermark is kept.
+"""The tier registry: every table that holds traffic over time, described once.
 
-Shared by the collector (which builds tiers) and the API (which reads a tier up to its watermark
-and the finer data after it, so the bucket in progress is always there).
+A tier is a table of byte counts over time: the raw samples each poll writes (one row per
+client per poll, and one whole-server row), and the rollups built from them, each from the
+next finer tier. Rollup, retention, ``info``, the API's planner and its OpenAPI document all
+read this registry; adding a tier is one entry here plus a schema migration.
+
+Each rollup has a watermark (``ovpnmon_common.meta.watermark_key``): its buckets before it are
+final. Readers take a tier up to its watermark and the finer tier after it, so every series
+includes the bucket in progress.
 """
 
 from __future__ import annotations
@@ -9,38 +15,110 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table
+from sqlalchemy import Column, Table
 
 from ovpnmon_common import schema
-from ovpnmon_common.buckets import DAY, HOUR
+from ovpnmon_common.buckets import DAY, HOUR, MINUTE
+from ovpnmon_common.config import RetentionConfig
 
 
 @dataclass(frozen=True)
-class Rollup:
-    name: str  # the Tier name in ovpnmon_common.buckets
+class Tier:
+    """One table of traffic over time and how it relates to the others."""
+
+    name: str
     table: Table
-    width: int
-    source: Table
-    finer: str | None  # the tier it is built from (None: raw samples)
+    time_column: str  # the column saying when a row is from: "ts" (raw) or "bucket"
+    width: int | None  # bucket width in seconds; None for raw samples (one row per poll)
+    built_from: str | None  # the tier it is rolled up from; None: written by every poll
+    retention_key: str  # the [retention] setting that says how many days it keeps
+    per_client: bool  # False: the whole server
+    label: str  # what the API reports as meta.resolution_used when it reads this tier
+
+    @property
+    def time(self) -> Column[Any]:
+        return self.table.c[self.time_column]
+
+    @property
+    def raw(self) -> bool:
+        return self.width is None
+
+    def retention_days(self, retention: RetentionConfig) -> int:
+        return int(getattr(retention, self.retention_key))
 
 
-ROLLUPS: tuple[Rollup, ...] = (
-    Rollup("quarter_hour", schema.stats_15min, 15 * 60, schema.usage_history, None),
-    Rollup("hourly", schema.stats_hourly, HOUR, schema.stats_15min, "quarter_hour"),
-    Rollup("six_hour", schema.stats_6h, 6 * HOUR, schema.stats_hourly, "hourly"),
-    Rollup("daily", schema.stats_daily, DAY, schema.stats_6h, "six_hour"),
-    Rollup("global_15min", schema.global_15min, 900, schema.global_history, None),
+TIERS: tuple[Tier, ...] = (
+    # The contract has one name for "raw samples in buckets"; 15-minute sums are exactly that.
+    Tier("raw", schema.usage_history, "ts", None, None, "raw_days", True, "usage_history_hires"),
+    Tier(
+        "quarter_hour",
+        schema.stats_15min,
+        "bucket",
+        15 * MINUTE,
+        "raw",
+        "raw_days",
+        True,
+        "usage_history_hires",
+    ),
+    Tier(
+        "hourly",
+        schema.stats_hourly,
+        "bucket",
+        HOUR,
+        "quarter_hour",
+        "hourly_days",
+        True,
+        "stats_hourly",
+    ),
+    Tier(
+        "six_hour", schema.stats_6h, "bucket", 6 * HOUR, "hourly", "six_hour_days", True, "stats_6h"
+    ),
+    Tier("daily", schema.stats_daily, "bucket", DAY, "six_hour", "daily_days", True, "stats_daily"),
+    Tier(
+        "global_raw",
+        schema.global_history,
+        "ts",
+        None,
+        None,
+        "raw_days",
+        False,
+        "global_history",
+    ),
+    # behind /analytics: 15 minutes divides its 105- and 450-minute buckets exactly
+    Tier(
+        "global_15min",
+        schema.global_15min,
+        "bucket",
+        15 * MINUTE,
+        "global_raw",
+        "hourly_days",
+        False,
+        "global_15min",
+    ),
 )
 
-BY_NAME = {rollup.name: rollup for rollup in ROLLUPS}
+BY_NAME: dict[str, Tier] = {tier.name: tier for tier in TIERS}
+
+# The rollups, each after the tier it is built from: the order they are brought up to date in.
+ROLLUPS: tuple[Tier, ...] = tuple(tier for tier in TIERS if tier.built_from is not None)
+
+RAW = BY_NAME["raw"]
+GLOBAL_15MIN = BY_NAME["global_15min"]
+
+
+def source_of(tier: Tier) -> Tier:
+    """The tier ``tier`` is rolled up from."""
+    if tier.built_from is None:
+        raise ValueError(f"tier {tier.name} is written by polls, not built from another")
+    return BY_NAME[tier.built_from]
+
+
+def built_on(tier: Tier) -> Tier | None:
+    """The tier rolled up from ``tier`` (its watermark bounds what retention may delete)."""
+    return next((t for t in TIERS if t.built_from == tier.name), None)
 
 
 def sql_align(column: Any, width: Any) -> Any:
     """``buckets.align`` as a SQL expression: the bucket start of each row's time ``column``
     (``width`` is seconds, or a ``bindparam``)."""
     return column - column % width
-
-
-def watermark_key(tier: str) -> str:
-    """The ``meta`` key holding the start of the first bucket not yet final in ``tier``."""
-    return f"rollup.{tier}.watermark"

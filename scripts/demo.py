@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ovpnmon_collector import rollup
 from ovpnmon_collector.simulator import Simulation, populate, render_status, write_in_place
-from ovpnmon_common import db
+from ovpnmon_common.storage import engines, migrations
 
 ROOT = Path(__file__).resolve().parent.parent
 DAY = 86400
@@ -39,15 +39,15 @@ def log(message: str) -> None:
 
 def seed(db_path: Path, status: Path, simulation: Simulation, now: int, days: int) -> None:
     """History through the collector's own code: coarse polls long ago, finer ones lately."""
-    engine = db.writer_engine(str(db_path))
-    db.init_db(engine)
+    engine = engines.writer_engine(str(db_path))
+    migrations.init_db(engine)
     started = time.monotonic()
     older = now - days * DAY
     recent = now - 3 * DAY
     populate(engine, str(status), older, recent, 1800, simulation)
     populate(engine, str(status), recent, now - 60, 120, simulation)
     rollup.catch_up(engine, now)
-    db.close_writer(engine)
+    engines.close_writer(engine)
     log(f"seeded {days} days of history in {time.monotonic() - started:.1f} s")
 
 

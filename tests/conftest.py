@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from ovpnmon_common.config import Config
-from ovpnmon_common.db import init_db, writer_engine
+from ovpnmon_common.storage.engines import writer_engine
+from ovpnmon_common.storage.migrations import init_db
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

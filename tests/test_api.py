@@ -10,10 +10,12 @@ from sqlalchemy import select
 from ovpnmon_api.app import create_app
 from ovpnmon_collector import rollup
 from ovpnmon_collector.simulator import Simulation, populate
-from ovpnmon_common import db, schema
-from ovpnmon_common.buckets import AUTO, RANGES, align
+from ovpnmon_common import meta, schema
+from ovpnmon_common.buckets import align
 from ovpnmon_common.config import ApiConfig, Config, RetentionConfig
 from ovpnmon_common.formatting import format_timestamp
+from ovpnmon_common.planner import AUTO, RANGES
+from ovpnmon_common.storage import engines, migrations
 
 DAY = 86400
 NOW = 1_795_651_200 + 5 * 3600 + 1234  # 2026-11-26 05:20:34 UTC: mid-bucket for every width
@@ -24,14 +26,14 @@ SPECIAL = ("system", "alice smith", "jörg/ü", "100%&?=#")
 @pytest.fixture(scope="module")
 def database(tmp_path_factory):
     path = tmp_path_factory.mktemp("api") / "ovpnmon.db"
-    engine = db.writer_engine(str(path))
-    db.init_db(engine)
+    engine = engines.writer_engine(str(path))
+    migrations.init_db(engine)
     sim = Simulation(clients=16, seed=11, extra_names=SPECIAL)
     # 32 days at 2 h, then the last 26 hours at 10 min: every range has data
     populate(engine, str(path.with_suffix(".status")), START, NOW - 26 * 3600, 7200, sim)
     populate(engine, str(path.with_suffix(".status")), NOW - 26 * 3600, NOW - 10, 600, sim)
     rollup.catch_up(engine, NOW - 10)
-    db.close_writer(engine)
+    engines.close_writer(engine)
     return str(path)
 
 
@@ -55,7 +57,7 @@ def get(client, path, **params):
 
 
 def raw(database):
-    engine = db.reader_engine(database)
+    engine = engines.reader_engine(database)
     with engine.connect() as conn:
         u, c = schema.usage_history, schema.clients
         names = dict(conn.execute(select(c.c.id, c.c.common_name)).all())
@@ -338,13 +340,13 @@ def failing_source_database(tmp_path, state="error"):
     import shutil
 
     path = tmp_path / "failing.db"
-    engine = db.writer_engine(str(path))
-    db.init_db(engine)
+    engine = engines.writer_engine(str(path))
+    migrations.init_db(engine)
     populate(engine, str(tmp_path / "s.log"), NOW - 3600, NOW - 10, 600, Simulation(clients=3))
     health = {"state": state, "message": "status file /run/x.log does not exist", "since": NOW}
     with engine.begin() as conn:
-        db.set_meta(conn, "source.udp.health", json.dumps(health))
-    db.close_writer(engine)
+        meta.put(conn, "source.udp.health", json.dumps(health))
+    engines.close_writer(engine)
     shutil.rmtree(tmp_path / "unused", ignore_errors=True)
     return str(path)
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from conftest import as_nobody, needs_root, run_collector, stop_process, wait_for_http
 
-from ovpnmon_api.queries import lifetime_totals
 from ovpnmon_collector.parser import SessionRow
 from ovpnmon_collector.simulator import render_status, write_in_place
-from ovpnmon_common import db
+from ovpnmon_common.storage import engines
+from ovpnmon_common.totals import lifetime_totals
 
 SINCE = int(time.time()) + 30 * 86400
 
@@ -34,7 +34,7 @@ def write_status(path: Path, rx: int, clients: int = 3) -> None:
 
 
 def totals(path: Path) -> dict:
-    engine = db.reader_engine(str(path))
+    engine = engines.reader_engine(str(path))
     with engine.connect() as conn:
         found = lifetime_totals(conn)
     engine.dispose()
@@ -95,7 +95,7 @@ def test_a_backup_while_the_collector_runs_is_consistent_and_opens_read_only(hos
         shelf.chmod(0o555)
 
         def read_it() -> str:
-            engine = db.reader_engine(str(on_shelf))
+            engine = engines.reader_engine(str(on_shelf))
             with engine.connect() as conn:
                 return str(sorted(lifetime_totals(conn))[:2])
 

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from conftest import run_collector
 
-from ovpnmon_common import db
+from ovpnmon_common import meta
 from ovpnmon_common.files import BadFile, describe_size, read_regular_file
+from ovpnmon_common.storage import engines
 
 ADDRESS_SPACE = 1 << 30
 
@@ -68,9 +69,9 @@ def test_a_status_file_that_is_no_status_file_is_a_source_error(tmp_path, fifo, 
     assert f"source udp: status file {target} {said}" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and "MemoryError" not in result.stderr
     # the poll itself was stored (the source's health says why it failed): nothing else lost
-    engine = db.reader_engine(str(tmp_path / "x.db"))
+    engine = engines.reader_engine(str(tmp_path / "x.db"))
     with engine.connect() as conn:
-        health = db.get_meta(conn, "source.udp.health")
+        health = meta.get(conn, "source.udp.health")
     engine.dispose()
     assert health is not None and said in health
 

@@ -2,19 +2,18 @@ import itertools
 
 import pytest
 
-from ovpnmon_common.buckets import (
+from ovpnmon_common.buckets import align, align_up
+from ovpnmon_common.config import RetentionConfig
+from ovpnmon_common.planner import (
     ANALYTICS_POINTS,
     AUTO,
     MAX_POINTS,
     RANGES,
     RESOLUTIONS,
     InvalidQuery,
-    align,
-    align_up,
     plan,
     plan_analytics,
 )
-from ovpnmon_common.config import RetentionConfig
 
 NOW = 1_795_717_523  # 2026-11-26 18:25:23 UTC, mid-bucket for every width
 KEEP_ALL = RetentionConfig(raw_days=0, hourly_days=0, six_hour_days=0, daily_days=0)
@@ -27,7 +26,7 @@ AUTO_EXPECTED = {
     "3h": ("raw", 60, 180),
     "6h": ("raw", 120, 180),
     "12h": ("raw", 300, 144),
-    "24h": ("raw", 900, 96),
+    "24h": ("quarter_hour", 900, 96),  # raw samples in 15-minute buckets: summed already
     "7d": ("hourly", 3600, 168),
     "30d": ("six_hour", 21600, 120),
     "90d": ("six_hour", 21600, 360),

@@ -14,8 +14,9 @@ from ovpnmon_collector.collector import Collector
 from ovpnmon_collector.parser import SessionRow
 from ovpnmon_collector.simulator import render_status
 from ovpnmon_collector.sources import StatusFileSource
-from ovpnmon_common import db
+from ovpnmon_common import meta
 from ovpnmon_common.config import ApiConfig, Config
+from ovpnmon_common.storage import engines, migrations
 
 T0 = 1_795_717_500  # 2026-11-26 15:45:00 UTC
 URLS = [
@@ -40,14 +41,14 @@ class Setup:
     def __init__(self, tmp_path):
         self.path = str(tmp_path / "ovpnmon.db")
         self.status = tmp_path / "status.log"
-        self.engine = db.writer_engine(self.path)
-        db.init_db(self.engine)
+        self.engine = engines.writer_engine(self.path)
+        migrations.init_db(self.engine)
         self.clock = FakeClock(T0 + 5)
         source = StatusFileSource("udp", str(self.status), settle=0)
         self.collector = Collector(self.engine, [source], clock=self.clock)
         self.api_now = float(T0 + 60)
         config = Config(database_path=self.path)
-        self.cache = ResponseCache(db.ChangeCounter(self.path), 1 << 20)
+        self.cache = ResponseCache(engines.ChangeCounter(self.path), 1 << 20)
         self.cached = falcon.testing.TestClient(
             create_app(config, clock=lambda: self.api_now, cache=self.cache)
         )
@@ -128,16 +129,16 @@ class _Counter:
 
 def test_change_counter_moves_on_every_commit_and_on_a_replaced_file(tmp_path):
     path = str(tmp_path / "x.db")
-    writer = db.writer_engine(path)
-    db.init_db(writer)
-    counter = db.ChangeCounter(path)
+    writer = engines.writer_engine(path)
+    migrations.init_db(writer)
+    counter = engines.ChangeCounter(path)
     first = counter.value()
     assert counter.value() == first  # reading changes nothing
     with writer.begin() as conn:
-        db.set_meta(conn, "k", "1")
+        meta.put(conn, "k", "1")
     second = counter.value()
     assert second != first
-    db.close_writer(writer)
+    engines.close_writer(writer)
     copy = str(tmp_path / "copy.db")
     shutil.copy(path, copy)
     os.replace(copy, path)  # a restore: a new file under the same name
@@ -150,8 +151,8 @@ def test_change_counter_moves_on_every_commit_and_on_a_replaced_file(tmp_path):
 
 def test_change_counter_connection_cannot_write(tmp_path):
     path = str(tmp_path / "x.db")
-    db.close_writer(_init(path))
-    counter = db.ChangeCounter(path)
+    engines.close_writer(_init(path))
+    counter = engines.ChangeCounter(path)
     counter.value()
     assert counter._conn is not None
     with pytest.raises(sqlite3.OperationalError, match="readonly"):
@@ -160,6 +161,6 @@ def test_change_counter_connection_cannot_write(tmp_path):
 
 
 def _init(path):
-    engine = db.writer_engine(path)
-    db.init_db(engine)
+    engine = engines.writer_engine(path)
+    migrations.init_db(engine)
     return engine

@@ -12,8 +12,8 @@ from ovpn_harness import Pki
 from ovpnmon_api.app import create_app
 from ovpnmon_collector import certs
 from ovpnmon_collector.cli import cli
-from ovpnmon_common import db
 from ovpnmon_common.config import Config
+from ovpnmon_common.storage import engines, migrations
 
 
 @pytest.fixture
@@ -120,8 +120,8 @@ def test_scan_certs_without_paths_is_an_error(tmp_path):
 def test_expired_certificate(tmp_path):
     pki = Pki.create(tmp_path / "pki")
     crt, _ = pki.issue("old", days=-2)
-    engine = db.writer_engine(str(tmp_path / "x.db"))
-    db.init_db(engine)
+    engine = engines.writer_engine(str(tmp_path / "x.db"))
+    migrations.init_db(engine)
     certs.store(engine, certs.scan([str(crt)]), 0)
     api = falcon.testing.TestClient(create_app(Config(database_path=str(tmp_path / "x.db"))))
     (row,) = api.simulate_get("/api/v1/certificates").json["data"]

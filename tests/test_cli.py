@@ -15,8 +15,9 @@ from ovpnmon_api.cli import cli as api_cli
 from ovpnmon_collector.cli import cli
 from ovpnmon_collector.parser import SessionRow
 from ovpnmon_collector.simulator import render_status
-from ovpnmon_common import __version__, db, schema
-from ovpnmon_common.db import reader_engine
+from ovpnmon_common import __version__, meta, schema
+from ovpnmon_common.storage import engines, migrations
+from ovpnmon_common.storage.engines import reader_engine
 
 
 @pytest.fixture
@@ -77,7 +78,7 @@ def test_init_db_twice_leaves_one_schema_version(runner, tmp_path):
             .select_from(schema.meta)
             .where(schema.meta.c.key == "schema_version")
         ).scalar()
-        assert count == 1 and db.schema_version(conn) == schema.SCHEMA_VERSION
+        assert count == 1 and migrations.schema_version(conn) == schema.SCHEMA_VERSION
 
 
 def test_bad_config_is_one_line_and_non_zero(runner, tmp_path):
@@ -163,10 +164,10 @@ def test_info_on_a_file_that_is_no_database_is_one_line(runner, tmp_path):
 def test_api_refuses_newer_schema(runner, tmp_path):
     path = str(tmp_path / "x.db")
     assert runner.invoke(cli, ["init-db", "--db", path]).exit_code == 0
-    engine = db.writer_engine(path)
+    engine = engines.writer_engine(path)
     with engine.begin() as conn:
-        db.set_meta(conn, "schema_version", "99")
-    db.close_writer(engine)
+        meta.put(conn, "schema_version", "99")
+    engines.close_writer(engine)
     result = runner.invoke(api_cli, ["serve", "--db", path])
     assert result.exit_code == 1
     assert (

@@ -15,9 +15,10 @@ from ovpnmon_collector.collector import Collector
 from ovpnmon_collector.parser import SessionRow
 from ovpnmon_collector.simulator import render_status
 from ovpnmon_collector.sources import StatusFileSource
-from ovpnmon_common import db, schema
+from ovpnmon_common import meta, schema
 from ovpnmon_common.buckets import align
 from ovpnmon_common.config import Config
+from ovpnmon_common.storage import engines, migrations
 from ovpnmon_common.tiers import ROLLUPS
 
 T0 = 1_795_651_200 + 100  # a day's start (UTC), plus 100 s
@@ -27,8 +28,8 @@ class Host:
     def __init__(self, tmp_path) -> None:
         self.path = tmp_path / "x.db"
         self.status = tmp_path / "status.log"
-        self.engine = db.writer_engine(str(self.path))
-        db.init_db(self.engine)
+        self.engine = engines.writer_engine(str(self.path))
+        migrations.init_db(self.engine)
         self.clock = FakeClock(T0)
         source = StatusFileSource("udp", str(self.status), settle=0)
         self.collector = Collector(self.engine, [source], clock=self.clock)
@@ -60,7 +61,7 @@ class Host:
                 select(schema.usage_history.c.ts, schema.usage_history.c.bytes_received)
             ).all()
             for r in ROLLUPS:
-                mark = db.get_meta(conn, f"rollup.{r.name}.watermark")
+                mark = meta.get(conn, f"rollup.{r.name}.watermark")
                 if mark is None:
                     continue
                 expected: dict[int, int] = defaultdict(int)

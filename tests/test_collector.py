@@ -9,14 +9,16 @@ from conftest import FakeClock, as_nobody, fixture_text, needs_root
 from sqlalchemy import inspect, select
 from sqlalchemy.exc import OperationalError
 
-from ovpnmon_api.queries import lifetime_totals
 from ovpnmon_collector.collector import Collector
 from ovpnmon_collector.parser import SessionRow
 from ovpnmon_collector.simulator import render_status
 from ovpnmon_collector.sources import StatusFileSource
-from ovpnmon_common import db, schema
+from ovpnmon_common import meta, schema, storage
 from ovpnmon_common.counters import Counters
-from ovpnmon_common.db import init_db, writer_engine
+from ovpnmon_common.storage import migrations
+from ovpnmon_common.storage.engines import writer_engine
+from ovpnmon_common.storage.migrations import init_db
+from ovpnmon_common.totals import lifetime_totals
 
 T0 = 1_795_717_500
 
@@ -157,7 +159,7 @@ def test_every_status_version_accounts_the_same(engine, status, version):
 
 def health(engine, name="udp"):
     with engine.connect() as conn:
-        return json.loads(db.get_meta(conn, f"source.{name}.health"))
+        return json.loads(meta.get(conn, f"source.{name}.health"))
 
 
 def test_missing_file_is_reported_and_retried_without_losing_anything(engine, status, caplog):
@@ -237,7 +239,7 @@ def test_locked_database_loses_nothing(db_path, status):
     collector.poll()
     other = writer_engine(db_path)
     with other.begin() as conn:  # another writer holds the lock for the whole poll
-        db.set_meta(conn, "lock", "held")
+        meta.put(conn, "lock", "held")
         clock.advance(10)
         status.write(clock.wall, row("alice", 0, T0 + 1, 300, 30))
         summary = collector.poll()
@@ -335,12 +337,12 @@ def test_schema_1_database_upgrades_and_continues_exactly(tmp_path, status):
         conn.exec_driver_sql(
             "CREATE INDEX ix_sessions_disconnected_at ON sessions (disconnected_at)"
         )
-        db.set_meta(conn, "schema_version", "1")
+        meta.put(conn, "schema_version", "1")
     engine.dispose()
 
     engine = writer_engine(path)
-    with pytest.raises(db.DatabaseError, match="older than this ovpnmon needs"):
-        db.check_schema(engine, path)
+    with pytest.raises(storage.DatabaseError, match="older than this ovpnmon needs"):
+        migrations.check_schema(engine, path)
     raw = samples(engine)
     assert init_db(engine) == (1, schema.SCHEMA_VERSION)
     assert totals(engine) == {"alice": (300, 30, True), "bob": (7, 7, True)}

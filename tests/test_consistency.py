@@ -11,15 +11,16 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from ovpnmon_api import queries
+from ovpnmon_api.read import series as read_series
 from ovpnmon_collector import prune, rollup
 from ovpnmon_collector.collector import Collector
 from ovpnmon_collector.parser import SessionRow
 from ovpnmon_collector.simulator import render_status, write_in_place
 from ovpnmon_collector.sources import StatusFileSource
-from ovpnmon_common import db, schema
+from ovpnmon_common import meta, schema
 from ovpnmon_common.buckets import align
 from ovpnmon_common.config import RetentionConfig
+from ovpnmon_common.storage import engines, migrations
 from ovpnmon_common.tiers import ROLLUPS
 
 T0 = 1_795_000_000
@@ -39,8 +40,8 @@ step = st.tuples(
 
 
 def replay(workdir: Path, steps) -> tuple:
-    engine = db.writer_engine(str(workdir / "x.db"))
-    db.init_db(engine)
+    engine = engines.writer_engine(str(workdir / "x.db"))
+    migrations.init_db(engine)
     status = str(workdir / "status.log")
     clock = FakeClock(T0)
     collector = Collector(engine, [StatusFileSource("p", status, settle=0)], clock=clock)
@@ -92,7 +93,7 @@ def check_tiers(engine, raw_cutoff=None, kept=None):
         for r in ROLLUPS:
             if r.name == "global_15min":
                 continue
-            wm = db.get_meta(conn, f"rollup.{r.name}.watermark")
+            wm = meta.get(conn, f"rollup.{r.name}.watermark")
             if wm is None:
                 continue
             low = max(raw_cutoff or 0, kept.get(r.table.name) or 0)
@@ -119,13 +120,13 @@ def test_tiers_equal_raw_sums_before_and_after_prune(steps, raw_days, data):
         check_tiers(engine)
         # the API's view: any window, tier up to its watermark plus finer data after it
         with engine.connect() as conn:
-            status = queries.collector_status(conn)
+            status = meta.read_status(conn)
             raw = raw_by_bucket(conn, 1)
             times = [ts for _, ts in raw] or [T0]
             start = data.draw(st.integers(min(times) - 1, max(times) + 1))
             end = data.draw(st.integers(start, max(times) + 2))
             # every client (no limit) through the statement behind /analytics' top clients
-            ranked = queries.top_clients(conn, status, start, end, limit=1_000_000)
+            ranked = read_series.top_clients(conn, status, start, end, limit=1_000_000)
             clients = select(schema.clients.c.id, schema.clients.c.common_name)
             names = dict(conn.execute(clients).all())
             expected = defaultdict(lambda: [0, 0])

@@ -14,10 +14,11 @@ from sqlalchemy import func, select
 from ovpnmon_collector import daemon
 from ovpnmon_collector.collector import PollSummary
 from ovpnmon_collector.simulator import Simulation, populate
-from ovpnmon_common import db, schema
+from ovpnmon_common import meta, schema
 from ovpnmon_common.buckets import align
 from ovpnmon_common.config import RetentionConfig
-from ovpnmon_common.tiers import watermark_key
+from ovpnmon_common.meta import watermark_key
+from ovpnmon_common.storage import engines, migrations
 
 NOW = 1_795_651_200 + 3 * 3600 + 17
 
@@ -44,8 +45,8 @@ def test_run_polls_until_stopped():
 
 
 def test_maintenance_rolls_up_prunes_and_scans(tmp_path):
-    engine = db.writer_engine(str(tmp_path / "x.db"))
-    db.init_db(engine)
+    engine = engines.writer_engine(str(tmp_path / "x.db"))
+    migrations.init_db(engine)
     populate(engine, str(tmp_path / "s.log"), NOW - 6 * 86400, NOW, 3600, Simulation(clients=4))
     pki = Pki.create(tmp_path / "pki")
     crt, _ = pki.issue("alice")
@@ -53,7 +54,7 @@ def test_maintenance_rolls_up_prunes_and_scans(tmp_path):
     work = daemon.Maintenance(engine, clock, 10, RetentionConfig(raw_days=2), (str(crt),), None)
     work.run()  # rollup and the certificate scan are due at once; retention five minutes later
     with engine.connect() as conn:
-        assert int(db.get_meta(conn, watermark_key("hourly"))) == align(NOW, 3600)
+        assert int(meta.get(conn, watermark_key("hourly"))) == align(NOW, 3600)
         assert conn.execute(select(func.count()).select_from(schema.certificates)).scalar() == 1
         assert (
             conn.execute(select(func.min(schema.global_history.c.ts))).scalar() == NOW - 6 * 86400
@@ -69,8 +70,8 @@ def test_a_certificate_issued_or_revoked_after_start_is_recorded_within_a_minute
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
 
-    engine = db.writer_engine(str(tmp_path / "x.db"))
-    db.init_db(engine)
+    engine = engines.writer_engine(str(tmp_path / "x.db"))
+    migrations.init_db(engine)
     pki = Pki.create(tmp_path / "pki")
     issued = tmp_path / "issued"
     issued.mkdir()
@@ -127,7 +128,8 @@ from ovpnmon_collector.daemon import keep_freed_memory
 from ovpnmon_collector.parser import SessionRow
 from ovpnmon_collector.simulator import render_status, write_in_place
 from ovpnmon_collector.sources import StatusFileSource
-from ovpnmon_common.db import init_db, writer_engine
+from ovpnmon_common.storage.migrations import init_db
+from ovpnmon_common.storage.engines import writer_engine
 
 class Clock:
     now = 1_795_717_500.0

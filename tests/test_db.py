@@ -7,8 +7,10 @@ from conftest import as_nobody, needs_root
 from sqlalchemy import func, insert, select
 from sqlalchemy.exc import OperationalError
 
-from ovpnmon_common import db, schema
-from ovpnmon_common.db import DatabaseError, check_schema, init_db, reader_engine, writer_engine
+from ovpnmon_common import meta, schema
+from ovpnmon_common.storage import DatabaseError, engines, migrations, statements
+from ovpnmon_common.storage.engines import reader_engine, writer_engine
+from ovpnmon_common.storage.migrations import check_schema, init_db
 
 
 def test_writer_pragmas(engine):
@@ -16,7 +18,7 @@ def test_writer_pragmas(engine):
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
-        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == db.BUSY_TIMEOUT_MS
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == engines.BUSY_TIMEOUT_MS
         assert conn.exec_driver_sql("PRAGMA auto_vacuum").scalar() == 2  # incremental
 
 
@@ -29,7 +31,7 @@ def test_init_db_is_idempotent(engine):
             .where(schema.meta.c.key == "schema_version")
         ).scalar()
         assert rows == 1
-        assert db.schema_version(conn) == schema.SCHEMA_VERSION
+        assert migrations.schema_version(conn) == schema.SCHEMA_VERSION
 
 
 def test_reader_cannot_write(engine, db_path):
@@ -39,12 +41,12 @@ def test_reader_cannot_write(engine, db_path):
         with pytest.raises(OperationalError, match=r"readonly|read-only|query_only"):
             conn.execute(insert(schema.meta).values(key="x", value="y"))
     with reader.connect() as conn:
-        assert db.get_meta(conn, "x") is None
+        assert meta.get(conn, "x") is None
     reader.dispose()
 
 
 def test_reader_uri_is_read_only_and_quoted(tmp_path):
-    uri = db.reader_uri(str(tmp_path / "a b?c.db"))
+    uri = engines.reader_uri(str(tmp_path / "a b?c.db"))
     assert uri.startswith("file:/") and uri.endswith("?mode=ro")
     assert "a%20b%3Fc.db" in uri and "immutable" not in uri
 
@@ -69,7 +71,7 @@ def test_check_schema_messages(tmp_path):
 
 def test_newer_schema_is_refused(engine, db_path):
     with engine.begin() as conn:
-        db.set_meta(conn, "schema_version", str(schema.SCHEMA_VERSION + 1))
+        meta.put(conn, "schema_version", str(schema.SCHEMA_VERSION + 1))
     with pytest.raises(DatabaseError, match="newer than this ovpnmon understands"):
         check_schema(reader_engine(db_path), db_path)
     with pytest.raises(DatabaseError, match="upgrade ovpnmon"):
@@ -81,10 +83,12 @@ def test_upsert_merges(engine):
     row = {"bucket": 900, "bytes_received": 5, "bytes_sent": 7, "max_active": 2, "samples": 1}
     merge = {"bytes_received": "add", "bytes_sent": "add", "max_active": "max", "samples": "add"}
     with engine.begin() as conn:
-        db.upsert(conn, t, [row], ["bucket"], merge=merge)
-        db.upsert(conn, t, [{**row, "max_active": 1}], ["bucket"], merge=merge)
-        db.upsert(conn, t, [{**row, "bucket": 1800}], ["bucket"], merge={k: "keep" for k in merge})
-        db.upsert(
+        statements.upsert(conn, t, [row], ["bucket"], merge=merge)
+        statements.upsert(conn, t, [{**row, "max_active": 1}], ["bucket"], merge=merge)
+        statements.upsert(
+            conn, t, [{**row, "bucket": 1800}], ["bucket"], merge={k: "keep" for k in merge}
+        )
+        statements.upsert(
             conn,
             t,
             [{**row, "bucket": 1800, "samples": 9}],
@@ -106,8 +110,8 @@ def test_upsert_tuples_stores_every_row_whatever_the_count(engine, count):
     rows = [(client, 60, 1000 + client, 7 * client) for client in range(count, 0, -1)]
     u = schema.usage_history
     with engine.begin() as conn:
-        db.upsert_tuples(conn, u, SAMPLE_COLUMNS, rows, ["ts", "client_id"], merge=ADD)
-        db.upsert_tuples(conn, u, SAMPLE_COLUMNS, rows[:3], ["ts", "client_id"], merge=ADD)
+        statements.upsert_tuples(conn, u, SAMPLE_COLUMNS, rows, ["ts", "client_id"], merge=ADD)
+        statements.upsert_tuples(conn, u, SAMPLE_COLUMNS, rows[:3], ["ts", "client_id"], merge=ADD)
         got = conn.execute(
             select(u.c.client_id, u.c.ts, u.c.bytes_received, u.c.bytes_sent).order_by(
                 u.c.client_id
@@ -125,7 +129,9 @@ def test_upsert_tuples_refuses_rows_of_the_wrong_width(engine):
     rows = [(client, 60, 1, 2) for client in range(1, 200)]
     rows[50] = (51, 60, 1)  # one value short would shift every later value one column
     with engine.begin() as conn, pytest.raises(ValueError, match="every row must have 4 values"):
-        db.upsert_tuples(conn, schema.usage_history, SAMPLE_COLUMNS, rows, ["ts", "client_id"])
+        statements.upsert_tuples(
+            conn, schema.usage_history, SAMPLE_COLUMNS, rows, ["ts", "client_id"]
+        )
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(schema.usage_history)).scalar() == 0
 
@@ -154,10 +160,10 @@ def test_insert_tuples_of_a_wide_table_stays_within_sqlites_parameter_limit(engi
         for n in range(1, 151)
     ]
     with engine.begin() as conn:
-        db.insert_tuples(
+        statements.insert_tuples(
             conn, schema.clients, tuple(c.name for c in schema.clients.columns), clients
         )
-        db.insert_tuples(conn, schema.sessions, columns, sessions)
+        statements.insert_tuples(conn, schema.sessions, columns, sessions)
         s = schema.sessions
         got = conn.execute(select(*(s.c[name] for name in columns)).order_by(s.c.id)).all()
     assert [tuple(r) for r in got] == sessions
@@ -174,7 +180,7 @@ def _read_as_nobody(path: str) -> str:
 
     def probe() -> str:
         with reader.connect() as conn:
-            value = db.get_meta(conn, "probe")
+            value = meta.get(conn, "probe")
             try:
                 conn.execute(insert(schema.meta).values(key="w", value="w"))
                 outcome = "WROTE"
@@ -201,7 +207,7 @@ def test_unprivileged_reader_while_writer_active_and_after_stop(shared_dir):
     writer = writer_engine(path)
     init_db(writer)
     with writer.begin() as conn:
-        db.set_meta(conn, "probe", "one")
+        meta.put(conn, "probe", "one")
     for name in os.listdir(shared_dir):
         os.chmod(os.path.join(shared_dir, name), 0o644)
     # the writer is active: it holds a connection, -wal and -shm exist and belong to root
@@ -211,7 +217,7 @@ def test_unprivileged_reader_while_writer_active_and_after_stop(shared_dir):
         assert os.path.exists(path + "-shm")
         assert _read_as_nobody(path) == "one|refused"
         with writer.begin() as conn:
-            db.set_meta(conn, "probe", "two")
+            meta.put(conn, "probe", "two")
         assert _read_as_nobody(path) == "two|refused"
     finally:
         held.close()
@@ -226,7 +232,7 @@ def test_unprivileged_reader_while_writer_active_and_after_stop(shared_dir):
     # the collector starts again and writes while the reader keeps working
     writer = writer_engine(path)
     with writer.begin() as conn:
-        db.set_meta(conn, "probe", "three")
+        meta.put(conn, "probe", "three")
     for name in os.listdir(shared_dir):
         os.chmod(os.path.join(shared_dir, name), 0o644)
     assert _read_as_nobody(path) == "three|refused"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import free_port, get_json
 
-from ovpnmon_common.buckets import ANALYTICS, RANGES
+from ovpnmon_common.planner import ANALYTICS, RANGES
 
 ROOT = Path(__file__).parent.parent
 pytestmark = pytest.mark.slow

@@ -26,10 +26,10 @@ from conftest import free_port, get_json, require_openvpn, wait_for_http
 from ovpn_harness import client_rows
 from sqlalchemy import select
 
-from ovpnmon_api.queries import lifetime_totals
 from ovpnmon_collector.simulator import write_in_place
-from ovpnmon_common import db, schema
-from ovpnmon_common.db import reader_engine
+from ovpnmon_common import meta, schema
+from ovpnmon_common.storage.engines import reader_engine
+from ovpnmon_common.totals import lifetime_totals
 
 pytestmark = pytest.mark.slow
 
@@ -150,7 +150,7 @@ class CollectorProcess:
         engine = reader_engine(self.db)
         try:
             with engine.connect() as conn:
-                value = db.get_meta(conn, "collector.heartbeat")
+                value = meta.get(conn, "collector.heartbeat")
         except Exception:
             return None
         finally:

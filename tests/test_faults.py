@@ -9,12 +9,12 @@ import tempfile
 import pytest
 from conftest import FakeClock, needs_root
 
-from ovpnmon_api.queries import lifetime_totals
 from ovpnmon_collector.collector import Collector
 from ovpnmon_collector.parser import SessionRow
 from ovpnmon_collector.simulator import render_status
 from ovpnmon_collector.sources import StatusFileSource
-from ovpnmon_common import db
+from ovpnmon_common.storage import engines, migrations
+from ovpnmon_common.totals import lifetime_totals
 
 T0 = 1_795_717_500
 CLIENTS = 400
@@ -62,8 +62,8 @@ def sessions(step):
 @needs_root
 def test_full_disk_is_logged_survived_and_recovered(small_disk, tmp_path):
     status = tmp_path / "status.log"  # on the big disk: only the database is short of space
-    engine = db.writer_engine(os.path.join(small_disk, "ovpnmon.db"))
-    db.init_db(engine)
+    engine = engines.writer_engine(os.path.join(small_disk, "ovpnmon.db"))
+    migrations.init_db(engine)
     clock = FakeClock(T0)
     collector = Collector(engine, [StatusFileSource("udp", str(status), settle=0)], clock=clock)
     status.write_text(render_status(sessions(1), T0))

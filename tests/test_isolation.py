@@ -18,7 +18,8 @@ from sqlalchemy import select
 
 from ovpnmon_collector.parser import SessionRow
 from ovpnmon_collector.simulator import render_status
-from ovpnmon_common import db, schema
+from ovpnmon_common import meta, schema
+from ovpnmon_common.storage import engines
 
 pytestmark = pytest.mark.slow
 
@@ -68,11 +69,11 @@ def test_a_hanging_management_source_never_delays_a_status_file(tmp_path):
     finally:
         stop_process(daemon)
         listener.close()
-    engine = db.reader_engine(str(tmp_path / "x.db"))
+    engine = engines.reader_engine(str(tmp_path / "x.db"))
     with engine.connect() as conn:
         polls = conn.execute(select(schema.global_history.c.ts)).scalars().all()
         alice = conn.execute(select(schema.usage_history.c.ts)).scalars().all()
-        health = db.get_meta(conn, "source.stuck.health")
+        health = meta.get(conn, "source.stuck.health")
     engine.dispose()
     log = (tmp_path / "collector.log").read_text()
     # a poll stored every second, each with the file's client, while the other source hangs

@@ -19,14 +19,15 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from ovpnmon_api.app import create_app
-from ovpnmon_api.queries import lifetime_totals
 from ovpnmon_collector.cli import build_collector, cli, open_writer
 from ovpnmon_collector.collector import Collector, PollSummary
 from ovpnmon_collector.parser import SessionRow
 from ovpnmon_collector.simulator import render_status
-from ovpnmon_common import db, schema
+from ovpnmon_common import meta, schema
 from ovpnmon_common.cliutil import load
 from ovpnmon_common.config import Config
+from ovpnmon_common.storage import engines
+from ovpnmon_common.totals import lifetime_totals
 
 NOW = int(time.time())
 SINCE = NOW + 30 * 86400  # after the first watch, however late the test runs
@@ -73,7 +74,7 @@ class Host:
         return result.output
 
     def totals(self) -> dict[str, tuple[int, int, bool]]:
-        engine = db.reader_engine(str(self.db))
+        engine = engines.reader_engine(str(self.db))
         with engine.connect() as conn:
             found = lifetime_totals(conn)
         engine.dispose()
@@ -82,7 +83,7 @@ class Host:
     def history(self) -> dict[str, tuple[int, int]]:
         """Per client, the sum of its raw samples: must always equal its lifetime totals."""
         c, u = schema.clients, schema.usage_history
-        engine = db.reader_engine(str(self.db))
+        engine = engines.reader_engine(str(self.db))
         with engine.connect() as conn:
             rows = conn.execute(
                 select(c.c.common_name, func.sum(u.c.bytes_received), func.sum(u.c.bytes_sent))
@@ -212,7 +213,7 @@ def test_a_status_version_1_session_that_floats_is_one_session(host):
     assert_consistent(host)
     sessions = host.api("/stats/alice").json["data"]["sessions"]
     assert [s["real_address"] for s in sessions] == ["203.0.113.9:6000"]
-    engine = db.reader_engine(str(host.db))
+    engine = engines.reader_engine(str(host.db))
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(schema.sessions)).scalar() == 1
     engine.dispose()
@@ -261,7 +262,7 @@ def test_a_source_removed_from_the_config_has_its_sessions_closed(tmp_path, capl
     assert host.api("/stats/system").json["data"]["active_clients"] == 1
     assert "tcp" not in host.api("/health").json["sources"]
     s, g = schema.sessions, schema.global_history
-    engine = db.reader_engine(str(host.db))
+    engine = engines.reader_engine(str(host.db))
     with engine.connect() as conn:
         closed = dict(conn.execute(select(s.c.source, s.c.disconnected_at)).all())
         polls = conn.execute(select(g.c.ts, g.c.active_count).order_by(g.c.ts)).all()
@@ -277,11 +278,11 @@ def test_the_latest_closed_connected_since_is_kept_and_worked_out_for_older_data
     host.poll()
     host.write(row("alice", 1, 100, 10))  # bob closes
     host.poll()
-    engine = db.writer_engine(str(host.db))
+    engine = engines.writer_engine(str(host.db))
 
     def stored():
         with engine.connect() as conn:
-            return db.get_meta(conn, "collector.closed_since")
+            return meta.get(conn, "collector.closed_since")
 
     assert stored() == f'{{"udp": {SINCE + 5}}}'
     with engine.begin() as conn:  # as a database written before the key existed

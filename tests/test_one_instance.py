@@ -14,11 +14,12 @@ import pytest
 from click.testing import CliRunner
 from conftest import require_openvpn
 
-from ovpnmon_api.queries import lifetime_totals
 from ovpnmon_collector.cli import cli
 from ovpnmon_collector.parser import SessionRow
 from ovpnmon_collector.simulator import render_status
-from ovpnmon_common import db
+from ovpnmon_common import meta, schema
+from ovpnmon_common.storage import engines
+from ovpnmon_common.totals import lifetime_totals
 
 SINCE = int(time.time()) + 30 * 86400
 
@@ -92,10 +93,10 @@ def test_two_sources_showing_the_same_sessions_count_them_once(tmp_path):
             "source mirror: shows the same sessions as source udp (1 in common): one OpenVPN read "
             "twice would be counted twice; keep one of [source:udp] and [source:mirror]"
         ) in result.output
-    engine = db.reader_engine(str(tmp_path / "x.db"))
+    engine = engines.reader_engine(str(tmp_path / "x.db"))
     with engine.connect() as conn:
         totals = lifetime_totals(conn)
-        health = db.get_meta(conn, "source.mirror.health")
+        health = meta.get(conn, "source.mirror.health")
     engine.dispose()
     assert totals == {"alice": (1_001_000, 1000, True)}  # not 2,002,000
     assert '"state": "error"' in health
@@ -132,8 +133,8 @@ def test_a_real_openvpns_status_file_and_management_interface_are_one_instance(t
         assert "source udp-mgmt: shows the same sessions as source udp" in result.output
     finally:
         server.stop()
-    engine = db.reader_engine(str(tmp_path / "x.db"))
+    engine = engines.reader_engine(str(tmp_path / "x.db"))
     with engine.connect() as conn:
-        sessions = conn.execute(db.schema.sessions.select()).all()
+        sessions = conn.execute(schema.sessions.select()).all()
     engine.dispose()
     assert sorted(s.source for s in sessions) == ["udp", "udp"]  # never opened a second time

@@ -16,11 +16,11 @@ import pytest
 from conftest import run_collector
 from sqlalchemy.exc import OperationalError
 
-from ovpnmon_api.queries import lifetime_totals
 from ovpnmon_collector.lock import WriterBusy, WriterLock
 from ovpnmon_collector.parser import SessionRow
 from ovpnmon_collector.simulator import render_status
-from ovpnmon_common import db
+from ovpnmon_common.storage import engines
+from ovpnmon_common.totals import lifetime_totals
 
 SINCE = int(time.time()) + 30 * 86400  # after the first watch, however late the test runs
 
@@ -31,7 +31,7 @@ def write_status(path: Path, rx: int) -> None:
 
 
 def totals(path: Path) -> dict:
-    engine = db.reader_engine(str(path))
+    engine = engines.reader_engine(str(path))
     with engine.connect() as conn:
         found = lifetime_totals(conn)
     engine.dispose()

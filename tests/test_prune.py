@@ -9,9 +9,10 @@ from sqlalchemy import func, select
 from ovpnmon_collector import prune, rollup
 from ovpnmon_collector.cli import cli
 from ovpnmon_collector.simulator import Simulation, populate
-from ovpnmon_common import db, schema
+from ovpnmon_common import schema
 from ovpnmon_common.buckets import DAY, align
 from ovpnmon_common.config import RetentionConfig
+from ovpnmon_common.storage import engines, migrations
 
 NOW = 1_795_651_200 + 7 * 3600 + 55
 START = NOW - 12 * DAY
@@ -21,8 +22,8 @@ RETENTION = RetentionConfig(raw_days=3, hourly_days=5, six_hour_days=8, daily_da
 @pytest.fixture
 def filled(tmp_path):
     path = str(tmp_path / "ovpnmon.db")
-    engine = db.writer_engine(path)
-    db.init_db(engine)
+    engine = engines.writer_engine(path)
+    migrations.init_db(engine)
     populate(engine, str(tmp_path / "s.log"), START, NOW, 1800, Simulation(clients=8, seed=5))
     yield engine, path
     engine.dispose()
@@ -76,7 +77,7 @@ def test_cli_prune_and_info(filled, tmp_path):
     config.write_text(
         f"[database]\npath = {path}\n[retention]\nraw_days = 3\nhourly_days = 5\nsix_hour_days = 8\n"
     )
-    db.close_writer(engine)
+    engines.close_writer(engine)
     result = CliRunner().invoke(cli, ["prune", "--config", str(config)])
     assert result.exit_code == 0, result.output
     assert "usage_history" in result.output and "pages returned to the file system" in result.output

@@ -31,11 +31,12 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.exc import OperationalError
 
 from ovpnmon_api.app import create_app
-from ovpnmon_api.queries import lifetime_totals
 from ovpnmon_collector.parser import StatusError, parse_status
 from ovpnmon_collector.simulator import Simulation, render_status, write_in_place
-from ovpnmon_common import db, schema
+from ovpnmon_common import schema
 from ovpnmon_common.config import Config
+from ovpnmon_common.storage import engines, migrations
+from ovpnmon_common.totals import lifetime_totals
 
 # --- bad input --------------------------------------------------------------------------------
 
@@ -83,15 +84,15 @@ def test_parser_raises_only_the_documented_error(text):
 @pytest.fixture(scope="module")
 def small_db(tmp_path_factory):
     path = tmp_path_factory.mktemp("fuzz") / "ovpnmon.db"
-    engine = db.writer_engine(str(path))
-    db.init_db(engine)
+    engine = engines.writer_engine(str(path))
+    migrations.init_db(engine)
     from ovpnmon_collector.simulator import populate
 
     now = int(time.time())
     populate(
         engine, str(path.with_suffix(".status")), now - 3 * 3600, now, 600, Simulation(clients=6)
     )
-    db.close_writer(engine)
+    engines.close_writer(engine)
     return str(path)
 
 
@@ -158,7 +159,7 @@ def test_invalid_utf8_in_the_path_is_a_clean_404(small_db):
 
 
 def test_the_apis_own_connections_cannot_write(small_db):
-    app_engine = db.reader_engine(small_db)
+    app_engine = engines.reader_engine(small_db)
     create_app(Config(database_path=small_db), engine=app_engine)
     with (
         app_engine.connect() as conn,
@@ -241,7 +242,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice(tmp_pa
                 continue
             if process.returncode == 0:
                 break
-    engine = db.reader_engine(str(tmp_path / "x.db"))
+    engine = engines.reader_engine(str(tmp_path / "x.db"))
     with engine.connect() as conn:
         totals = {cn: (rx, tx) for cn, (rx, tx, _) in lifetime_totals(conn).items()}
         assert conn.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
@@ -374,7 +375,7 @@ def test_soak_collector_every_second_api_under_16_connections(tmp_path):
 
 
 def count_polls(path: Path) -> int:
-    engine = db.reader_engine(str(path))
+    engine = engines.reader_engine(str(path))
     try:
         with engine.connect() as conn:
             return conn.execute(select(func.count()).select_from(schema.global_history)).scalar()
@@ -383,7 +384,7 @@ def count_polls(path: Path) -> int:
 
 
 def polls_with_gaps(path: Path) -> list[tuple[int, int]]:
-    engine = db.reader_engine(str(path))
+    engine = engines.reader_engine(str(path))
     try:
         with engine.connect() as conn:
             stamps = [r[0] for r in conn.execute(select(schema.global_history.c.ts).order_by("ts"))]

@@ -7,9 +7,11 @@ from sqlalchemy import select, update
 
 from ovpnmon_collector import rollup
 from ovpnmon_collector.simulator import Simulation, populate
-from ovpnmon_common import db, schema
+from ovpnmon_common import meta, schema
 from ovpnmon_common.buckets import align
-from ovpnmon_common.tiers import ROLLUPS, watermark_key
+from ovpnmon_common.meta import watermark_key
+from ovpnmon_common.storage import engines, migrations
+from ovpnmon_common.tiers import ROLLUPS
 
 START = 1_795_651_200 - 2 * 86400 + 1234  # mid-hour, two days before 2026-11-26 00:00 UTC
 END = START + 2 * 86400 + 5 * 3600
@@ -18,8 +20,8 @@ END = START + 2 * 86400 + 5 * 3600
 @pytest.fixture(scope="module")
 def history(tmp_path_factory):
     path = tmp_path_factory.mktemp("rollup")
-    engine = db.writer_engine(str(path / "ovpnmon.db"))
-    db.init_db(engine)
+    engine = engines.writer_engine(str(path / "ovpnmon.db"))
+    migrations.init_db(engine)
     populate(engine, str(path / "status.log"), START, END, 300, Simulation(clients=12, seed=3))
     yield engine
     engine.dispose()
@@ -51,19 +53,19 @@ def test_catch_up_builds_every_closed_bucket_exactly(history):
     with history.connect() as conn:
         for r in ROLLUPS:
             assert reports[r.name].watermark is not None
-            wm = int(db.get_meta(conn, watermark_key(r.name)))
+            wm = int(meta.get(conn, watermark_key(r.name)))
             assert wm % r.width == 0 and wm <= align(now, r.width)
-        assert int(db.get_meta(conn, watermark_key("hourly"))) == align(now, 3600)
+        assert int(meta.get(conn, watermark_key("hourly"))) == align(now, 3600)
         for r in ROLLUPS:
             if r.name == "global_15min":
                 continue
-            wm = int(db.get_meta(conn, watermark_key(r.name)))
+            wm = int(meta.get(conn, watermark_key(r.name)))
             expected = {k: v for k, v in raw_sums(conn, r.width).items() if k[1] < wm}
             assert tier_rows(conn, r.table) == {k: list(v) for k, v in expected.items()}
             assert expected, r.name
         g = schema.global_history
         rows = conn.execute(select(g)).all()
-        wm = int(db.get_meta(conn, watermark_key("global_15min")))
+        wm = int(meta.get(conn, watermark_key("global_15min")))
         expected = defaultdict(lambda: [0, 0, 0, 0])
         for row in rows:
             if row.ts < wm:
@@ -111,8 +113,8 @@ def test_backfill_replaces_never_adds(history):
 
 
 def test_deadline_stops_between_transactions_and_resumes(tmp_path):
-    engine = db.writer_engine(str(tmp_path / "x.db"))
-    db.init_db(engine)
+    engine = engines.writer_engine(str(tmp_path / "x.db"))
+    migrations.init_db(engine)
     end = START + 30 * 3600
     populate(engine, str(tmp_path / "s.log"), START, end, 600, Simulation(clients=3))
     ticks = iter(range(100))  # a fake clock: each look at it is one second later
@@ -122,8 +124,8 @@ def test_deadline_stops_between_transactions_and_resumes(tmp_path):
     assert reports["quarter_hour"].buckets > 0
     assert reports["hourly"].buckets == reports["daily"].buckets == 0  # out of time: left for later
     with engine.connect() as conn:
-        assert db.get_meta(conn, watermark_key("hourly")) is None
+        assert meta.get(conn, watermark_key("hourly")) is None
     rollup.catch_up(engine, end)  # resumes where it stopped
     with engine.connect() as conn:
-        assert int(db.get_meta(conn, watermark_key("hourly"))) == align(end, 3600)
-        assert int(db.get_meta(conn, watermark_key("six_hour"))) == align(end, 21600)
+        assert int(meta.get(conn, watermark_key("hourly"))) == align(end, 3600)
+        assert int(meta.get(conn, watermark_key("six_hour"))) == align(end, 21600)

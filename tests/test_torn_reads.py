@@ -15,12 +15,13 @@ from conftest import FakeClock
 from sqlalchemy import func, select
 from status_writers import InPlaceWriter, RenameWriter, TruncateFirstWriter
 
-from ovpnmon_api.queries import lifetime_totals
 from ovpnmon_collector.collector import Collector
 from ovpnmon_collector.parser import SessionRow
 from ovpnmon_collector.simulator import render_status
 from ovpnmon_collector.sources import StatusFileSource
-from ovpnmon_common import db, schema
+from ovpnmon_common import schema
+from ovpnmon_common.storage import engines, migrations
+from ovpnmon_common.totals import lifetime_totals
 
 T0 = 1_795_717_500
 SESSIONS = 40
@@ -54,8 +55,8 @@ def test_a_torn_rewrite_is_never_recorded(tmp_path, writer_class, status_version
     )
     writer = writer_class(str(path))
     writer.write(version(0, status_version))
-    engine = db.writer_engine(str(tmp_path / "x.db"))
-    db.init_db(engine)
+    engine = engines.writer_engine(str(tmp_path / "x.db"))
+    migrations.init_db(engine)
     clock = FakeClock(T0)
     sources = [StatusFileSource("udp", str(path)), StatusFileSource("tcp", str(other))]
     collector = Collector(engine, sources, clock=clock)
@@ -98,8 +99,8 @@ def test_a_writer_held_up_longer_than_the_settle_time_after_truncating_is_waited
     path = tmp_path / "udp.log"
     writer = TruncateFirstWriter(str(path))
     writer.write(version(0, status_version))
-    engine = db.writer_engine(str(tmp_path / "x.db"))
-    db.init_db(engine)
+    engine = engines.writer_engine(str(tmp_path / "x.db"))
+    migrations.init_db(engine)
     clock = FakeClock(T0)
     collector = Collector(engine, [StatusFileSource("udp", str(path))], clock=clock)
     assert collector.poll().stored

@@ -22,9 +22,10 @@ from ovpn_harness import client_rows
 from sqlalchemy import select
 from status_writers import PATTERNS, version_text
 
-from ovpnmon_api.queries import lifetime_totals
 from ovpnmon_collector.sources import StatusFileSource
-from ovpnmon_common import db, schema
+from ovpnmon_common import meta, schema
+from ovpnmon_common.storage import engines
+from ovpnmon_common.totals import lifetime_totals
 
 pytestmark = pytest.mark.slow
 
@@ -64,12 +65,11 @@ def wait_until(predicate, timeout: float = 30) -> None:
 
 
 def all_sources_ok(dbfile: Path, names) -> bool:
-    engine = db.reader_engine(str(dbfile))
+    engine = engines.reader_engine(str(dbfile))
     try:
         with engine.connect() as conn:
             return all(
-                '"state": "ok"' in (db.get_meta(conn, f"source.{name}.health") or "")
-                for name in names
+                '"state": "ok"' in (meta.get(conn, f"source.{name}.health") or "") for name in names
             )
     finally:
         engine.dispose()
@@ -77,7 +77,7 @@ def all_sources_ok(dbfile: Path, names) -> bool:
 
 def recorded_polls(dbfile: Path):
     """Every stored poll's per-client samples, oldest first: {ts: {name: (rx, tx)}}."""
-    engine = db.reader_engine(str(dbfile))
+    engine = engines.reader_engine(str(dbfile))
     c, u = schema.clients, schema.usage_history
     polls: dict[int, dict[str, tuple[int, int]]] = defaultdict(dict)
     with engine.connect() as conn:
@@ -263,7 +263,7 @@ def test_a_real_openvpn_read_tightly_under_load_records_only_whole_writes(tmp_pa
     for name, rx, tx in truth.values():
         expected[name][0] += rx
         expected[name][1] += tx
-    engine = db.reader_engine(str(dbfile))
+    engine = engines.reader_engine(str(dbfile))
     with engine.connect() as conn:
         sessions = conn.execute(select(schema.sessions.c.id)).scalars().all()
     engine.dispose()

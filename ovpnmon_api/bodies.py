@@ -1,0 +1,234 @@
+"""Response bodies: plain data in, the JSON-ready body out (``docs/api.md``), no database and
+no HTTP. ``ts`` is the API's timestamp formatter (epoch seconds or None -> text or None, in the
+configured time zone).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from ovpnmon_api.read.clients import ClientRow, OpenSession
+from ovpnmon_common.formatting import to_gb, to_mb, to_mbps
+from ovpnmon_common.meta import CollectorStatus
+from ovpnmon_common.planner import Series
+from ovpnmon_common.totals import SystemTotals
+
+Stamp = Callable[[int | None], str | None]
+Body = dict[str, Any]
+
+STALE_FACTOR = 3  # /health: no poll stored for this many intervals is "degraded"
+
+
+def status_word(active: bool) -> str:
+    return "Active" if active else "Inactive"
+
+
+def point(ts: Stamp, when: int, rx: int, tx: int, seconds: float) -> Body:
+    return {
+        "timestamp": ts(when),
+        "bytes_received": rx,
+        "bytes_sent": tx,
+        "bytes_received_rate_mbps": to_mbps(rx, seconds),
+        "bytes_sent_rate_mbps": to_mbps(tx, seconds),
+    }
+
+
+def filled(series: Series, sums: Mapping[int, Sequence[int]], zero: Sequence[int]) -> list[Any]:
+    """One entry per bucket of ``series``, oldest first: its sums, or ``zero`` for a bucket
+    without a row (a client that sent nothing, the collector stopped)."""
+    return [(start, sums.get(start, zero)) for start in series.starts()]
+
+
+def history(
+    ts: Stamp,
+    series: Series,
+    sums: Mapping[int, Sequence[int]],
+    samples: Sequence[tuple[int, int, int, float]],
+) -> list[Body]:
+    """A client's history: raw samples as stored, or every bucket of ``series`` zero-filled."""
+    if series.step is None:
+        return [point(ts, when, rx, tx, interval) for when, rx, tx, interval in samples]
+    step = series.step
+    return [point(ts, start, rx, tx, step) for start, (rx, tx) in filled(series, sums, (0, 0))]
+
+
+def session(ts: Stamp, open_: OpenSession) -> Body:
+    return {
+        "source": open_.source,
+        "real_address": open_.real_address,
+        "virtual_address": open_.virtual_address,
+        "virtual_ipv6": open_.virtual_ipv6,
+        "connected_since": ts(open_.connected_since),
+        "bytes_received": open_.received,
+        "bytes_sent": open_.sent,
+    }
+
+
+def client_stats(
+    ts: Stamp,
+    row: ClientRow,
+    sessions: Sequence[OpenSession],
+    points: list[Body],
+    series: Series,
+    last_interval: float,
+) -> Body:
+    """``GET /stats/<common_name>``."""
+    return {
+        "success": True,
+        "data": {
+            "common_name": row.common_name,
+            "status": status_word(row.active),
+            "current_rates": {
+                "recv_mbps": to_mbps(row.last_received, last_interval),
+                "sent_mbps": to_mbps(row.last_sent, last_interval),
+            },
+            "totals": {
+                "received_mb": to_mb(row.total_received),
+                "sent_mb": to_mb(row.total_sent),
+                "received_bytes": row.total_received,
+                "sent_bytes": row.total_sent,
+            },
+            "first_seen": ts(row.first_seen),
+            "last_seen": ts(row.last_seen),
+            "connected_since": ts(row.connected_since),
+            "sessions": [session(ts, s) for s in sessions],
+            "history": points,
+            "meta": {
+                "resolution_used": series.label,
+                "record_count": len(points),
+                "interval_seconds": series.step,
+                "range": series.range,
+            },
+        },
+    }
+
+
+def analytics_data(
+    ts: Stamp,
+    series: Series,
+    buckets: Mapping[int, Sequence[int]],
+    top: Sequence[tuple[str, int, int]],
+) -> Body:
+    """The ``data`` of ``GET /analytics``: 96 buckets zero-filled, top clients, the split."""
+    history = []
+    total_rx = total_tx = peak = 0
+    for start, (rx, tx, active) in filled(series, buckets, (0, 0, 0)):
+        total_rx, total_tx, peak = total_rx + rx, total_tx + tx, max(peak, active)
+        history.append(
+            {"timestamp": ts(start), "total_rx": rx, "total_tx": tx, "active_count": active}
+        )
+    return {
+        "global_history_24h": history,
+        "max_concurrent_24h": peak,
+        "top_clients_24h": [
+            {"common_name": name, "total_rx": rx, "total_tx": tx, "total": rx + tx}
+            for name, rx, tx in top
+        ],
+        "traffic_distribution": {"rx": total_rx, "tx": total_tx},
+        "interval_seconds": series.step,
+        "points": series.count,
+    }
+
+
+def all_stats(ts: Stamp, rows: Sequence[ClientRow], seconds: float) -> Body:
+    """``GET /stats``."""
+    return {
+        "success": True,
+        "count": len(rows),
+        "data": [
+            {
+                "common_name": row.common_name,
+                "status": status_word(row.active),
+                "current_recv_rate_mbps": to_mbps(row.last_received, seconds),
+                "current_sent_rate_mbps": to_mbps(row.last_sent, seconds),
+                "total_received_mb": to_mb(row.total_received),
+                "total_sent_mb": to_mb(row.total_sent),
+                "sessions": row.open_sessions,
+                "connected_since": ts(row.connected_since),
+                "last_seen": ts(row.last_seen),
+            }
+            for row in rows
+        ],
+    }
+
+
+def system(ts: Stamp, totals: SystemTotals, heartbeat: int | None) -> Body:
+    """``GET /stats/system``."""
+    return {
+        "success": True,
+        "data": {
+            "total_clients": totals.clients,
+            "active_clients": totals.active,
+            "total_received_gb": to_gb(totals.received),
+            "total_sent_gb": to_gb(totals.sent),
+            "last_poll": ts(heartbeat),
+        },
+    }
+
+
+def clients(rows: Sequence[tuple[str, bool]]) -> Body:
+    """``GET /clients``."""
+    return {
+        "success": True,
+        "count": len(rows),
+        "data": [{"common_name": name, "status": status_word(active)} for name, active in rows],
+    }
+
+
+def certificates(ts: Stamp, rows: Sequence[Mapping[str, Any]], now: int) -> Body:
+    """``GET /certificates``: days left in whole days, toward zero."""
+    data = [
+        {
+            "file": row["file"],
+            "days_remaining": f"{int((row['not_after'] - now) / 86400)} days",
+            "is_expired": row["not_after"] <= now,
+            "common_name": row["common_name"],
+            "serial": row["serial"],
+            "not_before": ts(row["not_before"]),
+            "not_after": ts(row["not_after"]),
+            "issuer": row["issuer"],
+            "revoked": bool(row["revoked"]),
+        }
+        for row in rows
+    ]
+    return {"success": True, "count": len(data), "data": data}
+
+
+def health(ts: Stamp, status: CollectorStatus, now: float, interval: int, details: bool) -> Body:
+    """``GET /health`` of a readable database: healthy, or degraded with the reasons. Without
+    ``details`` (a token is configured and the request had none) only the verdict and reasons
+    without names, paths or addresses."""
+    heartbeat = status.heartbeat
+    reasons: list[tuple[str, str]] = []  # (with details, without)
+    if heartbeat is None:
+        reasons.append(("the collector has not stored a poll yet",) * 2)
+    elif now - heartbeat > STALE_FACTOR * interval:
+        reasons.append(
+            (
+                f"the collector last stored a poll {int(now - heartbeat)} s ago (more than "
+                f"{STALE_FACTOR} x {interval} s): is ovpnmon-collector running?",
+                "the collector has not stored a poll for a while",
+            )
+        )
+    sources = status.sources
+    failing = sorted(name for name, h in sources.items() if h.get("state") != "ok")
+    if failing:
+        reasons.append(
+            (
+                "; ".join(f"source {n}: {sources[n].get('message', '')}" for n in failing),
+                f"{len(failing)} of {len(sources)} sources failing",
+            )
+        )
+    body: Body = {"success": True, "status": "degraded" if reasons else "healthy"}
+    if reasons:
+        body["reason"] = "; ".join(full if details else brief for full, brief in reasons)
+    if details:
+        body.update(
+            database="ok",
+            interval_seconds=interval,
+            last_poll=ts(heartbeat),
+            sources=sources,
+            failing_sources=failing,
+        )
+    return body

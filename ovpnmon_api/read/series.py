@@ -1,0 +1,184 @@
+"""Traffic over time: one client's buckets, the whole server's, the top clients of a range.
+
+A tier is read up to its rollup watermark, the rest from the next finer tier, down to raw
+samples (``_pieces``), so every series includes the bucket in progress. Which tier a query
+starts from is the planner's choice (``ovpnmon_common.planner``), made once.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, func, select, union_all
+
+from ovpnmon_common import schema
+from ovpnmon_common.buckets import align, align_up
+from ovpnmon_common.meta import CollectorStatus
+from ovpnmon_common.planner import Series
+from ovpnmon_common.storage.statements import Prepared
+from ovpnmon_common.tiers import BY_NAME, TIERS, Tier, sql_align
+
+c, u, g = schema.clients, schema.usage_history, schema.global_history
+
+Sums = dict[int, list[int]]  # bucket -> [bytes received, bytes sent] (+ [peak active])
+
+
+def _pieces(
+    status: CollectorStatus, tier: Tier, start: int, end: int
+) -> Iterator[tuple[Tier, int, int]]:
+    """``[start, end)`` as (tier, start, end) pieces: whole tier buckets before the tier's
+    watermark from the tier's table, the rest (edges and the buckets not yet final) from the
+    next finer tier, down to raw samples."""
+    if start >= end:
+        return
+    if tier.width is None or tier.built_from is None:
+        yield tier, start, end
+        return
+    width = tier.width
+    first = align_up(start, width)  # the first whole bucket inside the range
+    final = min(status.watermarks.get(tier.name, first), align(end, width))
+    if first < final:
+        yield tier, first, final
+    else:
+        first = final = start
+    finer = BY_NAME[tier.built_from]
+    yield from _pieces(status, finer, start, first)
+    yield from _pieces(status, finer, max(final, start), end)
+
+
+# Raw samples are keyed (ts, client_id). One client's samples in [start, end) are found by one
+# key seek per poll time, and every poll writes a global_history row beside its samples: ``ts IN
+# (poll times)`` makes SQLite do exactly that, instead of reading every client's samples.
+_POLL_TIMES = select(g.c.ts).where(g.c.ts >= bindparam("start"), g.c.ts < bindparam("end"))
+
+
+def _window(tier: Tier) -> list[Any]:
+    return [tier.time >= bindparam("start"), tier.time < bindparam("end")]
+
+
+def _client_sums(tier: Tier) -> Prepared:
+    """One client's bytes in ``[start, end)`` of ``tier``, grouped by ``step`` bucket."""
+    table = tier.table
+    key = sql_align(tier.time, bindparam("step")).label("key")
+    where = [table.c.client_id == bindparam("client_id")]
+    where += [u.c.ts.in_(_POLL_TIMES)] if tier.raw else _window(tier)
+    sums = select(key, func.sum(table.c.bytes_received), func.sum(table.c.bytes_sent))
+    return Prepared(sums.where(*where).group_by(key))
+
+
+def _server_sums(tier: Tier) -> Prepared:
+    """The whole server's bytes and peak of concurrent clients, grouped by ``step`` bucket."""
+    table = tier.table
+    key = sql_align(tier.time, bindparam("step")).label("key")
+    peak = table.c.active_count if tier.raw else table.c.max_active
+    return Prepared(
+        select(key, func.sum(table.c.bytes_received), func.sum(table.c.bytes_sent), func.max(peak))
+        .where(*_window(tier))
+        .group_by(key)
+    )
+
+
+SUMS = {tier.name: (_client_sums if tier.per_client else _server_sums)(tier) for tier in TIERS}
+
+
+def client_series(
+    conn: Connection, status: CollectorStatus, client_id: int, series: Series
+) -> Sums:
+    """Per bucket of ``series``: the client's bytes, from its tier and the finer data after it.
+    Buckets without a byte are absent (the body fills them)."""
+    assert series.step is not None
+    out: Sums = defaultdict(lambda: [0, 0])
+    for tier, first, last in _pieces(status, series.tier, series.start, series.end):
+        rows = SUMS[tier.name](conn, client_id=client_id, start=first, end=last, step=series.step)
+        for key, rx, tx in rows:
+            entry = out[key]
+            entry[0] += rx
+            entry[1] += tx
+    return out
+
+
+def server_series(conn: Connection, status: CollectorStatus, series: Series) -> Sums:
+    """Per bucket: [bytes received, bytes sent, peak concurrent CNs] for the whole server."""
+    assert series.step is not None
+    out: Sums = defaultdict(lambda: [0, 0, 0])
+    for tier, first, last in _pieces(status, series.tier, series.start, series.end):
+        for key, rx, tx, peak in SUMS[tier.name](conn, step=series.step, start=first, end=last):
+            entry = out[key]
+            entry[0] += rx
+            entry[1] += tx
+            entry[2] = max(entry[2], peak or 0)
+    return out
+
+
+CLIENT_SAMPLES = Prepared(
+    select(
+        u.c.ts,
+        u.c.bytes_received,
+        u.c.bytes_sent,
+        select(g.c.interval).where(g.c.ts == u.c.ts).scalar_subquery(),
+    )
+    .where(u.c.client_id == bindparam("client_id"), u.c.ts.in_(_POLL_TIMES))
+    .order_by(u.c.ts)
+)
+
+
+def client_samples(
+    conn: Connection, client_id: int, start: int, end: int
+) -> list[tuple[int, int, int, float]]:
+    """Raw samples (ts, rx, tx, poll interval) in ``[start, end)``, oldest first."""
+    rows = CLIENT_SAMPLES(conn, client_id=client_id, start=start, end=end)
+    return [(ts, rx, tx, float(interval)) for ts, rx, tx, interval in rows]
+
+
+def top_clients(
+    conn: Connection, status: CollectorStatus, start: int, end: int, limit: int = 10
+) -> list[tuple[str, int, int]]:
+    """The ``limit`` CNs with most bytes (both directions) in ``[start, end)``, most first (ties
+    by client id): every client's sums over the range's pieces (whole days from stats_daily, the
+    edges from finer tiers) merged and ranked by SQLite in one statement, so only ``limit`` rows
+    come back. Clients without a byte in the range are left out."""
+    pieces = list(_pieces(status, BY_NAME["daily"], start, end))
+    if not pieces:
+        return []
+    params: dict[str, Any] = {"limit": limit}
+    for i, (_, first, last) in enumerate(pieces):
+        params[f"start_{i}"], params[f"end_{i}"] = first, last
+    ranked = _top_statement(tuple(tier.name for tier, _, _ in pieces))(conn, **params)
+    return [(name, int(rx), int(tx)) for name, rx, tx in ranked]
+
+
+@lru_cache(maxsize=64)
+def _top_statement(tiers: tuple[str, ...]) -> Prepared:
+    """Per client sums of every piece (UNION ALL), summed again, ranked, limited."""
+    parts = []
+    for i, name in enumerate(tiers):
+        tier = BY_NAME[name]
+        table = tier.table
+        where = [tier.time >= bindparam(f"start_{i}"), tier.time < bindparam(f"end_{i}")]
+        if not tier.raw:
+            # Drive from the clients into each tier's (client_id, bucket) key: one short range
+            # per client, read in key order, instead of the (bucket) index plus a key lookup per
+            # row (28 days of stats_daily for 1,000 clients: 6 ms against 37 ms).
+            where.append(table.c.client_id.in_(select(c.c.id)))
+        parts.append(
+            select(
+                table.c.client_id.label("client_id"),
+                func.sum(table.c.bytes_received).label("rx"),
+                func.sum(table.c.bytes_sent).label("tx"),
+            )
+            .where(*where)
+            .group_by(table.c.client_id)
+        )
+    pieces = union_all(*parts).subquery("pieces")
+    rx, tx = func.sum(pieces.c.rx), func.sum(pieces.c.tx)
+    return Prepared(
+        select(c.c.common_name, rx, tx)
+        .join(c, c.c.id == pieces.c.client_id)
+        .group_by(pieces.c.client_id, c.c.common_name)
+        .having(rx + tx > 0)
+        .order_by((rx + tx).desc(), pieces.c.client_id)
+        .limit(bindparam("limit"))
+    )

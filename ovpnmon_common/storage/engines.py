@@ -1,0 +1,192 @@
+"""How each process connects: the collector's writer engine, the API's read-only engine, and
+the change counter that tells a reader something was committed.
+
+SQLite's specifics (URIs, pragmas, how a transaction begins, page counts and incremental
+vacuum) live here and nowhere else, so that another backend is a new factory here rather than
+a rewrite.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.pool import QueuePool
+
+BUSY_TIMEOUT_MS = 5000
+
+
+def writer_engine(path: str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Engine:
+    """The collector's engine: WAL, ``synchronous=NORMAL``, a busy timeout, foreign keys.
+
+    Transactions start with ``BEGIN IMMEDIATE`` so a writer takes its lock up front instead of
+    failing halfway through a poll when it tries to upgrade a read lock.
+    """
+
+    def connect() -> sqlite3.Connection:
+        return sqlite3.connect(
+            path, timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
+        )
+
+    engine = create_engine("sqlite+pysqlite://", creator=connect, poolclass=QueuePool, pool_size=2)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        if cursor.execute("PRAGMA page_count").fetchone()[0] == 0:
+            # Only possible on a new, empty file; lets `prune` hand space back with incremental
+            # vacuum instead of a VACUUM that blocks readers.
+            cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def close_writer(engine: Engine) -> None:
+    """Leave the file readable by a read-only reader once the writer is gone.
+
+    A read-only reader cannot create WAL's ``-shm`` file, and SQLite deletes it when the last
+    connection closes; so on a clean stop the database goes back to rollback-journal mode (the
+    next writer turns WAL on again). That needs the only connection: while a reader holds the
+    file open the switch fails, and then the ``-wal``/``-shm`` files stay and remain readable.
+    """
+    engine.dispose()
+    if engine.dialect.name == "sqlite":
+        try:
+            raw = engine.raw_connection()  # a fresh connection, outside any transaction
+            try:
+                raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                raw.execute("PRAGMA journal_mode=DELETE")
+            finally:
+                raw.close()
+        except Exception:
+            pass
+    engine.dispose()
+
+
+def reader_uri(path: str) -> str:
+    """The ``file:`` URI that opens ``path`` read-only (never ``immutable``: the DB is live)."""
+    return f"file:{quote(os.path.abspath(path))}?mode=ro"
+
+
+def reader_engine(
+    path: str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS, pool_size: int = 8
+) -> Engine:
+    """The API's engine: ``mode=ro`` URI plus ``PRAGMA query_only`` on every connection.
+
+    Each transaction is an explicit deferred ``BEGIN`` so that the several SELECTs of one request
+    read one consistent snapshot while the collector commits.
+    """
+    uri = reader_uri(path)
+
+    def connect() -> sqlite3.Connection:
+        return sqlite3.connect(
+            uri,
+            uri=True,
+            timeout=busy_timeout_ms / 1000,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+
+    engine = create_engine(
+        "sqlite+pysqlite://", creator=connect, poolclass=QueuePool, pool_size=pool_size
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA query_only=1")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN")
+
+    return engine
+
+
+class ChangeCounter:
+    """A value that moves whenever anything is committed to the database, by any process; cheap
+    enough to read on every request (microseconds).
+
+    SQLite's ``PRAGMA data_version`` on one dedicated read-only connection changes when another
+    connection commits. The file's identity is part of the value: a database replaced by a new
+    file (a restore) is a new inode, and the connection is reopened on it.
+    """
+
+    def __init__(self, path: str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
+        self.path = path
+        self._timeout = busy_timeout_ms / 1000
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._file: tuple[int, int] | None = None
+
+    def value(self) -> tuple[int, int, int]:
+        """Raises ``OSError`` or ``sqlite3.Error`` when the file cannot be read."""
+        stat = os.stat(self.path)
+        file = (stat.st_dev, stat.st_ino)
+        with self._lock:
+            if self._conn is None or file != self._file:
+                self.close()
+                self._conn = sqlite3.connect(
+                    reader_uri(self.path),
+                    uri=True,
+                    timeout=self._timeout,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+                self._file = file
+            (version,) = self._conn.execute("PRAGMA data_version").fetchone()
+            return (*file, version)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+VACUUM_PAGES = 512
+
+
+def give_back_space(
+    engine: Engine, *, deadline: float | None = None, clock: Callable[[], float] = time.monotonic
+) -> int:
+    """Return free pages to the file system, ``VACUUM_PAGES`` per step (SQLite's incremental
+    vacuum: readers never wait for a whole ``VACUUM``); the pages freed."""
+    if engine.dialect.name != "sqlite":
+        return 0
+    freed = 0
+    raw = engine.raw_connection()
+    try:
+        while deadline is None or clock() < deadline:
+            free = raw.execute("PRAGMA freelist_count").fetchone()[0]
+            if free == 0:
+                break
+            raw.execute(f"PRAGMA incremental_vacuum({VACUUM_PAGES})").fetchall()
+            freed += min(free, VACUUM_PAGES)
+    finally:
+        raw.close()
+    return freed
+
+
+def page_counts(conn: Connection) -> dict[str, int]:
+    """The file's page size, pages and free pages (what ``info`` shows)."""
+    return {
+        name: int(conn.exec_driver_sql(f"PRAGMA {name}").scalar() or 0)
+        for name in ("page_size", "page_count", "freelist_count")
+    }

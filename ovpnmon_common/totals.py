@@ -1,0 +1,139 @@
+"""Lifetime totals, the one rule: a client's bytes are its closed sessions' counted bytes
+(``clients.closed_*``) plus, for each open session, its counters now minus its baseline.
+
+An open session's counters now are its entry in its source's packed counters
+(``ovpnmon_common.counters``), rewritten by every poll; a session without an entry there keeps
+the counters of its ``sessions`` row. The API's figures and the collector's tests both read
+them here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, case, func, select
+
+from ovpnmon_common import schema
+from ovpnmon_common.counters import Counters
+from ovpnmon_common.storage.statements import Prepared
+
+c, s, sc = schema.clients, schema.sessions, schema.session_counters
+
+# Rows that ``counted`` reads start with these columns, in this order.
+COUNTED = (
+    s.c.id,
+    s.c.source,
+    s.c.bytes_received,
+    s.c.bytes_sent,
+    s.c.baseline_received,
+    s.c.baseline_sent,
+)
+_OPEN_ALL = Prepared(
+    select(*COUNTED, s.c.client_id, s.c.connected_since).where(s.c.disconnected_at.is_(None))
+)
+_ALL_COUNTERS = Prepared(select(sc.c.source, sc.c.counters))
+_SOURCE_COUNTERS = Prepared(select(sc.c.counters).where(sc.c.source == bindparam("source")))
+
+
+def counted(conn: Connection, rows: list[Any], every_source: bool) -> list[tuple[int, int]]:
+    """Counted bytes (counters now minus baseline) of each open session row, in order.
+    ``every_source``: unpack every source's counters (many sessions) rather than look each
+    row up in its own source's (a few)."""
+    if every_source:
+        current = {
+            (source, session): value
+            for source, data in _ALL_COUNTERS(conn)
+            for session, value in Counters(data).items()
+        }
+    else:
+        found = {}
+        for source in {source for _, source, *_ in rows}:
+            data = _SOURCE_COUNTERS(conn, source=source).scalar()
+            if data is not None:
+                found[source] = Counters(data)
+        current = {}
+        for session, source, *_ in rows:
+            value = found[source].get(session) if source in found else None
+            if value is not None:
+                current[(source, session)] = value
+    result = []
+    for session, source, rx, tx, base_rx, base_tx, *_ in rows:
+        rx, tx = current.get((source, session), (rx, tx))
+        result.append((rx - base_rx, tx - base_tx))
+    return result
+
+
+@dataclass(frozen=True)
+class Live:
+    """A client's open sessions, summed."""
+
+    received: int
+    sent: int
+    sessions: int
+    connected_since: int | None  # the earliest
+
+
+NOT_CONNECTED = Live(0, 0, 0, None)
+
+
+def live(conn: Connection) -> dict[int, Live]:
+    """Client id -> its open sessions' counted bytes, count and earliest Connected Since."""
+    rows = _OPEN_ALL(conn).all()
+    sums: dict[int, list[int]] = {}
+    for row, (rx, tx) in zip(rows, counted(conn, rows, every_source=True), strict=True):
+        client, since = row[-2], row[-1]
+        entry = sums.get(client)
+        if entry is None:
+            sums[client] = [rx, tx, 1, since]
+        else:
+            entry[0] += rx
+            entry[1] += tx
+            entry[2] += 1
+            entry[3] = min(entry[3], since)
+    return {client: Live(*entry) for client, entry in sums.items()}
+
+
+_LIFETIME = Prepared(
+    select(c.c.id, c.c.common_name, c.c.active, c.c.closed_received, c.c.closed_sent)
+)
+
+
+def lifetime_totals(conn: Connection) -> dict[str, tuple[int, int, bool]]:
+    """Every client's lifetime (bytes received, bytes sent, active), by common name."""
+    open_ = live(conn)
+    totals = {}
+    for cid, name, active, closed_rx, closed_tx in _LIFETIME(conn):
+        now = open_.get(cid, NOT_CONNECTED)
+        totals[name] = (closed_rx + now.received, closed_tx + now.sent, bool(active))
+    return totals
+
+
+_SYSTEM = Prepared(
+    select(
+        func.count(c.c.id),
+        func.coalesce(func.sum(case((c.c.active, 1), else_=0)), 0),
+        func.coalesce(func.sum(c.c.closed_received), 0),
+        func.coalesce(func.sum(c.c.closed_sent), 0),
+    )
+)
+
+
+@dataclass(frozen=True)
+class SystemTotals:
+    clients: int
+    active: int
+    received: int
+    sent: int
+
+
+def system_totals(conn: Connection) -> SystemTotals:
+    """Clients ever seen, clients active, and every byte counted."""
+    count, active, closed_rx, closed_tx = _SYSTEM(conn).one()
+    open_ = live(conn).values()
+    return SystemTotals(
+        clients=count,
+        active=active,
+        received=int(closed_rx) + sum(x.received for x in open_),
+        sent=int(closed_tx) + sum(x.sent for x in open_),
+    )
