@@ -151,7 +151,8 @@ def main() -> None:
         floor.terminate()
 
         # --- 16 connections while a collector writes every second ---
-        from ovpnmon_collector.simulator import Simulation, render_status, write_in_place
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # not installed
+        from ovpnmon_demo.simulator import Simulation, render_status, write_in_place
 
         simulation = Simulation(clients=1000, seed=42)
         status = work / "status.log"

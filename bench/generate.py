@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # ovpnmon_demo: not installed
+
 from ovpnmon_collector import rollup
-from ovpnmon_collector.simulator import Simulation, populate
 from ovpnmon_common.storage import engines, migrations
+from ovpnmon_demo.simulator import Simulation, populate
 
 DAY = 86400
 

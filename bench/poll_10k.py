@@ -42,27 +42,20 @@ from collections.abc import Iterator
 from itertools import chain
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # ovpnmon_demo: not installed
+
 from ovpnmon_collector.collector import Collector
 from ovpnmon_collector.daemon import keep_freed_memory
-from ovpnmon_collector.parser import SessionRow
-from ovpnmon_collector.simulator import render_status, write_in_place
+from ovpnmon_collector.snapshot import SessionRow
 from ovpnmon_collector.sources import StatusFileSource
+from ovpnmon_collector.store import Store
 from ovpnmon_common.counters import pack
 from ovpnmon_common.storage.engines import writer_engine
 from ovpnmon_common.storage.migrations import init_db
+from ovpnmon_demo.clock import ManualClock
+from ovpnmon_demo.simulator import render_status, write_in_place
 
 T0 = 1_795_717_500
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = float(T0 - 120)  # first watched before the sessions connected
-
-    def time(self) -> float:
-        return self.now
-
-    def monotonic(self) -> float:
-        return self.now
 
 
 def sessions(count: int, step: int) -> list[SessionRow]:
@@ -119,8 +112,10 @@ def ovpnmon_polls(
     path = workdir / "ovpnmon.db"
     engine = writer_engine(str(path))
     init_db(engine)
-    clock = Clock()
-    collector = Collector(engine, [StatusFileSource("bench", str(status), settle=0)], clock=clock)
+    clock = ManualClock(T0 - 120, T0 - 120)  # first watched before the sessions connected
+    collector = Collector(
+        Store(engine), [StatusFileSource("bench", str(status), settle=0)], clock=clock
+    )
     # OpenVPN lists clients in its hash table's order, which has nothing to do with the order
     # ovpnmon first saw them in (their client ids): the first poll meets them in one order, every
     # later poll in another, fixed one.
@@ -163,17 +158,17 @@ def ovpnmon_polls(
         conn.executemany(
             "INSERT INTO usage_history (client_id, ts, bytes_received, bytes_sent)"
             " VALUES (?, ?, ?, ?)",
-            history(count * 9 // 10, polls, int(clock.now)),
+            history(count * 9 // 10, polls, int(clock.wall)),
         )
         conn.executemany(
             "INSERT INTO global_history VALUES (?, 0, 0, 0, 10.0)",
-            ((int(clock.now) - 10 * k,) for k in range(polls, 0, -1)),
+            ((int(clock.wall) - 10 * k,) for k in range(polls, 0, -1)),
         )
         conn.execute("COMMIT")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.close()
     for step in range(1, repeat + 1):
-        clock.now += 10
+        clock.advance(10)
         write_in_place(str(status), text_of(step))
         caches.evict()
         start = time.perf_counter()
@@ -273,14 +268,14 @@ def child_rss(workdir: Path, polls: int) -> None:
     keep_freed_memory()
     engine = writer_engine(str(workdir / "child.db"))
     init_db(engine)
-    clock = Clock()
+    clock = ManualClock(T0 - 120, T0 - 120)  # first watched before the sessions connected
     collector = Collector(
-        engine, [StatusFileSource("bench", str(workdir / "status"), settle=0)], clock=clock
+        Store(engine), [StatusFileSource("bench", str(workdir / "status"), settle=0)], clock=clock
     )
     for step in range(polls):
         os.replace(workdir / f"status.{step}", workdir / "status")
         assert collector.poll().stored
-        clock.now += 10
+        clock.advance(10)
     collector.close()
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork and exec
     status = Path("/proc/self/status").read_text()

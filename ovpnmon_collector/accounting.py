@@ -22,16 +22,24 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ovpnmon_collector.parser import MAX_STORED, HeldRow, Snapshot, session_key
+from ovpnmon_collector.snapshot import MAX_STORED, HeldRow, Snapshot
 
 # A session within one source, as the accounting looks it up: its Client ID when OpenVPN gives
 # one (unique among the clients it serves; a match must also have the same connected since, as a
 # restarted OpenVPN hands the same ids out again), else ("addr:<Real Address>", connected since).
-# All text (parser.Row: the fast parser never converts them); a str never equals a tuple, so the
+# All text (snapshot.Row: the fast parser never converts them); a str never equals a tuple, so the
 # two kinds cannot collide. The sessions table stores the key as "id:<n>" or "addr:<address>"
 # and connected since as an integer. One string rather than a tuple of two took a quarter off
 # the accounting of a poll of 10,000 sessions.
 SessionId = str | tuple[str, str]
+
+
+def session_key(client_id: int | str | None, real_address: str) -> str:
+    """A session's key as the ``sessions`` table stores it: "id:<Client ID>" when OpenVPN gives
+    one, else "addr:<Real Address>" (status-version 1). ``client_id`` as an int or its text."""
+    if client_id is not None:
+        return f"id:{client_id}"
+    return f"addr:{real_address}"
 
 
 @dataclass(slots=True)
@@ -54,7 +62,7 @@ class SessionState:
     virtual_ipv6: str
     first_seen: int
     last_seen: int
-    since_text: str  # connected_since as parser.Row gives it, to compare without converting
+    since_text: str  # connected_since as snapshot.Row gives it, to compare without converting
     row_id: int | None = None  # the sessions table's id once stored
 
     @property

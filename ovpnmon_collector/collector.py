@@ -1,6 +1,6 @@
 """One poll: read every source, account the snapshots, write the result in one transaction.
 
-Every edge is injected (sources, engine, clock) so tests drive it with a fake clock and real status
+Every edge is injected (sources, store, clock) so tests drive it with a fake clock and real status
 text. Sources are fetched at the same time, each in a thread of its own, and a poll waits for them
 only up to ``read_wait`` seconds: one slow or hanging source never holds up another, and is
 itself stored by the first poll that finds its read done. A source that fails is marked on its
@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
 from ovpnmon_collector.accounting import (
@@ -33,7 +32,8 @@ from ovpnmon_collector.accounting import (
     reopen,
 )
 from ovpnmon_collector.clock import SYSTEM_CLOCK, Clock
-from ovpnmon_collector.parser import Snapshot, StatusError, parse_status
+from ovpnmon_collector.parser import parse_status
+from ovpnmon_collector.snapshot import Snapshot, StatusError
 from ovpnmon_collector.sources import Source, SourceError
 from ovpnmon_collector.store import PollWrite, Store
 from ovpnmon_common.formatting import format_timestamp
@@ -124,7 +124,7 @@ class Collector:
 
     def __init__(
         self,
-        engine: Engine,
+        store: Store,
         sources: Sequence[Source],
         *,
         interval: int = 10,
@@ -132,7 +132,7 @@ class Collector:
         clock: Clock | None = None,
         read_wait: float | None = None,
     ) -> None:
-        self.store = Store(engine)
+        self.store = store
         self.sources = list(sources)
         self.interval = interval
         self.stale_after = stale_after or {}

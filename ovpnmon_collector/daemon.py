@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
 from ovpnmon_collector import certs, prune, rollup
-from ovpnmon_collector.clock import Clock
+from ovpnmon_collector.clock import SYSTEM_CLOCK, Clock
 from ovpnmon_collector.collector import PollSummary
 from ovpnmon_collector.notify import Notifier
 from ovpnmon_common.config import RetentionConfig
@@ -45,7 +45,7 @@ def run(
     stop: threading.Event,
     *,
     notifier: Notifier | None = None,
-    monotonic: Callable[[], float],
+    clock: Clock = SYSTEM_CLOCK,
     extra: Callable[[], None] | None = None,
 ) -> None:
     """Poll every ``interval`` seconds until ``stop`` is set; the poll under way always finishes.
@@ -56,7 +56,7 @@ def run(
     source or database is health, not a hang, and does not stop the pings.
     """
     notifier = notifier or Notifier()
-    deadline = monotonic()
+    deadline = clock.monotonic()
     notifier.ready()
     while not stop.is_set():
         summary = collector.poll()
@@ -66,9 +66,9 @@ def run(
         if extra is not None:
             extra()
             notifier.watchdog()
-        deadline = next_deadline(deadline, interval, monotonic())
+        deadline = next_deadline(deadline, interval, clock.monotonic())
         while not stop.is_set():
-            remaining = deadline - monotonic()
+            remaining = deadline - clock.monotonic()
             if remaining <= 0:
                 break
             if notifier.watchdog_every is None:
@@ -136,11 +136,11 @@ class Maintenance:
     def _job(self, job: str, deadline: float) -> bool:
         now = int(self.clock.time())
         if job == "rollup":
-            rollup.catch_up(self.engine, now, deadline=deadline, clock=self.clock.monotonic)
+            rollup.catch_up(self.engine, now, deadline=deadline, clock=self.clock)
             return True
         if job == "prune":
             report = prune.prune(
-                self.engine, self.retention, now, deadline=deadline, clock=self.clock.monotonic
+                self.engine, self.retention, now, deadline=deadline, clock=self.clock
             )
             deleted = sum(report.deleted.values())
             if deleted:

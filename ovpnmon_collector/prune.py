@@ -8,12 +8,11 @@ back in small steps, so neither the collector's polls nor the API's readers wait
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine, delete
 
+from ovpnmon_collector.clock import SYSTEM_CLOCK, Clock
 from ovpnmon_collector.slices import SLICE_SECONDS, oldest, spans
 from ovpnmon_common import meta
 from ovpnmon_common.buckets import DAY, HOUR, align
@@ -57,9 +56,10 @@ def prune(
     now: int,
     *,
     deadline: float | None = None,
-    clock: Callable[[], float] = time.monotonic,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> PruneReport:
-    """Delete every tier's rows older than its retention, oldest first, then vacuum."""
+    """Delete every tier's rows older than its retention, oldest first, then vacuum; with
+    ``deadline`` (a ``clock.monotonic()`` value) stop early, to go on next call."""
     report = PruneReport()
     with engine.connect() as conn:
         watermarks = meta.watermarks(conn)
@@ -75,11 +75,13 @@ def prune(
         if first is None or first >= limit:
             continue
         for start, end in spans(first, limit, HOUR, 30 * DAY, SLICE_SECONDS / 4):
-            if deadline is not None and clock() >= deadline:
+            if deadline is not None and clock.monotonic() >= deadline:
                 report.complete = False
                 return report
             with engine.begin() as conn:
                 result = conn.execute(delete(tier.table).where(tier.time >= start, tier.time < end))
                 report.deleted[name] += result.rowcount or 0
-    report.pages_freed = engines.give_back_space(engine, deadline=deadline, clock=clock)
+    report.pages_freed = engines.give_back_space(
+        engine, deadline=deadline, monotonic=clock.monotonic
+    )
     return report

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, func, insert, select
 
+from ovpnmon_collector.clock import SYSTEM_CLOCK, Clock
 from ovpnmon_collector.slices import SLICE_SECONDS, oldest, spans
 from ovpnmon_common import meta
 from ovpnmon_common.buckets import align, align_up
@@ -140,20 +140,20 @@ def catch_up(
     now: int,
     *,
     deadline: float | None = None,
-    clock: Callable[[], float] = time.monotonic,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> list[RollupReport]:
     """Bring every tier up to the last closed bucket.
 
     Buckets are built oldest first in transactions of at most ``SLICE_SECONDS`` each, so a poll
-    never waits long for the lock. With ``deadline`` (a ``clock`` value) it stops early and
-    resumes next call: the daemon gives it the time until the next poll.
+    never waits long for the lock. With ``deadline`` (a ``clock.monotonic()`` value) it stops
+    early and resumes next call: the daemon gives it the time until the next poll.
     """
     reports = []
     for tier in ROLLUPS:
         assert tier.width is not None
         done = 0
         watermark: int | None = None
-        while deadline is None or clock() < deadline:
+        while deadline is None or clock.monotonic() < deadline:
             with engine.begin() as conn:
                 watermark, limit = _bounds(conn, tier, now)
                 if watermark is None or watermark >= limit:

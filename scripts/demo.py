@@ -25,9 +25,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # ovpnmon_demo: not installed
+
 from ovpnmon_collector import rollup
-from ovpnmon_collector.simulator import Simulation, populate, render_status, write_in_place
 from ovpnmon_common.storage import engines, migrations
+from ovpnmon_demo.simulator import Simulation, populate, render_status, write_in_place
 
 ROOT = Path(__file__).resolve().parent.parent
 DAY = 86400

@@ -9,6 +9,7 @@ import pytest
 from ovpnmon_common.config import Config
 from ovpnmon_common.storage.engines import writer_engine
 from ovpnmon_common.storage.migrations import init_db
+from ovpnmon_demo.clock import ManualClock
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -17,25 +18,8 @@ def fixture_text(name: str) -> str:
     return (FIXTURES / name).read_text()
 
 
-class FakeClock:
-    """Wall and monotonic clocks a test moves by hand (they may step independently)."""
-
-    def __init__(self, wall: float = 1_795_717_500.0, mono: float = 1000.0) -> None:
-        self.wall = wall
-        self.mono = mono
-
-    def time(self) -> float:
-        return self.wall
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def advance(self, seconds: float) -> None:
-        self.wall += seconds
-        self.mono += seconds
-
-    def sleep(self, seconds: float) -> None:
-        self.advance(seconds)
+# the one hand-moved clock (ovpnmon_demo/clock.py), under the name the tests know
+FakeClock = ManualClock
 
 
 @pytest.fixture

@@ -132,7 +132,12 @@ class Host:
             time.sleep(0.2)
         else:
             raise TimeoutError("the container's systemd did not start")
-        state = self.run("systemctl is-system-running --wait", check=False, timeout=120)
+        # systemd is there before its bus socket: "Failed to connect to bus" means not yet
+        while True:
+            state = self.run("systemctl is-system-running --wait", check=False, timeout=120)
+            if "Failed to connect to bus" not in state.stderr or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         if state.stdout.strip() not in ("running", "degraded"):
             raise RuntimeError(f"the container did not boot: {state.stdout} {state.stderr}")
 

@@ -1,8 +1,9 @@
 """Hand-built sequences through the pure accounting functions."""
 
 from ovpnmon_collector.accounting import account_source, merge_sources
-from ovpnmon_collector.parser import SessionRow, Snapshot, parse_status
-from ovpnmon_collector.simulator import render_status
+from ovpnmon_collector.parser import parse_status
+from ovpnmon_collector.snapshot import SessionRow, Snapshot
+from ovpnmon_demo.simulator import render_status
 
 WATCHED = 1_000_000
 

@@ -9,13 +9,13 @@ from sqlalchemy import select
 
 from ovpnmon_api.app import create_app
 from ovpnmon_collector import rollup
-from ovpnmon_collector.simulator import Simulation, populate
 from ovpnmon_common import meta, schema
 from ovpnmon_common.buckets import align
 from ovpnmon_common.config import ApiConfig, Config, RetentionConfig
 from ovpnmon_common.formatting import format_timestamp
 from ovpnmon_common.planner import AUTO, RANGES
 from ovpnmon_common.storage import engines, migrations
+from ovpnmon_demo.simulator import Simulation, populate
 
 DAY = 86400
 NOW = 1_795_651_200 + 5 * 3600 + 1234  # 2026-11-26 05:20:34 UTC: mid-bucket for every width

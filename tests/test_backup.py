@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from conftest import as_nobody, needs_root, run_collector, stop_process, wait_for_http
 
-from ovpnmon_collector.parser import SessionRow
-from ovpnmon_collector.simulator import render_status, write_in_place
+from ovpnmon_collector.snapshot import SessionRow
 from ovpnmon_common.storage import engines
 from ovpnmon_common.totals import lifetime_totals
+from ovpnmon_demo.simulator import render_status, write_in_place
 
 SINCE = int(time.time()) + 30 * 86400
 

@@ -11,12 +11,13 @@ from conftest import FakeClock
 from ovpnmon_api.app import create_app
 from ovpnmon_api.cache import ResponseCache
 from ovpnmon_collector.collector import Collector
-from ovpnmon_collector.parser import SessionRow
-from ovpnmon_collector.simulator import render_status
+from ovpnmon_collector.snapshot import SessionRow
 from ovpnmon_collector.sources import StatusFileSource
+from ovpnmon_collector.store import Store
 from ovpnmon_common import meta
 from ovpnmon_common.config import ApiConfig, Config
 from ovpnmon_common.storage import engines, migrations
+from ovpnmon_demo.simulator import render_status
 
 T0 = 1_795_717_500  # 2026-11-26 15:45:00 UTC
 URLS = [
@@ -45,7 +46,7 @@ class Setup:
         migrations.init_db(self.engine)
         self.clock = FakeClock(T0 + 5)
         source = StatusFileSource("udp", str(self.status), settle=0)
-        self.collector = Collector(self.engine, [source], clock=self.clock)
+        self.collector = Collector(Store(self.engine), [source], clock=self.clock)
         self.api_now = float(T0 + 60)
         config = Config(database_path=self.path)
         self.cache = ResponseCache(engines.ChangeCounter(self.path), 1 << 20)

@@ -13,11 +13,11 @@ from sqlalchemy import func, select
 
 from ovpnmon_api.cli import cli as api_cli
 from ovpnmon_collector.cli import cli
-from ovpnmon_collector.parser import SessionRow
-from ovpnmon_collector.simulator import render_status
+from ovpnmon_collector.snapshot import SessionRow
 from ovpnmon_common import __version__, meta, schema
 from ovpnmon_common.storage import engines, migrations
 from ovpnmon_common.storage.engines import reader_engine
+from ovpnmon_demo.simulator import render_status
 
 
 @pytest.fixture

@@ -12,14 +12,15 @@ from sqlalchemy import func, select
 from ovpnmon_api.app import create_app
 from ovpnmon_collector import rollup
 from ovpnmon_collector.collector import Collector
-from ovpnmon_collector.parser import SessionRow
-from ovpnmon_collector.simulator import render_status
+from ovpnmon_collector.snapshot import SessionRow
 from ovpnmon_collector.sources import StatusFileSource
+from ovpnmon_collector.store import Store
 from ovpnmon_common import meta, schema
 from ovpnmon_common.buckets import align
 from ovpnmon_common.config import Config
 from ovpnmon_common.storage import engines, migrations
 from ovpnmon_common.tiers import ROLLUPS
+from ovpnmon_demo.simulator import render_status
 
 T0 = 1_795_651_200 + 100  # a day's start (UTC), plus 100 s
 
@@ -32,7 +33,7 @@ class Host:
         migrations.init_db(self.engine)
         self.clock = FakeClock(T0)
         source = StatusFileSource("udp", str(self.status), settle=0)
-        self.collector = Collector(self.engine, [source], clock=self.clock)
+        self.collector = Collector(Store(self.engine), [source], clock=self.clock)
         self.received = 0
 
     def poll_at(self, wall: int, moved: int = 1000) -> None:

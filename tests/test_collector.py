@@ -6,19 +6,19 @@ import sqlite3
 
 import pytest
 from conftest import FakeClock, as_nobody, fixture_text, needs_root
-from sqlalchemy import inspect, select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import event, inspect, select
 
 from ovpnmon_collector.collector import Collector
-from ovpnmon_collector.parser import SessionRow
-from ovpnmon_collector.simulator import render_status
+from ovpnmon_collector.snapshot import SessionRow
 from ovpnmon_collector.sources import StatusFileSource
+from ovpnmon_collector.store import Store
 from ovpnmon_common import meta, schema, storage
 from ovpnmon_common.counters import Counters
 from ovpnmon_common.storage import migrations
 from ovpnmon_common.storage.engines import writer_engine
 from ovpnmon_common.storage.migrations import init_db
 from ovpnmon_common.totals import lifetime_totals
+from ovpnmon_demo.simulator import render_status
 
 T0 = 1_795_717_500
 
@@ -42,7 +42,7 @@ def status(tmp_path):
 
 def make(engine, status, clock, **kw):
     return Collector(
-        engine, [StatusFileSource("udp", str(status.path), settle=0)], clock=clock, **kw
+        Store(engine), [StatusFileSource("udp", str(status.path), settle=0)], clock=clock, **kw
     )
 
 
@@ -123,7 +123,7 @@ def test_two_sources_share_a_common_name(engine, tmp_path):
     clock = FakeClock(T0)
     udp, tcp = StatusFile(tmp_path / "udp.log"), StatusFile(tmp_path / "tcp.log")
     collector = Collector(
-        engine,
+        Store(engine),
         [
             StatusFileSource("udp", str(udp.path), settle=0),
             StatusFileSource("tcp", str(tcp.path), settle=0),
@@ -412,23 +412,23 @@ def test_a_client_back_after_a_restart_keeps_its_row(db_path, status):
     assert sorted(last) == [("alice", 40), ("bob", 2), ("carol", 1)]
 
 
-def test_ids_handed_out_in_a_failed_poll_are_not_reused_wrongly(engine, status, monkeypatch):
+def test_ids_handed_out_in_a_failed_poll_are_not_reused_wrongly(engine, status):
     """A write that fails after new clients and sessions got their ids rolls those back; the next
     poll must not write samples under ids that no longer exist."""
     clock = FakeClock(T0)
     status.write(T0, row("alice", 0, T0 + 1, 100, 10))
     collector = make(engine, status, clock)
     collector.poll()
-    real = collector.store._write_samples
     calls = []
 
-    def fail_once(*args):
-        calls.append(1)
-        if len(calls) == 1:
-            raise OperationalError("INSERT", {}, sqlite3.OperationalError("disk I/O error"))
-        return real(*args)
+    def fail_once(conn, cursor, statement, parameters, context, executemany):
+        # the samples come after the new client's and session's rows, in the same transaction
+        if statement.startswith("INSERT INTO usage_history"):
+            calls.append(1)
+            if len(calls) == 1:
+                raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(collector.store, "_write_samples", fail_once)
+    event.listen(engine, "before_cursor_execute", fail_once)
     clock.advance(10)
     status.write(clock.wall, row("alice", 0, T0 + 1, 150, 15), row("bob", 1, T0 + 5, 20, 2))
     summary = collector.poll()

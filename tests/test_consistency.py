@@ -14,14 +14,15 @@ from sqlalchemy import select
 from ovpnmon_api.read import series as read_series
 from ovpnmon_collector import prune, rollup
 from ovpnmon_collector.collector import Collector
-from ovpnmon_collector.parser import SessionRow
-from ovpnmon_collector.simulator import render_status, write_in_place
+from ovpnmon_collector.snapshot import SessionRow
 from ovpnmon_collector.sources import StatusFileSource
+from ovpnmon_collector.store import Store
 from ovpnmon_common import meta, schema
 from ovpnmon_common.buckets import align
 from ovpnmon_common.config import RetentionConfig
 from ovpnmon_common.storage import engines, migrations
 from ovpnmon_common.tiers import ROLLUPS
+from ovpnmon_demo.simulator import render_status, write_in_place
 
 T0 = 1_795_000_000
 
@@ -44,7 +45,7 @@ def replay(workdir: Path, steps) -> tuple:
     migrations.init_db(engine)
     status = str(workdir / "status.log")
     clock = FakeClock(T0)
-    collector = Collector(engine, [StatusFileSource("p", status, settle=0)], clock=clock)
+    collector = Collector(Store(engine), [StatusFileSource("p", status, settle=0)], clock=clock)
     open_sessions: dict[int, list[int]] = {}
     next_id = 0
     now = T0

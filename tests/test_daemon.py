@@ -13,12 +13,12 @@ from sqlalchemy import func, select
 
 from ovpnmon_collector import daemon
 from ovpnmon_collector.collector import PollSummary
-from ovpnmon_collector.simulator import Simulation, populate
 from ovpnmon_common import meta, schema
 from ovpnmon_common.buckets import align
 from ovpnmon_common.config import RetentionConfig
 from ovpnmon_common.meta import watermark_key
 from ovpnmon_common.storage import engines, migrations
+from ovpnmon_demo.simulator import Simulation, populate
 
 NOW = 1_795_651_200 + 3 * 3600 + 17
 
@@ -40,7 +40,7 @@ def test_run_polls_until_stopped():
                 stop.set()
             return PollSummary(ts=0, stored=True)
 
-    daemon.run(Poller(), 0.01, stop, monotonic=__import__("time").monotonic)
+    daemon.run(Poller(), 0.01, stop)  # the system clock
     assert len(polls) == 3
 
 
@@ -124,34 +124,32 @@ def test_a_certificate_issued_or_revoked_after_start_is_recorded_within_a_minute
 _POLLS_IN_A_CHILD = """
 import resource, sys, tempfile
 from ovpnmon_collector.collector import Collector
+from ovpnmon_collector.store import Store
 from ovpnmon_collector.daemon import keep_freed_memory
-from ovpnmon_collector.parser import SessionRow
-from ovpnmon_collector.simulator import render_status, write_in_place
+from ovpnmon_collector.snapshot import SessionRow
+from ovpnmon_demo.clock import ManualClock
+from ovpnmon_demo.simulator import render_status, write_in_place
 from ovpnmon_collector.sources import StatusFileSource
 from ovpnmon_common.storage.migrations import init_db
 from ovpnmon_common.storage.engines import writer_engine
 
-class Clock:
-    now = 1_795_717_500.0
-    def time(self): return self.now
-    def monotonic(self): return self.now
 
 keep = sys.argv[1] == "keep"
 kept = keep_freed_memory() if keep else False
 directory = tempfile.mkdtemp()
 engine = writer_engine(directory + "/ovpnmon.db")
 init_db(engine)
-clock = Clock()
-collector = Collector(engine, [StatusFileSource("s", directory + "/status", settle=0)], clock=clock)
+clock = ManualClock(1_795_717_500.0, 1_795_717_500.0)
+collector = Collector(Store(engine), [StatusFileSource("s", directory + "/status", settle=0)], clock=clock)
 faults = []
 for poll in range(8):
     rows = [
         SessionRow(f"cn-{i}", f"127.0.0.1:{1000 + i}", "10.8.0.2", "", 10 * poll * i, 5 * poll,
-                   int(clock.now) - 60, i)
+                   int(clock.wall) - 60, i)
         for i in range(6000)
     ]
-    write_in_place(directory + "/status", render_status(rows, int(clock.now)))
-    clock.now += 10
+    write_in_place(directory + "/status", render_status(rows, int(clock.wall)))
+    clock.advance(10)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     assert collector.poll().stored
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
@@ -167,6 +165,7 @@ def test_keep_freed_memory_spares_steady_polls_their_page_faults():
     def steady_faults(mode: str) -> tuple[str, int]:
         out = subprocess.run(
             [sys.executable, "-c", _POLLS_IN_A_CHILD, mode],
+            cwd=Path(__file__).resolve().parents[1],  # where ovpnmon_demo is
             capture_output=True,
             text=True,
             check=True,

@@ -26,10 +26,10 @@ from conftest import free_port, get_json, require_openvpn, wait_for_http
 from ovpn_harness import client_rows
 from sqlalchemy import select
 
-from ovpnmon_collector.simulator import write_in_place
 from ovpnmon_common import meta, schema
 from ovpnmon_common.storage.engines import reader_engine
 from ovpnmon_common.totals import lifetime_totals
+from ovpnmon_demo.simulator import write_in_place
 
 pytestmark = pytest.mark.slow
 

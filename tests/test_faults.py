@@ -10,11 +10,12 @@ import pytest
 from conftest import FakeClock, needs_root
 
 from ovpnmon_collector.collector import Collector
-from ovpnmon_collector.parser import SessionRow
-from ovpnmon_collector.simulator import render_status
+from ovpnmon_collector.snapshot import SessionRow
 from ovpnmon_collector.sources import StatusFileSource
+from ovpnmon_collector.store import Store
 from ovpnmon_common.storage import engines, migrations
 from ovpnmon_common.totals import lifetime_totals
+from ovpnmon_demo.simulator import render_status
 
 T0 = 1_795_717_500
 CLIENTS = 400
@@ -65,7 +66,9 @@ def test_full_disk_is_logged_survived_and_recovered(small_disk, tmp_path):
     engine = engines.writer_engine(os.path.join(small_disk, "ovpnmon.db"))
     migrations.init_db(engine)
     clock = FakeClock(T0)
-    collector = Collector(engine, [StatusFileSource("udp", str(status), settle=0)], clock=clock)
+    collector = Collector(
+        Store(engine), [StatusFileSource("udp", str(status), settle=0)], clock=clock
+    )
     status.write_text(render_status(sessions(1), T0))
     assert collector.poll().stored
     fill(os.path.join(small_disk, "filler"))

@@ -18,8 +18,8 @@ from click.testing import CliRunner
 from conftest import free_port, stop_process, wait_for_http
 
 from ovpnmon_collector.cli import cli
-from ovpnmon_collector.parser import SessionRow
-from ovpnmon_collector.simulator import render_status
+from ovpnmon_collector.snapshot import SessionRow
+from ovpnmon_demo.simulator import render_status
 
 pytestmark = pytest.mark.slow
 

@@ -16,10 +16,10 @@ import pytest
 from conftest import stop_process
 from sqlalchemy import select
 
-from ovpnmon_collector.parser import SessionRow
-from ovpnmon_collector.simulator import render_status
+from ovpnmon_collector.snapshot import SessionRow
 from ovpnmon_common import meta, schema
 from ovpnmon_common.storage import engines
+from ovpnmon_demo.simulator import render_status
 
 pytestmark = pytest.mark.slow
 

@@ -19,15 +19,16 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from ovpnmon_api.app import create_app
-from ovpnmon_collector.cli import build_collector, cli, open_writer
+from ovpnmon_collector.cli import cli
+from ovpnmon_collector.cli_common import build_collector, open_writer
 from ovpnmon_collector.collector import Collector, PollSummary
-from ovpnmon_collector.parser import SessionRow
-from ovpnmon_collector.simulator import render_status
+from ovpnmon_collector.snapshot import SessionRow
 from ovpnmon_common import meta, schema
 from ovpnmon_common.cliutil import load
 from ovpnmon_common.config import Config
 from ovpnmon_common.storage import engines
 from ovpnmon_common.totals import lifetime_totals
+from ovpnmon_demo.simulator import render_status
 
 NOW = int(time.time())
 SINCE = NOW + 30 * 86400  # after the first watch, however late the test runs

@@ -15,11 +15,11 @@ from click.testing import CliRunner
 from conftest import require_openvpn
 
 from ovpnmon_collector.cli import cli
-from ovpnmon_collector.parser import SessionRow
-from ovpnmon_collector.simulator import render_status
+from ovpnmon_collector.snapshot import SessionRow
 from ovpnmon_common import meta, schema
 from ovpnmon_common.storage import engines
 from ovpnmon_common.totals import lifetime_totals
+from ovpnmon_demo.simulator import render_status
 
 SINCE = int(time.time()) + 30 * 86400
 

@@ -17,10 +17,10 @@ from conftest import run_collector
 from sqlalchemy.exc import OperationalError
 
 from ovpnmon_collector.lock import WriterBusy, WriterLock
-from ovpnmon_collector.parser import SessionRow
-from ovpnmon_collector.simulator import render_status
+from ovpnmon_collector.snapshot import SessionRow
 from ovpnmon_common.storage import engines
 from ovpnmon_common.totals import lifetime_totals
+from ovpnmon_demo.simulator import render_status
 
 SINCE = int(time.time()) + 30 * 86400  # after the first watch, however late the test runs
 

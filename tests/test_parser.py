@@ -5,20 +5,17 @@ from conftest import fixture_text
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ovpnmon_collector.parser import (
-    IncompleteStatus,
-    SessionRow,
-    StatusError,
-    _parse_lines,
-    _parse_tagged_fast,
-    parse_status,
-)
+from ovpnmon_collector.accounting import session_key
+from ovpnmon_collector.parser import parse_status
+from ovpnmon_collector.snapshot import IncompleteStatus, SessionRow, StatusError
+from ovpnmon_collector.status_fast import parse_fast
+from ovpnmon_collector.status_lines import parse_lines
 
 UTC = dt.timezone.utc
 
 
 def by_key(snapshot):
-    return {s.key: s for s in snapshot.sessions}
+    return {session_key(s.client_id, s.real_address): s for s in snapshot.sessions}
 
 
 @pytest.mark.parametrize(
@@ -38,7 +35,8 @@ def test_real_output_of_every_format(name, version):
     assert all(s.bytes_received > 1000 and s.bytes_sent > 1000 for s in snapshot.sessions)
     assert all(s.real_address.startswith("127.0.0.1:") for s in snapshot.sessions)
     assert all(s.virtual_address.startswith("10.98.0.") for s in snapshot.sessions)
-    assert len({s.key for s in snapshot.sessions}) == 3  # the two bob sessions stay apart
+    keys = {session_key(s.client_id, s.real_address) for s in snapshot.sessions}
+    assert len(keys) == 3  # the two bob sessions stay apart
     assert snapshot.time is not None
 
 
@@ -55,7 +53,7 @@ def test_v2_takes_connected_since_from_time_t():
         connected_since=1795717426,
         client_id=0,
     )
-    assert alice.key == "id:0"
+    assert session_key(alice.client_id, alice.real_address) == "id:0"
     assert snapshot.time == 1795717429
 
 
@@ -64,7 +62,8 @@ def test_v1_identity_is_real_address_and_dates_are_server_local():
     utc = parse_status(text, local_tz=UTC)
     berlin = parse_status(text, local_tz=dt.timezone(dt.timedelta(hours=1)))
     alice = next(s for s in utc.sessions if s.common_name == "alice")
-    assert alice.key == "addr:127.0.0.1:59980" and alice.client_id is None
+    assert alice.client_id is None
+    assert session_key(alice.client_id, alice.real_address) == "addr:127.0.0.1:59980"
     assert alice.connected_since == int(
         dt.datetime(2026, 11, 26, 18, 23, 42, tzinfo=UTC).timestamp()
     )
@@ -216,9 +215,9 @@ TAGGED_FIXTURES = [
 @pytest.mark.parametrize("name", TAGGED_FIXTURES)
 def test_fast_path_takes_real_output_and_agrees(name):
     text = fixture_text(name)
-    fast = _parse_tagged_fast(text, UTC)
+    fast = parse_fast(text, UTC)
     assert fast is not None, "real OpenVPN output should not need the line-by-line parser"
-    general = _parse_lines(text, UTC)
+    general = parse_lines(text, UTC)
     assert fast == general
     # what the accounting reads, identities as text: the same whichever path parsed the text
     assert list(fast.rows()) == list(general.rows())
@@ -283,10 +282,10 @@ def test_fast_path_never_disagrees_with_the_line_by_line_parser(
         lines.insert(min(at, len(lines)), sep.join(line))
     text = line_end.join([*lines, "END", ""])
     try:
-        expected = _parse_lines(text, UTC)
+        expected = parse_lines(text, UTC)
     except StatusError:
         expected = None
-    fast = _parse_tagged_fast(text, UTC)
+    fast = parse_fast(text, UTC)
     assert fast is None or fast == expected
     if fast is not None:
         assert expected is not None and list(fast.rows()) == list(expected.rows())
@@ -347,10 +346,10 @@ TIME = "TIME\t2026-11-26 10:00:00\t1795717500"
 )
 def test_fast_path_agrees_on_awkward_layouts(text, fast_answers):
     try:
-        expected = _parse_lines(text, UTC)
+        expected = parse_lines(text, UTC)
     except StatusError:
         expected = None
-    fast = _parse_tagged_fast(text, UTC)
+    fast = parse_fast(text, UTC)
     assert (fast is not None) == fast_answers
     assert fast is None or fast == expected
     assert fast is None or list(fast.rows()) == list(expected.rows())

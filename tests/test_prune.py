@@ -8,11 +8,11 @@ from sqlalchemy import func, select
 
 from ovpnmon_collector import prune, rollup
 from ovpnmon_collector.cli import cli
-from ovpnmon_collector.simulator import Simulation, populate
 from ovpnmon_common import schema
 from ovpnmon_common.buckets import DAY, align
 from ovpnmon_common.config import RetentionConfig
 from ovpnmon_common.storage import engines, migrations
+from ovpnmon_demo.simulator import Simulation, populate
 
 NOW = 1_795_651_200 + 7 * 3600 + 55
 START = NOW - 12 * DAY

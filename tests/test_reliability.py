@@ -31,12 +31,13 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.exc import OperationalError
 
 from ovpnmon_api.app import create_app
-from ovpnmon_collector.parser import StatusError, parse_status
-from ovpnmon_collector.simulator import Simulation, render_status, write_in_place
+from ovpnmon_collector.parser import parse_status
+from ovpnmon_collector.snapshot import StatusError
 from ovpnmon_common import schema
 from ovpnmon_common.config import Config
 from ovpnmon_common.storage import engines, migrations
 from ovpnmon_common.totals import lifetime_totals
+from ovpnmon_demo.simulator import Simulation, render_status, write_in_place
 
 # --- bad input --------------------------------------------------------------------------------
 
@@ -86,7 +87,7 @@ def small_db(tmp_path_factory):
     path = tmp_path_factory.mktemp("fuzz") / "ovpnmon.db"
     engine = engines.writer_engine(str(path))
     migrations.init_db(engine)
-    from ovpnmon_collector.simulator import populate
+    from ovpnmon_demo.simulator import populate
 
     now = int(time.time())
     populate(

@@ -3,15 +3,16 @@
 from collections import defaultdict
 
 import pytest
+from conftest import FakeClock
 from sqlalchemy import select, update
 
 from ovpnmon_collector import rollup
-from ovpnmon_collector.simulator import Simulation, populate
 from ovpnmon_common import meta, schema
 from ovpnmon_common.buckets import align
 from ovpnmon_common.meta import watermark_key
 from ovpnmon_common.storage import engines, migrations
 from ovpnmon_common.tiers import ROLLUPS
+from ovpnmon_demo.simulator import Simulation, populate
 
 START = 1_795_651_200 - 2 * 86400 + 1234  # mid-hour, two days before 2026-11-26 00:00 UTC
 END = START + 2 * 86400 + 5 * 3600
@@ -112,15 +113,23 @@ def test_backfill_replaces_never_adds(history):
     assert snapshot(history) == before
 
 
+class Ticking(FakeClock):
+    """Each look at the monotonic clock is one second later."""
+
+    def __init__(self) -> None:
+        super().__init__(mono=0.0)
+
+    def monotonic(self) -> float:
+        self.mono += 1
+        return self.mono - 1
+
+
 def test_deadline_stops_between_transactions_and_resumes(tmp_path):
     engine = engines.writer_engine(str(tmp_path / "x.db"))
     migrations.init_db(engine)
     end = START + 30 * 3600
     populate(engine, str(tmp_path / "s.log"), START, end, 600, Simulation(clients=3))
-    ticks = iter(range(100))  # a fake clock: each look at it is one second later
-    reports = {
-        r.tier: r for r in rollup.catch_up(engine, end, deadline=2, clock=lambda: next(ticks))
-    }
+    reports = {r.tier: r for r in rollup.catch_up(engine, end, deadline=2, clock=Ticking())}
     assert reports["quarter_hour"].buckets > 0
     assert reports["hourly"].buckets == reports["daily"].buckets == 0  # out of time: left for later
     with engine.connect() as conn:

@@ -16,12 +16,13 @@ from sqlalchemy import func, select
 from status_writers import InPlaceWriter, RenameWriter, TruncateFirstWriter
 
 from ovpnmon_collector.collector import Collector
-from ovpnmon_collector.parser import SessionRow
-from ovpnmon_collector.simulator import render_status
+from ovpnmon_collector.snapshot import SessionRow
 from ovpnmon_collector.sources import StatusFileSource
+from ovpnmon_collector.store import Store
 from ovpnmon_common import schema
 from ovpnmon_common.storage import engines, migrations
 from ovpnmon_common.totals import lifetime_totals
+from ovpnmon_demo.simulator import render_status
 
 T0 = 1_795_717_500
 SESSIONS = 40
@@ -59,7 +60,7 @@ def test_a_torn_rewrite_is_never_recorded(tmp_path, writer_class, status_version
     migrations.init_db(engine)
     clock = FakeClock(T0)
     sources = [StatusFileSource("udp", str(path)), StatusFileSource("tcp", str(other))]
-    collector = Collector(engine, sources, clock=clock)
+    collector = Collector(Store(engine), sources, clock=clock)
     summaries = [collector.poll()]
     for k in (1, 2, 3):
         clock.advance(10)
@@ -102,7 +103,7 @@ def test_a_writer_held_up_longer_than_the_settle_time_after_truncating_is_waited
     engine = engines.writer_engine(str(tmp_path / "x.db"))
     migrations.init_db(engine)
     clock = FakeClock(T0)
-    collector = Collector(engine, [StatusFileSource("udp", str(path))], clock=clock)
+    collector = Collector(Store(engine), [StatusFileSource("udp", str(path))], clock=clock)
     assert collector.poll().stored
     for k, stall_after in ((1, 0), (2, SESSIONS // 2)):  # empty; half written, no END yet
         clock.advance(10)

@@ -164,7 +164,10 @@ VACUUM_PAGES = 512
 
 
 def give_back_space(
-    engine: Engine, *, deadline: float | None = None, clock: Callable[[], float] = time.monotonic
+    engine: Engine,
+    *,
+    deadline: float | None = None,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> int:
     """Return free pages to the file system, ``VACUUM_PAGES`` per step (SQLite's incremental
     vacuum: readers never wait for a whole ``VACUUM``); the pages freed."""
@@ -173,7 +176,7 @@ def give_back_space(
     freed = 0
     raw = engine.raw_connection()
     try:
-        while deadline is None or clock() < deadline:
+        while deadline is None or monotonic() < deadline:
             free = raw.execute("PRAGMA freelist_count").fetchone()[0]
             if free == 0:
                 break

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 
-from ovpnmon_collector.parser import SessionRow
+from ovpnmon_collector.snapshot import SessionRow
+from ovpnmon_demo.clock import ManualClock
 
 TITLE = (
     "OpenVPN 2.6.14 x86_64-pc-linux-gnu [SSL (OpenSSL)] [LZO] [LZ4] [EPOLL] [PKCS11] [MH/PKTINFO] "
@@ -215,22 +216,6 @@ class Simulation:
         return [cid, now, 0, 0]
 
 
-class SimClock:
-    """A clock the simulation moves: wall and monotonic time advance together."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def time(self) -> float:
-        return self.now
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
 def populate(
     engine: Engine,
     status_path: str,
@@ -244,14 +229,15 @@ def populate(
     ``step`` seconds of simulated time from ``start`` to ``end``."""
     from ovpnmon_collector.collector import Collector
     from ovpnmon_collector.sources import StatusFileSource
+    from ovpnmon_collector.store import Store
 
     simulation = simulation or Simulation()
-    clock = SimClock(start)
+    clock = ManualClock(start, start)
     collector = Collector(
-        engine, [StatusFileSource(source, status_path, settle=0)], interval=step, clock=clock
+        Store(engine), [StatusFileSource(source, status_path, settle=0)], interval=step, clock=clock
     )
     for now in range(start, end, step):
-        clock.now = now
+        clock.set(now)
         write_in_place(status_path, render_status(simulation.step(now), now))
         summary = collector.poll()
         if not summary.stored or summary.failed:
