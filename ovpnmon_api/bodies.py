@@ -21,10 +21,12 @@ STALE_FACTOR = 3  # /health: no poll stored for this many intervals is "degraded
 
 
 def status_word(active: bool) -> str:
+    """The contract's word for a client's state."""
     return "Active" if active else "Inactive"
 
 
 def point(ts: Stamp, when: int, rx: int, tx: int, seconds: float) -> Body:
+    """One history point: bytes and Mbit/s rates over ``seconds``."""
     return {
         "timestamp": ts(when),
         "bytes_received": rx,
@@ -54,6 +56,7 @@ def history(
 
 
 def session(ts: Stamp, open_: OpenSession) -> Body:
+    """One open session as ``/stats/<cn>`` lists it."""
     return {
         "source": open_.source,
         "real_address": open_.real_address,

@@ -24,6 +24,9 @@ T = TypeVar("T")
 
 
 class ResponseCache:
+    """Rendered bodies (and small values) by key, for the database state they were built from;
+    at most ``max_bytes`` of bodies, least recently used first out."""
+
     def __init__(self, counter: ChangeCounter, max_bytes: int) -> None:
         self.counter = counter
         self.max_bytes = max_bytes

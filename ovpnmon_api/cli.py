@@ -129,4 +129,5 @@ def _raise_open_files_limit(wanted: int) -> None:
 
 
 def main() -> None:
+    """The ``ovpnmon-api`` console script."""
     run_cli(cli, "ovpnmon-api")

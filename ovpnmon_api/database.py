@@ -71,5 +71,6 @@ class FollowedDatabase:
             self._checked = version
 
     def dispose(self) -> None:
+        """Close the pool and the change counter's connection."""
         self.counter.close()
         self.engine.dispose()

@@ -15,6 +15,7 @@ log = logging.getLogger("ovpnmon.api")
 
 
 def serialize_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:
+    """Every HTTP error as ``{"success": false, "error": ...}``."""
     if isinstance(exc, falcon.HTTPRouteNotFound):
         message = f"no endpoint at {req.path}; GET /api/v1/openapi.json lists them"
     elif isinstance(exc, falcon.HTTPMethodNotAllowed):
@@ -26,6 +27,7 @@ def serialize_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTP
 
 
 def invalid_query(req: falcon.Request, resp: falcon.Response, ex: Exception, params: Any) -> None:
+    """A range or resolution the planner refused: 400 with its message."""
     raise falcon.HTTPBadRequest(title="Bad request", description=str(ex))
 
 
@@ -35,6 +37,7 @@ _last_unavailable: list[str] = [""]
 def database_unavailable(
     req: falcon.Request, resp: falcon.Response, ex: Exception, params: Any
 ) -> None:
+    """A database that cannot be read: 503 with the reason."""
     detail = describe_error(ex)
     if detail != _last_unavailable[0]:  # once per reason, not once per request
         _last_unavailable[0] = detail
@@ -45,6 +48,7 @@ def database_unavailable(
 
 
 def unexpected(req: falcon.Request, resp: falcon.Response, ex: Exception, params: Any) -> None:
+    """A bug: 500 with a generic message; the traceback goes to the log only."""
     if isinstance(ex, falcon.HTTPError):
         raise ex
     log.exception("unexpected error for %s %s", req.method, req.path)

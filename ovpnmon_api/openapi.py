@@ -282,6 +282,8 @@ def _get(summary: str, ok: dict[str, Any], params: list[Any], errors: tuple[int,
 
 
 def document() -> dict[str, Any]:
+    """The OpenAPI document, built once."""
+
     def client_stats(name: dict[str, Any]) -> dict[str, Any]:
         return _get(
             "One client: status, totals, open sessions and history",

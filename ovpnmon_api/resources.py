@@ -94,9 +94,11 @@ class Context:
             yield conn, meta.read_status(conn)
 
     def ts(self, epoch: int | None) -> str | None:
+        """``epoch`` in the configured time zone; None stays None."""
         return format_timestamp(epoch, self.tz) if epoch is not None else None
 
     def now(self) -> int:
+        """Now, in whole epoch seconds, from the injected clock."""
         return int(self.clock())
 
 
@@ -130,6 +132,7 @@ def allow_params(req: falcon.Request, *names: str) -> None:
 
 
 def single(req: falcon.Request, name: str) -> str | None:
+    """The one value of query parameter ``name`` (None if absent); given twice is a 400."""
     value = req.get_param(name)
     if isinstance(req.params.get(name), list):
         raise falcon.HTTPBadRequest(

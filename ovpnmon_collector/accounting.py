@@ -67,6 +67,7 @@ class SessionState:
 
     @property
     def ident(self) -> SessionId:
+        """(key, Connected Since as text): how a snapshot's row finds this session."""
         key = self.key
         return key[3:] if key.startswith("id:") else (key, self.since_text)
 

@@ -28,6 +28,8 @@ SUFFIXES = (".crt", ".pem", ".cer", ".der")
 
 @dataclass(frozen=True)
 class CertInfo:
+    """What the scan records of one certificate."""
+
     path: str
     file: str
     common_name: str | None
@@ -116,6 +118,7 @@ def _info(path: str, cert) -> CertInfo:
 
 
 def revoked_serials(crl_path: str) -> set[str]:
+    """The serials a CRL file (PEM or DER) revokes, in upper-case hexadecimal."""
     x509 = _x509()
     data = read_regular_file(crl_path, MAX_CRL_BYTES)
     crl = (

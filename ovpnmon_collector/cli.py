@@ -141,5 +141,6 @@ def run_command(config_path: str | None, db_path: str | None, log_level: str) ->
 def main() -> None:
     # What the collector creates (the database, its WAL files, the lock) is for its group (the
     # API's user is in it) and nobody else, also when it runs outside its unit (UMask=0027).
+    """The ``ovpnmon-collector`` console script."""
     os.umask(os.umask(0) | 0o027)
     run_cli(cli, "ovpnmon-collector")

@@ -119,6 +119,7 @@ def build_collector(config: Config, engine: Engine) -> Collector:
 
 
 def setup_logging(level: str) -> None:
+    """Log to stderr (the journal, under systemd) from ``level`` up."""
     logging.basicConfig(
         level=getattr(logging, level.upper()),
         stream=sys.stderr,

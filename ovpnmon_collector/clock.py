@@ -8,6 +8,9 @@ from typing import Protocol
 
 
 class Clock(Protocol):
+    """What the collector asks of time; ``SYSTEM_CLOCK`` in production, a hand-moved
+    clock in tests (``ovpnmon_demo.clock.ManualClock``)."""
+
     def time(self) -> float: ...  # wall clock, epoch seconds: what timestamps are
 
     def monotonic(self) -> float: ...  # intervals, rates and deadlines

@@ -318,6 +318,7 @@ class Collector:
         log.log(level, "%s: %s", source, message)
 
     def close(self) -> None:
+        """Stop using the database (the store closes its writer engine)."""
         self.store.close()
 
     def _check_fresh(self, source: Source, snapshot: Snapshot, now: int) -> None:

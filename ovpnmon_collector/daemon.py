@@ -23,7 +23,11 @@ log = logging.getLogger("ovpnmon.collector")
 
 
 class Pollable(Protocol):
-    def poll(self) -> PollSummary: ...
+    """What ``run`` polls: the ``Collector``, or a test's stand-in."""
+
+    def poll(self) -> PollSummary:
+        """One poll, stored or not; never raises."""
+        ...
 
 
 def next_deadline(previous: float, interval: float, now: float) -> float:
@@ -114,6 +118,8 @@ class Maintenance:
         self._certificates_scanned = now
 
     def run(self) -> None:
+        """Run the jobs that are due (rollup, prune, certificate scan), each within this call's
+        slice of time; a job that did not finish goes on next call."""
         start = self.clock.monotonic()
         deadline = start + self.slice
         for job in ("rollup", "prune", "certificates"):

@@ -56,6 +56,7 @@ def _when(epoch: int | None) -> str:
 
 
 def render_info(facts: dict[str, Any]) -> str:
+    """``database_info``'s facts as the text ``info`` prints."""
     db_facts = facts["database"]
     lines = [
         f"database   {db_facts['path']}",

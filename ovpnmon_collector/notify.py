@@ -21,6 +21,8 @@ class Notifier:
         self.watchdog_every = _watchdog_every(watchdog_usec)
 
     def send(self, state: str) -> bool:
+        """Send one ``sd_notify`` message; False (and nothing sent) without ``NOTIFY_SOCKET`` or
+        when the socket cannot be reached."""
         if not self.address:
             return False
         try:
@@ -32,15 +34,19 @@ class Notifier:
         return True
 
     def ready(self) -> bool:
+        """Tell systemd the collector is up (``Type=notify``)."""
         return self.send("READY=1")
 
     def watchdog(self) -> bool:
+        """Feed the systemd watchdog."""
         return self.send("WATCHDOG=1")
 
     def stopping(self) -> bool:
+        """Tell systemd the collector is stopping."""
         return self.send("STOPPING=1")
 
     def status(self, text: str) -> bool:
+        """The one-line status ``systemctl status`` shows."""
         return self.send(f"STATUS={text}")
 
 

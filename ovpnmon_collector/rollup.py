@@ -33,6 +33,8 @@ log = logging.getLogger("ovpnmon.rollup")
 
 @dataclass
 class RollupReport:
+    """What one tier's catch-up or backfill did: buckets built, the watermark after."""
+
     tier: str
     buckets: int
     watermark: int | None

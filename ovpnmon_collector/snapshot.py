@@ -86,6 +86,7 @@ class Snapshot:
 
     @property
     def sessions(self) -> tuple[SessionRow, ...]:
+        """Every session as a ``SessionRow`` (built on first use)."""
         if self._sessions is None:
             assert self._columns is not None
             self._sessions = tuple(

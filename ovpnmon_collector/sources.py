@@ -37,10 +37,14 @@ class SourceError(Exception):
 
 
 class Source(Protocol):
+    """Where one OpenVPN instance's status text comes from."""
+
     name: str
     kind: str  # "file" or "management": a stale TIME only means something for a file
 
-    def read(self) -> str: ...
+    def read(self) -> str:
+        """The whole status text now; ``SourceError`` with a message for a person."""
+        ...
 
 
 log = logging.getLogger("ovpnmon.sources")
@@ -91,6 +95,7 @@ class StatusFileSource:
         self._seen: tuple[tuple[int, ...], float] | None = None  # times, monotonic first seen
 
     def read(self) -> str:
+        """The file's text once it has stood still for ``settle`` (see the class)."""
         try:
             return self._read_settled().decode("utf-8", errors="replace")
         except BadFile as exc:
@@ -233,6 +238,7 @@ class ManagementSource:
         self.clock = clock
 
     def read(self) -> str:
+        """``status 3`` over the management socket."""
         password = self._password()
         deadline = self.clock.monotonic() + self.timeout
         try:

@@ -216,6 +216,7 @@ def _integer(text: str, what: str, number: int) -> int:
 
 
 def time_field(fields: list[str], number: int, tz: dt.tzinfo | None) -> int:
+    """The epoch second of a TIME row (time_t column, else the date in ``tz``)."""
     if len(fields) >= 3 and fields[2]:
         return _integer(fields[2], "TIME (time_t)", number)
     if len(fields) >= 2:

@@ -14,69 +14,15 @@ from itertools import repeat
 from operator import itemgetter
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, bindparam, func, select, update
+from sqlalchemy import Connection, Engine, func, select
 
 from ovpnmon_collector import rollup
+from ovpnmon_collector import store_sql as sql
 from ovpnmon_collector.accounting import SessionId, SessionState, SourceDelta
 from ovpnmon_common import counters, meta, schema
 from ovpnmon_common.storage import engines, statements
 
 _T = TypeVar("_T")
-
-# Built once: statements.executemany compiles each statement object once per process.
-_s, _c = schema.sessions, schema.clients
-UPDATE_ADDRESSES = (
-    update(_s)
-    .where(_s.c.id == bindparam("row_id"))
-    .values(
-        session_key=bindparam("key"),  # changes when a status-version 1 session floats
-        real_address=bindparam("real"),
-        virtual_address=bindparam("v4"),
-        virtual_ipv6=bindparam("v6"),
-    )
-)
-REOPEN_SESSION = (
-    update(_s)
-    .where(_s.c.id == bindparam("row_id"))
-    .values(disconnected_at=None, last_seen=bindparam("ts"))
-)
-UPDATE_BASELINE = (
-    update(_s)
-    .where(_s.c.id == bindparam("row_id"))
-    .values(baseline_received=bindparam("rx"), baseline_sent=bindparam("tx"))
-)
-CLOSE_SESSION = (
-    update(_s)
-    .where(_s.c.id == bindparam("row_id"))
-    .values(
-        disconnected_at=bindparam("ts"),
-        last_seen=bindparam("seen"),
-        bytes_received=bindparam("rx"),
-        bytes_sent=bindparam("tx"),
-    )
-)
-SAMPLE_COLUMNS = ("client_id", "ts", "bytes_received", "bytes_sent")
-CLIENT_COLUMNS = (
-    *("id", "common_name", "first_seen", "last_seen", "active", "closed_received", "closed_sent"),
-)
-SESSION_COLUMNS = (
-    *("id", "source", "session_key", "connected_since", "client_id", "real_address"),
-    *("virtual_address", "virtual_ipv6", "first_seen", "last_seen", "bytes_received"),
-    *("bytes_sent", "baseline_received", "baseline_sent"),
-)
-ADD: dict[str, statements.Merge] = {"bytes_received": "add", "bytes_sent": "add"}
-ADD_CLOSED = (
-    update(_c)
-    .where(_c.c.id == bindparam("cid"))
-    .values(
-        closed_received=_c.c.closed_received + bindparam("rx"),
-        closed_sent=_c.c.closed_sent + bindparam("tx"),
-    )
-)
-SET_ACTIVE = update(_c).where(_c.c.id.in_(bindparam("ids", expanding=True))).values(active=True)
-SET_INACTIVE = (
-    update(_c).where(_c.c.id == bindparam("cid")).values(active=False, last_seen=bindparam("ts"))
-)
 
 
 @dataclass(slots=True)
@@ -103,6 +49,9 @@ class PollWrite:
 
 
 class Store:
+    """The collector's database: loads its state, writes one poll per transaction, and
+    keeps the few facts that save a query every poll (client ids, who is active)."""
+
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._client_ids: dict[str, int] = {}
@@ -206,6 +155,7 @@ class Store:
     # --- the poll ---------------------------------------------------------------------------
 
     def write_poll(self, poll: PollWrite) -> None:
+        """Write one poll in one transaction: clients, sessions, samples, meta."""
         with self.engine.begin() as conn:
             # a client new to the database can only come with a session that opened now
             ids = self._ensure_clients(conn, poll.ts, [st.common_name for st in poll.opened])
@@ -238,7 +188,7 @@ class Store:
             first = _next_id(conn, "clients")
             ids = range(first, first + len(new))
             rows = [(cid, name, now, now, False, 0, 0) for cid, name in zip(ids, new, strict=True)]
-            statements.insert_tuples(conn, c, CLIENT_COLUMNS, rows)
+            statements.insert_tuples(conn, c, sql.CLIENT_COLUMNS, rows)
             self._client_ids.update(zip(new, ids, strict=True))
         return self._client_ids
 
@@ -259,7 +209,7 @@ class Store:
                         *(st.baseline_received, st.baseline_sent),
                     )
                 )
-            statements.insert_tuples(conn, s, SESSION_COLUMNS, rows)
+            statements.insert_tuples(conn, s, sql.SESSION_COLUMNS, rows)
         # Every poll stores the counters of every open session (that is what makes a restart exact):
         # one packed row per source read; addresses only when they changed (a UDP client floated).
         packed = []
@@ -274,7 +224,7 @@ class Store:
                 counters_table.delete().where(counters_table.c.source.in_(poll.retired_sources))
             )
         reopened = [{"row_id": st.row_id, "ts": poll.ts} for st, _, _ in poll.reopened]
-        statements.executemany(conn, REOPEN_SESSION, reopened)
+        statements.executemany(conn, sql.REOPEN_SESSION, reopened)
         moved = [
             {
                 "row_id": st.row_id,
@@ -285,12 +235,12 @@ class Store:
             }
             for st in (*poll.moved, *(st for st, _, _ in poll.reopened))
         ]
-        statements.executemany(conn, UPDATE_ADDRESSES, moved)
+        statements.executemany(conn, sql.UPDATE_ADDRESSES, moved)
         rebased = [
             {"row_id": st.row_id, "rx": st.baseline_received, "tx": st.baseline_sent}
             for st in poll.rebased
         ]
-        statements.executemany(conn, UPDATE_BASELINE, rebased)
+        statements.executemany(conn, sql.UPDATE_BASELINE, rebased)
         closed = [
             {
                 "row_id": st.row_id,
@@ -305,7 +255,7 @@ class Store:
         for entry in closed:
             if entry["ts"] is None:  # a retired source's session: closed when last seen
                 entry["ts"] = entry["seen"]
-        statements.executemany(conn, CLOSE_SESSION, closed)
+        statements.executemany(conn, sql.CLOSE_SESSION, closed)
 
     def _write_samples(self, conn: Connection, poll: PollWrite, ids: Mapping[str, int]) -> None:
         # column-wise, so that the per-client work runs in C
@@ -322,7 +272,7 @@ class Store:
             before = self._rows_at(conn, poll.ts)  # read before the rows below merge into them
         # two polls within one wall-clock second (or a clock stepped back) add up, never collide
         statements.upsert_tuples(
-            conn, schema.usage_history, SAMPLE_COLUMNS, rows, ["ts", "client_id"], merge=ADD
+            conn, schema.usage_history, sql.SAMPLE_COLUMNS, rows, ["ts", "client_id"], merge=sql.ADD
         )
         if late:
             clients_before, server_before = before
@@ -342,7 +292,7 @@ class Store:
                 }
             ],
             ["ts"],
-            merge={**ADD, "active_count": "max", "interval": "add"},
+            merge={**sql.ADD, "active_count": "max", "interval": "add"},
         )
 
     @staticmethod
@@ -368,7 +318,9 @@ class Store:
             totals[0] -= rx
             totals[1] -= tx
         statements.executemany(
-            conn, ADD_CLOSED, [{"cid": cid, "rx": rx, "tx": tx} for cid, (rx, tx) in closed.items()]
+            conn,
+            sql.ADD_CLOSED,
+            [{"cid": cid, "rx": rx, "tx": tx} for cid, (rx, tx) in closed.items()],
         )
         previously = self._active if self._active is not None else set()
         if self._compare_all:
@@ -384,10 +336,11 @@ class Store:
             {"cid": ids[name], "ts": last_seen.get(name, poll.ts)} for name in going if name in ids
         ]
         for chunk in _chunks(became, 500):
-            conn.execute(SET_ACTIVE, {"ids": chunk})
-        statements.executemany(conn, SET_INACTIVE, left)
+            conn.execute(sql.SET_ACTIVE, {"ids": chunk})
+        statements.executemany(conn, sql.SET_INACTIVE, left)
 
     def close(self) -> None:
+        """Close the writer engine, leaving the file readable by a read-only API."""
         engines.close_writer(self.engine)
 
 

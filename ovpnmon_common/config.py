@@ -13,7 +13,7 @@ import re
 import zoneinfo
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from ovpnmon_common.files import MIB, BadFile, read_regular_file
 
@@ -54,6 +54,8 @@ class RetentionConfig:
 
 @dataclass(frozen=True)
 class ApiConfig:
+    """``[api]``: where and how the API listens and what it answers."""
+
     host: str = "127.0.0.1"
     port: int = 5001
     timezone: str = "UTC"
@@ -65,6 +67,8 @@ class ApiConfig:
 
 @dataclass(frozen=True)
 class Config:
+    """The whole configuration file, validated."""
+
     path: str | None = None
     database_path: str = DEFAULT_DB_PATH
     interval: int = 10
@@ -75,6 +79,7 @@ class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
 
     def replace(self, **changes: Any) -> Config:
+        """A copy with some fields changed (the CLI's ``--db``)."""
         return dataclasses.replace(self, **changes)
 
     def with_api(self, **changes: Any) -> Config:
@@ -123,31 +128,35 @@ def _identities(source: SourceConfig) -> list[tuple[Any, ...]]:
 
 # --- value parsers: each returns the value or raises ValueError("expected ...") ---------------
 
+_N = TypeVar("_N", int, float)
 
-def _int_between(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
+
+def _between(kind: Callable[[str], _N], low: _N, high: _N, what: str) -> Callable[[str], _N]:
+    """A parser of ``kind`` (int or float) values from ``low`` to ``high``."""
+
+    def shown(value: _N) -> str:
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    expected = f"expected {what} from {shown(low)} to {shown(high)}"
+
+    def parse(text: str) -> _N:
         try:
-            value = int(text)
+            value = kind(text)
         except ValueError:
-            raise ValueError(f"expected a whole number from {low} to {high}") from None
+            raise ValueError(expected) from None
         if not low <= value <= high:
-            raise ValueError(f"expected a whole number from {low} to {high}")
+            raise ValueError(expected)
         return value
 
     return parse
+
+
+def _int_between(low: int, high: int) -> Callable[[str], int]:
+    return _between(int, low, high, "a whole number")
 
 
 def _float_between(low: float, high: float) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise ValueError(f"expected a number from {low:g} to {high:g}") from None
-        if not low <= value <= high:
-            raise ValueError(f"expected a number from {low:g} to {high:g}")
-        return value
-
-    return parse
+    return _between(float, low, high, "a number")
 
 
 def _path(text: str) -> str:

@@ -59,4 +59,5 @@ class Counters:
         return self.received[at], self.sent[at]
 
     def items(self) -> Iterator[tuple[int, tuple[int, int]]]:
+        """(session id, (bytes received, bytes sent)) for every entry."""
         return zip(self.ids, zip(self.received, self.sent, strict=True), strict=True)

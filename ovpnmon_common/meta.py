@@ -29,10 +29,12 @@ _WATERMARK = "rollup.{}.watermark"
 
 
 def health_key(source: str) -> str:
+    """The key of ``source``'s health record."""
     return _HEALTH.format(source)
 
 
 def first_watched_key(source: str) -> str:
+    """The key of when ``source`` was first watched."""
     return _FIRST_WATCHED.format(source)
 
 
@@ -42,6 +44,7 @@ def watermark_key(tier: str) -> str:
 
 
 def encode_health(health: Mapping[str, Any]) -> str:
+    """A source's health record as stored."""
     return json.dumps(health)
 
 
@@ -100,6 +103,7 @@ def watermarks(conn: Connection) -> dict[str, int]:
 
 
 def get(conn: Connection, key: str) -> str | None:
+    """The value of ``key``, or None."""
     return _ONE(conn, key=key).scalar()
 
 
@@ -112,12 +116,15 @@ def get_prefix(conn: Connection, prefix: str) -> dict[str, str]:
 
 
 def put(conn: Connection, key: str, value: str) -> None:
+    """Set ``key`` to ``value``."""
     put_many(conn, {key: value})
 
 
 def put_many(conn: Connection, entries: Mapping[str, str]) -> None:
+    """Set every key of ``entries`` in one statement."""
     upsert(conn, _m, [{"key": k, "value": v} for k, v in entries.items()], ["key"])
 
 
 def delete(conn: Connection, keys: list[str]) -> None:
+    """Remove ``keys``."""
     conn.execute(_m.delete().where(_m.c.key.in_(keys)))

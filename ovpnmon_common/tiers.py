@@ -41,9 +41,11 @@ class Tier:
 
     @property
     def raw(self) -> bool:
+        """True for raw samples (no buckets: one row per poll)."""
         return self.width is None
 
     def retention_days(self, retention: RetentionConfig) -> int:
+        """How many days ``retention`` keeps of this tier (0: forever)."""
         return int(getattr(retention, self.retention_key))
 
 

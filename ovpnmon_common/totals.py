@@ -121,6 +121,8 @@ _SYSTEM = Prepared(
 
 @dataclass(frozen=True)
 class SystemTotals:
+    """The whole server's counts and lifetime bytes."""
+
     clients: int
     active: int
     received: int

@@ -137,6 +137,8 @@ def write_in_place(path: str, text: str) -> None:
 
 @dataclass
 class SimClient:
+    """One simulated person: how busy, how often connected, and when their day peaks."""
+
     name: str
     busy: float  # mean bytes per second at the daily peak
     presence: float  # share of the day it is connected
@@ -176,6 +178,7 @@ class Simulation:
         ]
 
     def step(self, now: int) -> list[SessionRow]:
+        """The sessions a status file shows at ``now``, counters grown since the last step."""
         elapsed = 0 if self._last is None else max(0, now - self._last)
         self._last = now
         hour = (now % 86400) / 3600

@@ -14,4 +14,5 @@ CERTIFICATES = Prepared(select(_t).order_by(_t.c.not_after, _t.c.file))
 
 
 def certificates(conn: Connection) -> list[dict[str, Any]]:
+    """Every scanned certificate (all columns), soonest expiry first."""
     return [dict(row._mapping) for row in CERTIFICATES(conn)]

@@ -155,6 +155,7 @@ class ChangeCounter:
             return (*file, version)
 
     def close(self) -> None:
+        """Close the dedicated connection (reopened on the next ``value``)."""
         if self._conn is not None:
             self._conn.close()
             self._conn = None
