@@ -188,10 +188,7 @@ class ClientStats(Resource):
                     description=f"no client named {common_name!r}; GET /api/v1/clients lists them",
                 )
             row, sessions = found
-            if planned.step is None:
-                sums, samples = {}, series.client_samples(conn, row.id, planned.start, planned.end)
-            else:
-                sums, samples = series.client_series(conn, status, row.id, planned), []
+            sums, samples = series.client_history(conn, status, row.id, planned)
             last_interval = clients.last_interval(conn, status)
         points = bodies.history(self.ctx.ts, planned, sums, samples)
         return bodies.client_stats(self.ctx.ts, row, sessions, points, planned, last_interval)

@@ -113,6 +113,16 @@ def server_series(conn: Connection, status: CollectorStatus, series: Series) -> 
     return out
 
 
+def client_history(
+    conn: Connection, status: CollectorStatus, client_id: int, series: Series
+) -> tuple[Sums, list[tuple[int, int, int, float]]]:
+    """A client's history for ``series``: (bucket sums, no samples), or for raw samples as
+    stored (no sums, the samples)."""
+    if series.step is None:
+        return {}, client_samples(conn, client_id, series.start, series.end)
+    return client_series(conn, status, client_id, series), []
+
+
 CLIENT_SAMPLES = Prepared(
     select(
         u.c.ts,
