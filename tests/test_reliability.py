@@ -31,6 +31,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.exc import OperationalError
 
 from ovpnmon_api.app import create_app
+from ovpnmon_collector.accounting import session_key
 from ovpnmon_collector.parser import parse_status
 from ovpnmon_collector.snapshot import StatusError
 from ovpnmon_common import schema
@@ -206,7 +207,8 @@ def expected_from(texts: list[str]) -> dict[str, tuple[int, int]]:
     last: dict[tuple[str, int], tuple[str, int, int]] = {}
     for text in texts:
         for s in parse_status(text).sessions:
-            last[(s.key, s.connected_since)] = (s.common_name, s.bytes_received, s.bytes_sent)
+            key = session_key(s.client_id, s.real_address)
+            last[(key, s.connected_since)] = (s.common_name, s.bytes_received, s.bytes_sent)
     totals: dict[str, list[int]] = {}
     for cn, rx, tx in last.values():
         t = totals.setdefault(cn, [0, 0])
