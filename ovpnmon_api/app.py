@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 
 from ovpnmon_api import errors, resources
 from ovpnmon_api.cache import ResponseCache
+from ovpnmon_api.dashboard import Dashboard
 from ovpnmon_api.database import FollowedDatabase
 from ovpnmon_api.openapi import OpenApi
 from ovpnmon_common.config import Config
@@ -142,4 +143,8 @@ def create_app(
     app.add_route(f"{PREFIX}/certificates", resources.Certificates(ctx))
     app.add_route(f"{PREFIX}/health", resources.Health(ctx))
     app.add_route(f"{PREFIX}/openapi.json", OpenApi())
+    if config.api.dashboard:
+        dashboard = Dashboard()
+        app.add_route("/", dashboard)
+        app.add_route("/dashboard/{name:path}", dashboard)
     return app

@@ -198,7 +198,14 @@ def certificates(ts: Stamp, rows: Sequence[Mapping[str, Any]], now: int) -> Body
     return {"success": True, "count": len(data), "data": data}
 
 
-def health(ts: Stamp, status: CollectorStatus, now: float, interval: int, details: bool) -> Body:
+def health(
+    ts: Stamp,
+    status: CollectorStatus,
+    now: float,
+    interval: int,
+    details: bool,
+    timezone: str = "UTC",
+) -> Body:
     """``GET /health`` of a readable database: healthy, or degraded with the reasons. Without
     ``details`` (a token is configured and the request had none) only the verdict and reasons
     without names, paths or addresses."""
@@ -233,5 +240,6 @@ def health(ts: Stamp, status: CollectorStatus, now: float, interval: int, detail
             last_poll=ts(heartbeat),
             sources=sources,
             failing_sources=failing,
+            timezone=timezone,
         )
     return body

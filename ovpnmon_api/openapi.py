@@ -215,6 +215,7 @@ HEALTH_OK = _obj(
         "reason": {"type": "string"},
         "sources": {"type": "object"},
         "failing_sources": {"type": "array", "items": {"type": "string"}},
+        "timezone": {"type": "string"},
     },
 )
 HEALTH_BAD = _obj(

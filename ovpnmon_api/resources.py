@@ -270,4 +270,6 @@ class Health(Resource):
             resp.media = {"success": False, "status": "unhealthy", "error": error}
             return
         interval = status.interval or self.ctx.config.interval
-        resp.media = bodies.health(self.ctx.ts, status, self.ctx.clock(), interval, details)
+        resp.media = bodies.health(
+            self.ctx.ts, status, self.ctx.clock(), interval, details, self.ctx.tz
+        )

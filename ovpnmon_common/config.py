@@ -63,6 +63,7 @@ class ApiConfig:
     cache_mb: int = 64  # rendered bodies kept until the database changes; 0 turns it off
     tokens: tuple[str, ...] = ()
     cors_origins: tuple[str, ...] = ()
+    dashboard: bool = True  # the built-in dashboard at /
 
 
 @dataclass(frozen=True)
@@ -209,6 +210,15 @@ def parse_management_address(text: str) -> tuple[str, str | int]:
     return (host, port)
 
 
+def _yes_no(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("yes", "true", "on", "1"):
+        return True
+    if value in ("no", "false", "off", "0"):
+        return False
+    raise ValueError("expected yes or no")
+
+
 def _management(text: str) -> str:
     parse_management_address(text)
     return text
@@ -234,6 +244,7 @@ _SECTIONS: dict[str, _Parsers] = {
         "cache_mb": _int_between(0, 4096),
         "tokens": _tokens,
         "cors_origins": _list,
+        "dashboard": _yes_no,
     },
 }
 

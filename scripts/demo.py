@@ -205,10 +205,13 @@ def main() -> int:
         if not wait_healthy(f"{base}/health", 60):
             log(f"the API did not become healthy; see {workdir}/*.log")
             return 1
+        log(f"dashboard: http://127.0.0.1:{args.port}/")
         log(f"collector and API are running; logs in {workdir}")
         print(
             f"""
-  try:
+  dashboard:  http://127.0.0.1:{args.port}/
+
+  or the API:
     curl -s {base}/health
     curl -s {base}/stats
     curl -s '{base}/analytics?range=7d'

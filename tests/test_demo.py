@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,9 @@ def test_demo_runs_serves_every_range_and_leaves_nothing_behind(tmp_path):
         certs = get_json(f"{base}/certificates")["data"]
         assert len(certs) == 9 and any(c["is_expired"] for c in certs)  # 8 clients and the CA
         assert get_json(f"{base}/stats/shared-laptop?range=7d")["data"]["history"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as page:
+            assert page.headers["Content-Type"].startswith("text/html")
+            assert b"/dashboard/app.js" in page.read()
     finally:
         os.killpg(demo.pid, signal.SIGINT)  # Ctrl-C
         try:
@@ -76,6 +80,12 @@ def test_demo_runs_serves_every_range_and_leaves_nothing_behind(tmp_path):
             demo.kill()
     output = demo.stdout.read().decode()
     assert demo.returncode == 0, output
+    # the first thing it says once up is where the dashboard is
+    up = [line for line in output.splitlines() if line.startswith("demo: ")]
+    assert f"demo: dashboard: http://127.0.0.1:{port}/" in up
+    assert up.index(f"demo: dashboard: http://127.0.0.1:{port}/") < next(
+        i for i, line in enumerate(up) if "collector and API are running" in line
+    )
     assert "demo: stopped" in output
     time.sleep(0.5)
     assert processes_mentioning(str(data)) == []

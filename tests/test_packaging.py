@@ -31,8 +31,8 @@ def venv_with(tmp_path: Path, extra: str) -> Path:
 
 
 def can_import(env: Path, module: str) -> bool:
-    probe = subprocess.run(
-        [str(env / "bin" / "python"), "-c", f"import {module}"], capture_output=True
+    probe = subprocess.run(  # away from the checkout: the working directory is on sys.path
+        [str(env / "bin" / "python"), "-c", f"import {module}"], capture_output=True, cwd=env
     )
     return probe.returncode == 0
 
@@ -67,3 +67,19 @@ def test_extras_bring_only_their_dependencies(tmp_path, extra, script, present, 
                 text=True,
             )
             assert result.returncode == 0 and expected in result.stdout, result.stderr
+    # the simulator is a development package: never installed with the product
+    assert not can_import(env, "ovpnmon_demo"), f"[{extra}] should not install ovpnmon_demo"
+    if extra == "api":  # the dashboard's files come with the API
+        probe = subprocess.run(
+            [
+                str(env / "bin" / "python"),
+                "-c",
+                "from ovpnmon_api.dashboard import Dashboard; print(sorted(Dashboard().files))",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+        )
+        assert probe.returncode == 0, probe.stderr
+        for name in ("index.html", "app.js", "style.css", "vendor/uPlot.iife.min.js"):
+            assert f"'{name}'" in probe.stdout, probe.stdout
