@@ -16,6 +16,7 @@ from ovpnmon_api import errors, resources
 from ovpnmon_api.cache import ResponseCache
 from ovpnmon_api.dashboard import Dashboard
 from ovpnmon_api.database import FollowedDatabase
+from ovpnmon_api.metrics import Metrics
 from ovpnmon_api.openapi import OpenApi
 from ovpnmon_common.config import Config
 
@@ -143,6 +144,8 @@ def create_app(
     app.add_route(f"{PREFIX}/certificates", resources.Certificates(ctx))
     app.add_route(f"{PREFIX}/health", resources.Health(ctx))
     app.add_route(f"{PREFIX}/openapi.json", OpenApi())
+    if config.api.metrics:
+        app.add_route("/metrics", Metrics(database, config.api.metrics_per_client))
     if config.api.dashboard:
         dashboard = Dashboard()
         app.add_route("/", dashboard)

@@ -143,6 +143,7 @@ class Collector:
         self._state: dict[str, dict[SessionId, SessionState]] | None = None
         self._first_watched: dict[str, int] = {}
         self._last_poll: float | None = None
+        self._last_duration: float | None = None  # of the last stored poll, stored by the next
         self._health: dict[str, dict[str, Any]] = {}
         self._told: set[tuple[str, str, SessionId]] = set()
         # per source, the sessions its last accepted snapshot showed (see _check_distinct)
@@ -234,6 +235,7 @@ class Collector:
             retired_sources=sorted(retired),
             active=active,
             health=changed_health,
+            last_poll_seconds=self._last_duration,
         )
         try:
             self.store.write_poll(write)
@@ -249,6 +251,7 @@ class Collector:
         self._report([(source.name, delta) for source, delta in results])
         self._state = new_state
         self._last_poll = mono
+        self._last_duration = self.clock.monotonic() - mono
         summary.stored = True
         summary.clients = len(active)
         summary.sessions = sum(len(s) for s in new_state.values())

@@ -46,6 +46,7 @@ class PollWrite:
     retired_sources: list[str] = field(default_factory=list)
     active: set[str] = field(default_factory=set)  # CNs with an open session on any source
     health: dict[str, dict[str, Any]] = field(default_factory=dict)  # only changed entries
+    last_poll_seconds: float | None = None  # how long the previous stored poll took
 
 
 class Store:
@@ -163,6 +164,8 @@ class Store:
             self._write_samples(conn, poll, ids)
             self._write_clients(conn, poll, ids)
             entries = {meta.HEARTBEAT: str(poll.ts), meta.INTERVAL: str(poll.configured_interval)}
+            if poll.last_poll_seconds is not None:
+                entries[meta.POLL_SECONDS] = f"{poll.last_poll_seconds:.6f}"
             entries.update(
                 {meta.health_key(n): meta.encode_health(h) for n, h in poll.health.items()}
             )

@@ -64,6 +64,8 @@ class ApiConfig:
     tokens: tuple[str, ...] = ()
     cors_origins: tuple[str, ...] = ()
     dashboard: bool = True  # the built-in dashboard at /
+    metrics: bool = True  # Prometheus /metrics
+    metrics_per_client: bool = True  # per-client series in /metrics (off for very large servers)
 
 
 @dataclass(frozen=True)
@@ -245,6 +247,8 @@ _SECTIONS: dict[str, _Parsers] = {
         "tokens": _tokens,
         "cors_origins": _list,
         "dashboard": _yes_no,
+        "metrics": _yes_no,
+        "metrics_per_client": _yes_no,
     },
 }
 

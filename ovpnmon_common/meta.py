@@ -20,6 +20,7 @@ from ovpnmon_common.storage.statements import Prepared, upsert
 SCHEMA_VERSION = "schema_version"
 HEARTBEAT = "collector.heartbeat"  # epoch second of the last stored poll
 INTERVAL = "collector.interval"  # the configured poll interval, seconds
+POLL_SECONDS = "collector.poll_seconds"  # how long the last stored poll took (stored by the next)
 CLOSED_SINCE = "collector.closed_since"  # JSON: source -> latest Connected Since of a closed one
 CERTIFICATES_SCANNED = "certificates.scanned_at"
 
@@ -58,6 +59,7 @@ class CollectorStatus:
     watermarks: dict[str, int] = field(default_factory=dict)  # tier name -> watermark
     schema_version: int | None = None
     certificates_scanned_at: int | None = None
+    poll_seconds: float | None = None
 
 
 def _int(value: str | None) -> int | None:
@@ -82,6 +84,7 @@ def decode(entries: Mapping[str, str]) -> CollectorStatus:
         watermarks=watermarks,
         schema_version=_int(entries.get(SCHEMA_VERSION)),
         certificates_scanned_at=_int(entries.get(CERTIFICATES_SCANNED)),
+        poll_seconds=float(entries[POLL_SECONDS]) if entries.get(POLL_SECONDS) else None,
     )
 
 

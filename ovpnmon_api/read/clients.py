@@ -184,3 +184,15 @@ def last_interval(conn: Connection, status: CollectorStatus) -> float:
     if status.heartbeat is None:
         return 0.0
     return float(LAST_INTERVAL(conn, ts=status.heartbeat).scalar() or 0.0)
+
+
+SOURCE_COUNTS = Prepared(
+    select(s.c.source, func.count(func.distinct(s.c.client_id)), func.count())
+    .where(s.c.disconnected_at.is_(None))
+    .group_by(s.c.source)
+)
+
+
+def source_counts(conn: Connection) -> dict[str, tuple[int, int]]:
+    """Per source: (clients, sessions) open now."""
+    return {source: (clients, count) for source, clients, count in SOURCE_COUNTS(conn)}

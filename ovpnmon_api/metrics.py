@@ -1,0 +1,187 @@
+"""``GET /metrics``: Prometheus text (or OpenMetrics, by ``Accept``) read from the database at
+scrape time, read-only, nothing kept between scrapes.
+
+Per client, the received and sent byte counters are the lifetime totals the JSON API reports
+(``ovpnmon_common.totals``): they never go down across reconnects, duplicate-cn sessions,
+OpenVPN restarts or collector restarts, so ``rate()`` and ``increase()`` over them are exact up
+to the scrape times. docs/prometheus.md lists every metric.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+
+import falcon
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+
+from ovpnmon_api.database import FollowedDatabase
+from ovpnmon_api.read import certificates, clients
+from ovpnmon_common import meta
+
+
+class DatabaseCollector(Collector):
+    """Every ovpnmon metric, from one read transaction per scrape."""
+
+    def __init__(self, database: FollowedDatabase, per_client: bool = True) -> None:
+        self.database = database
+        self.per_client = per_client
+
+    def collect(self) -> Iterator[Metric]:
+        self.database.check()
+        with self.database.engine.connect() as conn:
+            status = meta.read_status(conn)
+            rows = clients.clients(conn, status) if self.per_client else []
+            counts = clients.source_counts(conn)
+            certs = certificates.certificates(conn)
+        yield from self._clients(rows)
+        yield from self._sources(status, counts)
+        yield from self._collector(status)
+        yield from self._certificates(certs)
+        yield from self._database(status)
+
+    def _clients(self, rows: list[clients.ClientRow]) -> Iterator[Metric]:
+        if not self.per_client:
+            return
+        received = CounterMetricFamily(
+            "ovpnmon_client_received_bytes",
+            "Bytes the server received from the client, all sessions, ever (never resets).",
+            labels=["client"],
+        )
+        sent = CounterMetricFamily(
+            "ovpnmon_client_sent_bytes",
+            "Bytes the server sent to the client, all sessions, ever (never resets).",
+            labels=["client"],
+        )
+        connected = GaugeMetricFamily(
+            "ovpnmon_client_connected",
+            "1 if the client has an open session now.",
+            labels=["client"],
+        )
+        sessions = GaugeMetricFamily(
+            "ovpnmon_client_sessions", "Open sessions of the client now.", labels=["client"]
+        )
+        seen = GaugeMetricFamily(
+            "ovpnmon_client_last_seen_timestamp_seconds",
+            "When the collector last saw the client connected (Unix time).",
+            labels=["client"],
+        )
+        for row in rows:
+            label = [row.common_name]
+            received.add_metric(label, row.total_received)
+            sent.add_metric(label, row.total_sent)
+            connected.add_metric(label, 1 if row.active else 0)
+            sessions.add_metric(label, row.open_sessions)
+            seen.add_metric(label, row.last_seen)
+        yield from (received, sent, connected, sessions, seen)
+
+    def _sources(
+        self, status: meta.CollectorStatus, counts: dict[str, tuple[int, int]]
+    ) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "ovpnmon_source_up", "1 if the source read fine at the last poll.", labels=["source"]
+        )
+        source_clients = GaugeMetricFamily(
+            "ovpnmon_source_clients",
+            "Clients with an open session on the source.",
+            labels=["source"],
+        )
+        source_sessions = GaugeMetricFamily(
+            "ovpnmon_source_sessions", "Open sessions on the source.", labels=["source"]
+        )
+        for name in sorted(set(status.sources) | set(counts)):
+            health = status.sources.get(name, {})
+            up.add_metric([name], 1 if health.get("state") == "ok" else 0)
+            source_clients.add_metric([name], counts.get(name, (0, 0))[0])
+            source_sessions.add_metric([name], counts.get(name, (0, 0))[1])
+        yield from (up, source_clients, source_sessions)
+
+    def _collector(self, status: meta.CollectorStatus) -> Iterator[Metric]:
+        if status.heartbeat is not None:
+            yield GaugeMetricFamily(
+                "ovpnmon_collector_last_poll_timestamp_seconds",
+                "When the collector last stored a poll (Unix time).",
+                value=status.heartbeat,
+            )
+        if status.poll_seconds is not None:
+            yield GaugeMetricFamily(
+                "ovpnmon_collector_poll_duration_seconds",
+                "How long the collector's last stored poll took, reading to commit.",
+                value=status.poll_seconds,
+            )
+        if status.interval is not None:
+            yield GaugeMetricFamily(
+                "ovpnmon_collector_interval_seconds",
+                "The collector's configured poll interval.",
+                value=status.interval,
+            )
+
+    def _certificates(self, rows: list[dict]) -> Iterator[Metric]:
+        labels = ["file", "common_name", "serial"]
+        expiry = GaugeMetricFamily(
+            "ovpnmon_certificate_expiry_timestamp_seconds",
+            "When the certificate expires (notAfter, Unix time).",
+            labels=labels,
+        )
+        expired = GaugeMetricFamily(
+            "ovpnmon_certificate_expired",
+            "1 if the certificate has expired (notAfter is past).",
+            labels=labels,
+        )
+        revoked = GaugeMetricFamily(
+            "ovpnmon_certificate_revoked", "1 if the CRL revokes the certificate.", labels=labels
+        )
+        now = time.time()
+        for row in rows:
+            label = [row["file"], row["common_name"] or "", row["serial"]]
+            expiry.add_metric(label, row["not_after"])
+            expired.add_metric(label, 1 if row["not_after"] <= now else 0)
+            revoked.add_metric(label, 1 if row["revoked"] else 0)
+        yield from (expiry, expired, revoked)
+
+    def _database(self, status: meta.CollectorStatus) -> Iterator[Metric]:
+        path = self.database.path
+        size = sum(
+            os.path.getsize(f) for f in (path, f"{path}-wal", f"{path}-shm") if os.path.exists(f)
+        )
+        yield GaugeMetricFamily(
+            "ovpnmon_database_size_bytes", "The database file with its WAL files.", value=size
+        )
+        if status.schema_version is not None:
+            yield GaugeMetricFamily(
+                "ovpnmon_database_schema_version",
+                "The database's schema version.",
+                value=status.schema_version,
+            )
+
+
+def registry(database: FollowedDatabase, per_client: bool = True) -> CollectorRegistry:
+    """ovpnmon's metrics and the API process's own (CPU, memory, file descriptors, GC)."""
+    found = CollectorRegistry(auto_describe=False)
+    found.register(DatabaseCollector(database, per_client))
+    for standard in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        found.register(standard)
+    return found
+
+
+class Metrics:
+    """``GET /metrics`` (the conventional path, beside ``/api/v1``); bearer tokens as the API."""
+
+    def __init__(self, database: FollowedDatabase, per_client: bool = True) -> None:
+        self.registry = registry(database, per_client)
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        encoder, content_type = choose_encoder(req.get_header("Accept") or "")
+        resp.data = encoder(self.registry)
+        resp.content_type = content_type
+
+    on_head = on_get
