@@ -55,7 +55,9 @@ class Host:
             self.collector = None
 
     def write(self, *rows: SessionRow, source: str = "udp", version: int = 3) -> None:
-        (self.tmp / f"{source}.log").write_text(render_status(rows, NOW, version))
+        # written now (not at import: a long suite would make the file look stale)
+        written = int(time.time())
+        (self.tmp / f"{source}.log").write_text(render_status(rows, written, version))
 
     def poll(self) -> PollSummary:
         """One poll of the daemon's collector (as ``run`` builds it)."""
