@@ -29,6 +29,10 @@ from ovpnmon_api.read import certificates, clients
 from ovpnmon_common import meta
 
 
+def _gauge(name: str, documentation: str, label: str) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, labels=[label])
+
+
 class DatabaseCollector(Collector):
     """Every ovpnmon metric, from one read transaction per scrape."""
 
@@ -62,18 +66,14 @@ class DatabaseCollector(Collector):
             "Bytes the server sent to the client, all sessions, ever (never resets).",
             labels=["client"],
         )
-        connected = GaugeMetricFamily(
-            "ovpnmon_client_connected",
-            "1 if the client has an open session now.",
-            labels=["client"],
+        connected = _gauge(
+            "ovpnmon_client_connected", "1 if the client has an open session now.", "client"
         )
-        sessions = GaugeMetricFamily(
-            "ovpnmon_client_sessions", "Open sessions of the client now.", labels=["client"]
-        )
-        seen = GaugeMetricFamily(
+        sessions = _gauge("ovpnmon_client_sessions", "Open sessions of the client now.", "client")
+        seen = _gauge(
             "ovpnmon_client_last_seen_timestamp_seconds",
             "When the collector last saw the client connected (Unix time).",
-            labels=["client"],
+            "client",
         )
         for row in rows:
             label = [row.common_name]
@@ -87,16 +87,12 @@ class DatabaseCollector(Collector):
     def _sources(
         self, status: meta.CollectorStatus, counts: dict[str, tuple[int, int]]
     ) -> Iterator[Metric]:
-        up = GaugeMetricFamily(
-            "ovpnmon_source_up", "1 if the source read fine at the last poll.", labels=["source"]
+        up = _gauge("ovpnmon_source_up", "1 if the source read fine at the last poll.", "source")
+        source_clients = _gauge(
+            "ovpnmon_source_clients", "Clients with an open session on the source.", "source"
         )
-        source_clients = GaugeMetricFamily(
-            "ovpnmon_source_clients",
-            "Clients with an open session on the source.",
-            labels=["source"],
-        )
-        source_sessions = GaugeMetricFamily(
-            "ovpnmon_source_sessions", "Open sessions on the source.", labels=["source"]
+        source_sessions = _gauge(
+            "ovpnmon_source_sessions", "Open sessions on the source.", "source"
         )
         for name in sorted(set(status.sources) | set(counts)):
             health = status.sources.get(name, {})
