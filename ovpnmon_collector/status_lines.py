@@ -173,7 +173,7 @@ def _row(
     columns: list[str], values: list[str], sep: str, number: int, name_column: int = 0
 ) -> dict[str, str]:
     extra = len(values) - len(columns)
-    if extra > 0 and sep == ",":
+    if extra > 0 and sep == "," and name_column < len(columns):
         # A comma inside the common name: the CSV formats do not quote it. v3 (TABs) is exact.
         values = [
             *values[:name_column],

@@ -353,3 +353,16 @@ def test_fast_path_agrees_on_awkward_layouts(text, fast_answers):
     assert (fast is not None) == fast_answers
     assert fast is None or fast == expected
     assert fast is None or list(fast.rows()) == list(expected.rows())
+
+
+def test_v1_routing_header_without_the_name_column_is_a_status_error():
+    """Found by Hypothesis in CI: a routing table whose header lacks the name's column made the
+    comma-in-a-name repair leave too many fields, and a ValueError escaped the parser."""
+    text = (
+        "OpenVPN CLIENT LIST\nUpdated,2026-11-26 18:25:23\n"
+        "Common Name,Real Address,Bytes Received,Bytes Sent,Connected Since\n"
+        "ROUTING TABLE\nLast Ref\n10.98.0.3,bob,127.0.0.1:51657,2026-11-26 18:23:42\n"
+        "GLOBAL STATS\nEND\n"
+    )
+    with pytest.raises(StatusError, match=r"^line 6: 4 fields where the header names 1"):
+        parse_status(text, UTC)
