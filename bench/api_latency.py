@@ -22,7 +22,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,24 +30,9 @@ import threading
 import time
 from pathlib import Path
 
-RANGES = ["1h", "3h", "6h", "12h", "24h", "7d", "30d", "90d", "1y"]
+from benchutil import free_port, wait_listening
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_listening(port: int) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on {port}")
+from ovpnmon_common.planner import RANGES
 
 
 def fetch(conn: http.client.HTTPConnection, url: str) -> tuple[int, bytes, float]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,6 +23,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # ovpnmon_demo: not installed
+
+from benchutil import free_port, wait_listening
 
 from ovpnmon_collector.collector import Collector
 from ovpnmon_collector.snapshot import SessionRow
@@ -35,12 +36,6 @@ from ovpnmon_demo.simulator import render_status, write_in_place
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = int(time.time()) - 60
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def database(work: Path, clients: int) -> Path:
@@ -96,17 +91,6 @@ def get(conn: http.client.HTTPConnection) -> tuple[float, bytes]:
     return (time.perf_counter() - started) * 1000, body
 
 
-def wait(port: int) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(port)
-
-
 def measure(work: Path, clients: int, repeat: int) -> None:
     db = database(work, clients)
     port, floor_port = free_port(), free_port()
@@ -119,11 +103,11 @@ def measure(work: Path, clients: int, repeat: int) -> None:
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     try:
-        wait(port)
+        wait_listening(port)
         real = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         _, body = get(real)  # the first scrape compiles the statements
         floor_server(floor_port, body)
-        wait(floor_port)
+        wait_listening(floor_port)
         floor = http.client.HTTPConnection("127.0.0.1", floor_port, timeout=60)
         real_ms, floor_ms = [], []
         for _ in range(repeat):

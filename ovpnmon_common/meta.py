@@ -110,14 +110,6 @@ def get(conn: Connection, key: str) -> str | None:
     return _ONE(conn, key=key).scalar()
 
 
-def get_prefix(conn: Connection, prefix: str) -> dict[str, str]:
-    """Every entry whose key starts with ``prefix`` (keys returned without it)."""
-    rows = conn.execute(
-        select(_m.c.key, _m.c.value).where(_m.c.key.startswith(prefix, autoescape=True))
-    )
-    return {key[len(prefix) :]: value for key, value in rows}
-
-
 def put(conn: Connection, key: str, value: str) -> None:
     """Set ``key`` to ``value``."""
     put_many(conn, {key: value})

@@ -32,7 +32,6 @@ RANGES: dict[str, int] = {
 RESOLUTIONS = ("auto", "raw", "5min", "hourly", "6h", "daily")
 
 _HOURLY, _SIX_HOUR, _DAILY = BY_NAME["hourly"], BY_NAME["six_hour"], BY_NAME["daily"]
-_QUARTER_HOUR = BY_NAME["quarter_hour"]
 
 # resolution name -> (tier, bucket width); None width means samples as stored
 _EXPLICIT: dict[str, tuple[Tier, int | None]] = {
@@ -125,12 +124,27 @@ def check_resolution(value: str | None) -> str:
     return value
 
 
-def _coarsest(tier: Tier, step: int) -> Tier:
-    """The coarsest tier at or below ``tier`` whose buckets divide ``step``: whole 15-minute
-    buckets of raw samples are already summed, exactly, in the 15-minute tier."""
-    if tier is RAW and step % (_QUARTER_HOUR.width or 0) == 0:
-        return _QUARTER_HOUR
-    return tier
+def _coarsest(tier: Tier, step: int, retention: RetentionConfig) -> Tier:
+    """The coarsest tier built (through finer ones) from ``tier`` whose buckets divide ``step``
+    and that keeps at least as long: its sums are exactly those of ``tier`` over each bucket
+    (raw samples in 15-minute buckets are the 15-minute tier)."""
+
+    def keeps(t: Tier) -> float:
+        return t.retention_days(retention) or float("inf")  # 0: forever
+
+    best = tier
+    for coarser in TIERS:
+        width = coarser.width
+        if width is None or step % width or width <= (best.width or 0):
+            continue
+        if keeps(coarser) < keeps(tier):
+            continue
+        below = coarser
+        while below.built_from is not None and below is not tier:
+            below = BY_NAME[below.built_from]
+        if below is tier:
+            best = coarser
+    return best
 
 
 def plan(
@@ -169,7 +183,7 @@ def plan(
             check_raw_points(series, raw_interval)
         return series
 
-    series = bucketed(range_name, _coarsest(tier, step), step, now)
+    series = bucketed(range_name, _coarsest(tier, step, retention), step, now)
     assert series.count is not None
     if series.count > MAX_POINTS:
         raise InvalidQuery(

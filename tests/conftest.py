@@ -22,6 +22,19 @@ def fixture_text(name: str) -> str:
 FakeClock = ManualClock
 
 
+def stored_totals(path) -> dict[str, tuple[int, int, bool]]:
+    """The lifetime totals (received, sent, active) a database file holds, read read-only."""
+    from ovpnmon_common.storage import engines
+    from ovpnmon_common.totals import lifetime_totals
+
+    engine = engines.reader_engine(str(path))
+    try:
+        with engine.connect() as conn:
+            return lifetime_totals(conn)
+    finally:
+        engine.dispose()
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()

@@ -15,7 +15,14 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import as_nobody, needs_root, run_collector, stop_process, wait_for_http
+from conftest import (
+    as_nobody,
+    needs_root,
+    run_collector,
+    stop_process,
+    stored_totals,
+    wait_for_http,
+)
 
 from ovpnmon_collector.snapshot import SessionRow
 from ovpnmon_common.storage import engines
@@ -31,14 +38,6 @@ def write_status(path: Path, rx: int, clients: int = 3) -> None:
         for i in range(clients)
     ]
     write_in_place(str(path), render_status(rows, int(time.time())))
-
-
-def totals(path: Path) -> dict:
-    engine = engines.reader_engine(str(path))
-    with engine.connect() as conn:
-        found = lifetime_totals(conn)
-    engine.dispose()
-    return found
 
 
 def digest(path: Path) -> str:
@@ -105,7 +104,7 @@ def test_a_backup_while_the_collector_runs_is_consistent_and_opens_read_only(hos
         shelf.chmod(0o755)
         shutil.rmtree(shelf)
     # consistent: every client's total is one the collector stored at one poll
-    backed = totals(last)
+    backed = stored_totals(last)
     assert {rx - int(name[5:]) for name, (rx, _, _) in backed.items() if name != "user-0"} <= {
         *range(1000, 8000, 1000)
     }
@@ -120,7 +119,7 @@ def test_a_backup_never_replaces_a_file_unless_told(host, tmp_path):
     assert result.stderr == f"Error: {target} exists: give a new name, or --force to replace it\n"
     assert target.read_text() == "precious"
     assert run_collector("backup", "--config", str(config), str(target), "--force").returncode == 0
-    assert totals(target) == totals(host[1])
+    assert stored_totals(target) == stored_totals(host[1])
 
 
 @pytest.mark.slow
@@ -130,7 +129,7 @@ def test_restore_is_refused_while_a_collector_writes_then_checked_kept_and_follo
     assert run_collector("backup", "--config", str(config), str(saved)).returncode == 0
     write_status(status, 5000)
     assert run_collector("poll-once", "--config", str(config)).returncode == 0
-    before_restore = totals(dbfile)
+    before_restore = stored_totals(dbfile)
     daemon = subprocess.Popen(
         [sys.executable, "-m", "ovpnmon_collector", "run", "--config", str(config)],
         stderr=subprocess.DEVNULL,
@@ -165,14 +164,14 @@ def test_restore_is_refused_while_a_collector_writes_then_checked_kept_and_follo
         assert f"restored {saved} into {dbfile}: " in restored.stdout
         (kept,) = [p for p in dbfile.parent.glob("ovpnmon.db.replaced-*") if p.name.endswith("Z")]
         assert f"kept as {kept}" in restored.stdout
-        assert totals(kept) == before_restore  # what it replaced, whole
+        assert stored_totals(kept) == before_restore  # what it replaced, whole
         import json
         import urllib.request
 
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/stats/user-1") as response:
             body = json.loads(response.read())
         assert body["data"]["totals"]["received_bytes"] == 1001  # the API follows the new file
-        assert totals(dbfile) == totals(saved)
+        assert stored_totals(dbfile) == stored_totals(saved)
     finally:
         stop_process(daemon)
         stop_process(api)

@@ -19,6 +19,7 @@ from conftest import free_port, require_e2e, stop_process, wait_for_http
 from ovpn_harness import Pki
 
 from ovpnmon_collector import certs, rollup
+from ovpnmon_common.planner import RANGES
 from ovpnmon_common.storage import engines, migrations
 from ovpnmon_demo.simulator import Simulation, populate, render_status, write_in_place
 
@@ -29,7 +30,6 @@ HOSTILE = "<img src=x onerror=alert(1)>"
 TOKEN = "s3cret-token"
 ARTIFACTS = Path(os.environ.get("OVPNMON_ARTIFACTS", Path(__file__).parent / "artifacts"))
 ROOT = Path(__file__).resolve().parents[1]
-RANGES = ["1h", "3h", "6h", "12h", "24h", "7d", "30d", "90d", "1y"]
 
 
 def _browser_missing() -> str | None:

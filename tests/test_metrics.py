@@ -150,3 +150,29 @@ def test_promtool_finds_nothing_to_fix_in_a_real_scrape(polled, config, tmp_path
         [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
     )
     assert checked.returncode == 0 and checked.stdout + checked.stderr == "", checked.stderr
+
+
+class Ticking(FakeClock):
+    """Each look at the monotonic clock is a quarter of a second later: a poll takes time."""
+
+    def monotonic(self) -> float:
+        self.mono += 0.25
+        return self.mono
+
+
+def test_the_poll_duration_is_the_last_stored_polls_and_reaches_metrics(tmp_path, engine, config):
+    status = tmp_path / "status.log"
+    clock = Ticking(T0)
+    collector = Collector(
+        Store(engine), [StatusFileSource("udp", str(status), settle=0)], clock=clock
+    )
+    status.write_text(render_status([row("alice", 0, T0 - 5, 10, 1)], T0))
+    assert collector.poll().stored
+    found = families(scrape(config).text)
+    assert "ovpnmon_collector_poll_duration_seconds" not in found  # none finished before it
+    clock.advance(10)
+    status.write_text(render_status([row("alice", 0, T0 - 5, 20, 2)], int(clock.wall)))
+    assert collector.poll().stored
+    duration = families(scrape(config).text)["ovpnmon_collector_poll_duration_seconds"]
+    seconds = duration.samples[0].value
+    assert seconds > 0 and seconds % 0.25 == 0  # the first poll's, in the clock's steps

@@ -16,6 +16,7 @@ from pathlib import Path
 import falcon.testing
 import pytest
 from click.testing import CliRunner
+from conftest import stored_totals
 from sqlalchemy import func, select
 
 from ovpnmon_api.app import create_app
@@ -27,7 +28,6 @@ from ovpnmon_common import meta, schema
 from ovpnmon_common.cliutil import load
 from ovpnmon_common.config import Config
 from ovpnmon_common.storage import engines
-from ovpnmon_common.totals import lifetime_totals
 from ovpnmon_demo.simulator import render_status
 
 NOW = int(time.time())
@@ -77,11 +77,7 @@ class Host:
         return result.output
 
     def totals(self) -> dict[str, tuple[int, int, bool]]:
-        engine = engines.reader_engine(str(self.db))
-        with engine.connect() as conn:
-            found = lifetime_totals(conn)
-        engine.dispose()
-        return found
+        return stored_totals(self.db)
 
     def history(self) -> dict[str, tuple[int, int]]:
         """Per client, the sum of its raw samples: must always equal its lifetime totals."""

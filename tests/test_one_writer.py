@@ -13,13 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run_collector
+from conftest import run_collector, stored_totals
 from sqlalchemy.exc import OperationalError
 
 from ovpnmon_collector.lock import WriterBusy, WriterLock
 from ovpnmon_collector.snapshot import SessionRow
-from ovpnmon_common.storage import engines
-from ovpnmon_common.totals import lifetime_totals
 from ovpnmon_demo.simulator import render_status
 
 SINCE = int(time.time()) + 30 * 86400  # after the first watch, however late the test runs
@@ -28,14 +26,6 @@ SINCE = int(time.time()) + 30 * 86400  # after the first watch, however late the
 def write_status(path: Path, rx: int) -> None:
     rows = [SessionRow("alice", "127.0.0.1:5", "", "", rx, 1, SINCE, 0)]
     path.write_text(render_status(rows, int(time.time())))
-
-
-def totals(path: Path) -> dict:
-    engine = engines.reader_engine(str(path))
-    with engine.connect() as conn:
-        found = lifetime_totals(conn)
-    engine.dispose()
-    return found
 
 
 def wait_for(predicate, timeout: float = 20) -> None:
@@ -64,7 +54,7 @@ def test_a_second_collector_beside_the_daemon_is_refused_and_nothing_doubles(tmp
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_for(lambda: dbfile.exists() and totals(dbfile).get("alice", (0,))[0] == 100)
+        wait_for(lambda: dbfile.exists() and stored_totals(dbfile).get("alice", (0,))[0] == 100)
         write_status(status, 200)
         refused = run_collector("poll-once", "--config", str(config))
         assert refused.returncode == 1
@@ -87,9 +77,9 @@ def test_a_second_collector_beside_the_daemon_is_refused_and_nothing_doubles(tmp
                 "the daemon rolls up every minute and applies retention hourly by itself; "
                 f"stop it first to run '{command[0]}' now" in result.stderr
             ), result.stderr
-        wait_for(lambda: totals(dbfile)["alice"][0] == 200)
+        wait_for(lambda: stored_totals(dbfile)["alice"][0] == 200)
         time.sleep(2.5)  # more polls of the same counters
-        assert totals(dbfile)["alice"][:2] == (200, 1)  # counted once, not 300
+        assert stored_totals(dbfile)["alice"][:2] == (200, 1)  # counted once, not 300
     finally:
         daemon.send_signal(signal.SIGKILL)  # as a crash would end it: the lock is left behind
         daemon.wait()
@@ -97,7 +87,7 @@ def test_a_second_collector_beside_the_daemon_is_refused_and_nothing_doubles(tmp
     write_status(status, 250)
     restarted = run_collector("poll-once", "--config", str(config))
     assert restarted.returncode == 0, restarted.stderr
-    assert totals(dbfile)["alice"][:2] == (250, 1)
+    assert stored_totals(dbfile)["alice"][:2] == (250, 1)
 
 
 def test_a_waiting_command_gets_the_lock_when_the_other_is_done(tmp_path):
