@@ -4,9 +4,12 @@ serving the same body precomputed, measured in the same run.
     .venv/bin/python bench/metrics_scrape.py            # 1,000 and 10,000 clients
     .venv/bin/python bench/metrics_scrape.py --clients 2000
 
-Each database is written by the collector's own code (two polls of one session per client, so
-every counter has moved); scrapes go over HTTP on one keep-alive connection, real and floor
-alternating, median of --repeat.
+Each database is written by the collector's own code (polls of one session per client, every
+counter moving); scrapes go over HTTP on one keep-alive connection, real and floor alternating,
+median of --repeat. Three cases: "steady" (no poll since the last scrape), "after a poll" (a
+poll, then a scrape a second later, as Prometheus scrapes at its own pace: the API's warmer has
+read the new state; against the floor after the same idle second), and "cold" (the scrape sent
+the moment the poll committed: it waits for the warmer's read or does it).
 """
 
 from __future__ import annotations
@@ -38,34 +41,41 @@ ROOT = Path(__file__).resolve().parents[1]
 T0 = int(time.time()) - 60
 
 
-def database(work: Path, clients: int) -> Path:
-    path = work / f"metrics-{clients}.db"
-    engine = engines.writer_engine(str(path))
-    migrations.init_db(engine)
-    status = work / f"status-{clients}.log"
-    clock = ManualClock(T0, T0)
-    collector = Collector(
-        Store(engine), [StatusFileSource("udp", str(status), settle=0)], clock=clock
-    )
-    for step in range(2):
+class Polled:
+    """A database of ``clients`` clients, written by the collector's own code, one poll a call."""
+
+    def __init__(self, work: Path, clients: int) -> None:
+        self.clients = clients
+        self.path = work / f"metrics-{clients}.db"
+        self.engine = engines.writer_engine(str(self.path))
+        migrations.init_db(self.engine)
+        self.status = work / f"status-{clients}.log"
+        self.clock = ManualClock(T0, T0)
+        self.collector = Collector(
+            Store(self.engine),
+            [StatusFileSource("udp", str(self.status), settle=0)],
+            clock=self.clock,
+        )
+        self.step = 0
+
+    def poll(self) -> None:
         rows = [
             SessionRow(
                 f"client-{i:05d}",
                 f"127.0.{i // 250}.{i % 250 + 1}:{40000 + i % 20000}",
                 f"10.8.{i // 250}.{i % 250 + 2}",
                 "",
-                step * 1000 * (i + 1),
-                step * 100 * (i + 1),
+                self.step * 1000 * (i + 1),
+                self.step * 100 * (i + 1),
                 T0 - 30,
                 i,
             )
-            for i in range(clients)
+            for i in range(self.clients)
         ]
-        write_in_place(str(status), render_status(rows, int(clock.wall)))
-        assert collector.poll().stored
-        clock.advance(10)
-    engines.close_writer(engine)
-    return path
+        write_in_place(str(self.status), render_status(rows, int(self.clock.wall)))
+        assert self.collector.poll().stored
+        self.clock.advance(10)
+        self.step += 1
 
 
 def floor_server(port: int, body: bytes) -> None:
@@ -92,10 +102,12 @@ def get(conn: http.client.HTTPConnection) -> tuple[float, bytes]:
 
 
 def measure(work: Path, clients: int, repeat: int) -> None:
-    db = database(work, clients)
+    polled = Polled(work, clients)
+    polled.poll()
+    polled.poll()
     port, floor_port = free_port(), free_port()
     config = work / f"api-{clients}.conf"
-    config.write_text(f"[database]\npath = {db}\n[api]\nport = {port}\ncache_mb = 0\n")
+    config.write_text(f"[database]\npath = {polled.path}\n[api]\nport = {port}\ncache_mb = 0\n")
     api = subprocess.Popen(
         [sys.executable, "-m", "ovpnmon_api", "serve", "--config", str(config)],
         stderr=(work / f"api-{clients}.log").open("wb"),
@@ -105,22 +117,39 @@ def measure(work: Path, clients: int, repeat: int) -> None:
     try:
         wait_listening(port)
         real = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        _, body = get(real)  # the first scrape compiles the statements
+        _, body = get(real)  # the first scrape compiles the statements and starts the warmer
         floor_server(floor_port, body)
         wait_listening(floor_port)
         floor = http.client.HTTPConnection("127.0.0.1", floor_port, timeout=60)
-        real_ms, floor_ms = [], []
+        steady, after, cold, floor_ms, floor_idle = [], [], [], [], []
         for _ in range(repeat):
-            real_ms.append(get(real)[0])
+            steady.append(get(real)[0])
             floor_ms.append(get(floor)[0])
-        r, f = statistics.median(real_ms), statistics.median(floor_ms)
+        for _ in range(repeat):
+            polled.poll()
+            time.sleep(1)  # Prometheus scrapes at its own pace; both sides idle as long
+            after.append(get(real)[0])
+            time.sleep(1)
+            floor_idle.append(get(floor)[0])
+            polled.poll()
+            cold.append(get(real)[0])
+        f, fi = statistics.median(floor_ms), statistics.median(floor_idle)
+        figures = "  ".join(
+            f"{name} {statistics.median(ms):7.2f} ms {statistics.median(ms) / base:5.1f}x"
+            for name, ms, base in (
+                ("steady", steady, f),
+                ("after a poll", after, fi),
+                ("cold", cold, f),
+            )
+        )
         print(
-            f"{clients:>7d} clients  {len(body):>9d} bytes  floor {f:7.2f} ms  "
-            f"ovpnmon {r:8.2f} ms  {r / f:6.1f}x"
+            f"{clients:>7d} clients  {len(body):>9d} bytes  floor {f:6.2f} ms "
+            f"(idle first {fi:6.2f} ms)  {figures}"
         )
     finally:
         api.terminate()
         api.wait(timeout=30)
+        engines.close_writer(polled.engine)
 
 
 def main() -> int:

@@ -1,5 +1,8 @@
 """``GET /metrics``: Prometheus text (or OpenMetrics, by ``Accept``) read from the database at
-scrape time, read-only, nothing kept between scrapes.
+scrape time, read-only. The database is read once per state of it (``metrics_state``, which also
+writes the per-client series); the other families, a few dozen samples, are built and rendered by
+``prometheus_client`` at every scrape, with the time-dependent ones (a certificate expired, the
+file's size) fresh.
 
 Per client, the received and sent byte counters are the lifetime totals the JSON API reports
 (``ovpnmon_common.totals``): they never go down across reconnects, duplicate-cn sessions,
@@ -18,14 +21,13 @@ from prometheus_client import (
     GC_COLLECTOR,
     PLATFORM_COLLECTOR,
     PROCESS_COLLECTOR,
-    CollectorRegistry,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from ovpnmon_api.database import FollowedDatabase
-from ovpnmon_api.read import certificates, clients
+from ovpnmon_api.metrics_state import MetricsState, Snapshot
 from ovpnmon_common import meta
 
 
@@ -33,56 +35,22 @@ def _gauge(name: str, documentation: str, label: str) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, labels=[label])
 
 
-class DatabaseCollector(Collector):
-    """Every ovpnmon metric, from one read transaction per scrape."""
+class Scrape(Collector):
+    """One scrape's families: ovpnmon's but the per-client ones (``metrics_state`` writes
+    those), from a snapshot, and the API process's own (CPU, memory, file descriptors, GC)."""
 
-    def __init__(self, database: FollowedDatabase, per_client: bool = True) -> None:
+    def __init__(self, database: FollowedDatabase, snapshot: Snapshot) -> None:
         self.database = database
-        self.per_client = per_client
+        self.snapshot = snapshot
 
     def collect(self) -> Iterator[Metric]:
-        self.database.check()
-        with self.database.engine.connect() as conn:
-            status = meta.read_status(conn)
-            rows = clients.clients(conn, status) if self.per_client else []
-            counts = clients.source_counts(conn)
-            certs = certificates.certificates(conn)
-        yield from self._clients(rows)
-        yield from self._sources(status, counts)
+        status = self.snapshot.status
+        yield from self._sources(status, self.snapshot.source_counts)
         yield from self._collector(status)
-        yield from self._certificates(certs)
+        yield from self._certificates(self.snapshot.certificates)
         yield from self._database(status)
-
-    def _clients(self, rows: list[clients.ClientRow]) -> Iterator[Metric]:
-        if not self.per_client:
-            return
-        received = CounterMetricFamily(
-            "ovpnmon_client_received_bytes",
-            "Bytes the server received from the client, all sessions, ever (never resets).",
-            labels=["client"],
-        )
-        sent = CounterMetricFamily(
-            "ovpnmon_client_sent_bytes",
-            "Bytes the server sent to the client, all sessions, ever (never resets).",
-            labels=["client"],
-        )
-        connected = _gauge(
-            "ovpnmon_client_connected", "1 if the client has an open session now.", "client"
-        )
-        sessions = _gauge("ovpnmon_client_sessions", "Open sessions of the client now.", "client")
-        seen = _gauge(
-            "ovpnmon_client_last_seen_timestamp_seconds",
-            "When the collector last saw the client connected (Unix time).",
-            "client",
-        )
-        for row in rows:
-            label = [row.common_name]
-            received.add_metric(label, row.total_received)
-            sent.add_metric(label, row.total_sent)
-            connected.add_metric(label, 1 if row.active else 0)
-            sessions.add_metric(label, row.open_sessions)
-            seen.add_metric(label, row.last_seen)
-        yield from (received, sent, connected, sessions, seen)
+        for standard in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            yield from standard.collect()
 
     def _sources(
         self, status: meta.CollectorStatus, counts: dict[str, tuple[int, int]]
@@ -160,24 +128,19 @@ class DatabaseCollector(Collector):
             )
 
 
-def registry(database: FollowedDatabase, per_client: bool = True) -> CollectorRegistry:
-    """ovpnmon's metrics and the API process's own (CPU, memory, file descriptors, GC)."""
-    found = CollectorRegistry(auto_describe=False)
-    found.register(DatabaseCollector(database, per_client))
-    for standard in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
-        found.register(standard)
-    return found
-
-
 class Metrics:
     """``GET /metrics`` (the conventional path, beside ``/api/v1``); bearer tokens as the API."""
 
     def __init__(self, database: FollowedDatabase, per_client: bool = True) -> None:
-        self.registry = registry(database, per_client)
+        self.database = database
+        self.state = MetricsState(database, per_client)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         encoder, content_type = choose_encoder(req.get_header("Accept") or "")
-        resp.data = encoder(self.registry)
+        openmetrics = content_type.startswith("application/openmetrics-text")
+        snapshot = self.state.scrape(openmetrics)
+        rest = encoder(Scrape(self.database, snapshot))
+        resp.data = snapshot.clients[openmetrics] + rest
         resp.content_type = content_type
 
     on_head = on_get
