@@ -2,19 +2,22 @@
 
 Every tier of ``ovpnmon_common.tiers`` keeps its ``retention_key``'s days. Never deletes rows
 that the next coarser tier has not yet been built from: each cutoff stops at that tier's
-watermark. Deletes run in short transactions (spans widen while they stay quick) and space goes
-back in small steps, so neither the collector's polls nor the API's readers wait long.
+watermark. Closed sessions (the connection log) keep ``sessions_days`` after they closed; a
+client's lifetime totals do not need them (``clients.closed_*`` holds what they counted), and
+open sessions always stay. Deletes run in short transactions (spans widen while they stay quick)
+and space goes back in small steps, so neither the collector's polls nor the API's readers wait
+long.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import Engine, delete
+from sqlalchemy import Engine, delete, func, select
 
 from ovpnmon_collector.clock import SYSTEM_CLOCK, Clock
 from ovpnmon_collector.slices import SLICE_SECONDS, oldest, spans
-from ovpnmon_common import meta
+from ovpnmon_common import meta, schema
 from ovpnmon_common.buckets import DAY, HOUR, align
 from ovpnmon_common.config import RetentionConfig
 from ovpnmon_common.storage import engines
@@ -81,7 +84,53 @@ def prune(
             with engine.begin() as conn:
                 result = conn.execute(delete(tier.table).where(tier.time >= start, tier.time < end))
                 report.deleted[name] += result.rowcount or 0
+    if not _prune_sessions(engine, retention, now, report, deadline, clock):
+        return report
     report.pages_freed = engines.give_back_space(
         engine, deadline=deadline, monotonic=clock.monotonic
     )
     return report
+
+
+SESSION_BATCH = 5000  # ids a delete transaction covers
+
+
+def _prune_sessions(
+    engine: Engine,
+    retention: RetentionConfig,
+    now: int,
+    report: PruneReport,
+    deadline: float | None,
+    clock: Clock,
+) -> bool:
+    """Delete sessions closed before the cutoff (whole UTC days), oldest ids first, a batch of
+    ids a transaction; False when the deadline came first."""
+    s = schema.sessions
+    report.deleted["sessions"] = 0
+    if retention.sessions_days == 0:
+        report.cutoffs["sessions"] = None
+        return True
+    limit = align(now - retention.sessions_days * DAY, DAY)
+    report.cutoffs["sessions"] = limit
+    with engine.connect() as conn:
+        # a session that closed before the cutoff connected before it too
+        low, high = conn.execute(
+            select(func.min(s.c.id), func.max(s.c.id)).where(s.c.connected_since < limit)
+        ).one()
+    if low is None:
+        return True
+    for start in range(low, high + 1, SESSION_BATCH):
+        if deadline is not None and clock.monotonic() >= deadline:
+            report.complete = False
+            return False
+        with engine.begin() as conn:
+            result = conn.execute(
+                delete(s).where(
+                    s.c.id >= start,
+                    s.c.id < start + SESSION_BATCH,
+                    s.c.disconnected_at.is_not(None),
+                    s.c.disconnected_at < limit,
+                )
+            )
+            report.deleted["sessions"] += result.rowcount or 0
+    return True

@@ -50,6 +50,7 @@ class RetentionConfig:
     hourly_days: int = 90
     six_hour_days: int = 400
     daily_days: int = 0
+    sessions_days: int = 400  # closed sessions (the connection log); open ones always stay
 
 
 @dataclass(frozen=True)
@@ -237,6 +238,7 @@ _SECTIONS: dict[str, _Parsers] = {
         "hourly_days": _int_between(0, 36500),
         "six_hour_days": _int_between(0, 36500),
         "daily_days": _int_between(0, 36500),
+        "sessions_days": _int_between(0, 36500),
     },
     "api": {
         "host": _path,

@@ -10,8 +10,9 @@ from ovpnmon_collector import prune, rollup
 from ovpnmon_collector.cli import cli
 from ovpnmon_common import schema
 from ovpnmon_common.buckets import DAY, align
-from ovpnmon_common.config import RetentionConfig
+from ovpnmon_common.config import ConfigError, RetentionConfig, load_config
 from ovpnmon_common.storage import engines, migrations
+from ovpnmon_common.totals import lifetime_totals
 from ovpnmon_demo.simulator import Simulation, populate
 
 NOW = 1_795_651_200 + 7 * 3600 + 55
@@ -99,3 +100,39 @@ def test_info_on_a_missing_database(tmp_path):
     result = CliRunner().invoke(cli, ["info", "--db", str(tmp_path / "none.db")])
     assert result.exit_code == 1
     assert "cannot read database" in result.stderr
+
+
+def test_closed_sessions_go_after_sessions_days_open_ones_and_totals_stay(filled):
+    engine, _ = filled
+    s = schema.sessions
+    with engine.connect() as conn:
+        totals_before = lifetime_totals(conn)
+        rows = conn.execute(select(s.c.id, s.c.connected_since, s.c.disconnected_at)).all()
+    still_open = {r.id for r in rows if r.disconnected_at is None}
+    # first at NOW (some closed sessions are older than 4 days, some newer), then much later:
+    # every closed one is old then, and open ones that connected before the cutoff stay
+    later = max(r.connected_since for r in rows if r.id in still_open) + 5 * DAY
+    kept = {r.id for r in rows}
+    for at in (NOW, later):
+        limit = align(at - 4 * DAY, DAY)
+        old = {r.id for r in rows if r.disconnected_at is not None and r.disconnected_at < limit}
+        assert old and (at == later or old != kept - still_open)
+        report = prune.prune(engine, RetentionConfig(raw_days=0, sessions_days=4), at)
+        assert report.complete and report.cutoffs["sessions"] == limit
+        assert report.deleted["sessions"] == len(old & kept)
+        kept -= old
+        with engine.connect() as conn:
+            assert {r.id for r in conn.execute(select(s.c.id))} == kept
+            assert lifetime_totals(conn) == totals_before  # the totals never needed those rows
+    assert kept == still_open
+    forever = prune.prune(engine, RetentionConfig(raw_days=0, sessions_days=0), later + 900 * DAY)
+    assert forever.cutoffs["sessions"] is None and forever.deleted["sessions"] == 0
+
+
+def test_sessions_days_is_read_from_the_config(tmp_path):
+    path = tmp_path / "c.conf"
+    path.write_text("[retention]\nsessions_days = 30\n")
+    assert load_config(str(path)).retention.sessions_days == 30
+    path.write_text("[retention]\nsessions_days = -1\n")
+    with pytest.raises(ConfigError, match="sessions_days"):
+        load_config(str(path))
