@@ -26,25 +26,15 @@ import time
 import weakref
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from prometheus_client.utils import floatToGoString
-from sqlalchemy import select
 
 from ovpnmon_api.database import FollowedDatabase
 from ovpnmon_api.read import certificates, clients
-from ovpnmon_common import meta, schema, totals
+from ovpnmon_common import meta, totals
 from ovpnmon_common.storage import DatabaseError
-from ovpnmon_common.storage.statements import Prepared
 
 log = logging.getLogger("ovpnmon.api")
-
-c = schema.clients
-_CLIENTS = Prepared(
-    select(
-        c.c.id, c.c.common_name, c.c.active, c.c.last_seen, c.c.closed_received, c.c.closed_sent
-    ).order_by(c.c.common_name)
-)
 
 # (name, type, help); counters are ``<name>_total`` in samples (and in the text format's
 # HELP and TYPE lines too: prometheus_client's rule, kept here).
@@ -90,25 +80,21 @@ def escape_label(value: str) -> str:
     return value
 
 
-def sample_lines(
-    rows: list[Any], live: dict[int, totals.Live], heartbeat: int | None
-) -> list[list[str]]:
-    """Each family's sample lines (in ``FAMILIES`` order), one per client, by common name.
-    ``rows``: (id, common name, active, last seen, closed received, closed sent)."""
+def sample_lines(clients: list[totals.Lifetime], heartbeat: int | None) -> list[list[str]]:
+    """Each family's sample lines (in ``FAMILIES`` order), one per client, in ``clients``'
+    order."""
     received: list[str] = []
     sent: list[str] = []
     connected: list[str] = []
     sessions: list[str] = []
     seen: list[str] = []
-    for cid, name, active, last_seen, closed_rx, closed_tx in rows:
-        label = f'{{client="{escape_label(name)}"}} '
-        now = live.get(cid, totals.NOT_CONNECTED)
-        rx, tx = go_float(closed_rx + now.received), go_float(closed_tx + now.sent)
-        received.append(f"ovpnmon_client_received_bytes_total{label}{rx}\n")
-        sent.append(f"ovpnmon_client_sent_bytes_total{label}{tx}\n")
-        connected.append(f"ovpnmon_client_connected{label}{'1.0' if active else '0.0'}\n")
-        sessions.append(f"ovpnmon_client_sessions{label}{go_float(now.sessions)}\n")
-        last = heartbeat if active and heartbeat else last_seen
+    for client in clients:
+        label = f'{{client="{escape_label(client.common_name)}"}} '
+        received.append(f"ovpnmon_client_received_bytes_total{label}{go_float(client.received)}\n")
+        sent.append(f"ovpnmon_client_sent_bytes_total{label}{go_float(client.sent)}\n")
+        connected.append(f"ovpnmon_client_connected{label}{'1.0' if client.active else '0.0'}\n")
+        sessions.append(f"ovpnmon_client_sessions{label}{go_float(client.sessions)}\n")
+        last = heartbeat if client.active and heartbeat else client.last_seen
         seen.append(f"ovpnmon_client_last_seen_timestamp_seconds{label}{go_float(last)}\n")
     return [received, sent, connected, sessions, seen]
 
@@ -130,7 +116,8 @@ class Snapshot:
     status: meta.CollectorStatus
     source_counts: dict[str, tuple[int, int]]  # per source: (clients, sessions) open now
     certificates: list[dict]
-    clients: dict[bool, bytes]  # the per-client families, by format (True: OpenMetrics)
+    lines: list[list[str]]  # the per-client families' samples (``sample_lines``); [] if off
+    clients: dict[bool, bytes]  # those families rendered, by format (True: OpenMetrics), as asked
 
 
 class MetricsState:
@@ -145,7 +132,6 @@ class MetricsState:
         self._lock = threading.Lock()  # one read at a time; a scrape waits for the warmer's
         self._version: Hashable = None
         self._snapshot: Snapshot | None = None
-        self._lines: list[list[str]] = []
         self._scraped = 0.0  # monotonic time of the last scrape
         self._wanted: set[bool] = set()  # the formats scraped (OpenMetrics or not)
         self._warmer: threading.Thread | None = None
@@ -170,24 +156,21 @@ class MetricsState:
                 self._snapshot = self._read()
                 self._version = version
                 self.reads += 1
-            bodies = self._snapshot.clients
+            snapshot = self._snapshot
             for openmetrics in formats:
-                if openmetrics not in bodies:
-                    bodies[openmetrics] = (
-                        render(self._lines, openmetrics) if self.per_client else b""
-                    )
-            return self._snapshot
+                if openmetrics not in snapshot.clients:
+                    found = render(snapshot.lines, openmetrics) if self.per_client else b""
+                    snapshot.clients[openmetrics] = found
+            return snapshot
 
     def _read(self) -> Snapshot:
         with self.database.engine.connect() as conn:
             status = meta.read_status(conn)
             counts = clients.source_counts(conn)
             certs = certificates.certificates(conn)
-            if self.per_client:
-                live = totals.live(conn)
-                rows = _CLIENTS(conn).all()
-        self._lines = sample_lines(rows, live, status.heartbeat) if self.per_client else []
-        return Snapshot(status, counts, certs, {})
+            every = totals.lifetimes(conn) if self.per_client else []
+        lines = sample_lines(every, status.heartbeat) if self.per_client else []
+        return Snapshot(status, counts, certs, lines, {})
 
     def _start_warmer(self) -> None:
         if self._warmer is not None and self._warmer.is_alive():

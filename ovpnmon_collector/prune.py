@@ -84,7 +84,8 @@ def prune(
             with engine.begin() as conn:
                 result = conn.execute(delete(tier.table).where(tier.time >= start, tier.time < end))
                 report.deleted[name] += result.rowcount or 0
-    if not _prune_sessions(engine, retention, now, report, deadline, clock):
+    _prune_sessions(engine, retention, now, report, deadline, clock)
+    if not report.complete:
         return report
     report.pages_freed = engines.give_back_space(
         engine, deadline=deadline, monotonic=clock.monotonic
@@ -102,14 +103,14 @@ def _prune_sessions(
     report: PruneReport,
     deadline: float | None,
     clock: Clock,
-) -> bool:
+) -> None:
     """Delete sessions closed before the cutoff (whole UTC days), oldest ids first, a batch of
-    ids a transaction; False when the deadline came first."""
+    ids a transaction; ``report.complete`` turns False when the deadline came first."""
     s = schema.sessions
     report.deleted["sessions"] = 0
     if retention.sessions_days == 0:
         report.cutoffs["sessions"] = None
-        return True
+        return
     limit = align(now - retention.sessions_days * DAY, DAY)
     report.cutoffs["sessions"] = limit
     with engine.connect() as conn:
@@ -118,11 +119,11 @@ def _prune_sessions(
             select(func.min(s.c.id), func.max(s.c.id)).where(s.c.connected_since < limit)
         ).one()
     if low is None:
-        return True
+        return
     for start in range(low, high + 1, SESSION_BATCH):
         if deadline is not None and clock.monotonic() >= deadline:
             report.complete = False
-            return False
+            return
         with engine.begin() as conn:
             result = conn.execute(
                 delete(s).where(
@@ -133,4 +134,3 @@ def _prune_sessions(
                 )
             )
             report.deleted["sessions"] += result.rowcount or 0
-    return True

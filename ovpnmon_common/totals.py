@@ -10,7 +10,7 @@ them here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, bindparam, case, func, select
 
@@ -95,18 +95,45 @@ def live(conn: Connection) -> dict[int, Live]:
 
 
 _LIFETIME = Prepared(
-    select(c.c.id, c.c.common_name, c.c.active, c.c.closed_received, c.c.closed_sent)
+    select(
+        c.c.id, c.c.common_name, c.c.active, c.c.last_seen, c.c.closed_received, c.c.closed_sent
+    ).order_by(c.c.common_name)
 )
+
+
+class Lifetime(NamedTuple):
+    """One client's lifetime bytes and what is open now."""
+
+    common_name: str
+    active: bool
+    last_seen: int  # the clients row's (the collector's heartbeat is newer while active)
+    received: int
+    sent: int
+    sessions: int  # open now
+
+
+def lifetimes(conn: Connection) -> list[Lifetime]:
+    """Every client's lifetime bytes and open sessions, by common name."""
+    open_ = live(conn)
+    found = []
+    for cid, name, active, last_seen, closed_rx, closed_tx in _LIFETIME(conn):
+        now = open_.get(cid, NOT_CONNECTED)
+        found.append(
+            Lifetime(
+                name,
+                bool(active),
+                last_seen,
+                closed_rx + now.received,
+                closed_tx + now.sent,
+                now.sessions,
+            )
+        )
+    return found
 
 
 def lifetime_totals(conn: Connection) -> dict[str, tuple[int, int, bool]]:
     """Every client's lifetime (bytes received, bytes sent, active), by common name."""
-    open_ = live(conn)
-    totals = {}
-    for cid, name, active, closed_rx, closed_tx in _LIFETIME(conn):
-        now = open_.get(cid, NOT_CONNECTED)
-        totals[name] = (closed_rx + now.received, closed_tx + now.sent, bool(active))
-    return totals
+    return {x.common_name: (x.received, x.sent, x.active) for x in lifetimes(conn)}
 
 
 _SYSTEM = Prepared(

@@ -35,6 +35,33 @@ def stored_totals(path) -> dict[str, tuple[int, int, bool]]:
         engine.dispose()
 
 
+def insert_client(
+    engine,
+    name: str,
+    *,
+    id: int | None = None,
+    active: bool = False,
+    seen: int = 1_795_717_500,
+    closed_received: int = 0,
+    closed_sent: int = 0,
+) -> None:
+    """A clients row written behind the collector's back (another writer, a hand-made history)."""
+    from ovpnmon_common import schema
+
+    values = dict(
+        common_name=name,
+        first_seen=seen,
+        last_seen=seen,
+        active=active,
+        closed_received=closed_received,
+        closed_sent=closed_sent,
+    )
+    if id is not None:
+        values["id"] = id
+    with engine.begin() as conn:
+        conn.execute(schema.clients.insert().values(**values))
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()

@@ -5,7 +5,7 @@ import logging
 import sqlite3
 
 import pytest
-from conftest import FakeClock, as_nobody, fixture_text, needs_root
+from conftest import FakeClock, as_nobody, fixture_text, insert_client, needs_root
 from sqlalchemy import event, inspect, select
 
 from ovpnmon_collector.collector import Collector
@@ -362,21 +362,6 @@ def test_schema_1_database_upgrades_and_continues_exactly(tmp_path, status):
     assert "ix_sessions_open" in indexes and "ix_sessions_disconnected_at" not in indexes
 
 
-def add_client(engine, name, active):
-    """A clients row written behind the collector's back."""
-    with engine.begin() as conn:
-        conn.execute(
-            schema.clients.insert().values(
-                common_name=name,
-                first_seen=T0,
-                last_seen=T0,
-                active=active,
-                closed_received=0,
-                closed_sent=0,
-            )
-        )
-
-
 def client_ids(engine):
     with engine.connect() as conn:
         c = schema.clients
@@ -474,7 +459,7 @@ def test_a_client_added_behind_the_collectors_back_fails_one_poll_cleanly(db_pat
     status.write(T0)
     collector = make(engine, status, clock)
     assert collector.poll().stored  # state and client ids loaded: none yet
-    add_client(writer_engine(db_path), "carol", active=False)  # another writer
+    insert_client(writer_engine(db_path), "carol", seen=T0)  # another writer
     clock.advance(10)
     status.write(clock.wall, row("carol", 0, T0 + 5, 10, 1))
     summary = collector.poll()
@@ -498,7 +483,7 @@ def test_stored_active_flags_are_checked_against_every_client_after_a_start(db_p
     init_db(engine)
     status.write(T0, row("alice", 0, T0 + 1, 10, 1))
     make(engine, status, clock).poll()
-    add_client(engine, "ghost", active=True)  # marked active, with no session anywhere
+    insert_client(engine, "ghost", active=True, seen=T0)  # marked active, with no session anywhere
     collector = make(engine, status, clock)  # a new process
     clock.advance(10)
     status.write(clock.wall, row("alice", 0, T0 + 1, 20, 2), row("bob", 1, T0 + 12, 5, 5))

@@ -8,7 +8,7 @@ import subprocess
 
 import falcon.testing
 import pytest
-from conftest import FakeClock, require_e2e
+from conftest import FakeClock, insert_client, require_e2e
 from prometheus_client.parser import text_string_to_metric_families
 
 from ovpnmon_api.app import create_app
@@ -59,18 +59,7 @@ def polled(tmp_path, engine):
         row("bob", 2, T0 - 5, 260, 26),
         row(HOSTILE, 3, T0 + 5, 70, 7),
     )
-    with engine.begin() as conn:
-        conn.execute(
-            schema.clients.insert().values(
-                id=99,
-                common_name=NEWLINE,
-                first_seen=T0,
-                last_seen=T0,
-                active=False,
-                closed_received=12,
-                closed_sent=3,
-            )
-        )
+    insert_client(engine, NEWLINE, id=99, seen=T0, closed_received=12, closed_sent=3)
     return engine
 
 
