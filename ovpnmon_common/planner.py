@@ -1,4 +1,5 @@
-"""The range/resolution table: which tier and which buckets answer a history query.
+"""The range/resolution table: which tier and which buckets answer a history query; and which
+edges a usage period (``ovpnmon_common.periods``) can still be summed between.
 
 Every series ends with the bucket that holds ``now`` (the bucket in progress). The planner
 chooses the tier that is actually read, once; ``Series.label`` is what the API reports as
@@ -9,9 +10,10 @@ from __future__ import annotations
 
 import builtins
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from ovpnmon_common.buckets import DAY, HOUR, MINUTE, align
+from ovpnmon_common.buckets import DAY, HOUR, MINUTE, align, align_up
 from ovpnmon_common.config import RetentionConfig
 from ovpnmon_common.tiers import BY_NAME, GLOBAL_15MIN, RAW, TIERS, Tier
 
@@ -220,3 +222,79 @@ def plan_analytics(range_name: str | None, now: int, retention: RetentionConfig)
             f"that [retention] {GLOBAL_15MIN.retention_key} keeps"
         )
     return bucketed(range_name, GLOBAL_15MIN, ANALYTICS[range_name], now)
+
+
+# Per-client tiers finest first: where a period's edge is looked for (raw samples first).
+USAGE_TIERS: tuple[Tier, ...] = (
+    RAW,
+    *sorted((t for t in TIERS if t.per_client and t.width is not None), key=lambda t: t.width or 0),
+)
+
+
+@dataclass(frozen=True)
+class Edge:
+    """One edge of a usage period: the time asked, the time used (the first bucket start at or
+    after it in ``tier``, the finest tier still holding it; the time itself in raw samples)."""
+
+    name: str  # "from" or "to"
+    asked: int
+    used: int
+    tier: Tier
+
+    @property
+    def rounded(self) -> bool:
+        return self.used != self.asked
+
+
+@dataclass(frozen=True)
+class UsagePlan:
+    """What a usage question sums: every raw sample and bucket whose timestamp lies in
+    ``[start, end)``, the edges rounded where raw samples are gone (``Edge``)."""
+
+    edges: tuple[Edge, Edge]
+
+    @property
+    def start(self) -> int:
+        return self.edges[0].used
+
+    @property
+    def end(self) -> int:
+        return self.edges[1].used
+
+    @property
+    def exact(self) -> bool:
+        return not any(edge.rounded for edge in self.edges)
+
+
+def _edge(name: str, when: int, pruned: dict[str, int]) -> Edge | None:
+    for tier in USAGE_TIERS:
+        used = when if tier.width is None else align_up(when, tier.width)
+        if used >= pruned.get(tier.name, used):
+            return Edge(name, when, used, tier)
+    return None
+
+
+def plan_usage(
+    start: int, end: int, pruned: dict[str, int], describe: Callable[[int], str]
+) -> UsagePlan:
+    """The edges of a usage period ``[start, end)`` given how far prune has deleted each tier
+    (``CollectorStatus.pruned``): each edge stays where raw samples still hold it, or moves to
+    the first bucket start at or after it in the finest tier that does — the rule by which a
+    bucket, like a sample, counts in the period its timestamp lies in, so adjacent periods
+    never share a byte. ``describe`` renders a time for the message of an edge no tier holds."""
+    edges = _edge("from", start, pruned), _edge("to", end, pruned)
+    if edges[0] is None or edges[1] is None:
+        coarsest = USAGE_TIERS[-1]
+        raise InvalidQuery(
+            f"traffic before {describe(pruned[coarsest.name])} is no longer held by any tier "
+            f"([retention] {coarsest.retention_key}); the period starts {describe(start)}: "
+            "ask for a later period"
+        )
+    plan = UsagePlan((edges[0], edges[1]))
+    if plan.end <= plan.start:
+        raise InvalidQuery(
+            f"the period {describe(start)} to {describe(end)} lies inside one "
+            f"{plan.edges[0].tier.name} bucket, the finest data still held there "
+            "(raw samples are gone): ask for a longer period"
+        )
+    return plan
