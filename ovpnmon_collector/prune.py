@@ -75,7 +75,13 @@ def prune(
             continue
         with engine.connect() as conn:
             first = oldest(conn, tier)
+            held_from = meta.get(conn, meta.pruned_key(tier.name))
         if first is None or first >= limit:
+            # nothing to delete; say so anyway: a reader takes "before" as gone, also where
+            # nothing ever was or an older ovpnmon deleted it without saying
+            if held_from is None or int(held_from) < limit:
+                with engine.begin() as conn:
+                    meta.put(conn, meta.pruned_key(tier.name), str(limit))
             continue
         for start, end in spans(first, limit, HOUR, 30 * DAY, SLICE_SECONDS / 4):
             if deadline is not None and clock.monotonic() >= deadline:
@@ -84,6 +90,8 @@ def prune(
             with engine.begin() as conn:
                 result = conn.execute(delete(tier.table).where(tier.time >= start, tier.time < end))
                 report.deleted[name] += result.rowcount or 0
+                # in the same transaction: a reader never sees rows gone and the key behind
+                meta.put(conn, meta.pruned_key(tier.name), str(end))
     _prune_sessions(engine, retention, now, report, deadline, clock)
     if not report.complete:
         return report

@@ -1,6 +1,7 @@
 """The ``meta`` table: its keys, the collector's status record, and the rollup watermarks.
 
-The collector writes these (every poll: heartbeat, interval, changed source health); the API,
+The collector writes these (every poll: heartbeat, interval, changed source health; prune: how
+far each tier has been deleted); the API,
 ``info``, the dashboard and ``/metrics`` read them with ``read_status``, the one decoder.
 Values are text; numbers as decimal, records as JSON.
 """
@@ -27,6 +28,7 @@ CERTIFICATES_SCANNED = "certificates.scanned_at"
 _HEALTH = "source.{}.health"  # JSON: {"state", "message", "since", "last_ok"}
 _FIRST_WATCHED = "source.{}.first_watched"
 _WATERMARK = "rollup.{}.watermark"
+_PRUNED = "prune.{}.before"
 
 
 def health_key(source: str) -> str:
@@ -44,6 +46,11 @@ def watermark_key(tier: str) -> str:
     return _WATERMARK.format(tier)
 
 
+def pruned_key(tier: str) -> str:
+    """The key holding the time before which prune has deleted every row of ``tier``."""
+    return _PRUNED.format(tier)
+
+
 def encode_health(health: Mapping[str, Any]) -> str:
     """A source's health record as stored."""
     return json.dumps(health)
@@ -57,6 +64,7 @@ class CollectorStatus:
     interval: int | None = None
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> health record
     watermarks: dict[str, int] = field(default_factory=dict)  # tier name -> watermark
+    pruned: dict[str, int] = field(default_factory=dict)  # tier name -> rows before it deleted
     schema_version: int | None = None
     certificates_scanned_at: int | None = None
     poll_seconds: float | None = None
@@ -70,6 +78,7 @@ def decode(entries: Mapping[str, str]) -> CollectorStatus:
     """The status held in ``entries`` (every row of ``meta``)."""
     sources: dict[str, dict[str, Any]] = {}
     watermarks: dict[str, int] = {}
+    pruned: dict[str, int] = {}
     for key, value in entries.items():
         kind, _, rest = key.partition(".")
         name, _, what = rest.rpartition(".")
@@ -77,11 +86,14 @@ def decode(entries: Mapping[str, str]) -> CollectorStatus:
             sources[name] = json.loads(value)
         elif kind == "rollup" and what == "watermark":
             watermarks[name] = int(value)
+        elif kind == "prune" and what == "before":
+            pruned[name] = int(value)
     return CollectorStatus(
         heartbeat=_int(entries.get(HEARTBEAT)),
         interval=_int(entries.get(INTERVAL)),
         sources=sources,
         watermarks=watermarks,
+        pruned=pruned,
         schema_version=_int(entries.get(SCHEMA_VERSION)),
         certificates_scanned_at=_int(entries.get(CERTIFICATES_SCANNED)),
         poll_seconds=float(entries[POLL_SECONDS]) if entries.get(POLL_SECONDS) else None,

@@ -23,7 +23,7 @@ from sqlalchemy import (
     text,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata = MetaData(
     naming_convention={
@@ -86,6 +86,9 @@ sessions = Table(
     Column("baseline_sent", BigInteger, nullable=False, default=0),
     UniqueConstraint("source", "session_key", "connected_since"),
     Index(None, "client_id", "connected_since"),
+    # the connection log, newest first (GET /sessions): a page is a short backward index walk.
+    # Added in schema version 3.
+    Index(None, "connected_since"),
     # open sessions only: every poll's and request's question, a few rows among millions
     Index(
         "ix_sessions_open",

@@ -334,6 +334,7 @@ def test_schema_1_database_upgrades_and_continues_exactly(tmp_path, status):
         conn.exec_driver_sql("INSERT INTO usage_history SELECT * FROM new_usage")
         conn.exec_driver_sql("DROP TABLE new_usage")
         conn.exec_driver_sql("DROP INDEX ix_sessions_open")
+        conn.exec_driver_sql("DROP INDEX ix_sessions_connected_since")
         conn.exec_driver_sql(
             "CREATE INDEX ix_sessions_disconnected_at ON sessions (disconnected_at)"
         )

@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 
 from ovpnmon_collector import prune, rollup
 from ovpnmon_collector.cli import cli
-from ovpnmon_common import schema
+from ovpnmon_common import meta, schema
 from ovpnmon_common.buckets import DAY, align
 from ovpnmon_common.config import ConfigError, RetentionConfig, load_config
 from ovpnmon_common.storage import engines, migrations
@@ -69,6 +69,29 @@ def test_prune_applies_each_retention_in_whole_days(filled):
     assert report.pages_freed > 0
     again = prune.prune(engine, RETENTION, NOW)
     assert sum(again.deleted.values()) == 0
+
+
+def test_prune_records_how_far_each_tier_is_deleted_also_when_nothing_was_left(filled):
+    engine, _ = filled
+    rollup.catch_up(engine, NOW)
+    prune.prune(engine, RETENTION, NOW)
+    with engine.connect() as conn:
+        pruned = meta.read_status(conn).pruned
+    day = align(NOW, DAY)
+    assert pruned == {
+        "raw": day - 3 * DAY,
+        "quarter_hour": day - 3 * DAY,
+        "hourly": day - 5 * DAY,
+        "six_hour": day - 8 * DAY,
+        "global_raw": day - 3 * DAY,
+        "global_15min": day - 5 * DAY,
+    }  # daily_days = 0: never pruned, no key
+    # a day later with nothing older left than the new limits, the keys still move on
+    prune.prune(engine, RETENTION, NOW + DAY)
+    prune.prune(engine, RETENTION, NOW + DAY)
+    with engine.connect() as conn:
+        later = meta.read_status(conn).pruned
+    assert later == {name: before + DAY for name, before in pruned.items()}
 
 
 def test_cli_prune_and_info(filled, tmp_path):

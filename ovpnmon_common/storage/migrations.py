@@ -44,8 +44,13 @@ def _to_version_2(conn: Connection) -> None:
     old.drop(conn)
 
 
+def _to_version_3(conn: Connection) -> None:
+    """2 -> 3: an index on sessions' Connected Since, for the connection log (newest first)."""
+    next(i for i in schema.sessions.indexes if i.name == "ix_sessions_connected_since").create(conn)
+
+
 # from-version -> function upgrading to from-version + 1
-MIGRATIONS: dict[int, Any] = {1: _to_version_2}
+MIGRATIONS: dict[int, Any] = {1: _to_version_2, 2: _to_version_3}
 
 
 def init_db(engine: Engine) -> tuple[int | None, int]:
