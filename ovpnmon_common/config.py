@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import functools
 import os
 import re
 import zoneinfo
@@ -54,6 +55,23 @@ class RetentionConfig:
 
 
 @dataclass(frozen=True)
+class QuotaConfig:
+    """``[quota]`` and ``[quota:COMMON NAME]``: bytes (both directions) a client may transfer in
+    a calendar month of ``[api] timezone``. Reporting only: nothing is ever disconnected."""
+
+    monthly: int | None = None  # the default; None: no quota
+    overrides: tuple[tuple[str, int | None], ...] = ()  # (common name, monthly or None)
+
+    @functools.cached_property
+    def _by_name(self) -> dict[str, int | None]:
+        return dict(self.overrides)
+
+    def monthly_for(self, common_name: str) -> int | None:
+        """``common_name``'s monthly quota in bytes, or None."""
+        return self._by_name.get(common_name, self.monthly)
+
+
+@dataclass(frozen=True)
 class ApiConfig:
     """``[api]``: where and how the API listens and what it answers."""
 
@@ -81,6 +99,7 @@ class Config:
     crl: str | None = None
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    quota: QuotaConfig = field(default_factory=QuotaConfig)
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some fields changed (the CLI's ``--db``)."""
@@ -213,6 +232,27 @@ def parse_management_address(text: str) -> tuple[str, str | int]:
     return (host, port)
 
 
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGTP]i?B|B)?", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1}
+for _i, _prefix in enumerate("KMGTP", start=1):
+    _UNITS[f"{_prefix}B"] = 1000**_i
+    _UNITS[f"{_prefix}IB"] = 1024**_i
+
+
+def _size(text: str) -> int | None:
+    """``none``, or bytes: a number with B, KB/MB/GB/TB/PB (powers of 1000) or
+    KiB/MiB/GiB/TiB/PiB (powers of 1024)."""
+    if text.lower() == "none":
+        return None
+    match = _SIZE.fullmatch(text)
+    if match is None:
+        raise ValueError("expected none or a size such as 500 GiB, 1.5 TB or 1000000 (bytes)")
+    value = float(match[1]) * _UNITS[(match[2] or "").upper()]
+    if value > 2**63 - 1:
+        raise ValueError("expected at most 8 EiB")
+    return int(value)
+
+
 def _yes_no(text: str) -> bool:
     value = text.strip().lower()
     if value in ("yes", "true", "on", "1"):
@@ -229,6 +269,7 @@ def _management(text: str) -> str:
 
 _Parsers = Mapping[str, Callable[[str], Any]]
 
+_QUOTA_KEYS: _Parsers = {"monthly": _size}  # [quota] and each [quota:COMMON NAME]
 _SECTIONS: dict[str, _Parsers] = {
     "database": {"path": _path},
     "collector": {"interval": _int_between(1, 3600)},
@@ -252,6 +293,7 @@ _SECTIONS: dict[str, _Parsers] = {
         "metrics": _yes_no,
         "metrics_per_client": _yes_no,
     },
+    "quota": _QUOTA_KEYS,
 }
 
 _SOURCE_KEYS: _Parsers = {
@@ -308,13 +350,19 @@ def parse_config(text: str, path: str = "<config>") -> Config:
 
     values: dict[str, dict[str, Any]] = {}
     sources: list[SourceConfig] = []
+    overrides: list[tuple[str, int | None]] = []
     for section in parser.sections():
         if section.startswith("source:"):
             sources.append(_parse_source(parser, section, path))
             continue
+        if section.startswith("quota:"):
+            overrides.append(_parse_quota(parser, section, path))
+            continue
         known = _SECTIONS.get(section)
         if known is None:
-            accepted = ", ".join(f"[{name}]" for name in [*_SECTIONS, "source:NAME"])
+            accepted = ", ".join(
+                f"[{name}]" for name in [*_SECTIONS, "source:NAME", "quota:COMMON NAME"]
+            )
             raise ConfigError(f"{path}: unknown section [{section}]; accepted: {accepted}")
         values[section] = {
             key: _parse_value(path, section, key, raw, known) for key, raw in parser.items(section)
@@ -332,6 +380,7 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         crl=certs.get("crl"),
         retention=retention,
         api=api,
+        quota=QuotaConfig(overrides=tuple(overrides), **values.get("quota", {})),
     )
 
 
@@ -344,6 +393,21 @@ def _parse_value(path: str, section: str, key: str, raw: str, known: _Parsers) -
         return parse(raw.strip())
     except ValueError as exc:
         raise ConfigError(f"{path}: [{section}] {key}: {exc}, got {raw.strip()!r}") from None
+
+
+def _parse_quota(
+    parser: configparser.ConfigParser, section: str, path: str
+) -> tuple[str, int | None]:
+    name = section[len("quota:") :]
+    if not name:
+        raise ConfigError(f"{path}: [{section}]: name the client: [quota:COMMON NAME]")
+    items = {
+        key: _parse_value(path, section, key, raw, _QUOTA_KEYS)
+        for key, raw in parser.items(section)
+    }
+    if "monthly" not in items:
+        raise ConfigError(f"{path}: [{section}]: set monthly (a size, or none for no quota)")
+    return name, items["monthly"]
 
 
 def _parse_source(parser: configparser.ConfigParser, section: str, path: str) -> SourceConfig:

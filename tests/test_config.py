@@ -101,6 +101,19 @@ timezone = Europe/Berlin
             "[source:udp]\nstatus_file=/a\ncolour=red\n",
             "x.conf: [source:udp] colour: unknown key; accepted: status_file, management",
         ),
+        (
+            "[quota]\nmonthly = lots\n",
+            "x.conf: [quota] monthly: expected none or a size such as 500 GiB",
+        ),
+        ("[quota]\nmonthly = 9 EiB\n", "[quota] monthly: expected none or a size"),
+        ("[quota]\nmonthly = 9000 PiB\n", "[quota] monthly: expected at most 8 EiB"),
+        ("[quota:]\nmonthly = 1 GB\n", "x.conf: [quota:]: name the client: [quota:COMMON NAME]"),
+        ("[quota:alice]\n", "x.conf: [quota:alice]: set monthly (a size, or none for no quota)"),
+        (
+            "[quota:alice]\ndaily = 1 GB\n",
+            "x.conf: [quota:alice] daily: unknown key; accepted: monthly",
+        ),
+        ("[quotas]\n", "unknown section [quotas]; accepted: [database], "),
         ("interval = 5\n", "x.conf: not a valid INI file: File contains no section headers."),
         ("[api]\nport=1\nport=2\n", "x.conf: not a valid INI file"),
     ],
@@ -169,3 +182,26 @@ def test_a_config_file_with_a_byte_order_mark_is_read(tmp_path):
     path = tmp_path / "c.conf"
     path.write_bytes("\ufeff[collector]\ninterval = 7\n".encode())
     assert load_config(str(path)).interval == 7
+
+
+def test_monthly_quotas_in_decimal_and_binary_units_with_per_client_overrides():
+    config = parse_config(
+        "[quota]\nmonthly = 100 GiB\n"
+        "[quota:alice]\nmonthly = 1.5 TB\n"
+        "[quota:Bob Smith]\nmonthly = none\n"
+        "[quota:carol]\nmonthly = 250000\n"
+        "[quota:dave]\nmonthly = 2kib\n",
+        "x.conf",
+    )
+    quota = config.quota
+    assert quota.monthly == 100 * 1024**3
+    assert quota.monthly_for("alice") == 1_500_000_000_000
+    assert quota.monthly_for("Bob Smith") is None  # exempt from the default
+    assert quota.monthly_for("bob smith") == 100 * 1024**3  # common names are case-sensitive
+    assert quota.monthly_for("carol") == 250_000
+    assert quota.monthly_for("dave") == 2048
+    assert quota.monthly_for("erin") == 100 * 1024**3
+
+
+def test_no_quota_section_means_no_quotas():
+    assert parse_config("[api]\n", "x.conf").quota.monthly_for("alice") is None
