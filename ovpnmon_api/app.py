@@ -100,15 +100,16 @@ class AccessLog:
 
 
 class _NameWithSlashes:
-    """``/clients/<name>/stats`` for a name that contains '/'."""
+    """``/clients/<name>/stats`` and ``/clients/<name>/sessions`` for a name that contains
+    '/'."""
 
-    def __init__(self, resource: resources.ClientStats) -> None:
-        self.resource = resource
+    def __init__(self, by_suffix: dict[str, Any]) -> None:
+        self.by_suffix = by_suffix
 
     def __call__(self, req: falcon.Request, resp: falcon.Response, **params: Any) -> None:
         if req.method not in ("GET", "HEAD"):
             raise falcon.HTTPMethodNotAllowed(["GET", "HEAD"])
-        self.resource.on_get(req, resp, params["common_name"])
+        self.by_suffix[params["what"]].on_get(req, resp, params["common_name"])
 
 
 def create_app(
@@ -137,9 +138,16 @@ def create_app(
     # as /clients/system/stats, the same resource under a path no fixed name shadows.
     app.add_route(PREFIX + "/stats/{common_name:path}", client_stats)
     app.add_route(PREFIX + "/clients/{common_name}/stats", client_stats)
+    sessions = resources.Sessions(ctx)
+    app.add_route(f"{PREFIX}/sessions", sessions)
+    app.add_route(PREFIX + "/clients/{common_name}/sessions", sessions)
     # a name with '/' (sent as %2F) spans several segments, which no route field can: a sink
     # (tried only when no route matched) takes what lies between /clients/ and /stats
-    app.add_sink(_NameWithSlashes(client_stats), rf"{PREFIX}/clients/(?P<common_name>.+/.+)/stats$")
+    app.add_sink(
+        _NameWithSlashes({"stats": client_stats, "sessions": sessions}),
+        rf"{PREFIX}/clients/(?P<common_name>.+/.+)/(?P<what>stats|sessions)$",
+    )
+    app.add_route(f"{PREFIX}/usage", resources.Usage(ctx))
     app.add_route(f"{PREFIX}/clients", resources.Clients(ctx))
     app.add_route(f"{PREFIX}/certificates", resources.Certificates(ctx))
     app.add_route(f"{PREFIX}/health", resources.Health(ctx))

@@ -9,9 +9,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ovpnmon_api.read.clients import ClientRow, OpenSession
+from ovpnmon_api.read.sessions import SessionRow
 from ovpnmon_common.formatting import to_gb, to_mb, to_mbps
 from ovpnmon_common.meta import CollectorStatus
-from ovpnmon_common.planner import Series
+from ovpnmon_common.periods import Period
+from ovpnmon_common.planner import Series, UsagePlan
 from ovpnmon_common.totals import SystemTotals
 
 Stamp = Callable[[int | None], str | None]
@@ -75,6 +77,7 @@ def client_stats(
     points: list[Body],
     series: Series,
     last_interval: float,
+    quota: Body | None = None,
 ) -> Body:
     """``GET /stats/<common_name>``."""
     return {
@@ -96,6 +99,7 @@ def client_stats(
             "last_seen": ts(row.last_seen),
             "connected_since": ts(row.connected_since),
             "sessions": [session(ts, s) for s in sessions],
+            "quota": quota,
             "history": points,
             "meta": {
                 "resolution_used": series.label,
@@ -243,3 +247,148 @@ def health(
             timezone=timezone,
         )
     return body
+
+
+def percent(used: int, quota: int | None) -> float | None:
+    """``used`` as a percentage of ``quota``, two decimals; None without a quota."""
+    if quota is None:
+        return None
+    return round(used * 100 / quota, 2) if quota else 0.0
+
+
+def usage(
+    ts: Stamp,
+    period: Period,
+    plan: UsagePlan,
+    rows: Sequence[tuple[str, int, int]],
+    quota_for: Callable[[str], int | None] | None,
+    tz: str,
+    now: int,
+) -> Body:
+    """``GET /usage``: every client's bytes in ``period`` (``quota_for``: the monthly quotas,
+    for a calendar month)."""
+    data = []
+    total_rx = total_tx = 0
+    for name, rx, tx in rows:
+        total_rx, total_tx = total_rx + rx, total_tx + tx
+        quota = quota_for(name) if quota_for is not None else None
+        data.append(
+            {
+                "common_name": name,
+                "bytes_received": rx,
+                "bytes_sent": tx,
+                "bytes_total": rx + tx,
+                "quota_bytes": quota,
+                "quota_used_percent": percent(rx + tx, quota),
+            }
+        )
+    return {
+        "success": True,
+        "period": {
+            "kind": period.kind,
+            "name": period.name,
+            "from": ts(period.start),
+            "to": ts(period.end),
+            "timezone": tz,
+            "seconds": period.end - period.start,
+            "in_progress": now < period.end,
+        },
+        "exact": plan.exact,
+        "rounded": [
+            {"edge": e.name, "asked": ts(e.asked), "used": ts(e.used), "tier": e.tier.table.name}
+            for e in plan.edges
+            if e.rounded
+        ],
+        "count": len(data),
+        "total": {
+            "bytes_received": total_rx,
+            "bytes_sent": total_tx,
+            "bytes_total": total_rx + total_tx,
+        },
+        "data": data,
+    }
+
+
+USAGE_COLUMNS = (
+    "common_name",
+    "bytes_received",
+    "bytes_sent",
+    "bytes_total",
+    "quota_bytes",
+    "quota_used_percent",
+)
+
+
+def quota(period: Period, plan: UsagePlan, used: int, monthly: int | None) -> Body | None:
+    """A client's quota for the current month, as ``/stats/<cn>`` shows it; None without one."""
+    if monthly is None:
+        return None
+    return {
+        "period": period.name,
+        "monthly_bytes": monthly,
+        "used_bytes": used,
+        "used_percent": percent(used, monthly),
+        "exact": plan.exact,
+    }
+
+
+def connection(ts: Stamp, row: SessionRow) -> Body:
+    """One session of the connection log."""
+    end = row.disconnected_at if row.disconnected_at is not None else row.last_seen
+    return {
+        "id": row.id,
+        "common_name": row.common_name,
+        "source": row.source,
+        "real_address": row.real_address,
+        "virtual_address": row.virtual_address,
+        "virtual_ipv6": row.virtual_ipv6,
+        "connected_since": ts(row.connected_since),
+        "disconnected_at": ts(row.disconnected_at),
+        "last_seen": ts(row.last_seen),
+        "active": row.disconnected_at is None,
+        "duration_seconds": max(0, end - row.connected_since),
+        "bytes_received": row.received,
+        "bytes_sent": row.sent,
+        "bytes_total": row.received + row.sent,
+    }
+
+
+SESSION_COLUMNS = (
+    "id",
+    "common_name",
+    "source",
+    "real_address",
+    "virtual_address",
+    "virtual_ipv6",
+    "connected_since",
+    "disconnected_at",
+    "last_seen",
+    "active",
+    "duration_seconds",
+    "bytes_received",
+    "bytes_sent",
+    "bytes_total",
+)
+
+
+def sessions(ts: Stamp, rows: Sequence[SessionRow], next_cursor: str | None) -> Body:
+    """``GET /sessions``: one page of the connection log, newest first."""
+    return {
+        "success": True,
+        "count": len(rows),
+        "next_cursor": next_cursor,
+        "data": [connection(ts, row) for row in rows],
+    }
+
+
+def table(body: Body, columns: Sequence[str]) -> tuple[Sequence[str], list[list[Any]]]:
+    """The CSV of a list body: ``columns`` of each ``data`` entry, in order (booleans as
+    ``true``/``false``, null as an empty field)."""
+    rows = []
+    for entry in body["data"]:
+        row = []
+        for column in columns:
+            value = entry[column]
+            row.append(("true" if value else "false") if isinstance(value, bool) else value)
+        rows.append(row)
+    return columns, rows

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ovpnmon_common import __version__
+from ovpnmon_common.periods import PERIOD_PATTERN, TIME_PATTERN
 from ovpnmon_common.planner import ANALYTICS, LABELS, RANGES, RESOLUTIONS
 
 TIMESTAMP = {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$"}
@@ -231,6 +232,14 @@ def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def _json_or_csv(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    csv = {"schema": {"type": "string"}}
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": schema}, "text/csv": csv},
+    }
+
+
 def _errors(*codes: int) -> dict[str, Any]:
     words = {
         400: "A parameter is not valid; the message says what is accepted",
@@ -272,14 +281,150 @@ STATS_COMMON_NAME = {
 }
 
 
-def _get(summary: str, ok: dict[str, Any], params: list[Any], errors: tuple[int, ...]) -> Any:
+def _get(
+    summary: str,
+    ok: dict[str, Any],
+    params: list[Any],
+    errors: tuple[int, ...],
+    csv: bool = False,
+) -> Any:
+    answer = (
+        _json_or_csv("OK (CSV with format=csv or Accept: text/csv)", ok) if csv else _json("OK", ok)
+    )
     return {
         "get": {
             "summary": summary,
             "parameters": params,
-            "responses": {"200": _json("OK", ok), **_errors(*errors)},
+            "responses": {"200": answer, **_errors(*errors)},
         }
     }
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+NULLABLE_COUNT = {"type": ["integer", "null"], "minimum": 0}
+FORMAT = _query(
+    "format",
+    {"type": "string", "enum": ["json", "csv"], "default": "json"},
+    "csv: RFC 4180 with a header row (also with Accept: text/csv).",
+)
+TIME_TEXT = {
+    "type": "string",
+    "pattern": TIME_PATTERN,
+    "examples": ["2026-11-01", "2026-11-05 10:00"],
+}
+USAGE_BODY = _obj(
+    {
+        "success": {"const": True},
+        "period": _obj(
+            {
+                "kind": {"type": "string", "enum": ["month", "week", "day", "range"]},
+                "name": {"type": ["string", "null"]},
+                "from": TIMESTAMP,
+                "to": TIMESTAMP,
+                "timezone": {"type": "string"},
+                "seconds": COUNT,
+                "in_progress": {"type": "boolean"},
+            }
+        ),
+        "exact": {"type": "boolean"},
+        "rounded": {
+            "type": "array",
+            "items": _obj(
+                {
+                    "edge": {"type": "string", "enum": ["from", "to"]},
+                    "asked": TIMESTAMP,
+                    "used": TIMESTAMP,
+                    "tier": {"type": "string"},
+                }
+            ),
+        },
+        "count": COUNT,
+        "total": _obj({"bytes_received": COUNT, "bytes_sent": COUNT, "bytes_total": COUNT}),
+        "data": {
+            "type": "array",
+            "items": _obj(
+                {
+                    "common_name": {"type": "string"},
+                    "bytes_received": COUNT,
+                    "bytes_sent": COUNT,
+                    "bytes_total": COUNT,
+                    "quota_bytes": NULLABLE_COUNT,
+                    "quota_used_percent": {"type": ["number", "null"], "minimum": 0},
+                }
+            ),
+        },
+    }
+)
+USAGE_PARAMS = [
+    _query(
+        "period",
+        {
+            "type": "string",
+            "pattern": PERIOD_PATTERN,
+            "examples": ["2026-11", "2026-W48", "2026-11-05"],
+        },
+        "A month (2026-11), an ISO week (2026-W48) or a day (2026-11-05) in [api] timezone. "
+        "Or from/to.",
+    ),
+    _query(
+        "from",
+        TIME_TEXT,
+        "Start (inclusive): a date or a time, in [api] timezone unless it has an offset.",
+    ),
+    _query("to", TIME_TEXT, "End (exclusive); default now."),
+    _query("common_name", {"type": "string", "minLength": 1}, "One client only."),
+    FORMAT,
+]
+SESSION = _obj(
+    {
+        "id": COUNT,
+        "common_name": {"type": "string"},
+        "source": {"type": "string"},
+        "real_address": {"type": "string"},
+        "virtual_address": {"type": "string"},
+        "virtual_ipv6": {"type": "string"},
+        "connected_since": TIMESTAMP,
+        "disconnected_at": NULLABLE_TIMESTAMP,
+        "last_seen": TIMESTAMP,
+        "active": {"type": "boolean"},
+        "duration_seconds": COUNT,
+        "bytes_received": {"type": "integer"},
+        "bytes_sent": {"type": "integer"},
+        "bytes_total": {"type": "integer"},
+    }
+)
+SESSIONS_BODY = _obj(
+    {
+        "success": {"const": True},
+        "count": COUNT,
+        "next_cursor": {"type": ["string", "null"]},
+        "data": {"type": "array", "items": SESSION},
+    }
+)
+SESSIONS_PARAMS = [
+    _query("source", {"type": "string"}, "One OpenVPN instance ([source:NAME])."),
+    _query("from", TIME_TEXT, "Sessions still connected at or after this time."),
+    _query("to", TIME_TEXT, "Sessions connected before this time."),
+    _query("active", {"type": "string", "enum": ["yes", "no"]}, "Open (yes) or closed (no) only."),
+    _query(
+        "limit",
+        {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+        "Rows per page.",
+    ),
+    _query(
+        "cursor", {"type": "string"}, "next_cursor of the previous page, with the same filters."
+    ),
+    FORMAT,
+]
 
 
 def document() -> dict[str, Any]:
@@ -324,6 +469,30 @@ def document() -> dict[str, Any]:
             "/stats/{common_name}": client_stats(STATS_COMMON_NAME),
             "/clients/{common_name}/stats": client_stats(COMMON_NAME),
             "/clients": _get("Common names and status", CLIENTS, [], (401, 503)),
+            "/usage": _get(
+                "Every client's exact bytes over a calendar period, with quotas",
+                USAGE_BODY,
+                USAGE_PARAMS,
+                (400, 401, 404, 503),
+                csv=True,
+            ),
+            "/sessions": _get(
+                "The connection log, newest first, one page at a time",
+                SESSIONS_BODY,
+                [
+                    _query("common_name", {"type": "string", "minLength": 1}, "One client only."),
+                    *SESSIONS_PARAMS,
+                ],
+                (400, 401, 404, 503),
+                csv=True,
+            ),
+            "/clients/{common_name}/sessions": _get(
+                "One client's connection log, newest first",
+                SESSIONS_BODY,
+                [COMMON_NAME, *SESSIONS_PARAMS],
+                (400, 401, 404, 503),
+                csv=True,
+            ),
             "/certificates": _get("Certificate expiry", CERTIFICATES, [], (401, 503)),
             "/health": {
                 "get": {

@@ -7,7 +7,8 @@ Bodies follow ``docs/api.md`` (the contract of ``shared/spec/api-v1.md`` plus ad
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Hashable, Iterator
+import re
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -15,20 +16,38 @@ import falcon
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
-from ovpnmon_api import bodies
+from ovpnmon_api import bodies, tables
 from ovpnmon_api.cache import ResponseCache
 from ovpnmon_api.database import FollowedDatabase
 from ovpnmon_api.read import certificates, clients, series
-from ovpnmon_common import meta, totals
+from ovpnmon_api.read import sessions as read_sessions
+from ovpnmon_api.read import usage as read_usage
+from ovpnmon_common import meta, periods, totals
 from ovpnmon_common.config import Config
 from ovpnmon_common.formatting import format_timestamp
 from ovpnmon_common.meta import CollectorStatus
-from ovpnmon_common.planner import Series, check_raw_points, plan, plan_analytics
+from ovpnmon_common.periods import Period
+from ovpnmon_common.planner import (
+    InvalidQuery,
+    Series,
+    check_raw_points,
+    plan,
+    plan_analytics,
+    plan_usage,
+)
 from ovpnmon_common.storage import DatabaseError, describe_error
+
+CSV = "text/csv; charset=utf-8; header=present"
 
 
 class Fragment(bytes):
     """JSON already rendered, spliced as it is into a body by ``render``."""
+
+
+class Download(bytes):
+    """A rendered CSV body, with the cursor of the page after it (None on the last page)."""
+
+    next_cursor: str | None = None
 
 
 def render(body: Any) -> bytes:
@@ -75,6 +94,33 @@ class Context:
         resp.content_type = falcon.MEDIA_JSON
         resp.data = render(around(Fragment(data))) if around is not None else data
 
+    def respond_table(
+        self,
+        req: falcon.Request,
+        resp: falcon.Response,
+        key: Hashable,
+        build: Callable[[], dict[str, Any]],
+        columns: Sequence[str],
+        filename: str,
+    ) -> None:
+        """Answer with ``columns`` of the list body ``build()`` as CSV, rendered once per
+        database state and ``key``, as a download named ``filename``. A paged body's
+        ``next_cursor`` becomes a ``Link: <...>; rel="next"`` header (RFC 8288)."""
+
+        def download() -> Download:
+            body = build()
+            data = Download(tables.render_csv(*bodies.table(body, columns)))
+            data.next_cursor = body.get("next_cursor")
+            return data
+
+        data = self.cache.get_or_build(("csv", key), download)
+        resp.content_type = CSV
+        resp.set_header("Content-Disposition", f'attachment; filename="{filename}"')
+        if data.next_cursor is not None:
+            query = falcon.to_query_str({**req.params, "cursor": data.next_cursor})
+            resp.set_header("Link", f'<{req.root_path}{req.path}{query}>; rel="next"')
+        resp.data = bytes(data)
+
     def status(self) -> CollectorStatus:
         """The collector's status, read once per database state."""
 
@@ -96,6 +142,10 @@ class Context:
     def ts(self, epoch: int | None) -> str | None:
         """``epoch`` in the configured time zone; None stays None."""
         return format_timestamp(epoch, self.tz) if epoch is not None else None
+
+    def time(self, epoch: int) -> str:
+        """``epoch`` in the configured time zone."""
+        return format_timestamp(epoch, self.tz)
 
     def now(self) -> int:
         """Now, in whole epoch seconds, from the injected clock."""
@@ -141,6 +191,21 @@ def single(req: falcon.Request, name: str) -> str | None:
     return value
 
 
+def output_format(req: falcon.Request) -> str:
+    """``json`` or ``csv``: ``format=``, else an ``Accept`` header that prefers text/csv."""
+    value = single(req, "format")
+    if value is not None:
+        if value not in ("json", "csv"):
+            raise falcon.HTTPBadRequest(
+                title="Bad request", description=f"format must be json or csv; got {value!r}"
+            )
+        return value
+    accept = req.get_header("Accept") or ""
+    if "text/csv" in accept and req.client_prefers(["application/json", "text/csv"]) == "text/csv":
+        return "csv"
+    return "json"
+
+
 class Analytics(Resource):
     """``GET /analytics``: the whole server in 96 buckets, top clients and the traffic split."""
 
@@ -174,11 +239,13 @@ class ClientStats(Resource):
     def on_get(self, req: falcon.Request, resp: falcon.Response, common_name: str) -> None:
         allow_params(req, "range", "resolution")
         range_, resolution = single(req, "range"), single(req, "resolution")
-        planned = plan(range_, resolution, self.ctx.now(), self.ctx.config.retention)
+        now = self.ctx.now()
+        planned = plan(range_, resolution, now, self.ctx.config.retention)
+        month = periods.month_of(now, self.ctx.tz)
         key = ("client", common_name, planned.range, planned.tier.name, planned.step, planned.start)
-        self.ctx.respond(resp, key, lambda: self._body(common_name, planned))
+        self.ctx.respond(resp, (*key, month.start), lambda: self._body(common_name, planned, month))
 
-    def _body(self, common_name: str, planned: Series) -> dict[str, Any]:
+    def _body(self, common_name: str, planned: Series, month: Period) -> dict[str, Any]:
         with self.ctx.snapshot() as (conn, status):
             check_raw_points(planned, status.interval or self.ctx.config.interval)
             found = clients.client(conn, status, common_name)
@@ -190,8 +257,25 @@ class ClientStats(Resource):
             row, sessions = found
             sums, samples = series.client_history(conn, status, row.id, planned)
             last_interval = clients.last_interval(conn, status)
+            quota = self._quota(conn, status, row, month)
         points = bodies.history(self.ctx.ts, planned, sums, samples)
-        return bodies.client_stats(self.ctx.ts, row, sessions, points, planned, last_interval)
+        return bodies.client_stats(
+            self.ctx.ts, row, sessions, points, planned, last_interval, quota
+        )
+
+    def _quota(
+        self, conn: Connection, status: CollectorStatus, row: clients.ClientRow, month: Period
+    ) -> dict[str, Any] | None:
+        monthly = self.ctx.config.quota.monthly_for(row.common_name)
+        if monthly is None:
+            return None
+        try:
+            planned = plan_usage(month.start, month.end, status.pruned, self.ctx.time)
+        except InvalidQuery:  # [retention] keeps less than a month of any tier
+            return None
+        used = read_usage.usage(conn, status, planned, row.id)
+        total = sum(rx + tx for _, rx, tx in used)
+        return bodies.quota(month, planned, total, monthly)
 
 
 class AllStats(Resource):
@@ -273,3 +357,125 @@ class Health(Resource):
         resp.media = bodies.health(
             self.ctx.ts, status, self.ctx.clock(), interval, details, self.ctx.tz
         )
+
+
+def find_client(conn: Connection, common_name: str) -> int:
+    """The id of the client named ``common_name``; 404 if there is none."""
+    found = clients.ONE_CLIENT(conn, name=common_name).first()
+    if found is None:
+        raise falcon.HTTPNotFound(
+            title="Not found",
+            description=f"no client named {common_name!r}; GET /api/v1/clients lists them",
+        )
+    return int(found.id)
+
+
+class Usage(Resource):
+    """``GET /usage``: every client's bytes over a calendar period, exactly, with quotas."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        allow_params(req, "period", "from", "to", "common_name", "format")
+        fmt = output_format(req)
+        now = self.ctx.now()
+        period = self._period(req, now)
+        name = single(req, "common_name")
+        key = ("usage", period.kind, period.name, period.start, period.end, name)
+
+        def build() -> dict[str, Any]:
+            return self._body(period, name, now)
+
+        if fmt == "csv":
+            label = period.name or f"{period.start}-{period.end}"
+            self.ctx.respond_table(
+                req, resp, key, build, bodies.USAGE_COLUMNS, f"usage-{label}.csv"
+            )
+        else:
+            self.ctx.respond(resp, key, build)
+
+    def _period(self, req: falcon.Request, now: int) -> Period:
+        text, start, end = single(req, "period"), single(req, "from"), single(req, "to")
+        tz = self.ctx.tz
+        if text is not None:
+            if start is not None or end is not None:
+                raise periods.InvalidPeriod("give either period or from/to, not both")
+            return periods.parse_period(text, tz)
+        return periods.between(start, end, tz, now)
+
+    def _body(self, period: Period, name: str | None, now: int) -> dict[str, Any]:
+        with self.ctx.snapshot() as (conn, status):
+            client_id = find_client(conn, name) if name is not None else None
+            planned = plan_usage(period.start, period.end, status.pruned, self.ctx.time)
+            rows = read_usage.usage(conn, status, planned, client_id)
+        quota = self.ctx.config.quota.monthly_for if period.kind == "month" else None
+        return bodies.usage(self.ctx.ts, period, planned, rows, quota, self.ctx.tz, now)
+
+
+MAX_PAGE = 1000
+DEFAULT_PAGE = 100
+
+
+class Sessions(Resource):
+    """``GET /sessions`` and ``/clients/<cn>/sessions``: the connection log, newest first."""
+
+    def on_get(
+        self, req: falcon.Request, resp: falcon.Response, common_name: str | None = None
+    ) -> None:
+        names = ("source", "from", "to", "active", "limit", "cursor", "format")
+        allow_params(req, *names, *(("common_name",) if common_name is None else ()))
+        fmt = output_format(req)
+        if common_name is None:
+            common_name = single(req, "common_name")
+        tz = self.ctx.tz
+        start_text, end_text = single(req, "from"), single(req, "to")
+        start = periods.parse_time(start_text, tz, "from") if start_text is not None else None
+        end = periods.parse_time(end_text, tz, "to") if end_text is not None else None
+        if start is not None and end is not None and start >= end:
+            raise periods.InvalidPeriod(f"from ({start_text}) must be before to ({end_text})")
+        active = _yes_no(single(req, "active"), "active")
+        limit = _limit(single(req, "limit"))
+        source = single(req, "source")
+        scope = json.dumps([common_name, source, start, end, active])
+        cursor = single(req, "cursor")
+        after = tables.decode_cursor(cursor, scope, 2) if cursor is not None else None
+        key = ("sessions", scope, after, limit)
+
+        def build() -> dict[str, Any]:
+            with self.ctx.snapshot() as (conn, _):
+                client_id = find_client(conn, common_name) if common_name is not None else None
+                filters = read_sessions.Filters(client_id, source, start, end, active)
+                rows, more = read_sessions.page(
+                    conn, filters, (after[0], after[1]) if after else None, limit
+                )
+            last = rows[-1] if rows else None
+            following = (
+                tables.encode_cursor((last.connected_since, last.id), scope)
+                if more and last is not None
+                else None
+            )
+            return bodies.sessions(self.ctx.ts, rows, following)
+
+        if fmt == "csv":
+            self.ctx.respond_table(req, resp, key, build, bodies.SESSION_COLUMNS, "sessions.csv")
+        else:
+            self.ctx.respond(resp, key, build)
+
+
+def _yes_no(value: str | None, name: str) -> bool | None:
+    if value is None:
+        return None
+    if value in ("yes", "no"):
+        return value == "yes"
+    raise falcon.HTTPBadRequest(
+        title="Bad request", description=f"{name} must be yes or no; got {value!r}"
+    )
+
+
+def _limit(value: str | None) -> int:
+    if value is None:
+        return DEFAULT_PAGE
+    if not re.fullmatch(r"[0-9]{1,6}", value) or not 1 <= int(value) <= MAX_PAGE:
+        raise falcon.HTTPBadRequest(
+            title="Bad request",
+            description=f"limit must be a whole number from 1 to {MAX_PAGE}; got {value!r}",
+        )
+    return int(value)

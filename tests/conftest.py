@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -134,6 +135,39 @@ def as_nobody(func) -> str:
     return result
 
 
+def row(cn: str, cid: int, since: int, rx: int, tx: int):
+    """One status-file client row: client ``cid`` with its own real and virtual address."""
+    from ovpnmon_collector.snapshot import SessionRow
+
+    return SessionRow(cn, f"127.0.0.1:{40000 + cid}", f"10.98.0.{cid + 2}", "", rx, tx, since, cid)
+
+
+class StatusPoller:
+    """The real collector polling a real status file (source ``udp``) every ``step`` seconds of
+    a fake clock: ``poll(row(...), ...)`` writes the file and stores one poll."""
+
+    def __init__(self, engine, tmp_path: Path, start: int, step: int = 10) -> None:
+        from ovpnmon_collector.collector import Collector
+        from ovpnmon_collector.sources import StatusFileSource
+        from ovpnmon_collector.store import Store
+
+        self.status = tmp_path / "status.log"
+        self.clock = FakeClock(start)
+        self.step = step
+        source = StatusFileSource("udp", str(self.status), settle=0)
+        self.collector = Collector(Store(engine), [source], clock=self.clock)
+
+    def poll(self, *rows) -> None:
+        from ovpnmon_demo.simulator import render_status
+
+        self.status.write_text(render_status(rows, int(self.clock.wall)))
+        assert self.collector.poll().stored
+        self.clock.advance(self.step)
+
+    def close(self) -> None:
+        self.collector.close()
+
+
 needs_root = pytest.mark.skipif(
     __import__("os").geteuid() != 0 and not __import__("os").environ.get("OVPNMON_REQUIRE_E2E"),
     reason="needs root (CI runs as root)",
@@ -174,6 +208,33 @@ def wait_for_http(url: str, timeout: float = 20) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def api_server(database: str, log_path, *args: str):
+    """A real ``ovpnmon_api serve`` on a free loopback port; yields its ``/api/v1`` base URL.
+
+    Its log goes to the file ``log_path``, never to a pipe: a pipe nobody drains fills at 64 KiB
+    of access log, and the server then blocks mid-request in its next log write. On a clean exit
+    of the block the server is stopped with SIGTERM and must exit 0 within 15 seconds.
+    """
+    import subprocess
+    import sys
+
+    port = free_port()
+    command = [sys.executable, "-m", "ovpnmon_api", "serve", "--db", database, "--port", str(port)]
+    with open(log_path, "wb") as log:
+        api = subprocess.Popen([*command, *args], stderr=log)
+    base = f"http://127.0.0.1:{port}/api/v1"
+    try:
+        wait_for_http(f"{base}/health")
+        yield base
+    except BaseException:
+        api.kill()
+        api.wait()
+        raise
+    stop_process(api, timeout=15)
+    assert api.returncode == 0, Path(log_path).read_text()[-4000:]
 
 
 def stop_process(process, timeout: float = 30) -> None:

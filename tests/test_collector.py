@@ -5,11 +5,10 @@ import logging
 import sqlite3
 
 import pytest
-from conftest import FakeClock, as_nobody, fixture_text, insert_client, needs_root
+from conftest import FakeClock, as_nobody, fixture_text, insert_client, needs_root, row
 from sqlalchemy import event, inspect, select
 
 from ovpnmon_collector.collector import Collector
-from ovpnmon_collector.snapshot import SessionRow
 from ovpnmon_collector.sources import StatusFileSource
 from ovpnmon_collector.store import Store
 from ovpnmon_common import meta, schema, storage
@@ -21,10 +20,6 @@ from ovpnmon_common.totals import lifetime_totals
 from ovpnmon_demo.simulator import render_status
 
 T0 = 1_795_717_500
-
-
-def row(cn, cid, since, rx, tx):
-    return SessionRow(cn, f"127.0.0.1:{40000 + cid}", f"10.98.0.{cid + 2}", "", rx, tx, since, cid)
 
 
 class StatusFile:

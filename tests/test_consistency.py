@@ -40,15 +40,17 @@ step = st.tuples(
 )
 
 
-def replay(workdir: Path, steps) -> tuple:
+def replay(workdir: Path, steps, start: int = T0) -> tuple:
+    """Poll ``steps`` (see ``step``) through the real collector from a status file; the
+    engine and the wall clock at the end."""
     engine = engines.writer_engine(str(workdir / "x.db"))
     migrations.init_db(engine)
     status = str(workdir / "status.log")
-    clock = FakeClock(T0)
+    clock = FakeClock(start)
     collector = Collector(Store(engine), [StatusFileSource("p", status, settle=0)], clock=clock)
     open_sessions: dict[int, list[int]] = {}
     next_id = 0
-    now = T0
+    now = start
     for gap, actions, rolls_up in steps:
         now += gap
         clock.wall = now

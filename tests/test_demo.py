@@ -33,13 +33,15 @@ def processes_mentioning(text):
 def test_demo_runs_serves_every_range_and_leaves_nothing_behind(tmp_path):
     port = free_port()
     data = tmp_path / "demo-data"
-    demo = subprocess.Popen(
-        # the README's command itself: it makes (or reuses) ./.venv, installs, and execs demo.py
-        [str(ROOT / "scripts" / "demo"), "--port", str(port), "--data", str(data)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    log_path = tmp_path / "demo.log"  # a file, not a pipe: an undrained pipe blocks at 64 KiB
+    with open(log_path, "wb") as log:
+        demo = subprocess.Popen(
+            # the README's command itself: it makes (or reuses) ./.venv, installs, and execs demo.py
+            [str(ROOT / "scripts" / "demo"), "--port", str(port), "--data", str(data)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     base = f"http://127.0.0.1:{port}/api/v1"
     try:
         deadline = time.monotonic() + 120
@@ -78,7 +80,7 @@ def test_demo_runs_serves_every_range_and_leaves_nothing_behind(tmp_path):
             demo.wait(timeout=60)
         except subprocess.TimeoutExpired:
             demo.kill()
-    output = demo.stdout.read().decode()
+    output = log_path.read_text()
     assert demo.returncode == 0, output
     # the first thing it says once up is where the dashboard is
     up = [line for line in output.splitlines() if line.startswith("demo: ")]

@@ -12,6 +12,7 @@ connects while they are down, and they are restarted; finally they are stopped w
 
 from __future__ import annotations
 
+import calendar
 import contextlib
 import signal
 import socket
@@ -22,7 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port, get_json, require_openvpn, wait_for_http
+from conftest import api_server, get_json, require_openvpn
 from ovpn_harness import client_rows
 from sqlalchemy import select
 
@@ -188,6 +189,7 @@ def test_exact_accounting_against_real_openvpn(tmp_path):
     require_openvpn()
     from ovpn_harness import Pki, Server, wait_for_sessions
 
+    began = int(time.time())
     pki = Pki.create(tmp_path / "pki")
     server = Server(tmp_path / "server", pki, status_version=3)
     server.start()
@@ -276,19 +278,88 @@ def test_exact_accounting_against_real_openvpn(tmp_path):
         assert expected["dave"][0] == dave_now
     # the management reads went through the password prompt every time
     assert len(proxy.replies) >= 8
-    check_api_against_openvpn(by_file.db, expected_totals(relay.versions))
+    check_api_against_openvpn(by_file.db, expected_totals(relay.versions), relay.versions, began)
 
 
-def check_api_against_openvpn(database: str, expected: dict[str, list[int]]) -> None:
+def expected_log(snapshots: list[str]) -> dict[tuple[str, int, str], dict]:
+    """(CN, Connected Since, Real Address) -> what the connection log should say of each session
+    the snapshots listed (bob's two duplicate-cn sessions may share a second), parsed here: its
+    counted bytes (as ``expected_totals``), and
+    the times of the last snapshot listing it and of the first one after it (None: listed to
+    the end)."""
+    log: dict[tuple[str, int], dict] = {}
+    for index, text in enumerate(snapshots):
+        lines = [line.split("\t") for line in text.splitlines()]
+        stamp = next(int(f[2]) for f in lines if f[0] == "TIME")
+        header = next(f[2:] for f in lines if f[:2] == ["HEADER", "CLIENT_LIST"])
+        listed = set()
+        for fields in lines:
+            if fields[0] != "CLIENT_LIST" or fields[1] == "UNDEF":
+                continue
+            row = dict(zip(header, fields[1:], strict=True))
+            since = int(row["Connected Since (time_t)"])
+            key = (row["Common Name"], since, row["Real Address"])
+            listed.add(key)
+            rx, tx = int(row["Bytes Received"]), int(row["Bytes Sent"])
+            entry = log.setdefault(key, {"base": (rx, tx) if index == 0 else (0, 0)})
+            entry.update(rx=rx - entry["base"][0], tx=tx - entry["base"][1], last=stamp, gone=None)
+        for key, entry in log.items():
+            if key not in listed and entry["gone"] is None and entry["last"] < stamp:
+                entry["gone"] = stamp
+    return log
+
+
+def epoch(text: str) -> int:
+    """An API timestamp (UTC, the default [api] timezone) as epoch seconds."""
+    return calendar.timegm(time.strptime(text, "%Y-%m-%d %H:%M:%S"))
+
+
+def check_connection_log(base: str, snapshots: list[str], began: int) -> None:
+    """``/sessions``, paged two at a time, is every connection OpenVPN listed: to the second
+    and the byte; the killed alice closed, the rest open; ``/usage`` since the start equals
+    the sums."""
+    pages, cursor = [], None
+    while True:
+        query = "?limit=2" + (f"&cursor={cursor}" if cursor else "")
+        page = get_json(f"{base}/sessions{query}")
+        pages.extend(page["data"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    expected = expected_log(snapshots)
+    got = {(e["common_name"], epoch(e["connected_since"]), e["real_address"]): e for e in pages}
+    assert len(pages) == len(got) == len(expected) == 6
+    assert set(got) == set(expected)
+    since = [e["connected_since"] for e in pages]
+    assert since == sorted(since, reverse=True)  # newest first
+    for key, want in expected.items():
+        entry = got[key]
+        assert (entry["bytes_received"], entry["bytes_sent"]) == (want["rx"], want["tx"]), key
+        closed = entry["disconnected_at"]
+        if key[0] == "alice" and want["gone"] is not None:
+            # the killed session: closed by the first poll that no longer saw it
+            assert closed is not None and entry["active"] is False
+            assert want["last"] <= epoch(closed) <= want["gone"] + 10, (want, closed)
+        else:
+            assert closed is None and entry["active"] is True, key
+    assert sum(k[0] == "alice" for k in got) == 2 and sum(k[0] == "bob" for k in got) == 2
+    # per client, and usage since the test began (UTC, with an offset)
+    alice = get_json(f"{base}/clients/alice/sessions")["data"]
+    assert [e["id"] for e in alice] == [e["id"] for e in pages if e["common_name"] == "alice"]
+    start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(began - 60))
+    usage = {e["common_name"]: e for e in get_json(f"{base}/usage?from={start}")["data"]}
+    for name in ("alice", "bob", "carol", "dave"):
+        rows = [e for e in pages if e["common_name"] == name]
+        assert usage[name]["bytes_received"] == sum(e["bytes_received"] for e in rows), name
+        assert usage[name]["bytes_sent"] == sum(e["bytes_sent"] for e in rows), name
+
+
+def check_api_against_openvpn(
+    database: str, expected: dict[str, list[int]], snapshots: list[str], began: int
+) -> None:
     """The real API under waitress answers with OpenVPN's own numbers, to the byte."""
-    port = free_port()
-    api = subprocess.Popen(
-        [sys.executable, "-m", "ovpnmon_api", "serve", "--db", database, "--port", str(port)],
-        stderr=subprocess.PIPE,
-    )
-    base = f"http://127.0.0.1:{port}/api/v1"
-    try:
-        wait_for_http(f"{base}/health")
+    log_path = Path(database).with_name("api.log")
+    with api_server(database, log_path) as base:
         for cn, (rx, tx) in expected.items():
             data = get_json(f"{base}/stats/{cn}?range=1h")["data"]
             assert data["totals"]["received_bytes"] == rx, cn
@@ -306,9 +377,7 @@ def check_api_against_openvpn(database: str, expected: dict[str, list[int]]) -> 
         assert analytics["max_concurrent_24h"] == 4
         top = {t["common_name"]: t["total"] for t in analytics["top_clients_24h"]}
         assert top == {cn: rx + tx for cn, (rx, tx) in expected.items()}
-    finally:
-        api.send_signal(signal.SIGTERM)
-        assert api.wait(timeout=15) == 0
-    log = api.stderr.read().decode()
+        check_connection_log(base, snapshots, began)
+    log = log_path.read_text()
     assert "Traceback" not in log
     assert "GET /api/v1/stats/system 200" in log  # one access-log line per request

@@ -8,12 +8,11 @@ import subprocess
 
 import falcon.testing
 import pytest
-from conftest import FakeClock, insert_client, require_e2e
+from conftest import FakeClock, StatusPoller, insert_client, require_e2e, row
 from prometheus_client.parser import text_string_to_metric_families
 
 from ovpnmon_api.app import create_app
 from ovpnmon_collector.collector import Collector
-from ovpnmon_collector.snapshot import SessionRow
 from ovpnmon_collector.sources import StatusFileSource
 from ovpnmon_collector.store import Store
 from ovpnmon_common import schema
@@ -26,25 +25,11 @@ HOSTILE = 'quote " back \\ slash, ünïcødé ☃'
 NEWLINE = "line\nbreak"  # no status file can carry it; stored directly to test the escaping
 
 
-def row(cn, cid, since, rx, tx):
-    return SessionRow(cn, f"127.0.0.1:{40000 + cid}", f"10.98.0.{cid + 2}", "", rx, tx, since, cid)
-
-
 @pytest.fixture
 def polled(tmp_path, engine):
     """A database with three polls: alice reconnects (OpenVPN's counters restart at zero), bob
     holds two duplicate-cn sessions, a hostile name, and a name with a newline."""
-    status = tmp_path / "status.log"
-    clock = FakeClock(T0)
-    collector = Collector(
-        Store(engine), [StatusFileSource("udp", str(status), settle=0)], clock=clock
-    )
-
-    def poll(*rows):
-        status.write_text(render_status(rows, int(clock.wall)))
-        assert collector.poll().stored
-        clock.advance(10)
-
+    poll = (poller := StatusPoller(engine, tmp_path, T0)).poll
     poll(row("alice", 0, T0 - 5, 0, 0), row("bob", 1, T0 - 5, 0, 0), row("bob", 2, T0 - 5, 0, 0))
     poll(
         row("alice", 0, T0 - 5, 5000, 500),
@@ -59,6 +44,7 @@ def polled(tmp_path, engine):
         row("bob", 2, T0 - 5, 260, 26),
         row(HOSTILE, 3, T0 + 5, 70, 7),
     )
+    poller.close()
     insert_client(engine, NEWLINE, id=99, seen=T0, closed_received=12, closed_sent=3)
     return engine
 

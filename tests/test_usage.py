@@ -1,0 +1,335 @@
+"""``GET /usage``: every client's bytes over a calendar period, equal to the raw deltas inside
+it — also after prune, where the answer says which edge moved to which tier bucket — with
+quotas, CSV and the 400s that name the accepted forms."""
+
+import csv
+import datetime as dt
+import io
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import falcon.testing
+import pytest
+from conftest import StatusPoller, row
+from hypothesis import HealthCheck, given, note, settings
+from hypothesis import strategies as st
+from sqlalchemy import select
+from test_consistency import replay, step
+
+from ovpnmon_api.app import create_app
+from ovpnmon_collector import prune, rollup
+from ovpnmon_common import meta, schema
+from ovpnmon_common.buckets import DAY, align_up
+from ovpnmon_common.config import ApiConfig, Config, QuotaConfig, RetentionConfig
+from ovpnmon_common.formatting import format_timestamp
+from ovpnmon_common.periods import parse_period, parse_time
+from ovpnmon_common.planner import InvalidQuery, plan_usage
+from ovpnmon_common.tiers import TIERS
+
+# 2026-10-24 12:00 UTC: the histories cross Berlin's change back to CET (25 October) and the
+# end of October in every zone below
+START = 1_792_843_200
+ZONES = ["UTC", "Europe/Berlin", "Asia/Kolkata", "America/Santiago"]
+WIDTH = {tier.table.name: tier.width for tier in TIERS}
+
+
+def get(app, path, **params):
+    client = falcon.testing.TestClient(app)
+    return client.simulate_get(path, params=params or None)
+
+
+def raw_samples(engine):
+    """(common name, ts) -> (rx, tx) of every raw sample: the truth, read before prune."""
+    u, c = schema.usage_history, schema.clients
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(c.c.common_name, u.c.ts, u.c.bytes_received, u.c.bytes_sent).join(
+                c, c.c.id == u.c.client_id
+            )
+        )
+        return {(name, ts): (rx, tx) for name, ts, rx, tx in rows}
+
+
+def raw_sums(samples, start, end):
+    sums = defaultdict(lambda: [0, 0])
+    for (name, ts), (rx, tx) in samples.items():
+        if start <= ts < end:
+            sums[name][0] += rx
+            sums[name][1] += tx
+    return {name: tuple(v) for name, v in sums.items() if v != [0, 0]}
+
+
+def from_csv(text):
+    """The CSV body as JSON's data entries (numbers and nulls back as they were)."""
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    for entry in rows:
+        for key, value in entry.items():
+            if key == "common_name":
+                entry[key] = value[1:] if value.startswith("'") else value
+            elif value == "":
+                entry[key] = None
+            else:
+                entry[key] = float(value) if "." in value else int(value)
+    return rows
+
+
+def period_params(data, tz, samples):
+    times = sorted(ts for _, ts in samples) or [START]
+    kind = data.draw(st.sampled_from(["month", "week", "day", "range"]))
+    if kind == "range":
+        start = data.draw(st.integers(times[0] - DAY, times[-1] + DAY))
+        end = data.draw(st.integers(start + 1, times[-1] + 2 * DAY))
+        return {
+            "from": format_timestamp(start, "UTC").replace(" ", "T") + "Z",
+            "to": format_timestamp(end, "UTC").replace(" ", "T") + "Z",
+        }
+    when = data.draw(st.sampled_from(times))
+    local = format_timestamp(when, tz)
+    if kind == "month":
+        return {"period": local[:7]}
+    if kind == "day":
+        return {"period": local[:10]}
+    year, week, _ = dt.date.fromisoformat(local[:10]).isocalendar()
+    return {"period": f"{year}-W{week:02d}"}
+
+
+retentions = st.builds(
+    RetentionConfig,
+    raw_days=st.integers(1, 3),
+    hourly_days=st.sampled_from([0, 4, 6]),
+    six_hour_days=st.sampled_from([0, 5, 8]),
+    daily_days=st.sampled_from([0, 7, 9]),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(step, min_size=1, max_size=25),
+    st.sampled_from(ZONES),
+    retentions,
+    st.one_of(st.none(), st.integers(0, 12 * DAY)),
+    st.data(),
+)
+def test_usage_equals_the_raw_sums_or_states_its_rounded_edges(steps, tz, retention, later, data):
+    check_usage(steps, tz, retention, later, lambda x: period_params(data, tz, x), note)
+
+
+def test_an_edge_in_pruned_raw_data_is_rounded_to_the_tier_and_summed_from_there():
+    """Polls every 5 hours for three days; raw samples kept one day: Kolkata's 25 October starts
+    at 18:30 UTC, which only the hourly tier still holds, rounded to 19:00."""
+    steps = [(5 * 3600 + 1, [1000 * i, 7, "new" if i % 4 == 0 else 3], False) for i in range(15)]
+    retention = RetentionConfig(raw_days=1, hourly_days=30, six_hour_days=60, daily_days=0)
+    body = check_usage(steps, "Asia/Kolkata", retention, 0, lambda _: {"period": "2026-10-25"})
+    assert body["exact"] is False
+    assert body["rounded"] == [
+        {
+            "edge": "from",
+            "asked": "2026-10-25 00:00:00",
+            "used": "2026-10-25 00:30:00",
+            "tier": "stats_hourly",
+        },
+        {
+            "edge": "to",
+            "asked": "2026-10-26 00:00:00",
+            "used": "2026-10-26 00:30:00",
+            "tier": "stats_hourly",
+        },
+    ]
+    assert body["data"], "the day had traffic"
+
+
+def check_usage(steps, tz, retention, later, choose, report=lambda text: None):
+    """Replay ``steps`` through the collector, roll up, prune ``later`` seconds after the last
+    poll (None: not at all), ask ``/usage`` for ``choose(raw samples)``'s parameters, and check
+    the answer against the raw samples as they were before prune; the body."""
+    with tempfile.TemporaryDirectory() as tmp:
+        engine, now = replay(Path(tmp), steps, start=START)
+        samples = raw_samples(engine)
+        if later is not None:
+            now += later
+            rollup.catch_up(engine, now)
+            prune.prune(engine, retention, now)
+        else:
+            rollup.catch_up(engine, now)
+        with engine.connect() as conn:
+            pruned = meta.read_status(conn).pruned
+        params = choose(samples)
+        report(f"tz={tz} params={params} pruned={pruned}")
+        config = Config(
+            database_path=str(Path(tmp) / "x.db"), retention=retention, api=ApiConfig(timezone=tz)
+        )
+        app = create_app(config, clock=lambda: now)
+        result = get(app, "/api/v1/usage", **params)
+        if "period" in params:
+            period = parse_period(params["period"], tz)
+            asked = period.start, period.end
+        else:
+            asked = parse_time(params["from"], tz, "from"), parse_time(params["to"], tz, "to")
+        engine.dispose()
+        if result.status_code == 400:
+            assert "no longer held" in result.json["error"] or "inside one" in result.json["error"]
+            with pytest.raises(InvalidQuery):
+                plan_usage(*asked, pruned, str)
+            return result.json
+        assert result.status_code == 200, result.text
+        body = result.json
+        used = list(asked)
+        for edge in body["rounded"]:
+            i = 0 if edge["edge"] == "from" else 1
+            used[i] = align_up(asked[i], WIDTH[edge["tier"]])
+            assert edge["asked"] == format_timestamp(asked[i], tz)
+            assert edge["used"] == format_timestamp(used[i], tz)
+            assert asked[i] < pruned["raw"]  # rounded only where raw samples are gone
+        assert body["exact"] == (not body["rounded"])
+        got = {e["common_name"]: (e["bytes_received"], e["bytes_sent"]) for e in body["data"]}
+        assert got == raw_sums(samples, *used)
+        assert body["total"]["bytes_total"] == sum(rx + tx for rx, tx in got.values())
+        # CSV parsed back equals JSON
+        csv_result = get(app, "/api/v1/usage", **params, format="csv")
+        assert from_csv(csv_result.text) == body["data"]
+        return body
+
+
+T0 = 1_795_717_500  # 2026-11-26 18:25 UTC
+
+
+@pytest.fixture
+def polled(engine, tmp_path):
+    """alice, bob and a hostile name, polled twice by the real collector."""
+    poll = (poller := StatusPoller(engine, tmp_path, T0)).poll
+    poll(row("alice", 0, T0 - 5, 0, 0), row("bob", 1, T0 - 5, 0, 0), row("=1+2", 2, T0 - 5, 0, 0))
+    poll(
+        row("alice", 0, T0 - 5, 6000, 600),
+        row("bob", 1, T0 - 5, 100, 10),
+        row("=1+2", 2, T0 - 5, 40, 4),
+    )
+    poller.close()
+    return engine
+
+
+def test_a_month_with_quotas(polled, db_path):
+    quota = QuotaConfig(monthly=10_000, overrides=(("bob", None), ("=1+2", 88)))
+    app = create_app(Config(database_path=db_path, quota=quota), clock=lambda: T0 + 20)
+    body = get(app, "/api/v1/usage", period="2026-11").json
+    assert body["period"] == {
+        "kind": "month",
+        "name": "2026-11",
+        "from": "2026-11-01 00:00:00",
+        "to": "2026-12-01 00:00:00",
+        "timezone": "UTC",
+        "seconds": 30 * DAY,
+        "in_progress": True,
+    }
+    assert body["exact"] is True and body["rounded"] == []
+    assert body["data"] == [
+        {
+            "common_name": "=1+2",
+            "bytes_received": 40,
+            "bytes_sent": 4,
+            "bytes_total": 44,
+            "quota_bytes": 88,
+            "quota_used_percent": 50.0,
+        },
+        {
+            "common_name": "alice",
+            "bytes_received": 6000,
+            "bytes_sent": 600,
+            "bytes_total": 6600,
+            "quota_bytes": 10_000,
+            "quota_used_percent": 66.0,
+        },
+        {
+            "common_name": "bob",
+            "bytes_received": 100,
+            "bytes_sent": 10,
+            "bytes_total": 110,
+            "quota_bytes": None,
+            "quota_used_percent": None,
+        },
+    ]
+    assert body["total"] == {"bytes_received": 6140, "bytes_sent": 614, "bytes_total": 6754}
+    # /stats/<cn> shows the current month's
+    stats = get(app, "/api/v1/stats/alice").json["data"]
+    assert stats["quota"] == {
+        "period": "2026-11",
+        "monthly_bytes": 10_000,
+        "used_bytes": 6600,
+        "used_percent": 66.0,
+        "exact": True,
+    }
+    assert get(app, "/api/v1/stats/bob").json["data"]["quota"] is None
+    # a week is no quota period
+    week = get(app, "/api/v1/usage", period="2026-W48").json["data"]
+    assert {e["quota_bytes"] for e in week} == {None}
+    # one client; the next month has nothing
+    one = get(app, "/api/v1/usage", period="2026-11-26", common_name="bob").json
+    assert [e["common_name"] for e in one["data"]] == ["bob"]
+    assert get(app, "/api/v1/usage", period="2026-12").json["data"] == []
+
+
+def test_csv_is_rfc_4180_and_safe_against_formulas(polled, db_path):
+    app = create_app(Config(database_path=db_path), clock=lambda: T0 + 20)
+    for result in (
+        get(app, "/api/v1/usage", period="2026-11", format="csv"),
+        falcon.testing.TestClient(app).simulate_get(
+            "/api/v1/usage", params={"period": "2026-11"}, headers={"Accept": "text/csv"}
+        ),
+    ):
+        assert result.status_code == 200
+        assert result.headers["content-type"] == "text/csv; charset=utf-8; header=present"
+        assert result.headers["content-disposition"] == 'attachment; filename="usage-2026-11.csv"'
+        assert result.text == (
+            "common_name,bytes_received,bytes_sent,bytes_total,quota_bytes,quota_used_percent\r\n"
+            "'=1+2,40,4,44,,\r\n"
+            "alice,6000,600,6600,,\r\n"
+            "bob,100,10,110,,\r\n"
+        )
+    # a browser's Accept header still gets JSON
+    browser = falcon.testing.TestClient(app).simulate_get(
+        "/api/v1/usage",
+        params={"period": "2026-11"},
+        headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"},
+    )
+    assert browser.headers["content-type"] == "application/json"
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        (
+            {},
+            "give period (YYYY-MM (a month), YYYY-Www (an ISO week, Monday to Sunday) or "
+            "YYYY-MM-DD (a day)) or from (and optionally to)",
+        ),
+        ({"period": "Nov"}, "period must be YYYY-MM (a month), YYYY-Www"),
+        ({"period": "2026-11", "from": "2026-11-01"}, "give either period or from/to, not both"),
+        ({"from": "2026-11-05", "to": "2026-11-01"}, "from (2026-11-05) must be before to"),
+        ({"from": "soon"}, "from must be YYYY-MM-DD (that day's midnight)"),
+        ({"period": "2026-11", "format": "xml"}, "format must be json or csv; got 'xml'"),
+        ({"period": "2026-11", "common_name": "nobody"}, "no client named 'nobody'"),
+        ({"period": "2026-11", "range": "30d"}, "unknown query parameter 'range'"),
+    ],
+)
+def test_bad_usage_questions_are_400s_that_name_the_accepted_forms(
+    polled, db_path, params, message
+):
+    app = create_app(Config(database_path=db_path), clock=lambda: T0 + 20)
+    result = get(app, "/api/v1/usage", **params)
+    assert result.status_code == (404 if "nobody" in message else 400)
+    assert result.json["success"] is False
+    assert message in result.json["error"]
+
+
+def test_usage_before_everything_kept_is_a_400_saying_since_when(polled, db_path, engine):
+    retention = RetentionConfig(raw_days=1, hourly_days=2, six_hour_days=3, daily_days=4)
+    later = T0 + 30 * DAY
+    rollup.catch_up(engine, later)
+    prune.prune(engine, retention, later)
+    app = create_app(Config(database_path=db_path, retention=retention), clock=lambda: later)
+    result = get(app, "/api/v1/usage", period="2026-11")
+    assert result.status_code == 400
+    assert result.json["error"] == (
+        "traffic before 2026-12-22 00:00:00 is no longer held by any tier ([retention] "
+        "daily_days); the period starts 2026-11-01 00:00:00: ask for a later period"
+    )
