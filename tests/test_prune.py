@@ -2,15 +2,17 @@
 
 import json
 
+import falcon.testing
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import func, select
+from sqlalchemy import func, inspect, select
 
 from ovpnmon_collector import prune, rollup
 from ovpnmon_collector.cli import cli
 from ovpnmon_common import meta, schema
 from ovpnmon_common.buckets import DAY, align
 from ovpnmon_common.config import ConfigError, RetentionConfig, load_config
+from ovpnmon_common.formatting import format_timestamp
 from ovpnmon_common.storage import engines, migrations
 from ovpnmon_common.totals import lifetime_totals
 from ovpnmon_demo.simulator import Simulation, populate
@@ -92,6 +94,57 @@ def test_prune_records_how_far_each_tier_is_deleted_also_when_nothing_was_left(f
     with engine.connect() as conn:
         later = meta.read_status(conn).pruned
     assert later == {name: before + DAY for name, before in pruned.items()}
+
+
+def as_schema_2_without_prune_keys(engine):
+    """The database as ovpnmon before schema 3 left it: pruned, but with no prune keys."""
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM meta WHERE key LIKE 'prune.%'")
+        conn.exec_driver_sql("DROP INDEX ix_sessions_connected_since")
+        meta.put(conn, meta.SCHEMA_VERSION, "2")
+
+
+def usage(path, **params):
+    from ovpnmon_api.app import create_app
+    from ovpnmon_common.config import Config
+
+    app = create_app(Config(database_path=path, retention=RETENTION), clock=lambda: NOW)
+    return falcon.testing.TestClient(app).simulate_get("/api/v1/usage", params=params).json
+
+
+def test_a_database_pruned_before_schema_3_is_upgraded_with_what_its_tiers_still_hold(filled):
+    engine, path = filled
+    rollup.catch_up(engine, NOW)
+    prune.prune(engine, RETENTION, NOW)
+    period = {"from": format_timestamp(NOW - 7 * DAY, "UTC"), "to": format_timestamp(NOW, "UTC")}
+    expected = usage(path, **period)
+    assert expected["rounded"][0]["tier"] == "stats_6h"  # raw and hourly no longer hold "from"
+    with engine.connect() as conn:
+        recorded = meta.read_status(conn).pruned
+    as_schema_2_without_prune_keys(engine)
+    assert migrations.init_db(engine) == (2, 3)
+    with engine.connect() as conn:
+        upgraded = meta.read_status(conn).pruned
+        assert "ix_sessions_connected_since" in {
+            i["name"] for i in inspect(conn).get_indexes("sessions")
+        }
+    # bucket tiers: exactly where prune stopped; raw: its oldest sample, at most one poll later.
+    # The coarsest tier of a family (global_15min here) shows no evidence; prune writes its key.
+    buckets = ("quarter_hour", "hourly", "six_hour")
+    assert {k: upgraded[k] for k in buckets} == {k: recorded[k] for k in buckets}
+    assert "global_15min" in recorded and "global_15min" not in upgraded
+    for name in ("raw", "global_raw"):
+        assert recorded[name] <= upgraded[name] < recorded[name] + 1800
+    assert usage(path, **period) == expected  # the same bytes, the same rounded edges
+
+
+def test_a_schema_2_database_never_pruned_gets_no_prune_keys(filled):
+    engine, _ = filled
+    rollup.catch_up(engine, NOW)
+    as_schema_2_without_prune_keys(engine)
+    migrations.init_db(engine)
+    with engine.connect() as conn:
+        assert meta.read_status(conn).pruned == {}
 
 
 def test_cli_prune_and_info(filled, tmp_path):

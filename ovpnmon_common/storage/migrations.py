@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Column, Connection, Engine, MetaData, Table, inspect, select
+from sqlalchemy import Column, Connection, Engine, MetaData, Table, func, inspect, select
 from sqlalchemy.exc import DBAPIError
 
 from ovpnmon_common import meta, schema
 from ovpnmon_common.storage import DatabaseError, describe_error
+from ovpnmon_common.tiers import BY_NAME, TIERS, Tier
 
 
 def schema_version(conn: Connection) -> int | None:
@@ -45,8 +46,46 @@ def _to_version_2(conn: Connection) -> None:
 
 
 def _to_version_3(conn: Connection) -> None:
-    """2 -> 3: an index on sessions' Connected Since, for the connection log (newest first)."""
+    """2 -> 3: an index on sessions' Connected Since, for the connection log (newest first); and
+    how far each tier was pruned, which version 2 did not record (``_record_pruned``)."""
     next(i for i in schema.sessions.indexes if i.name == "ix_sessions_connected_since").create(conn)
+    _record_pruned(conn)
+
+
+def _record_pruned(conn: Connection) -> None:
+    """Write ``prune.<tier>.before`` for the tiers an older ovpnmon pruned without saying so.
+
+    A tier has lost rows where a tier built from it (directly or not) holds a whole bucket
+    before the tier's oldest row: that bucket was summed from rows no longer there. The tier
+    then counts as deleted before its oldest row (all of it, if it is empty: up to the end of
+    the newest such bucket). A tier with no such evidence gets no key: nothing was deleted that
+    anything still shows. Without this, ``/usage`` would take a pruned tier as holding an edge
+    until the collector's first prune, and undercount."""
+    oldest: dict[str, int | None] = {}
+    newest: dict[str, int | None] = {}
+    for tier in TIERS:
+        first, last = conn.execute(select(func.min(tier.time), func.max(tier.time))).one()
+        oldest[tier.name], newest[tier.name] = first, last
+
+    def built_on(tier: Tier, base: Tier) -> bool:
+        while tier.built_from is not None:
+            tier = BY_NAME[tier.built_from]
+            if tier.name == base.name:
+                return True
+        return False
+
+    for tier in TIERS:
+        coarser = [c for c in TIERS if built_on(c, tier) and oldest[c.name] is not None]
+        ends = [int(oldest[c.name] or 0) + int(c.width or 0) for c in coarser]
+        held = oldest[tier.name]
+        if not ends or (held is not None and min(ends) > held):
+            continue  # no bucket before the tier's oldest row: nothing is known deleted
+        before = (
+            held
+            if held is not None
+            else max(int(newest[c.name] or 0) + int(c.width or 0) for c in coarser)
+        )
+        meta.put(conn, meta.pruned_key(tier.name), str(before))
 
 
 # from-version -> function upgrading to from-version + 1
