@@ -58,6 +58,18 @@ class Counters:
             return None
         return self.received[at], self.sent[at]
 
+    def lookup(self, session_ids: Iterable[int]) -> dict[int, tuple[int, int]]:
+        """(bytes received, bytes sent) of each of ``session_ids`` that has an entry: one pass
+        over the entries however many are asked (``get`` scans them once per call)."""
+        wanted = set(session_ids)
+        if len(wanted) <= 4:
+            return {sid: value for sid in wanted if (value := self.get(sid)) is not None}
+        return {
+            sid: (rx, tx)
+            for sid, rx, tx in zip(self.ids, self.received, self.sent, strict=True)
+            if sid in wanted
+        }
+
     def items(self) -> Iterator[tuple[int, tuple[int, int]]]:
         """(session id, (bytes received, bytes sent)) for every entry."""
         return zip(self.ids, zip(self.received, self.sent, strict=True), strict=True)

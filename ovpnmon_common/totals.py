@@ -47,16 +47,15 @@ def counted(conn: Connection, rows: list[Any], every_source: bool) -> list[tuple
             for session, value in Counters(data).items()
         }
     else:
-        found = {}
-        for source in {source for _, source, *_ in rows}:
+        by_source: dict[str, list[int]] = {}
+        for session, source, *_ in rows:
+            by_source.setdefault(source, []).append(session)
+        current = {}
+        for source, sessions in by_source.items():
             data = _SOURCE_COUNTERS(conn, source=source).scalar()
             if data is not None:
-                found[source] = Counters(data)
-        current = {}
-        for session, source, *_ in rows:
-            value = found[source].get(session) if source in found else None
-            if value is not None:
-                current[(source, session)] = value
+                for session, value in Counters(data).lookup(sessions).items():
+                    current[(source, session)] = value
     result = []
     for session, source, rx, tx, base_rx, base_tx, *_ in rows:
         rx, tx = current.get((source, session), (rx, tx))

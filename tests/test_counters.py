@@ -26,3 +26,11 @@ def test_empty_and_malformed():
         pack([1], [2, 3], [4])
     with pytest.raises(ValueError, match="not a multiple of 24"):
         Counters(b"\0" * 25)
+
+
+@pytest.mark.parametrize("asked", [[], [3], [3, 4, 99], list(range(0, 40, 3)), list(range(50))])
+def test_lookup_of_few_or_many_sessions_equals_one_get_each(asked):
+    ids = list(range(0, 40, 2))
+    found = Counters(pack(ids, [i * 10 for i in ids], [i * 100 for i in ids]))
+    expected = {sid: found.get(sid) for sid in asked if found.get(sid) is not None}
+    assert found.lookup(asked) == expected
