@@ -122,6 +122,32 @@ def test_pages_walk_the_whole_log_and_hold_still_while_sessions_arrive(app, hist
     assert everything[0] not in walked and walked == everything[1:]
 
 
+@pytest.mark.parametrize("active", ["yes", "no", None])
+def test_pages_of_one_equal_the_whole_log_with_every_active_filter(app, active):
+    params = {"active": active} if active else {}
+    whole = [e["id"] for e in get(app, **params).json["data"]]
+    walked, cursor = [], None
+    while True:
+        body = get(app, limit="1", **params, **({"cursor": cursor} if cursor else {})).json
+        walked += [e["id"] for e in body["data"]]
+        if (cursor := body["next_cursor"]) is None:
+            break
+    assert walked == whole and len(whole) == {"yes": 3, "no": 1, None: 4}[active]
+
+
+def test_open_sessions_are_read_through_their_partial_index(engine):
+    from sqlalchemy.dialects import sqlite
+
+    from ovpnmon_api.read.sessions import Filters, statement
+
+    for after in (None, (T0, 9)):
+        query = statement(Filters(active=True), after, 100)
+        sql = str(query.compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}))
+        with engine.connect() as conn:
+            plan = " ".join(str(r) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql))
+        assert "ix_sessions_open" in plan and "ix_sessions_connected_since" not in plan
+
+
 @pytest.mark.parametrize(
     "params, message",
     [

@@ -8,8 +8,9 @@ pages (a new session lands before the first page, not inside a later one).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Connection, and_, or_, select
+from sqlalchemy import Connection, Select, and_, or_, select
 
 from ovpnmon_common import schema, totals
 
@@ -57,18 +58,19 @@ _COLUMNS = (
 )
 
 
-def page(
-    conn: Connection, filters: Filters, after: tuple[int, int] | None, limit: int
-) -> tuple[list[SessionRow], bool]:
-    """Up to ``limit`` sessions newest first, strictly after ``after`` ((connected since, id) of
-    the previous page's last row); and whether more follow."""
+def statement(filters: Filters, after: tuple[int, int] | None, limit: int) -> Select[Any]:
+    """The page's query: up to ``limit + 1`` rows, to tell whether more follow."""
+    # Open sessions are read through their partial index (a few hundred rows, sorted after),
+    # not by walking every session newest first until enough open ones turn up (76,000 sessions
+    # with 839 open: 27 ms against 0.5 ms). "+ 0" keeps the planner off the time index.
+    since = s.c.connected_since + 0 if filters.active else s.c.connected_since
     query = select(*_COLUMNS).join(c, c.c.id == s.c.client_id)
     if filters.client_id is not None:
         query = query.where(s.c.client_id == filters.client_id)
     if filters.source is not None:
         query = query.where(s.c.source == filters.source)
     if filters.end is not None:
-        query = query.where(s.c.connected_since < filters.end)
+        query = query.where(since < filters.end)
     if filters.start is not None:
         query = query.where(
             or_(s.c.disconnected_at.is_(None), s.c.disconnected_at >= filters.start)
@@ -78,11 +80,17 @@ def page(
             s.c.disconnected_at.is_(None) if filters.active else s.c.disconnected_at.is_not(None)
         )
     if after is not None:
-        since, sid = after
-        query = query.where(
-            or_(s.c.connected_since < since, and_(s.c.connected_since == since, s.c.id < sid))
-        )
-    query = query.order_by(s.c.connected_since.desc(), s.c.id.desc()).limit(limit + 1)
+        at, sid = after
+        query = query.where(or_(since < at, and_(since == at, s.c.id < sid)))
+    return query.order_by(since.desc(), s.c.id.desc()).limit(limit + 1)
+
+
+def page(
+    conn: Connection, filters: Filters, after: tuple[int, int] | None, limit: int
+) -> tuple[list[SessionRow], bool]:
+    """Up to ``limit`` sessions newest first, strictly after ``after`` ((connected since, id) of
+    the previous page's last row); and whether more follow."""
+    query = statement(filters, after, limit)
     rows = conn.execute(query).all()
     more = len(rows) > limit
     rows = rows[:limit]
