@@ -136,15 +136,15 @@ def test_pages_of_one_equal_the_whole_log_with_every_active_filter(app, active):
 
 
 def test_open_sessions_are_read_through_their_partial_index(engine):
-    from sqlalchemy.dialects import sqlite
+    from ovpnmon_api.read.sessions import statement
+    from ovpnmon_common.storage.statements import _compiled
 
-    from ovpnmon_api.read.sessions import Filters, statement
-
-    for after in (None, (T0, 9)):
-        query = statement(Filters(active=True), after, 100)
-        sql = str(query.compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}))
+    for after in (False, True):
+        query = statement(False, False, False, False, True, after)
         with engine.connect() as conn:
-            plan = " ".join(str(r) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql))
+            sql, constants = _compiled(conn, query.stmt, ())
+            values = {**constants, "since": T0, "id": 9, "limit": 101}
+            plan = " ".join(map(str, conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, values)))
         assert "ix_sessions_open" in plan and "ix_sessions_connected_since" not in plan
 
 
