@@ -30,37 +30,9 @@ import threading
 import time
 from pathlib import Path
 
-from benchutil import free_port, wait_listening
+from benchutil import fetch, floor_server, free_port, percentile, wait_listening
 
 from ovpnmon_common.planner import RANGES
-
-
-def fetch(conn: http.client.HTTPConnection, url: str) -> tuple[int, bytes, float]:
-    started = time.perf_counter()
-    conn.request("GET", url)
-    response = conn.getresponse()
-    body = response.read()
-    return response.status, body, time.perf_counter() - started
-
-
-def floor_server(bodies: dict[str, bytes], port: int) -> None:
-    """Runs in a child process: waitress + Falcon returning the precomputed bodies."""
-    import falcon
-    import waitress
-
-    def sink(req: falcon.Request, resp: falcon.Response) -> None:
-        key = req.path + (f"?{req.query_string}" if req.query_string else "")
-        resp.data = bodies[key]
-        resp.content_type = falcon.MEDIA_JSON
-
-    app = falcon.App()
-    app.add_sink(sink, prefix="/")
-    waitress.serve(app, host="127.0.0.1", port=port, threads=4, _quiet=True)
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * share))]
 
 
 def main() -> None:
