@@ -94,7 +94,7 @@ def sample_lines(clients: list[totals.Lifetime], heartbeat: int | None) -> list[
         sent.append(f"ovpnmon_client_sent_bytes_total{label}{go_float(client.sent)}\n")
         connected.append(f"ovpnmon_client_connected{label}{'1.0' if client.active else '0.0'}\n")
         sessions.append(f"ovpnmon_client_sessions{label}{go_float(client.sessions)}\n")
-        last = heartbeat if client.active and heartbeat else client.last_seen
+        last = totals.last_seen(client.last_seen, client.active, heartbeat)
         seen.append(f"ovpnmon_client_last_seen_timestamp_seconds{label}{go_float(last)}\n")
     return [received, sent, connected, sessions, seen]
 

@@ -63,6 +63,12 @@ def counted(conn: Connection, rows: list[Any], every_source: bool) -> list[tuple
     return result
 
 
+def last_seen(stored: int, active: bool, heartbeat: int | None) -> int:
+    """When a client was last seen: a connected one at the collector's last poll
+    (``heartbeat``), which saw it; otherwise the time stored when it was last seen."""
+    return heartbeat if active and heartbeat else stored
+
+
 @dataclass(frozen=True)
 class Live:
     """A client's open sessions, summed."""

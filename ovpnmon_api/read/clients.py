@@ -128,7 +128,7 @@ def _client_row(
         common_name=row.common_name,
         active=active,
         first_seen=row.first_seen,
-        last_seen=status.heartbeat if active and status.heartbeat else row.last_seen,
+        last_seen=totals.last_seen(row.last_seen, active, status.heartbeat),
         total_received=row.closed_received + live.received,
         total_sent=row.closed_sent + live.sent,
         open_sessions=live.sessions,
