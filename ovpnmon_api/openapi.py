@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from ovpnmon_common import __version__
-from ovpnmon_common.periods import PERIOD_PATTERN, TIME_PATTERN
+from ovpnmon_common.formatting import TIME_PATTERN
+from ovpnmon_common.periods import PERIOD_PATTERN
 from ovpnmon_common.planner import ANALYTICS, LABELS, RANGES, RESOLUTIONS
 
 TIMESTAMP = {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$"}
@@ -311,6 +312,7 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
 
 
 NULLABLE_COUNT = {"type": ["integer", "null"], "minimum": 0}
+ONE_CLIENT = _query("common_name", {"type": "string", "minLength": 1}, "One client only.")
 FORMAT = _query(
     "format",
     {"type": "string", "enum": ["json", "csv"], "default": "json"},
@@ -381,7 +383,7 @@ USAGE_PARAMS = [
         "Start (inclusive): a date or a time, in [api] timezone unless it has an offset.",
     ),
     _query("to", TIME_TEXT, "End (exclusive); default now."),
-    _query("common_name", {"type": "string", "minLength": 1}, "One client only."),
+    ONE_CLIENT,
     FORMAT,
 ]
 SESSION = _obj(
@@ -479,10 +481,7 @@ def document() -> dict[str, Any]:
             "/sessions": _get(
                 "The connection log, newest first, one page at a time",
                 SESSIONS_BODY,
-                [
-                    _query("common_name", {"type": "string", "minLength": 1}, "One client only."),
-                    *SESSIONS_PARAMS,
-                ],
+                [ONE_CLIENT, *SESSIONS_PARAMS],
                 (400, 401, 404, 503),
                 csv=True,
             ),

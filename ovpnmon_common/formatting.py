@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import zoneinfo
 from functools import lru_cache
-
-TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"  # parsing; rendering pads the year to four digits
 
 
 def _render(moment: dt.datetime) -> str:
@@ -60,16 +59,77 @@ def _format_utc_any_year(epoch: int) -> str:
     return f"{year:04d}-{month:02d}-{day:02d} {clock}"
 
 
-def parse_timestamp(text: str, tz: str | dt.tzinfo = "UTC") -> int:
-    """Parse ``YYYY-MM-DD`` or ``YYYY-MM-DD HH:MM[:SS]`` in ``tz`` into epoch seconds."""
-    zone = timezone(tz) if isinstance(tz, str) else tz
-    for fmt in (TIMESTAMP_FORMAT, "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"):
-        try:
-            parsed = dt.datetime.strptime(text.strip(), fmt)
-        except ValueError:
-            continue
-        return int(parsed.replace(tzinfo=zone).timestamp())
-    raise ValueError(f"expected YYYY-MM-DD or 'YYYY-MM-DD HH:MM:SS', got {text!r}")
+TIME_FORMS = (
+    "YYYY-MM-DD (that day's midnight), 'YYYY-MM-DD HH:MM[:SS]' or YYYY-MM-DDTHH:MM[:SS], "
+    "optionally with an offset (Z, +01:00)"
+)
+# the forms as a regular expression, also published in the OpenAPI document
+TIME_PATTERN = r"^\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2})?(Z|[+-]\d{2}:\d{2})?)?$"
+_TIME = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})(?:[ T](\d{2}):(\d{2})(?::(\d{2}))?)?(Z|[+-]\d{2}:\d{2})?"
+)
+FIRST_YEAR, LAST_YEAR = 1970, 9998  # epoch seconds before 1970 hold no traffic
+
+
+def check_year(year: int) -> None:
+    """``ValueError`` unless ``year`` can hold traffic."""
+    if not FIRST_YEAR <= year <= LAST_YEAR:
+        raise ValueError(f"the year must be {FIRST_YEAR} to {LAST_YEAR}")
+
+
+def midnight(day: dt.date, tz: str) -> int:
+    """The first instant of ``day`` in ``tz``: its midnight, or the first time after it where a
+    clock change skips midnight (fold=0 takes the offset before the change)."""
+    return int(dt.datetime(day.year, day.month, day.day, tzinfo=timezone(tz)).timestamp())
+
+
+def parse_timestamp(text: str, tz: str = "UTC") -> int:
+    """Epoch seconds of a date (its midnight in ``tz``) or a time (``TIME_FORMS``), local to
+    ``tz`` unless it carries an offset. A local time a clock change skips or repeats names no
+    one instant and is refused, offering both offsets. ``ValueError`` says what is wrong."""
+    m = _TIME.fullmatch(text.strip())
+    if m is None:
+        raise ValueError(f"must be {TIME_FORMS}; got {text!r}")
+    year = int(m[1])
+    if m[4] is None and m[7] is not None:
+        raise ValueError(f"{text!r}: an offset needs a time of day")
+    try:
+        check_year(year)
+        if m[4] is None:
+            return midnight(dt.date(year, int(m[2]), int(m[3])), tz)
+        naive = dt.datetime(year, int(m[2]), int(m[3]), int(m[4]), int(m[5]), int(m[6] or 0))
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not a time: {exc}") from None
+    if m[7] is not None:
+        return int(naive.replace(tzinfo=_offset(m[7], text)).timestamp())
+    zone = timezone(tz)
+    first, second = naive.replace(tzinfo=zone, fold=0), naive.replace(tzinfo=zone, fold=1)
+    if first.utcoffset() != second.utcoffset():
+        back = dt.datetime.fromtimestamp(first.timestamp(), zone).replace(tzinfo=None)
+        what = "is skipped" if back != naive else "happens twice"
+        raise ValueError(
+            f"{text!r} {what} in {tz} (a clock change): give the offset, "
+            f"e.g. {naive.isoformat(' ')}{_render_offset(first)} "
+            f"or {naive.isoformat(' ')}{_render_offset(second)}"
+        )
+    return int(first.timestamp())
+
+
+def _offset(text: str, value: str) -> dt.tzinfo:
+    if text == "Z":
+        return dt.timezone.utc
+    hours, minutes = int(text[1:3]), int(text[4:6])
+    if hours > 23 or minutes > 59:
+        raise ValueError(f"{value!r}: the offset must be -23:59 to +23:59")
+    delta = dt.timedelta(hours=hours, minutes=minutes)
+    return dt.timezone(-delta if text[0] == "-" else delta)
+
+
+def _render_offset(moment: dt.datetime) -> str:
+    offset = moment.utcoffset() or dt.timedelta(0)
+    sign = "-" if offset < dt.timedelta(0) else "+"
+    minutes = abs(int(offset.total_seconds())) // 60
+    return f"{sign}{minutes // 60:02d}:{minutes % 60:02d}"
 
 
 def to_mb(nbytes: int) -> float:

@@ -23,7 +23,8 @@ def test_parse_timestamp_round_trips():
     assert parse_timestamp("2026-01-09 12:00:00") == 1_767_960_000
     assert parse_timestamp("2026-01-09") == 1_767_916_800
     assert parse_timestamp("2026-01-09 13:00", "Europe/Berlin") == 1_767_960_000
-    with pytest.raises(ValueError, match="expected YYYY-MM-DD"):
+    assert parse_timestamp("2026-01-09T13:00+01:00", "America/New_York") == 1_767_960_000
+    with pytest.raises(ValueError, match="must be YYYY-MM-DD"):
         parse_timestamp("yesterday")
 
 

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from ovpnmon_common import periods
+from ovpnmon_common import formatting, periods
 from ovpnmon_common.buckets import DAY, HOUR
 from ovpnmon_common.formatting import format_timestamp
 from ovpnmon_common.periods import InvalidPeriod, parse_period, parse_time
@@ -101,14 +101,14 @@ def test_a_time_that_cannot_be_read_names_the_accepted_forms(text, message):
 )
 def test_the_published_time_pattern_admits_every_form_the_parser_reads(text):
     parse_time(text, "UTC", "from")
-    assert re.fullmatch(periods.TIME_PATTERN, text)
+    assert re.fullmatch(formatting.TIME_PATTERN, text)
 
 
 @pytest.mark.parametrize("text", ["yesterday", "2026-11-05Z", "2026-11-05 10", "1 Nov 2026"])
 def test_the_published_time_pattern_refuses_what_the_parser_refuses(text):
     with pytest.raises(InvalidPeriod):
         parse_time(text, "UTC", "from")
-    assert re.fullmatch(periods.TIME_PATTERN, text) is None
+    assert re.fullmatch(formatting.TIME_PATTERN, text) is None
 
 
 @pytest.mark.parametrize(
