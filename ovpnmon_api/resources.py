@@ -170,24 +170,24 @@ class Resource:
 IGNORED_PARAMS = frozenset({"_"})
 
 
+def bad_request(description: str) -> falcon.HTTPBadRequest:
+    """The 400 for a query parameter that cannot be used; ``description`` says what can."""
+    return falcon.HTTPBadRequest(title="Bad request", description=description)
+
+
 def allow_params(req: falcon.Request, *names: str) -> None:
     """Reject query parameters the endpoint does not know (a typo should not pass silently)."""
     unknown = sorted(set(req.params) - set(names) - IGNORED_PARAMS)
     if unknown:
         accepted = ", ".join(names) if names else "none"
-        raise falcon.HTTPBadRequest(
-            title="Bad request",
-            description=f"unknown query parameter {unknown[0]!r}; accepted: {accepted}",
-        )
+        raise bad_request(f"unknown query parameter {unknown[0]!r}; accepted: {accepted}")
 
 
 def single(req: falcon.Request, name: str) -> str | None:
     """The one value of query parameter ``name`` (None if absent); given twice is a 400."""
     value = req.get_param(name)
     if isinstance(req.params.get(name), list):
-        raise falcon.HTTPBadRequest(
-            title="Bad request", description=f"query parameter {name!r} given more than once"
-        )
+        raise bad_request(f"query parameter {name!r} given more than once")
     return value
 
 
@@ -196,9 +196,7 @@ def output_format(req: falcon.Request) -> str:
     value = single(req, "format")
     if value is not None:
         if value not in ("json", "csv"):
-            raise falcon.HTTPBadRequest(
-                title="Bad request", description=f"format must be json or csv; got {value!r}"
-            )
+            raise bad_request(f"format must be json or csv; got {value!r}")
         return value
     accept = req.get_header("Accept") or ""
     if "text/csv" in accept and req.client_prefers(["application/json", "text/csv"]) == "text/csv":
@@ -425,12 +423,7 @@ class Sessions(Resource):
         fmt = output_format(req)
         if common_name is None:
             common_name = single(req, "common_name")
-        tz = self.ctx.tz
-        start_text, end_text = single(req, "from"), single(req, "to")
-        start = periods.parse_time(start_text, tz, "from") if start_text is not None else None
-        end = periods.parse_time(end_text, tz, "to") if end_text is not None else None
-        if start is not None and end is not None and start >= end:
-            raise periods.InvalidPeriod(f"from ({start_text}) must be before to ({end_text})")
+        start, end = periods.bounds(single(req, "from"), single(req, "to"), self.ctx.tz)
         active = _yes_no(single(req, "active"), "active")
         limit = _limit(single(req, "limit"))
         source = single(req, "source")
@@ -443,15 +436,9 @@ class Sessions(Resource):
             with self.ctx.snapshot() as (conn, _):
                 client_id = find_client(conn, common_name) if common_name is not None else None
                 filters = read_sessions.Filters(client_id, source, start, end, active)
-                rows, more = read_sessions.page(
-                    conn, filters, (after[0], after[1]) if after else None, limit
-                )
-            last = rows[-1] if rows else None
-            following = (
-                tables.encode_cursor((last.connected_since, last.id), scope)
-                if more and last is not None
-                else None
-            )
+                rows, more = read_sessions.page(conn, filters, after, limit)
+            last = (rows[-1].connected_since, rows[-1].id) if more else None
+            following = tables.encode_cursor(last, scope) if last is not None else None
             return bodies.sessions(self.ctx.ts, rows, following)
 
         if fmt == "csv":
@@ -465,17 +452,12 @@ def _yes_no(value: str | None, name: str) -> bool | None:
         return None
     if value in ("yes", "no"):
         return value == "yes"
-    raise falcon.HTTPBadRequest(
-        title="Bad request", description=f"{name} must be yes or no; got {value!r}"
-    )
+    raise bad_request(f"{name} must be yes or no; got {value!r}")
 
 
 def _limit(value: str | None) -> int:
     if value is None:
         return DEFAULT_PAGE
     if not re.fullmatch(r"[0-9]{1,6}", value) or not 1 <= int(value) <= MAX_PAGE:
-        raise falcon.HTTPBadRequest(
-            title="Bad request",
-            description=f"limit must be a whole number from 1 to {MAX_PAGE}; got {value!r}",
-        )
+        raise bad_request(f"limit must be a whole number from 1 to {MAX_PAGE}; got {value!r}")
     return int(value)

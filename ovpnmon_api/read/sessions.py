@@ -99,7 +99,7 @@ def statement(
 
 
 def page(
-    conn: Connection, filters: Filters, after: tuple[int, int] | None, limit: int
+    conn: Connection, filters: Filters, after: tuple[int, ...] | None, limit: int
 ) -> tuple[list[SessionRow], bool]:
     """Up to ``limit`` sessions newest first, strictly after ``after`` ((connected since, id) of
     the previous page's last row); and whether more follow."""

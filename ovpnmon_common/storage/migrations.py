@@ -11,7 +11,7 @@ from sqlalchemy.exc import DBAPIError
 
 from ovpnmon_common import meta, schema
 from ovpnmon_common.storage import DatabaseError, describe_error
-from ovpnmon_common.tiers import BY_NAME, TIERS, Tier
+from ovpnmon_common.tiers import TIERS, built_on
 
 
 def schema_version(conn: Connection) -> int | None:
@@ -67,15 +67,13 @@ def _record_pruned(conn: Connection) -> None:
         first, last = conn.execute(select(func.min(tier.time), func.max(tier.time))).one()
         oldest[tier.name], newest[tier.name] = first, last
 
-    def built_on(tier: Tier, base: Tier) -> bool:
-        while tier.built_from is not None:
-            tier = BY_NAME[tier.built_from]
-            if tier.name == base.name:
-                return True
-        return False
-
     for tier in TIERS:
-        coarser = [c for c in TIERS if built_on(c, tier) and oldest[c.name] is not None]
+        coarser = []  # the tiers built from it, directly or not, that hold rows
+        above = built_on(tier)
+        while above is not None:
+            if oldest[above.name] is not None:
+                coarser.append(above)
+            above = built_on(above)
         ends = [int(oldest[c.name] or 0) + int(c.width or 0) for c in coarser]
         held = oldest[tier.name]
         if not ends or (held is not None and min(ends) > held):
