@@ -12,7 +12,7 @@ from pathlib import Path
 import falcon.testing
 import pytest
 from conftest import StatusPoller, row
-from hypothesis import HealthCheck, given, note, settings
+from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 from test_consistency import replay, step
@@ -112,7 +112,7 @@ retentions = st.builds(
     st.data(),
 )
 def test_usage_equals_the_raw_sums_or_states_its_rounded_edges(steps, tz, retention, later, data):
-    check_usage(steps, tz, retention, later, lambda x: period_params(data, tz, x), note)
+    check_usage(steps, tz, retention, later, lambda x: period_params(data, tz, x), note, event)
 
 
 def test_an_edge_in_pruned_raw_data_is_rounded_to_the_tier_and_summed_from_there():
@@ -139,7 +139,9 @@ def test_an_edge_in_pruned_raw_data_is_rounded_to_the_tier_and_summed_from_there
     assert body["data"], "the day had traffic"
 
 
-def check_usage(steps, tz, retention, later, choose, report=lambda text: None):
+def check_usage(
+    steps, tz, retention, later, choose, report=lambda text: None, tally=lambda _: None
+):
     """Replay ``steps`` through the collector, roll up, prune ``later`` seconds after the last
     poll (None: not at all), ask ``/usage`` for ``choose(raw samples)``'s parameters, and check
     the answer against the raw samples as they were before prune; the body."""
@@ -167,6 +169,8 @@ def check_usage(steps, tz, retention, later, choose, report=lambda text: None):
         else:
             asked = parse_time(params["from"], tz, "from"), parse_time(params["to"], tz, "to")
         engine.dispose()
+        rounded = result.status_code == 200 and result.json["rounded"]
+        tally(f"status {result.status_code}" + (", edges rounded" if rounded else ""))
         if result.status_code == 400:
             assert "no longer held" in result.json["error"] or "inside one" in result.json["error"]
             with pytest.raises(InvalidQuery):
