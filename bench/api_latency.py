@@ -30,7 +30,7 @@ import threading
 import time
 from pathlib import Path
 
-from benchutil import fetch, floor_server, free_port, percentile, wait_listening
+from benchutil import against_floor, fetch, free_port, percentile, precompute, wait_listening
 
 from ovpnmon_common.planner import RANGES
 
@@ -48,7 +48,7 @@ def main() -> None:
     subprocess.run(
         [sys.executable, "-m", "ovpnmon_collector", "init-db", "--db", database], check=True
     )
-    api_port, cold_port, floor_port = free_port(), free_port(), free_port()
+    api_port, cold_port = free_port(), free_port()
     config, cold_config = work / "c.conf", work / "cold.conf"
     common = (
         f"[database]\npath = {database}\n[collector]\ninterval = 1\n"
@@ -73,38 +73,8 @@ def main() -> None:
         urls = [f"/api/v1/stats/{names[0]}?range={r}" for r in RANGES]
         urls += [f"/api/v1/analytics?range={r}" for r in ("24h", "7d", "30d")]
         urls += ["/api/v1/stats", "/api/v1/stats/system", "/api/v1/clients", "/api/v1/health"]
-        bodies = {}
-        for url in urls:
-            status, body, _ = fetch(conn, url)
-            if status != 200:
-                raise SystemExit(f"{url}: {status} {body[:300]!r}")
-            bodies[url] = body
-        import multiprocessing
-
-        floor = multiprocessing.Process(target=floor_server, args=(bodies, floor_port), daemon=True)
-        floor.start()
-        wait_listening(floor_port)
-        floor_conn = http.client.HTTPConnection("127.0.0.1", floor_port)
-        print(
-            f"{'request':34s} {'bytes':>7s} {'floor p50/p99':>14s} {'ovpnmon p50/p99':>16s}"
-            f" {'ratio':>6s} {'no cache p50/p99':>17s} {'ratio':>6s}   (ms)"
-        )
-        for url in urls:
-            ours, cold, base = [], [], []
-            for _ in range(args.requests):  # interleaved, so all see the same machine
-                base.append(fetch(floor_conn, url)[2] * 1000)
-                ours.append(fetch(conn, url)[2] * 1000)
-                cold.append(fetch(cold_conn, url)[2] * 1000)
-            floor_p50 = statistics.median(base)
-            print(
-                f"{url[7:]:34s} {len(bodies[url]):7d} "
-                f"{floor_p50:6.2f}/{percentile(base, 0.99):7.2f} "
-                f"{statistics.median(ours):7.2f}/{percentile(ours, 0.99):8.2f} "
-                f"{statistics.median(ours) / floor_p50:5.1f}x "
-                f"{statistics.median(cold):8.2f}/{percentile(cold, 0.99):8.2f} "
-                f"{statistics.median(cold) / floor_p50:5.1f}x"
-            )
-        floor.terminate()
+        bodies = precompute(conn, urls)
+        against_floor(bodies, [("ovpnmon", conn), ("no cache", cold_conn)], args.requests, width=34)
 
         # --- 16 connections while a collector writes every second ---
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # not installed

@@ -1,10 +1,12 @@
 """What the benchmarks share: a free loopback port, waiting for a server to listen, timing one
-request, a percentile, and the floor server of precomputed bodies."""
+request, a percentile, and timing servers against the floor of their own bodies precomputed."""
 
 from __future__ import annotations
 
 import http.client
+import multiprocessing
 import socket
+import statistics
 import time
 
 
@@ -56,3 +58,53 @@ def floor_server(bodies: dict[str, bytes], port: int, types: dict[str, str] | No
     app = falcon.App()
     app.add_sink(sink, prefix="/")
     waitress.serve(app, host="127.0.0.1", port=port, threads=4, _quiet=True)
+
+
+def precompute(conn: http.client.HTTPConnection, urls: list[str]) -> dict[str, bytes]:
+    """The body ``conn``'s server answers for each URL; exits on any status but 200."""
+    bodies = {}
+    for url in urls:
+        status, body, _ = fetch(conn, url)
+        if status != 200:
+            raise SystemExit(f"{url}: {status} {body[:300]!r}")
+        bodies[url] = body
+    return bodies
+
+
+def against_floor(
+    bodies: dict[str, bytes],
+    servers: list[tuple[str, http.client.HTTPConnection]],
+    requests: int,
+    width: int,
+    types: dict[str, str] | None = None,
+) -> None:
+    """Time each URL of ``bodies`` on the floor (``floor_server`` answering with ``bodies``) and
+    on each of ``servers`` (label, connection), ``requests`` times, interleaved so that all see
+    the same machine; print bytes, the floor's p50/p99 and each server's with its p50 ratio."""
+    port = free_port()
+    floor = multiprocessing.Process(target=floor_server, args=(bodies, port, types), daemon=True)
+    floor.start()
+    try:
+        wait_listening(port)
+        base = http.client.HTTPConnection("127.0.0.1", port)
+        heads = "".join(f" {label + ' p50/p99':>16s} {'ratio':>6s}" for label, _ in servers)
+        print(f"{'request':{width}s} {'bytes':>8s} {'floor p50/p99':>14s}{heads}   (ms)")
+        for url, body in bodies.items():
+            floor_ms: list[float] = []
+            timed: list[list[float]] = [[] for _ in servers]
+            for _ in range(requests):
+                floor_ms.append(fetch(base, url)[2] * 1000)
+                for (_, conn), times in zip(servers, timed, strict=True):
+                    times.append(fetch(conn, url)[2] * 1000)
+            p50 = statistics.median(floor_ms)
+            shown = url[7:] if len(url) - 7 <= width else url[7 : 7 + width - 1] + "…"
+            cells = "".join(
+                f" {statistics.median(t):7.2f}/{percentile(t, 0.99):8.2f}"
+                f" {statistics.median(t) / p50:5.1f}x"
+                for t in timed
+            )
+            print(
+                f"{shown:{width}s} {len(body):8d} {p50:6.2f}/{percentile(floor_ms, 0.99):7.2f}{cells}"
+            )
+    finally:
+        floor.terminate()

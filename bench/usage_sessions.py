@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import multiprocessing
 import os
 import shutil
 import signal
@@ -39,14 +38,15 @@ import urllib.parse
 from collections import defaultdict
 from pathlib import Path
 
-from benchutil import fetch, floor_server, free_port, percentile, wait_listening
-from sqlalchemy import select
+from benchutil import against_floor, fetch, free_port, percentile, precompute, wait_listening
+from sqlalchemy import func, select
 
 from ovpnmon_common import schema
 from ovpnmon_common.buckets import HOUR
 from ovpnmon_common.periods import Period, month_of
 from ovpnmon_common.storage import engines
 
+CSV = "text/csv; charset=utf-8; header=present"
 COUNTERS = ("ovpnmon_client_received_bytes_total", "ovpnmon_client_sent_bytes_total")
 
 
@@ -137,7 +137,7 @@ def main() -> None:
         if not args.no_prometheus and shutil.which("prometheus") and shutil.which("promtool"):
             port = start_prometheus(work, database, month, args.prometheus_step, children)
             prometheus = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-        cold_port, api_port, floor_port = free_port(), free_port(), free_port()
+        cold_port, api_port = free_port(), free_port()
         log = open(work / "api.log", "wb")  # noqa: SIM115
         for port, extra in ((cold_port, "cache_mb = 0\n"), (api_port, "")):
             path = work / f"api-{port}.conf"
@@ -157,54 +157,25 @@ def main() -> None:
         urls = [usage_url, usage_url + "&format=csv", "/api/v1/usage?period=" + month.name[:5]]
         urls[2] += time.strftime("W%V", time.gmtime(month.start + 3 * 86400))  # a week of it
         urls += ["/api/v1/sessions", "/api/v1/sessions?limit=1000"]
-        status, body, _ = fetch(cold, "/api/v1/sessions?limit=1000")
+        _, body, _ = fetch(cold, "/api/v1/sessions?limit=1000")
         cursor = json.loads(body)["next_cursor"]
         if cursor is not None:
             urls.append(f"/api/v1/sessions?limit=1000&cursor={urllib.parse.quote(cursor)}")
         urls += ["/api/v1/sessions?common_name=user-000", "/api/v1/sessions?active=yes&limit=1000"]
-        bodies, types = {}, {}
-        for url in urls:
-            status, body, _ = fetch(cold, url)
-            if status != 200:
-                raise SystemExit(f"{url}: {status} {body[:300]!r}")
-            bodies[url] = body
-            if "format=csv" in url:
-                types[url] = "text/csv; charset=utf-8; header=present"
+        bodies = precompute(cold, urls)
+        types = {url: CSV for url in urls if "format=csv" in url}
         usage = json.loads(bodies[usage_url])
         with engines.reader_engine(database).connect() as conn:
-            sessions = conn.execute(select(schema.sessions.c.id)).all()
+            sessions = conn.execute(select(func.count()).select_from(schema.sessions)).scalar()
         print(
             f"{usage['count']} clients with traffic in {month.name} (exact: {usage['exact']}), "
-            f"{len(sessions)} sessions in the log\n"
+            f"{sessions} sessions in the log\n"
         )
-        floor = multiprocessing.Process(
-            target=floor_server, args=(bodies, floor_port, types), daemon=True
+        against_floor(
+            bodies, [("cold", cold), ("shipped", shipped)], args.requests, width=52, types=types
         )
-        floor.start()
-        wait_listening(floor_port)
-        base = http.client.HTTPConnection("127.0.0.1", floor_port)
-
-        print(
-            f"{'request':52s} {'bytes':>8s} {'floor p50/p99':>14s} {'cold p50/p99':>16s}"
-            f" {'ratio':>6s} {'shipped p50':>11s} {'ratio':>6s}   (ms)"
-        )
-        for url in urls:
-            ours, cached, floor_ms = [], [], []
-            for _ in range(args.requests):
-                floor_ms.append(fetch(base, url)[2] * 1000)
-                ours.append(fetch(cold, url)[2] * 1000)
-                cached.append(fetch(shipped, url)[2] * 1000)
-            p50 = statistics.median(floor_ms)
-            shown = url[7:] if len(url) < 59 else url[7:55] + "…"
-            print(
-                f"{shown:52s} {len(bodies[url]):8d} {p50:6.2f}/{percentile(floor_ms, 0.99):7.2f} "
-                f"{statistics.median(ours):7.2f}/{percentile(ours, 0.99):8.2f} "
-                f"{statistics.median(ours) / p50:5.1f}x "
-                f"{statistics.median(cached):11.2f} {statistics.median(cached) / p50:5.1f}x"
-            )
         if prometheus is not None:
             compare_prometheus(prometheus, month, usage, cold, usage_url, args.requests)
-        floor.terminate()
     finally:
         for child in children:
             child.send_signal(signal.SIGTERM)
