@@ -8,6 +8,8 @@ import multiprocessing
 import socket
 import statistics
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 def free_port() -> int:
@@ -71,6 +73,22 @@ def precompute(conn: http.client.HTTPConnection, urls: list[str]) -> dict[str, b
     return bodies
 
 
+@contextmanager
+def floor(
+    bodies: dict[str, bytes], types: dict[str, str] | None = None
+) -> Iterator[http.client.HTTPConnection]:
+    """A keep-alive connection to a ``floor_server`` child process answering with ``bodies``,
+    for the ``with`` block."""
+    port = free_port()
+    child = multiprocessing.Process(target=floor_server, args=(bodies, port, types), daemon=True)
+    child.start()
+    try:
+        wait_listening(port)
+        yield http.client.HTTPConnection("127.0.0.1", port)
+    finally:
+        child.terminate()
+
+
 def against_floor(
     bodies: dict[str, bytes],
     servers: list[tuple[str, http.client.HTTPConnection]],
@@ -81,12 +99,7 @@ def against_floor(
     """Time each URL of ``bodies`` on the floor (``floor_server`` answering with ``bodies``) and
     on each of ``servers`` (label, connection), ``requests`` times, interleaved so that all see
     the same machine; print bytes, the floor's p50/p99 and each server's with its p50 ratio."""
-    port = free_port()
-    floor = multiprocessing.Process(target=floor_server, args=(bodies, port, types), daemon=True)
-    floor.start()
-    try:
-        wait_listening(port)
-        base = http.client.HTTPConnection("127.0.0.1", port)
+    with floor(bodies, types) as base:
         heads = "".join(f" {label + ' p50/p99':>16s} {'ratio':>6s}" for label, _ in servers)
         print(f"{'request':{width}s} {'bytes':>8s} {'floor p50/p99':>14s}{heads}   (ms)")
         for url, body in bodies.items():
@@ -106,5 +119,3 @@ def against_floor(
             print(
                 f"{shown:{width}s} {len(body):8d} {p50:6.2f}/{percentile(floor_ms, 0.99):7.2f}{cells}"
             )
-    finally:
-        floor.terminate()

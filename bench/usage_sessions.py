@@ -9,8 +9,10 @@ per-client totals from the same data (``increase(...[month])`` at the month's en
 The database is copied, upgraded (``init-db``) and pruned (``raw_days = 1``) by the collector's
 CLI first, as on a host, so last month is answered from the tiers. Three servers answer the same
 URLs, requests interleaved on one keep-alive connection each: the floor, ovpnmon-api with
-``cache_mb = 0`` ("cold": every request computed, as the first after each poll is) and
-ovpnmon-api as shipped (cached while the database does not change).
+``cache_mb = 0`` ("cold": every request computed) and ovpnmon-api as shipped (cached while the
+database does not change). Then the collector polls the same database (a simulated status file of
+the same clients) and each URL is asked a second after a commit ("after a poll": the shipped API's
+warmer has answered it again meanwhile) and, one URL a round, the moment a poll commits.
 
 Prometheus gets the month as OpenMetrics written from ``stats_hourly``: each client's two
 counters (its lifetime received/sent before each instant, as ``/metrics`` exports them) every
@@ -38,7 +40,15 @@ import urllib.parse
 from collections import defaultdict
 from pathlib import Path
 
-from benchutil import against_floor, fetch, free_port, percentile, precompute, wait_listening
+from benchutil import (
+    against_floor,
+    fetch,
+    floor,
+    free_port,
+    percentile,
+    precompute,
+    wait_listening,
+)
 from sqlalchemy import func, select
 
 from ovpnmon_common import schema
@@ -174,6 +184,7 @@ def main() -> None:
         against_floor(
             bodies, [("cold", cold), ("shipped", shipped)], args.requests, width=52, types=types
         )
+        after_polls(database, bodies, shipped, cold, args.requests, types)
         if prometheus is not None:
             compare_prometheus(prometheus, month, usage, cold, usage_url, args.requests)
     finally:
@@ -182,6 +193,79 @@ def main() -> None:
         for child in children:
             child.wait(timeout=60)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def after_polls(
+    database: str,
+    bodies: dict[str, bytes],
+    shipped: http.client.HTTPConnection,
+    cold: http.client.HTTPConnection,
+    rounds: int,
+    types: dict[str, str],
+) -> None:
+    """What a dashboard meets: the collector polls (the real one, on a simulated status file of
+    the same 1,000 clients), and a second later every URL is asked, of the floor, the API as
+    shipped (its warmer has answered the hot URLs again after the commit) and the cold API;
+    then once more at the commit: one URL (each in turn) asked the moment the poll commits."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # ovpnmon_demo
+    from ovpnmon_collector.collector import Collector
+    from ovpnmon_collector.sources import StatusFileSource
+    from ovpnmon_collector.store import Store
+    from ovpnmon_demo.clock import ManualClock
+    from ovpnmon_demo.simulator import Simulation, render_status, write_in_place
+
+    engine = engines.writer_engine(database)
+    status = database + ".status"
+    simulation = Simulation(clients=1000, seed=42)
+    clock = ManualClock(time.time(), time.monotonic())
+    collector = Collector(
+        Store(engine), [StatusFileSource("sim", status, settle=0)], interval=10, clock=clock
+    )
+
+    def poll() -> None:
+        now = int(time.time())
+        clock.set(now)
+        write_in_place(status, render_status(simulation.step(now), now))
+        summary = collector.poll()
+        assert summary.stored and not summary.failed, summary
+
+    try:
+        with floor(bodies, types) as base:
+            poll()  # the simulation's first poll replaces the generated sessions: not measured
+            times: dict[str, dict[str, list[float]]] = {url: defaultdict(list) for url in bodies}
+            urls = list(bodies)
+            for i in range(rounds):
+                for url in urls:  # make every URL one the dashboard asks
+                    fetch(shipped, url)
+                poll()
+                at_commit = urls[i % len(urls)]
+                times[at_commit]["commit"].append(fetch(shipped, at_commit)[2] * 1000)
+                poll()
+                time.sleep(1.0)
+                for url in urls:
+                    times[url]["floor"].append(fetch(base, url)[2] * 1000)
+                    times[url]["after"].append(fetch(shipped, url)[2] * 1000)
+                    times[url]["cold"].append(fetch(cold, url)[2] * 1000)
+        print(
+            f"\nWith the collector polling ({rounds} rounds): 'after a poll' is the first request "
+            "a second after a commit,\n'at the commit' the first request the moment it commits "
+            f"({rounds // len(urls)}-{-(-rounds // len(urls))} per URL)\n"
+        )
+        print(
+            f"{'request':52s} {'floor p50':>10s} {'after a poll p50/p99':>21s} {'ratio':>6s}"
+            f" {'cold p50':>9s} {'ratio':>6s} {'at the commit p50':>18s}   (ms)"
+        )
+        for url, t in times.items():
+            p50 = statistics.median(t["floor"])
+            after, coldest = statistics.median(t["after"]), statistics.median(t["cold"])
+            commit = f"{statistics.median(t['commit']):18.2f}" if t["commit"] else ""
+            shown = url[7:] if len(url) - 7 <= 52 else url[7:58] + "…"
+            print(
+                f"{shown:52s} {p50:10.2f} {after:10.2f}/{percentile(t['after'], 0.99):10.2f}"
+                f" {after / p50:5.1f}x {coldest:9.2f} {coldest / p50:5.1f}x {commit}"
+            )
+    finally:
+        engines.close_writer(engine)
 
 
 def start_prometheus(

@@ -18,6 +18,7 @@ from ovpnmon_api.dashboard import Dashboard
 from ovpnmon_api.database import FollowedDatabase
 from ovpnmon_api.metrics import Metrics
 from ovpnmon_api.openapi import OpenApi
+from ovpnmon_api.warmer import REPLAY, Warmer
 from ovpnmon_common.config import Config
 
 PREFIX = "/api/v1"
@@ -84,6 +85,8 @@ class AccessLog:
     def process_response(
         self, req: falcon.Request, resp: falcon.Response, resource: Any, succeeded: bool
     ) -> None:
+        if req.env.get(REPLAY):
+            return  # the warmer's, not a client's
         elapsed = (
             time.perf_counter() - getattr(req.context, "started", time.perf_counter())
         ) * 1000
@@ -99,9 +102,25 @@ class AccessLog:
         )
 
 
+class RememberAsked:
+    """Hands the warmer every request a resource answered with 200 (those of resources with
+    ``warm``: their bodies come from the response cache)."""
+
+    def __init__(self, warmer: Warmer) -> None:
+        self.warmer = warmer
+
+    def process_response(
+        self, req: falcon.Request, resp: falcon.Response, resource: Any, succeeded: bool
+    ) -> None:
+        if succeeded and getattr(resource, "warm", False) and resp.status == falcon.HTTP_200:
+            self.warmer.remember(req.env)
+
+
 class _NameWithSlashes:
     """``/clients/<name>/stats`` and ``/clients/<name>/sessions`` for a name that contains
     '/'."""
+
+    warm = True
 
     def __init__(self, by_suffix: dict[str, Any]) -> None:
         self.by_suffix = by_suffix
@@ -117,19 +136,29 @@ def create_app(
     engine: Engine | None = None,
     clock: Callable[[], float] = time.time,
     cache: ResponseCache | None = None,
+    warmer: Warmer | None = None,
 ) -> falcon.App:
     """Build the app. ``engine`` defaults to the read-only engine on ``config.database_path``,
-    ``cache`` to one of ``config.api.cache_mb`` on the same file."""
+    ``cache`` to one of ``config.api.cache_mb`` on the same file, ``warmer`` (with a cache) to
+    one that keeps the bodies asked lately warm."""
     database = FollowedDatabase(config.database_path, pool_size=config.api.threads, engine=engine)
+    ctx = resources.Context(database, config, clock, cache)
     middleware: list[Any] = [AccessLog(), BearerTokens(config.api.tokens)]
+    if ctx.cache.max_bytes <= 0:
+        warmer = None  # nothing to keep warm
+    elif warmer is None:
+        warmer = Warmer(database.counter, ctx.hot_seconds)
+    if warmer is not None:
+        middleware.append(RememberAsked(warmer))
     if config.api.cors_origins:
         middleware.insert(0, falcon.CORSMiddleware(allow_origins=list(config.api.cors_origins)))
     app = falcon.App(media_type=falcon.MEDIA_JSON, middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     app.req_options.keep_blank_qs_values = True
     errors.install(app)
+    if warmer is not None:
+        warmer.attach(app)
 
-    ctx = resources.Context(database, config, clock, cache)
     client_stats = resources.ClientStats(ctx)
     app.add_route(f"{PREFIX}/analytics", resources.Analytics(ctx))
     app.add_route(f"{PREFIX}/stats", resources.AllStats(ctx))

@@ -23,12 +23,12 @@ import logging
 import sqlite3
 import threading
 import time
-import weakref
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 
 from prometheus_client.utils import floatToGoString
 
+from ovpnmon_api.background import ensure_running
 from ovpnmon_api.database import FollowedDatabase
 from ovpnmon_api.read import certificates, clients
 from ovpnmon_common import meta, totals
@@ -135,6 +135,7 @@ class MetricsState:
         self._scraped = 0.0  # monotonic time of the last scrape
         self._wanted: set[bool] = set()  # the formats scraped (OpenMetrics or not)
         self._warmer: threading.Thread | None = None
+        self._start_lock = threading.Lock()
         self.reads = 0  # how many times the database was read (for the tests)
 
     def scrape(self, openmetrics: bool) -> Snapshot:
@@ -173,14 +174,7 @@ class MetricsState:
         return Snapshot(status, counts, certs, lines, {})
 
     def _start_warmer(self) -> None:
-        if self._warmer is not None and self._warmer.is_alive():
-            return
-        with self._lock:
-            if self._warmer is None or not self._warmer.is_alive():
-                self._warmer = threading.Thread(
-                    target=_warm, args=(weakref.ref(self),), name="metrics-warmer", daemon=True
-                )
-                self._warmer.start()
+        self._warmer = ensure_running(self, self._warmer, self._start_lock, "metrics-warmer")
 
     def warm_once(self) -> bool:
         """Bring the formats scraped so far up to the database's state (the warmer's step);
@@ -192,14 +186,3 @@ class MetricsState:
         except (DatabaseError, OSError, sqlite3.Error) as exc:
             log.debug("metrics warmer: %s", exc)  # the next scrape says it, as a 503
         return True
-
-
-def _warm(ref: weakref.ref[MetricsState]) -> None:
-    """The warmer's loop; it holds its state weakly, so it ends with the app."""
-    while True:
-        state = ref()
-        if state is None or not state.warm_once():
-            return
-        pause = state.WATCH_SECONDS
-        del state
-        time.sleep(pause)

@@ -139,6 +139,15 @@ class Context:
         with self.engine.connect() as conn:
             yield conn, meta.read_status(conn)
 
+    def hot_seconds(self) -> float:
+        """How long a request stays worth answering again after each commit (the warmer's
+        horizon): three collector intervals, and at least a minute."""
+        try:
+            interval = self.status().interval
+        except (DatabaseError, DBAPIError):
+            interval = None
+        return max(60.0, 3.0 * (interval or self.config.interval))
+
     def ts(self, epoch: int | None) -> str | None:
         """``epoch`` in the configured time zone; None stays None."""
         return format_timestamp(epoch, self.tz) if epoch is not None else None
@@ -155,6 +164,8 @@ class Context:
 class Resource:
     """Every endpoint holds the shared context and nothing else. Every GET also answers HEAD
     (uptime checkers use it): the same status and headers, no body."""
+
+    warm = True  # answered from the response cache: worth answering again after each commit
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -339,6 +350,7 @@ class Health(Resource):
     """
 
     auth_exempt = True
+    warm = False  # cheap, and its freshness is the time of the request
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         allow_params(req)
@@ -377,7 +389,9 @@ class Usage(Resource):
         now = self.ctx.now()
         period = self._period(req, now)
         name = single(req, "common_name")
-        key = ("usage", period.kind, period.name, period.start, period.end, name)
+        # in the key: a body must not go on saying "in progress" once the period is over
+        in_progress = now < period.end
+        key = ("usage", period.kind, period.name, period.start, period.end, name, in_progress)
 
         def build() -> dict[str, Any]:
             return self._body(period, name, now)

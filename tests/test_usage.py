@@ -337,3 +337,14 @@ def test_usage_before_everything_kept_is_a_400_saying_since_when(polled, db_path
         "traffic before 2026-12-22 00:00:00 is no longer held by any tier ([retention] "
         "daily_days); the period starts 2026-11-01 00:00:00: ask for a later period"
     )
+
+
+def test_a_period_that_ends_is_no_longer_in_progress_before_the_next_commit(polled, db_path):
+    """A cached body said ``in_progress: true`` until the next commit after the period ended."""
+    now = [T0 + 20.0]
+    app = create_app(Config(database_path=db_path), clock=lambda: now[0])
+    assert get(app, "/api/v1/usage", period="2026-11-26").json["period"]["in_progress"] is True
+    now[0] = T0 + 6 * 3600  # 2026-11-27 00:25: the day is over; nothing was committed since
+    body = get(app, "/api/v1/usage", period="2026-11-26").json
+    assert body["period"]["in_progress"] is False
+    assert body["total"]["bytes_total"] == 6754  # the same bytes
