@@ -138,10 +138,10 @@ def create_app(
     cache: ResponseCache | None = None,
     warmer: Warmer | None = None,
 ) -> falcon.App:
-    """Build the app. ``engine`` defaults to the read-only engine on ``config.database_path``,
+    """Build the app. ``engine`` defaults to the read-only engine on ``config.database``,
     ``cache`` to one of ``config.api.cache_mb`` on the same file, ``warmer`` (with a cache) to
     one that keeps the bodies asked lately warm."""
-    database = FollowedDatabase(config.database_path, pool_size=config.api.threads, engine=engine)
+    database = FollowedDatabase(config.database, pool_size=config.api.threads, engine=engine)
     ctx = resources.Context(database, config, clock, cache)
     middleware: list[Any] = [AccessLog(), BearerTokens(config.api.tokens)]
     if ctx.cache.max_bytes <= 0:

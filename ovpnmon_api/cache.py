@@ -5,7 +5,7 @@ for some endpoints, the time (a range's aligned window, a certificate's days lef
 resources put in the key. The collector is the only writer and commits once per poll, so between
 two polls the same request has the same answer: dashboards that several people keep open, or a
 script polling faster than the collector, are served from here. The key is paired with the
-database's change counter (``engines.ChangeCounter``) and every body is forgotten as soon as the
+database's change counter (``engines.change_counter``) and every body is forgotten as soon as the
 counter moves, so a body is only ever served for the database state it was built from, or a newer
 one. A body is built outside the lock, once: a thread that misses a key another thread is
 building for the same state waits for that build (on two cores, building it twice would halve
@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
-from ovpnmon_common.storage.engines import ChangeCounter
+from ovpnmon_common.storage.engines import Counter
 
 T = TypeVar("T")
 
@@ -32,7 +32,7 @@ class ResponseCache:
 
     WAIT_SECONDS = 30.0  # the longest a thread waits for another's build of the same key
 
-    def __init__(self, counter: ChangeCounter, max_bytes: int) -> None:
+    def __init__(self, counter: Counter, max_bytes: int) -> None:
         self.counter = counter
         self.max_bytes = max_bytes
         self._lock = threading.Lock()

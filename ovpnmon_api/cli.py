@@ -14,6 +14,7 @@ from ovpnmon_common import __version__
 from ovpnmon_common.cliutil import CONTEXT_SETTINGS, config_options, load, run_cli
 from ovpnmon_common.storage import DatabaseError
 from ovpnmon_common.storage.engines import reader_engine
+from ovpnmon_common.storage.location import describe, is_postgres
 from ovpnmon_common.storage.migrations import check_schema
 
 log = logging.getLogger("ovpnmon.api")
@@ -66,18 +67,21 @@ def serve(
         raise click.ClickException(
             f"the API needs its extra: pip install 'ovpnmon[api]' ({exc})"
         ) from None
-    engine = reader_engine(config.database_path, pool_size=config.api.threads)
-    if os.path.exists(config.database_path):
+    engine = reader_engine(config.database, pool_size=config.api.threads)
+    where = describe(config.database)
+    if is_postgres(config.database):
+        try:  # a server down now may be up soon: answer 503 until it is
+            check_schema(engine, config.database)
+        except DatabaseError as exc:
+            log.warning("%s: answering 503 until it can be read", exc)
+    elif os.path.exists(config.database):
         try:  # a wrong path or a foreign file is a mistake to say at once
-            check_schema(engine, config.database_path)
+            check_schema(engine, config.database)
         except DatabaseError as exc:
             engine.dispose()
             raise click.ClickException(str(exc)) from None
     else:  # the collector has not created it yet: answer 503 until it does
-        log.warning(
-            "%s does not exist yet: answering 503 until the collector creates it",
-            config.database_path,
-        )
+        log.warning("%s does not exist yet: answering 503 until the collector creates it", where)
     app = create_app(config, engine)
     _raise_open_files_limit(CONNECTION_LIMIT + 256)
     try:
@@ -106,7 +110,7 @@ def serve(
         "serving http://%s:%d/api/v1 from %s (read-only)",
         config.api.host,
         config.api.port,
-        config.database_path,
+        where,
     )
     server.run()
     engine.dispose()

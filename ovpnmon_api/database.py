@@ -19,7 +19,8 @@ from collections.abc import Hashable
 from sqlalchemy import Engine
 
 from ovpnmon_common.storage import DatabaseError
-from ovpnmon_common.storage.engines import ChangeCounter, reader_engine
+from ovpnmon_common.storage.engines import change_counter, reader_engine
+from ovpnmon_common.storage.location import describe, is_postgres
 from ovpnmon_common.storage.migrations import check_schema
 
 log = logging.getLogger("ovpnmon.api")
@@ -31,7 +32,7 @@ class FollowedDatabase:
     def __init__(self, path: str, *, pool_size: int = 8, engine: Engine | None = None) -> None:
         self.path = path
         self.engine = engine or reader_engine(path, pool_size=pool_size)
-        self.counter = ChangeCounter(path)
+        self.counter = change_counter(path)
         self._lock = threading.Lock()
         self._file: tuple[int, int] | None = None  # the file the pool's connections are on
         self._checked: Hashable = None  # the database state whose schema was checked
@@ -39,6 +40,17 @@ class FollowedDatabase:
     def check(self) -> None:
         """Raise ``DatabaseError`` unless the file is there, readable and of our schema;
         reopen on a file that replaced the one the connections hold."""
+        if not is_postgres(self.path):
+            self._follow_file()
+        try:
+            version = self.counter.value()
+        except (OSError, sqlite3.Error) as exc:
+            raise DatabaseError(f"cannot read {describe(self.path)}: {exc}") from None
+        if version != self._checked:
+            check_schema(self.engine, self.path)
+            self._checked = version
+
+    def _follow_file(self) -> None:
         try:
             info = os.stat(self.path)
         except FileNotFoundError:
@@ -62,13 +74,6 @@ class FollowedDatabase:
                     self.engine.dispose()  # connections on the old file go; new ones open this
                     self._file = file
                     self._checked = None
-        try:
-            version = self.counter.value()
-        except (OSError, sqlite3.Error) as exc:
-            raise DatabaseError(f"cannot read {self.path}: {exc}") from None
-        if version != self._checked:
-            check_schema(self.engine, self.path)
-            self._checked = version
 
     def dispose(self) -> None:
         """Close the pool and the change counter's connection."""

@@ -12,7 +12,6 @@ to the scrape times. docs/prometheus.md lists every metric.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 
@@ -48,7 +47,7 @@ class Scrape(Collector):
         yield from self._sources(status, self.snapshot.source_counts)
         yield from self._collector(status)
         yield from self._certificates(self.snapshot.certificates)
-        yield from self._database(status)
+        yield from self._database(status, self.snapshot.size)
         for standard in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             yield from standard.collect()
 
@@ -112,13 +111,11 @@ class Scrape(Collector):
             revoked.add_metric(label, 1 if row["revoked"] else 0)
         yield from (expiry, expired, revoked)
 
-    def _database(self, status: meta.CollectorStatus) -> Iterator[Metric]:
-        path = self.database.path
-        size = sum(
-            os.path.getsize(f) for f in (path, f"{path}-wal", f"{path}-shm") if os.path.exists(f)
-        )
+    def _database(self, status: meta.CollectorStatus, size: int) -> Iterator[Metric]:
         yield GaugeMetricFamily(
-            "ovpnmon_database_size_bytes", "The database file with its WAL files.", value=size
+            "ovpnmon_database_size_bytes",
+            "The database: the SQLite file with its WAL files, or the PostgreSQL database.",
+            value=size,
         )
         if status.schema_version is not None:
             yield GaugeMetricFamily(

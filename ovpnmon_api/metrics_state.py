@@ -32,7 +32,7 @@ from ovpnmon_api.background import ensure_running
 from ovpnmon_api.database import FollowedDatabase
 from ovpnmon_api.read import certificates, clients
 from ovpnmon_common import meta, totals
-from ovpnmon_common.storage import DatabaseError
+from ovpnmon_common.storage import DatabaseError, engines
 
 log = logging.getLogger("ovpnmon.api")
 
@@ -118,6 +118,7 @@ class Snapshot:
     certificates: list[dict]
     lines: list[list[str]]  # the per-client families' samples (``sample_lines``); [] if off
     clients: dict[bool, bytes]  # those families rendered, by format (True: OpenMetrics), as asked
+    size: int  # bytes the database takes (engines.database_size)
 
 
 class MetricsState:
@@ -170,8 +171,9 @@ class MetricsState:
             counts = clients.source_counts(conn)
             certs = certificates.certificates(conn)
             every = totals.lifetimes(conn) if self.per_client else []
+            size = engines.database_size(conn, self.database.path)
         lines = sample_lines(every, status.heartbeat) if self.per_client else []
-        return Snapshot(status, counts, certs, lines, {})
+        return Snapshot(status, counts, certs, lines, {}, size)
 
     def _start_warmer(self) -> None:
         self._warmer = ensure_running(self, self._warmer, self._start_lock, "metrics-warmer")

@@ -20,6 +20,7 @@ with the application.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import sqlite3
@@ -31,7 +32,7 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from ovpnmon_api.background import ensure_running
-from ovpnmon_common.storage.engines import ChangeCounter
+from ovpnmon_common.storage.engines import Counter
 
 log = logging.getLogger("ovpnmon.api")
 
@@ -72,7 +73,7 @@ class Warmer:
 
     def __init__(
         self,
-        counter: ChangeCounter,
+        counter: Counter,
         hot_seconds: Callable[[], float],
         clock: Callable[[], float] = time.monotonic,
         background: bool = True,
@@ -106,6 +107,9 @@ class Warmer:
             self._asked.move_to_end(key)
             while len(self._asked) > self.MAX_REQUESTS:
                 self._asked.popitem(last=False)
+        if self._version is None:  # the state this request was answered for
+            with contextlib.suppress(OSError, sqlite3.Error):  # then the next request says it
+                self._version = self.counter.value()
         self._start()
 
     def hot(self) -> list[dict[str, Any]]:
@@ -127,9 +131,7 @@ class Warmer:
             return True  # the next request says so, as a 503
         if version == self._version:
             return True
-        first, self._version = self._version is None, version
-        if first:  # just started: the requests were answered for this state
-            return True
+        self._version = version
         deadline = self.clock() + self.BUDGET_SECONDS
         for environ in requests:
             if self.clock() >= deadline:

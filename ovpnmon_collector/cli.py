@@ -23,6 +23,7 @@ from ovpnmon_collector.cli_common import (
 from ovpnmon_collector.lock import WriterBusy
 from ovpnmon_collector.notify import Notifier
 from ovpnmon_common.cliutil import config_options, load, run_cli
+from ovpnmon_common.storage.location import describe
 
 log = logging.getLogger("ovpnmon.collector")
 
@@ -41,11 +42,11 @@ def init_db_command(config_path: str | None, db_path: str | None, wait: float) -
     with writing(config, "init-db", wait) as (_, lock):
         before, after = lock.versions
     if before is None:
-        click.echo(f"created schema version {after} in {config.database_path}")
+        click.echo(f"created schema version {after} in {describe(config.database)}")
     elif before == after:
-        click.echo(f"schema version {after} is current in {config.database_path}")
+        click.echo(f"schema version {after} is current in {describe(config.database)}")
     else:
-        click.echo(f"upgraded {config.database_path} from schema version {before} to {after}")
+        click.echo(f"upgraded {describe(config.database)} from schema version {before} to {after}")
 
 
 @cli.command("poll-once")
@@ -107,7 +108,7 @@ def run_command(config_path: str | None, db_path: str | None, log_level: str) ->
             "collecting from %s every %d s into %s",
             ", ".join(s.name for s in config.sources),
             config.interval,
-            config.database_path,
+            describe(config.database),
         )
         notifier = Notifier()
         maintenance = daemon.Maintenance(

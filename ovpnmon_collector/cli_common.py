@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
 from ovpnmon_collector.collector import Collector
-from ovpnmon_collector.lock import WriterBusy, WriterLock
+from ovpnmon_collector.lock import PostgresLock, WriterBusy, WriterLock, writer_lock
 from ovpnmon_collector.sources import build_source
 from ovpnmon_collector.store import Store
 from ovpnmon_common import __version__
@@ -21,6 +21,7 @@ from ovpnmon_common.cliutil import CONTEXT_SETTINGS, ensure_parent_dir
 from ovpnmon_common.config import Config, ConfigError
 from ovpnmon_common.storage import DatabaseError, describe_error
 from ovpnmon_common.storage.engines import close_writer, writer_engine
+from ovpnmon_common.storage.location import describe
 from ovpnmon_common.storage.migrations import init_db
 
 
@@ -39,30 +40,32 @@ def cli() -> None:
 def open_writer(config: Config) -> tuple[Engine, tuple[int | None, int]]:
     """The writer engine on an initialised database; problems become one clean CLI error.
     (Without the writer lock: ``writing`` takes both.)"""
-    ensure_parent_dir(config.database_path)
-    engine = writer_engine(config.database_path)
+    ensure_parent_dir(config.database)
+    engine = writer_engine(config.database)
     try:
         versions = init_db(engine)
     except DatabaseError as exc:
         engine.dispose()
-        raise click.ClickException(f"{config.database_path}: {exc}") from None
+        raise click.ClickException(f"{describe(config.database)}: {exc}") from None
     except DBAPIError as exc:
         engine.dispose()
         raise click.ClickException(
-            f"cannot open database {config.database_path}: {describe_error(exc)}"
+            f"cannot open database {describe(config.database)}: {describe_error(exc)}"
         ) from None
     return engine, versions
 
 
 @contextlib.contextmanager
-def locked(config: Config, command: str, wait: float = 0.0) -> Iterator[WriterLock]:
+def locked(config: Config, command: str, wait: float = 0.0) -> Iterator[WriterLock | PostgresLock]:
     """The writer lock for one command, refused with one line when another collector holds it."""
-    ensure_parent_dir(config.database_path)
-    lock = WriterLock(config.database_path, command)
+    ensure_parent_dir(config.database)
+    lock = writer_lock(config.database, command)
     try:
         lock.acquire(wait)
     except WriterBusy as exc:
         raise click.ClickException(str(exc)) from None
+    except ConnectionError as exc:  # PostgreSQL unreachable
+        raise click.ClickException(f"cannot take the writer lock: {exc}") from None
     except OSError as exc:
         raise click.ClickException(
             f"cannot lock {lock.path}: {exc.strerror or exc} (the collector must be able to "
@@ -75,7 +78,9 @@ def locked(config: Config, command: str, wait: float = 0.0) -> Iterator[WriterLo
 
 
 @contextlib.contextmanager
-def writing(config: Config, command: str, wait: float = 0.0) -> Iterator[tuple[Engine, WriterLock]]:
+def writing(
+    config: Config, command: str, wait: float = 0.0
+) -> Iterator[tuple[Engine, WriterLock | PostgresLock]]:
     """The database for one writing command: the writer lock, an initialised schema, and a
     clean close. A database error inside becomes one line naming the command."""
     with locked(config, command, wait) as lock:

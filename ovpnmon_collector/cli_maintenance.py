@@ -13,10 +13,12 @@ from ovpnmon_collector import backup, certs, prune, rollup
 from ovpnmon_collector.cli_common import cli, locked, open_writer, wait_option, writing
 from ovpnmon_collector.info import database_info, render_info
 from ovpnmon_common.cliutil import config_options, load
+from ovpnmon_common.config import Config
 from ovpnmon_common.files import describe_size
 from ovpnmon_common.formatting import format_timestamp, parse_timestamp
 from ovpnmon_common.storage import DatabaseError
 from ovpnmon_common.storage.engines import close_writer, reader_engine
+from ovpnmon_common.storage.location import describe, is_postgres
 from ovpnmon_common.storage.migrations import check_schema
 from ovpnmon_common.tiers import ROLLUPS
 
@@ -182,11 +184,12 @@ def backup_command(
       ovpnmon-collector backup /var/backups/ovpnmon/ --keep 14
     """
     config = load(config_path, db_path)
+    sqlite_only(config, "backup")
     try:
-        written, facts = backup.backup(config.database_path, destination, force=force, keep=keep)
+        written, facts = backup.backup(config.database, destination, force=force, keep=keep)
     except backup.BackupError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"backed up {config.database_path} to {written}: {_describe(facts)}")
+    click.echo(f"backed up {config.database} to {written}: {_describe(facts)}")
 
 
 @cli.command("restore")
@@ -206,17 +209,27 @@ def restore_command(config_path: str | None, db_path: str | None, source: str, w
       systemctl start ovpnmon-collector
     """
     config = load(config_path, db_path)
+    sqlite_only(config, "restore")
     with locked(config, "restore", wait):
         try:
-            facts, kept = backup.restore(config.database_path, source)
+            facts, kept = backup.restore(config.database, source)
         except backup.BackupError as exc:
             raise click.ClickException(str(exc)) from None
         engine, (before, after) = open_writer(config)  # an older schema is upgraded now
         close_writer(engine)
     upgraded = f", upgraded from schema version {before} to {after}" if before != after else ""
-    click.echo(f"restored {source} into {config.database_path}: {_describe(facts)}{upgraded}")
+    click.echo(f"restored {source} into {config.database}: {_describe(facts)}{upgraded}")
     if kept:
         click.echo(f"the database it replaced is kept as {kept} (delete it when you are sure)")
+
+
+def sqlite_only(config: Config, command: str) -> None:
+    """Refuse a command about SQLite's file on a PostgreSQL database, saying what to use."""
+    if is_postgres(config.database):
+        raise click.ClickException(
+            f"{command} copies a SQLite file; {describe(config.database)} is PostgreSQL: "
+            "use pg_dump / pg_restore (docs/postgresql.md)"
+        )
 
 
 def _describe(facts: backup.Facts) -> str:
@@ -238,10 +251,10 @@ def info_command(config_path: str | None, db_path: str | None, as_json: bool) ->
       ovpnmon-collector info --db /var/lib/ovpnmon/ovpnmon.db --json
     """
     config = load(config_path, db_path)
-    engine = reader_engine(config.database_path)
+    engine = reader_engine(config.database)
     try:
-        check_schema(engine, config.database_path)
-        facts = database_info(engine, config.database_path)
+        check_schema(engine, config.database)
+        facts = database_info(engine, config.database)
     except DatabaseError as exc:
         raise click.ClickException(str(exc)) from None
     finally:

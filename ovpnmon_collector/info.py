@@ -9,7 +9,7 @@ from sqlalchemy import Engine, func, select
 
 from ovpnmon_common import meta, schema
 from ovpnmon_common.formatting import format_timestamp
-from ovpnmon_common.storage import engines
+from ovpnmon_common.storage import engines, location
 from ovpnmon_common.tiers import ROLLUPS, TIERS
 
 # the column that says when a row is from, per table
@@ -23,10 +23,9 @@ TIME_COLUMNS = {
 
 def database_info(engine: Engine, path: str) -> dict[str, Any]:
     """Size, rows and time span of every table, watermarks, the collector's status."""
-    files = [path, f"{path}-wal", f"{path}-shm"]
-    size = sum(os.path.getsize(f) for f in files if os.path.exists(f))
     tables: dict[str, dict[str, Any]] = {}
     with engine.connect() as conn:
+        size = engines.database_size(conn, path)
         status = meta.read_status(conn)
         for table in schema.metadata.sorted_tables:
             entry: dict[str, Any] = {
@@ -41,7 +40,7 @@ def database_info(engine: Engine, path: str) -> dict[str, Any]:
             tables[table.name] = entry
         pages = engines.page_counts(conn)
     return {
-        "database": {"path": os.path.abspath(path), "size_bytes": size, **pages},
+        "database": {"path": _where(path), "size_bytes": size, **pages},
         "schema_version": status.schema_version,
         "tables": tables,
         "watermarks": {tier.name: status.watermarks.get(tier.name) for tier in ROLLUPS},
@@ -49,6 +48,12 @@ def database_info(engine: Engine, path: str) -> dict[str, Any]:
         "sources": status.sources,
         "certificates_scanned_at": status.certificates_scanned_at,
     }
+
+
+def _where(database: str) -> str:
+    return (
+        location.describe(database) if location.is_postgres(database) else os.path.abspath(database)
+    )
 
 
 def _when(epoch: int | None) -> str:

@@ -1,5 +1,5 @@
 """One writer per database: every ``ovpnmon-collector`` command that writes holds a lock on
-``<database>.lock`` for as long as it runs.
+``<database>.lock`` for as long as it runs (on PostgreSQL, an advisory lock: ``PostgresLock``).
 
 A second collector beside the daemon (another ``run``, a cron ``poll-once``) would read the same
 sessions and store every byte twice. The lock is ``flock()``: the kernel releases it when its
@@ -12,9 +12,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import socket
 import time
 
 from ovpnmon_common.formatting import format_timestamp
+from ovpnmon_common.storage import postgres
+from ovpnmon_common.storage.location import is_postgres
 
 
 class WriterBusy(Exception):
@@ -24,9 +27,9 @@ class WriterBusy(Exception):
 class WriterLock:
     """The database's writer lock, taken by ``acquire`` and given back by ``release``."""
 
-    def __init__(self, database_path: str, command: str) -> None:
-        self.database_path = database_path
-        self.path = f"{database_path}.lock"
+    def __init__(self, database: str, command: str) -> None:
+        self.database = database
+        self.path = f"{database}.lock"
         self.command = command
         self.versions: tuple[int | None, int] = (None, 0)  # the schema's, set by the CLI
         self._fd: int | None = None
@@ -101,7 +104,7 @@ class WriterLock:
                 "the daemon rolls up every minute and applies retention hourly by itself; "
                 f"stop it first to run '{self.command}' now"
             )
-        return f"{who} is writing {self.database_path}: {fix}"
+        return f"{who} is writing {self.database}: {fix}"
 
 
 # the commands that take --wait
@@ -114,3 +117,70 @@ def _holder(fd: int) -> tuple[str, str, int] | None:
         pid, command, since = os.pread(fd, 200, 0).decode().split()
         return pid, command, int(since)
     return None
+
+
+class PostgresLock:
+    """The writer lock of a PostgreSQL database: a session-level advisory lock on a connection
+    of its own, which the server gives back when that connection ends in any way. Its
+    ``application_name`` says who holds it, for the message a second writer gets."""
+
+    def __init__(self, database: str, command: str) -> None:
+        from ovpnmon_common.storage.location import describe
+
+        self.database = database
+        self.path = describe(database)  # for messages
+        self.command = command
+        self.versions: tuple[int | None, int] = (None, 0)
+        self._lock: postgres.AdvisoryLock | None = None
+        self._taken = False  # acquired, and not released since (the connection may be lost)
+
+    def acquire(self, wait: float = 0.0) -> None:
+        """Take the lock, waiting up to ``wait`` seconds (``ConnectionError`` if the server
+        cannot be reached)."""
+        name = f"ovpnmon-collector {self.command} pid {os.getpid()} on {socket.gethostname()}"
+        deadline = time.monotonic() + wait
+        while True:
+            lock = postgres.AdvisoryLock(self.database, "collector", application_name=name)
+            if lock.try_acquire():
+                self._lock, self._taken = lock, True
+                return
+            holder = lock.holder()
+            lock.release()
+            if time.monotonic() >= deadline:
+                raise WriterBusy(self._busy(holder))
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+
+    def ensure(self) -> None:
+        """Check that the lock is still held (the daemon calls it every poll); a lost
+        connection (the server restarted) takes it again, or raises ``WriterBusy``. While the
+        server cannot be reached, nobody writes through it: it is taken again next time."""
+        if not self._taken:
+            raise RuntimeError("the writer lock is not held")
+        if self._lock is not None and self._lock.alive():
+            return
+        self.release()
+        self._taken = True
+        with contextlib.suppress(ConnectionError):
+            self.acquire()
+
+    def release(self) -> None:
+        self._taken = False
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _busy(self, holder: str | None) -> str:
+        who = f"another writer ({holder})" if holder else "another ovpnmon-collector"
+        return (
+            f"{who} holds the writer lock of {self.path}: two collectors would count every "
+            "byte twice; stop the other one first"
+            + (" or give --wait SECONDS" if self.command in _WAITS else "")
+        )
+
+
+def writer_lock(database: str, command: str) -> WriterLock | PostgresLock:
+    """The writer lock for ``database``: a lock file beside a SQLite file, an advisory lock
+    on PostgreSQL."""
+    if is_postgres(database):
+        return PostgresLock(database, command)
+    return WriterLock(database, command)

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import click
 
 from ovpnmon_common.config import Config, ConfigError, load_config
+from ovpnmon_common.storage import location
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -17,12 +18,12 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
 
 
 def config_options(func: F) -> F:
-    """Add ``--config PATH`` and ``--db PATH`` to a command."""
+    """Add ``--config PATH`` and ``--db PATH|URL`` to a command."""
     func = click.option(
         "--db",
         "db_path",
-        metavar="PATH",
-        help="SQLite database file (overrides [database] path).",
+        metavar="PATH|URL",
+        help="SQLite database file, or a postgresql+psycopg:// URL (overrides [database]).",
     )(func)
     func = click.option(
         "--config",
@@ -41,7 +42,10 @@ def load(config_path: str | None, db_path: str | None) -> Config:
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     if db_path:
-        config = config.replace(database_path=db_path)
+        try:
+            config = config.replace(database=location.from_option(db_path))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--db'") from None
     return config
 
 
@@ -66,7 +70,10 @@ def run_cli(group: click.Group, prog_name: str) -> None:
 
 
 def ensure_parent_dir(path: str) -> None:
-    """Create the database's directory (the collector owns it); a failure is a clean error."""
+    """Create the database's directory (the collector owns it); a failure is a clean error.
+    (Nothing to do for a PostgreSQL URL.)"""
+    if location.is_postgres(path):
+        return
     parent = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(parent, exist_ok=True)

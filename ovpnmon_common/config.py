@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ovpnmon_common.files import MIB, BadFile, read_regular_file
+from ovpnmon_common.storage import location
 
 DEFAULT_CONFIG_PATH = "/etc/ovpnmon/ovpnmon.conf"
 CONFIG_ENV_VAR = "OVPNMON_CONFIG"
@@ -92,7 +93,7 @@ class Config:
     """The whole configuration file, validated."""
 
     path: str | None = None
-    database_path: str = DEFAULT_DB_PATH
+    database: str = DEFAULT_DB_PATH  # a SQLite file path or a PostgreSQL URL (storage.location)
     interval: int = 10
     sources: tuple[SourceConfig, ...] = ()
     certificate_paths: tuple[str, ...] = ()
@@ -271,7 +272,7 @@ _Parsers = Mapping[str, Callable[[str], Any]]
 
 _QUOTA_KEYS: _Parsers = {"monthly": _size}  # [quota] and each [quota:COMMON NAME]
 _SECTIONS: dict[str, _Parsers] = {
-    "database": {"path": _path},
+    "database": {"path": _path, "url": location.parse_url},
     "collector": {"interval": _int_between(1, 3600)},
     "certificates": {"paths": _list, "crl": _path},
     "retention": {
@@ -373,7 +374,7 @@ def parse_config(text: str, path: str = "<config>") -> Config:
     certs = values.get("certificates", {})
     return Config(
         path=path,
-        database_path=values.get("database", {}).get("path", DEFAULT_DB_PATH),
+        database=_database(values.get("database", {}), path),
         interval=values.get("collector", {}).get("interval", 10),
         sources=tuple(sources),
         certificate_paths=certs.get("paths", ()),
@@ -384,6 +385,12 @@ def parse_config(text: str, path: str = "<config>") -> Config:
     )
 
 
+def _database(values: dict[str, str], path: str) -> str:
+    if "path" in values and "url" in values:
+        raise ConfigError(f"{path}: [database]: set path or url, not both")
+    return values.get("url") or values.get("path") or DEFAULT_DB_PATH
+
+
 def _parse_value(path: str, section: str, key: str, raw: str, known: _Parsers) -> Any:
     parse = known.get(key)
     if parse is None:
@@ -392,7 +399,8 @@ def _parse_value(path: str, section: str, key: str, raw: str, known: _Parsers) -
     try:
         return parse(raw.strip())
     except ValueError as exc:
-        raise ConfigError(f"{path}: [{section}] {key}: {exc}, got {raw.strip()!r}") from None
+        shown = location.mask(raw.strip()) if key == "url" else raw.strip()
+        raise ConfigError(f"{path}: [{section}] {key}: {exc}, got {shown!r}") from None
 
 
 def _parse_quota(

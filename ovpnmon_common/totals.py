@@ -16,7 +16,7 @@ from sqlalchemy import Connection, bindparam, case, func, select
 
 from ovpnmon_common import schema
 from ovpnmon_common.counters import Counters
-from ovpnmon_common.storage.statements import Prepared
+from ovpnmon_common.storage.statements import Prepared, total
 
 c, s, sc = schema.clients, schema.sessions, schema.session_counters
 
@@ -144,9 +144,9 @@ def lifetime_totals(conn: Connection) -> dict[str, tuple[int, int, bool]]:
 _SYSTEM = Prepared(
     select(
         func.count(c.c.id),
-        func.coalesce(func.sum(case((c.c.active, 1), else_=0)), 0),
-        func.coalesce(func.sum(c.c.closed_received), 0),
-        func.coalesce(func.sum(c.c.closed_sent), 0),
+        func.coalesce(total(case((c.c.active, 1), else_=0)), 0),
+        func.coalesce(total(c.c.closed_received), 0),
+        func.coalesce(total(c.c.closed_sent), 0),
     )
 )
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -57,9 +59,12 @@ def insert_client(
         closed_received=closed_received,
         closed_sent=closed_sent,
     )
-    if id is not None:
-        values["id"] = id
     with engine.begin() as conn:
+        if id is None:  # the collector hands out ids itself (PostgreSQL's sequence never moves)
+            from sqlalchemy import func, select
+
+            id = (conn.execute(select(func.max(schema.clients.c.id))).scalar() or 0) + 1
+        values["id"] = id
         conn.execute(schema.clients.insert().values(**values))
 
 
@@ -68,9 +73,61 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+ENGINES = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc) -> None:
+    """Every test that takes ``db_path`` runs on both storage engines (a SQLite file in
+    tmp_path, and a new database on the test PostgreSQL), except those marked
+    ``sqlite_only`` (about SQLite's file: permissions, WAL, backups of the file)."""
+    if "db_path" in metafunc.fixturenames:
+        only = metafunc.definition.get_closest_marker("sqlite_only")
+        metafunc.parametrize("db_path", ENGINES[:1] if only else ENGINES, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    """One PostgreSQL cluster for the session (started when a test first needs it)."""
+    import pg_harness
+
+    require_e2e(pg_harness.unavailable())
+    cluster = pg_harness.Cluster()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+def fresh_database(request):
+    """For property tests, which need a new database for each example: a function whose
+    ``with`` block has an empty database of the parameter's engine (a path or a URL). On
+    PostgreSQL they take a minute: marked slow (CI runs them)."""
+    cluster = request.getfixturevalue("postgres_cluster") if request.param != "sqlite" else None
+
+    @contextlib.contextmanager
+    def make() -> Iterator[str]:
+        if cluster is None:
+            with tempfile.TemporaryDirectory() as tmp:
+                yield str(Path(tmp) / "x.db")
+            return
+        url = cluster.database()
+        try:
+            yield url
+        finally:
+            cluster.drop(url)
+
+    return make
+
+
 @pytest.fixture
-def db_path(tmp_path: Path) -> str:
-    return str(tmp_path / "ovpnmon.db")
+def db_path(request, tmp_path: Path) -> Iterator[str]:
+    """The test's database: a SQLite file path, or a PostgreSQL URL (a new database)."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        yield str(tmp_path / "ovpnmon.db")
+        return
+    cluster = request.getfixturevalue("postgres_cluster")
+    url = cluster.database()
+    yield url
+    cluster.drop(url)
 
 
 @pytest.fixture
@@ -83,7 +140,7 @@ def engine(db_path: str):
 
 @pytest.fixture
 def config(db_path: str) -> Config:
-    return Config(database_path=db_path)
+    return Config(database=db_path)
 
 
 def require_e2e(reason: str | None) -> None:

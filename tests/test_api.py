@@ -39,7 +39,7 @@ def database(tmp_path_factory):
 
 def make_client(database, **api):
     config = Config(
-        database_path=database,
+        database=database,
         interval=600,
         api=ApiConfig(**api),
         retention=RetentionConfig(raw_days=40),
@@ -220,11 +220,11 @@ def test_stats_clients_and_certificates(client):
 
 
 def test_health_states(database):
-    fresh = falcon.testing.TestClient(create_app(Config(database_path=database), clock=lambda: NOW))
+    fresh = falcon.testing.TestClient(create_app(Config(database=database), clock=lambda: NOW))
     body = fresh.simulate_get("/api/v1/health").json
     assert body["status"] == "healthy" and body["success"] is True
     stale = falcon.testing.TestClient(
-        create_app(Config(database_path=database), clock=lambda: NOW + 3600)
+        create_app(Config(database=database), clock=lambda: NOW + 3600)
     )
     body = stale.simulate_get("/api/v1/health").json
     assert body["status"] == "degraded" and "is ovpnmon-collector running?" in body["reason"]
@@ -275,7 +275,7 @@ def test_errors_are_json_that_says_what_is_allowed(client, path, params, status,
 
 def test_retention_limits_are_400(database):
     short = falcon.testing.TestClient(
-        create_app(Config(database_path=database, interval=300), clock=lambda: NOW)
+        create_app(Config(database=database, interval=300), clock=lambda: NOW)
     )
     result = short.simulate_get(
         "/api/v1/stats/user-000", params={"range": "7d", "resolution": "raw"}
@@ -294,7 +294,7 @@ def test_writes_are_not_allowed(client):
 
 def test_missing_database_is_503_everywhere(tmp_path):
     gone = falcon.testing.TestClient(
-        create_app(Config(database_path=str(tmp_path / "gone.db")), clock=lambda: NOW)
+        create_app(Config(database=str(tmp_path / "gone.db")), clock=lambda: NOW)
     )
     for path in ("/stats", "/analytics", "/stats/x", "/clients", "/certificates", "/stats/system"):
         result = gone.simulate_get(f"/api/v1{path}")

@@ -48,12 +48,12 @@ class Setup:
         source = StatusFileSource("udp", str(self.status), settle=0)
         self.collector = Collector(Store(self.engine), [source], clock=self.clock)
         self.api_now = float(T0 + 60)
-        config = Config(database_path=self.path)
+        config = Config(database=self.path)
         self.cache = ResponseCache(engines.ChangeCounter(self.path), 1 << 20)
         self.cached = falcon.testing.TestClient(
             create_app(config, clock=lambda: self.api_now, cache=self.cache)
         )
-        uncached = Config(database_path=self.path, api=ApiConfig(cache_mb=0))
+        uncached = Config(database=self.path, api=ApiConfig(cache_mb=0))
         self.fresh = falcon.testing.TestClient(create_app(uncached, clock=lambda: self.api_now))
 
     def poll(self, *rows):

@@ -92,7 +92,7 @@ def test_cli_scan_then_api_then_removed_file_disappears(pki_dir, tmp_path):
     assert result.exit_code == 0, result.output
     assert "recorded 5 certificates (1 revoked), skipped 1 files" in result.stdout
     assert f"skipped {issued / 'junk.crt'}:" in result.stderr
-    api = falcon.testing.TestClient(create_app(Config(database_path=str(path))))
+    api = falcon.testing.TestClient(create_app(Config(database=str(path))))
     body = api.simulate_get("/api/v1/certificates").json
     assert body["count"] == 5
     carol = next(c for c in body["data"] if c["file"] == "carol.crt")
@@ -123,6 +123,6 @@ def test_expired_certificate(tmp_path):
     engine = engines.writer_engine(str(tmp_path / "x.db"))
     migrations.init_db(engine)
     certs.store(engine, certs.scan([str(crt)]), 0)
-    api = falcon.testing.TestClient(create_app(Config(database_path=str(tmp_path / "x.db"))))
+    api = falcon.testing.TestClient(create_app(Config(database=str(tmp_path / "x.db"))))
     (row,) = api.simulate_get("/api/v1/certificates").json["data"]
     assert row["is_expired"] is True and row["days_remaining"] in ("-1 days", "-2 days")

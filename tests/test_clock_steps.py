@@ -77,7 +77,7 @@ class Host:
                 assert {b: rx for b, rx in rows if rx} == dict(expected), r.name
 
     def api_totals(self, now: int, views=("24h", "7d", "30d")) -> dict[str, int]:
-        app = create_app(Config(database_path=str(self.path)), clock=lambda: now)
+        app = create_app(Config(database=str(self.path)), clock=lambda: now)
         client = falcon.testing.TestClient(app)
         found = {}
         for view in views:

@@ -234,12 +234,17 @@ def test_locked_database_loses_nothing(db_path, status):
     collector.poll()
     other = writer_engine(db_path)
     with other.begin() as conn:  # another writer holds the lock for the whole poll
-        meta.put(conn, "lock", "held")
+        if conn.dialect.name == "sqlite":
+            meta.put(conn, "lock", "held")
+            expected = "database is locked"
+        else:
+            conn.exec_driver_sql("LOCK TABLE meta IN ACCESS EXCLUSIVE MODE")
+            expected = "canceling statement due to lock timeout"
         clock.advance(10)
         status.write(clock.wall, row("alice", 0, T0 + 1, 300, 30))
         summary = collector.poll()
     assert not summary.stored
-    assert summary.error == "database write failed, will retry next poll: database is locked"
+    assert summary.error == f"database write failed, will retry next poll: {expected}"
     assert totals(engine) == {"alice": (100, 10, True)}
     clock.advance(10)
     status.write(clock.wall, row("alice", 0, T0 + 1, 350, 35))
@@ -460,9 +465,12 @@ def test_a_client_added_behind_the_collectors_back_fails_one_poll_cleanly(db_pat
     status.write(clock.wall, row("carol", 0, T0 + 5, 10, 1))
     summary = collector.poll()
     assert not summary.stored
-    assert summary.error == (
-        "database write failed, will retry next poll: UNIQUE constraint failed: clients.common_name"
-    )
+    duplicate = {
+        "sqlite": "UNIQUE constraint failed: clients.common_name",
+        "postgresql": 'duplicate key value violates unique constraint "uq_clients_common_name"'
+        " (Key (common_name)=(carol) already exists.)",
+    }[engine.dialect.name]
+    assert summary.error == (f"database write failed, will retry next poll: {duplicate}")
     clock.advance(10)
     status.write(clock.wall, row("carol", 0, T0 + 5, 30, 3))
     assert collector.poll().stored

@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import click
 import pytest
 
 from ovpnmon_common.config import (
@@ -17,7 +18,7 @@ def test_defaults_when_no_file(tmp_path, monkeypatch):
     monkeypatch.delenv("OVPNMON_CONFIG", raising=False)
     monkeypatch.setattr("ovpnmon_common.config.DEFAULT_CONFIG_PATH", str(tmp_path / "absent.conf"))
     config = load_config(None)
-    assert config.database_path == DEFAULT_DB_PATH
+    assert config.database == DEFAULT_DB_PATH
     assert config.interval == 10
     assert config.sources == ()
     assert config.api.host == "127.0.0.1" and config.api.port == 5001
@@ -52,7 +53,7 @@ cors_origins = https://dash.example
 timezone = Europe/Berlin
 """
     )
-    assert config.database_path == "/tmp/x.db"
+    assert config.database == "/tmp/x.db"
     assert config.interval == 5
     assert config.sources[0].name == "a.b-c_1" and config.sources[0].stale_after == 60
     assert config.api.tokens == ("one", "two")
@@ -205,3 +206,33 @@ def test_monthly_quotas_in_decimal_and_binary_units_with_per_client_overrides():
 
 def test_no_quota_section_means_no_quotas():
     assert parse_config("[api]\n", "x.conf").quota.monthly_for("alice") is None
+
+
+def test_database_url_sqlite_or_postgresql_and_never_a_password_in_a_message():
+    assert parse_config("[database]\nurl = sqlite:////var/x.db\n").database == "/var/x.db"
+    pg = parse_config("[database]\nurl = postgresql://u:pw@db:5433/ovpnmon?sslmode=verify-full\n")
+    assert pg.database == "postgresql+psycopg://u:pw@db:5433/ovpnmon?sslmode=verify-full"
+    bad = {
+        "[database]\nurl = mysql://u:secret@h/db\n": "unsupported database 'mysql'",
+        "[database]\nurl = postgresql://u:secret@h\n": "the URL names no database",
+        "[database]\nurl = sqlite://\n": "a SQLite URL names a file",
+        "[database]\nurl = not a url\n": "expected sqlite:///ABSOLUTE/PATH or postgresql",
+        "[database]\npath = /a.db\nurl = sqlite:////b.db\n": "set path or url, not both",
+    }
+    for text, said in bad.items():
+        with pytest.raises(ConfigError) as info:
+            parse_config(text, "x.conf")
+        assert said in str(info.value) and "secret" not in str(info.value)
+        assert str(info.value).startswith("x.conf: [database]")
+
+
+def test_db_option_takes_a_path_or_a_url(tmp_path):
+    from ovpnmon_common.cliutil import load
+
+    empty = tmp_path / "empty.conf"
+    empty.write_text("")
+    assert load(str(empty), "/srv/o.db").database == "/srv/o.db"
+    url = load(str(empty), "postgresql://api@127.0.0.1/ovpnmon").database
+    assert url == "postgresql+psycopg://api@127.0.0.1/ovpnmon"
+    with pytest.raises(click.BadParameter, match="unsupported database 'oracle'"):
+        load(str(empty), "oracle://x/y")

@@ -40,10 +40,10 @@ step = st.tuples(
 )
 
 
-def replay(workdir: Path, steps, start: int = T0) -> tuple:
-    """Poll ``steps`` (see ``step``) through the real collector from a status file; the
-    engine and the wall clock at the end."""
-    engine = engines.writer_engine(str(workdir / "x.db"))
+def replay(workdir: Path, steps, start: int = T0, database: str | None = None) -> tuple:
+    """Poll ``steps`` (see ``step``) through the real collector from a status file into
+    ``database`` (default: a file in ``workdir``); the engine and the wall clock at the end."""
+    engine = engines.writer_engine(database or str(workdir / "x.db"))
     migrations.init_db(engine)
     status = str(workdir / "status.log")
     clock = FakeClock(start)
@@ -113,12 +113,16 @@ def check_tiers(engine, raw_cutoff=None, kept=None):
                     assert rows.get((cid, bucket)) == sums, (r.name, bucket, "missing")
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# a new database for each example (fresh_database), whatever the fixture's scope
+ONE_DATABASE_PER_EXAMPLE = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=ONE_DATABASE_PER_EXAMPLE)
 @given(st.lists(step, min_size=1, max_size=30), st.integers(0, 3), st.data())
-def test_tiers_equal_raw_sums_before_and_after_prune(steps, raw_days, data):
+def test_tiers_equal_raw_sums_before_and_after_prune(fresh_database, steps, raw_days, data):
     note(f"steps={steps!r} raw_days={raw_days}")
-    with tempfile.TemporaryDirectory() as tmp:
-        engine, now = replay(Path(tmp), steps)
+    with tempfile.TemporaryDirectory() as tmp, fresh_database() as database:
+        engine, now = replay(Path(tmp), steps, database=database)
         rollup.catch_up(engine, now)
         check_tiers(engine)
         # the API's view: any window, tier up to its watermark plus finer data after it

@@ -9,9 +9,7 @@ from ovpnmon_common.config import ApiConfig, Config, ConfigError, parse_config
 
 
 def client(db_path, **api):
-    return falcon.testing.TestClient(
-        create_app(Config(database_path=db_path, api=ApiConfig(**api)))
-    )
+    return falcon.testing.TestClient(create_app(Config(database=db_path, api=ApiConfig(**api))))
 
 
 def test_the_page_and_its_files_come_with_a_strict_policy(db_path):

@@ -102,17 +102,17 @@ def test_openmetrics_by_content_negotiation(polled, config):
 
 
 def test_tokens_switches_and_per_client(polled, db_path):
-    tokens = Config(database_path=db_path, api=ApiConfig(tokens=("t",)))
+    tokens = Config(database=db_path, api=ApiConfig(tokens=("t",)))
     assert scrape(tokens).status_code == 401
     assert scrape(tokens, Authorization="Bearer t").status_code == 200
-    off = Config(database_path=db_path, api=ApiConfig(metrics=False))
+    off = Config(database=db_path, api=ApiConfig(metrics=False))
     assert scrape(off).status_code == 404
-    lean = scrape(Config(database_path=db_path, api=ApiConfig(metrics_per_client=False)))
+    lean = scrape(Config(database=db_path, api=ApiConfig(metrics_per_client=False)))
     assert "ovpnmon_client_" not in lean.text and "ovpnmon_source_up" in lean.text
 
 
 def test_a_missing_database_is_a_503_with_the_reason(tmp_path):
-    result = scrape(Config(database_path=str(tmp_path / "none.db")))
+    result = scrape(Config(database=str(tmp_path / "none.db")))
     assert result.status_code == 503
     assert "does not exist (yet)" in result.json["error"]
 

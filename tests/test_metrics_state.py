@@ -9,6 +9,7 @@ import time
 
 import falcon
 import falcon.testing
+import pytest
 from conftest import insert_client
 from hypothesis import given
 from hypothesis import strategies as st
@@ -140,6 +141,7 @@ def test_the_warmer_stops_when_nobody_scrapes_and_with_its_app(engine, db_path):
     assert not warmer.is_alive()
 
 
+@pytest.mark.sqlite_only  # the file; a PostgreSQL that goes away: test_postgres.py
 def test_a_database_that_vanished_is_a_503_even_with_lines_in_hand(engine, db_path, tmp_path):
     insert_client(engine, "alice", id=1, closed_received=10)
     app = falcon.App()

@@ -93,7 +93,7 @@ class Host:
         return {name: (int(rx), int(tx)) for name, rx, tx in rows}
 
     def api(self, path: str) -> falcon.testing.Result:
-        client = falcon.testing.TestClient(create_app(Config(database_path=str(self.db))))
+        client = falcon.testing.TestClient(create_app(Config(database=str(self.db))))
         return client.simulate_get(f"/api/v1{path}")
 
 

@@ -108,7 +108,7 @@ def usage(path, **params):
     from ovpnmon_api.app import create_app
     from ovpnmon_common.config import Config
 
-    app = create_app(Config(database_path=path, retention=RETENTION), clock=lambda: NOW)
+    app = create_app(Config(database=path, retention=RETENTION), clock=lambda: NOW)
     return falcon.testing.TestClient(app).simulate_get("/api/v1/usage", params=params).json
 
 

@@ -126,7 +126,7 @@ HOSTILE = [
 
 def test_thousands_of_hostile_requests_no_5xx_and_no_write(small_db):
     before = digest(small_db)
-    client = falcon.testing.TestClient(create_app(Config(database_path=small_db)))
+    client = falcon.testing.TestClient(create_app(Config(database=small_db)))
     rng = random.Random(7)
     params = ["range", "resolution", "x", "", "range[]", "RANGE"]
     values = [*HOSTILE, "1h", "24h", "1y", "raw", "5min", "", "-1", "1e9", "NaN"]
@@ -152,7 +152,7 @@ def test_thousands_of_hostile_requests_no_5xx_and_no_write(small_db):
 
 
 def test_invalid_utf8_in_the_path_is_a_clean_404(small_db):
-    client = falcon.testing.TestClient(create_app(Config(database_path=small_db)))
+    client = falcon.testing.TestClient(create_app(Config(database=small_db)))
     result = client.simulate_get("/api/v1/stats/%ff%fe%fd")
     assert result.status_code == 404 and result.json["success"] is False
 
@@ -162,7 +162,7 @@ def test_invalid_utf8_in_the_path_is_a_clean_404(small_db):
 
 def test_the_apis_own_connections_cannot_write(small_db):
     app_engine = engines.reader_engine(small_db)
-    create_app(Config(database_path=small_db), engine=app_engine)
+    create_app(Config(database=small_db), engine=app_engine)
     with (
         app_engine.connect() as conn,
         pytest.raises(OperationalError, match=r"readonly|query_only"),

@@ -42,7 +42,7 @@ def get(app, path="/api/v1/sessions", headers=None, **params):
 
 @pytest.fixture
 def app(history, db_path):
-    return create_app(Config(database_path=db_path), clock=lambda: T0 + 60)
+    return create_app(Config(database=db_path), clock=lambda: T0 + 60)
 
 
 def test_the_log_is_every_connection_newest_first_to_the_second_and_the_byte(app):
@@ -135,6 +135,7 @@ def test_pages_of_one_equal_the_whole_log_with_every_active_filter(app, active):
     assert walked == whole and len(whole) == {"yes": 3, "no": 1, None: 4}[active]
 
 
+@pytest.mark.sqlite_only  # SQLite's query plan
 def test_open_sessions_are_read_through_their_partial_index(engine):
     from ovpnmon_api.read.sessions import statement
     from ovpnmon_common.storage.statements import _compiled

@@ -12,10 +12,10 @@ from pathlib import Path
 import falcon.testing
 import pytest
 from conftest import StatusPoller, row
-from hypothesis import HealthCheck, event, given, note, settings
+from hypothesis import event, given, note, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
-from test_consistency import replay, step
+from test_consistency import ONE_DATABASE_PER_EXAMPLE, replay, step
 
 from ovpnmon_api.app import create_app
 from ovpnmon_collector import prune, rollup
@@ -103,7 +103,7 @@ retentions = st.builds(
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=ONE_DATABASE_PER_EXAMPLE)
 @given(
     st.lists(step, min_size=1, max_size=25),
     st.sampled_from(ZONES),
@@ -111,8 +111,12 @@ retentions = st.builds(
     st.one_of(st.none(), st.integers(0, 12 * DAY)),
     st.data(),
 )
-def test_usage_equals_the_raw_sums_or_states_its_rounded_edges(steps, tz, retention, later, data):
-    check_usage(steps, tz, retention, later, lambda x: period_params(data, tz, x), note, event)
+def test_usage_equals_the_raw_sums_or_states_its_rounded_edges(
+    fresh_database, steps, tz, retention, later, data
+):
+    choose = lambda x: period_params(data, tz, x)  # noqa: E731
+    with fresh_database() as database:
+        check_usage(steps, tz, retention, later, choose, note, event, database)
 
 
 def test_an_edge_in_pruned_raw_data_is_rounded_to_the_tier_and_summed_from_there():
@@ -140,13 +144,22 @@ def test_an_edge_in_pruned_raw_data_is_rounded_to_the_tier_and_summed_from_there
 
 
 def check_usage(
-    steps, tz, retention, later, choose, report=lambda text: None, tally=lambda _: None
+    steps,
+    tz,
+    retention,
+    later,
+    choose,
+    report=lambda text: None,
+    tally=lambda _: None,
+    database=None,
 ):
-    """Replay ``steps`` through the collector, roll up, prune ``later`` seconds after the last
-    poll (None: not at all), ask ``/usage`` for ``choose(raw samples)``'s parameters, and check
-    the answer against the raw samples as they were before prune; the body."""
+    """Replay ``steps`` through the collector into ``database`` (default: a file of its own),
+    roll up, prune ``later`` seconds after the last poll (None: not at all), ask ``/usage`` for
+    ``choose(raw samples)``'s parameters, and check the answer against the raw samples as they
+    were before prune; the body."""
     with tempfile.TemporaryDirectory() as tmp:
-        engine, now = replay(Path(tmp), steps, start=START)
+        database = database or str(Path(tmp) / "x.db")
+        engine, now = replay(Path(tmp), steps, start=START, database=database)
         samples = raw_samples(engine)
         if later is not None:
             now += later
@@ -158,9 +171,7 @@ def check_usage(
             pruned = meta.read_status(conn).pruned
         params = choose(samples)
         report(f"tz={tz} params={params} pruned={pruned}")
-        config = Config(
-            database_path=str(Path(tmp) / "x.db"), retention=retention, api=ApiConfig(timezone=tz)
-        )
+        config = Config(database=database, retention=retention, api=ApiConfig(timezone=tz))
         app = create_app(config, clock=lambda: now)
         result = get(app, "/api/v1/usage", **params)
         if "period" in params:
@@ -214,7 +225,7 @@ def polled(engine, tmp_path):
 
 def test_a_month_with_quotas(polled, db_path):
     quota = QuotaConfig(monthly=10_000, overrides=(("bob", None), ("=1+2", 88)))
-    app = create_app(Config(database_path=db_path, quota=quota), clock=lambda: T0 + 20)
+    app = create_app(Config(database=db_path, quota=quota), clock=lambda: T0 + 20)
     body = get(app, "/api/v1/usage", period="2026-11").json
     assert body["period"] == {
         "kind": "month",
@@ -273,7 +284,7 @@ def test_a_month_with_quotas(polled, db_path):
 
 
 def test_csv_is_rfc_4180_and_safe_against_formulas(polled, db_path):
-    app = create_app(Config(database_path=db_path), clock=lambda: T0 + 20)
+    app = create_app(Config(database=db_path), clock=lambda: T0 + 20)
     for result in (
         get(app, "/api/v1/usage", period="2026-11", format="csv"),
         falcon.testing.TestClient(app).simulate_get(
@@ -318,7 +329,7 @@ def test_csv_is_rfc_4180_and_safe_against_formulas(polled, db_path):
 def test_bad_usage_questions_are_400s_that_name_the_accepted_forms(
     polled, db_path, params, message
 ):
-    app = create_app(Config(database_path=db_path), clock=lambda: T0 + 20)
+    app = create_app(Config(database=db_path), clock=lambda: T0 + 20)
     result = get(app, "/api/v1/usage", **params)
     assert result.status_code == (404 if "nobody" in message else 400)
     assert result.json["success"] is False
@@ -330,7 +341,7 @@ def test_usage_before_everything_kept_is_a_400_saying_since_when(polled, db_path
     later = T0 + 30 * DAY
     rollup.catch_up(engine, later)
     prune.prune(engine, retention, later)
-    app = create_app(Config(database_path=db_path, retention=retention), clock=lambda: later)
+    app = create_app(Config(database=db_path, retention=retention), clock=lambda: later)
     result = get(app, "/api/v1/usage", period="2026-11")
     assert result.status_code == 400
     assert result.json["error"] == (
@@ -342,7 +353,7 @@ def test_usage_before_everything_kept_is_a_400_saying_since_when(polled, db_path
 def test_a_period_that_ends_is_no_longer_in_progress_before_the_next_commit(polled, db_path):
     """A cached body said ``in_progress: true`` until the next commit after the period ended."""
     now = [T0 + 20.0]
-    app = create_app(Config(database_path=db_path), clock=lambda: now[0])
+    app = create_app(Config(database=db_path), clock=lambda: now[0])
     assert get(app, "/api/v1/usage", period="2026-11-26").json["period"]["in_progress"] is True
     now[0] = T0 + 6 * 3600  # 2026-11-27 00:25: the day is over; nothing was committed since
     body = get(app, "/api/v1/usage", period="2026-11-26").json

@@ -46,7 +46,7 @@ class Warmed(Setup):
         self.warmer = Warmer(
             engines.ChangeCounter(self.path), lambda: 60.0, clock=self.mono, background=False
         )
-        config = Config(database_path=self.path, api=ApiConfig(tokens=tokens))
+        config = Config(database=self.path, api=ApiConfig(tokens=tokens))
         self.cache = ResponseCache(engines.ChangeCounter(self.path), 1 << 22)
         self.cached = falcon.testing.TestClient(
             create_app(config, clock=lambda: self.api_now, cache=self.cache, warmer=self.warmer)
@@ -71,7 +71,8 @@ def test_the_first_reader_after_a_commit_is_served_what_computing_it_gives(warme
     warmed.poll(session("alice", 1, 3000, 300), session("bob", 2, 60, 6))
     for url in ASKED:
         warmed.ask(url)
-    assert warmed.warmer.warm_once()  # the thread's first look: nothing changed since
+    assert warmed.warmer.warm_once()  # nothing changed since they were asked
+    assert warmed.warmer.replays == 0
 
     warmed.poll(session("alice", 1, 9000, 900), session("bob", 2, 70, 7))  # a commit
     assert warmed.warmer.warm_once()
@@ -174,7 +175,7 @@ def test_the_thread_warms_after_a_commit_and_stops_when_nothing_is_asked(tmp_pat
         warmer = Warmer(engines.ChangeCounter(setup.path), lambda: 60.0)
         cache = ResponseCache(engines.ChangeCounter(setup.path), 1 << 22)
         app = create_app(
-            Config(database_path=setup.path), clock=lambda: T0 + 60, cache=cache, warmer=warmer
+            Config(database=setup.path), clock=lambda: T0 + 60, cache=cache, warmer=warmer
         )
         client = falcon.testing.TestClient(app)
         setup.poll(session("alice", 1, 1000, 100))

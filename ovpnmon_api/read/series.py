@@ -18,7 +18,7 @@ from ovpnmon_common import schema
 from ovpnmon_common.buckets import align, align_up
 from ovpnmon_common.meta import CollectorStatus
 from ovpnmon_common.planner import Series
-from ovpnmon_common.storage.statements import Prepared
+from ovpnmon_common.storage.statements import Prepared, total
 from ovpnmon_common.tiers import BY_NAME, TIERS, Tier, sql_align
 
 c, u, g = schema.clients, schema.usage_history, schema.global_history
@@ -65,7 +65,7 @@ def _client_sums(tier: Tier) -> Prepared:
     key = sql_align(tier.time, bindparam("step")).label("key")
     where = [table.c.client_id == bindparam("client_id")]
     where += [u.c.ts.in_(_POLL_TIMES)] if tier.raw else _window(tier)
-    sums = select(key, func.sum(table.c.bytes_received), func.sum(table.c.bytes_sent))
+    sums = select(key, total(table.c.bytes_received), total(table.c.bytes_sent))
     return Prepared(sums.where(*where).group_by(key))
 
 
@@ -75,7 +75,7 @@ def _server_sums(tier: Tier) -> Prepared:
     key = sql_align(tier.time, bindparam("step")).label("key")
     peak = table.c.active_count if tier.raw else table.c.max_active
     return Prepared(
-        select(key, func.sum(table.c.bytes_received), func.sum(table.c.bytes_sent), func.max(peak))
+        select(key, total(table.c.bytes_received), total(table.c.bytes_sent), func.max(peak))
         .where(*_window(tier))
         .group_by(key)
     )
@@ -203,14 +203,14 @@ def _sums_statement(tiers: tuple[str, ...], ranked: bool, one: bool) -> Prepared
         parts.append(
             select(
                 table.c.client_id.label("client_id"),
-                func.sum(table.c.bytes_received).label("rx"),
-                func.sum(table.c.bytes_sent).label("tx"),
+                total(table.c.bytes_received).label("rx"),
+                total(table.c.bytes_sent).label("tx"),
             )
             .where(*where)
             .group_by(table.c.client_id)
         )
     merged = union_all(*parts).subquery("pieces")
-    rx, tx = func.sum(merged.c.rx), func.sum(merged.c.tx)
+    rx, tx = total(merged.c.rx), total(merged.c.tx)
     query = (
         select(c.c.common_name, rx, tx)
         .join(c, c.c.id == merged.c.client_id)

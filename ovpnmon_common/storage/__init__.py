@@ -16,9 +16,14 @@ class DatabaseError(Exception):
 
 
 def describe_error(exc: BaseException) -> str:
-    """A database failure in SQLite's own words, without SQLAlchemy's statement dump; any other
-    exception as its message."""
+    """A database failure in the engine's own words, on one line, without SQLAlchemy's
+    statement dump; any other exception as its message."""
     if isinstance(exc, DBAPIError) and exc.orig is not None:
-        return str(exc.orig)
+        diag = getattr(exc.orig, "diag", None)  # PostgreSQL's: the message, then a detail
+        primary = getattr(diag, "message_primary", None)
+        if primary:
+            detail = getattr(diag, "message_detail", None)
+            return f"{primary} ({detail})" if detail else primary
+        return str(exc.orig).splitlines()[0] if str(exc.orig) else type(exc.orig).__name__
     text = str(exc)
     return text.splitlines()[0] if text else type(exc).__name__

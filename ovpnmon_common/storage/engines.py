@@ -2,8 +2,8 @@
 the change counter that tells a reader something was committed.
 
 SQLite's specifics (URIs, pragmas, how a transaction begins, page counts and incremental
-vacuum) live here and nowhere else, so that another backend is a new factory here rather than
-a rewrite.
+vacuum) live here and nowhere else; PostgreSQL's are in ``postgres``. ``database`` is a SQLite
+file path or a PostgreSQL URL (``location``): each factory here hands a URL to ``postgres``.
 """
 
 from __future__ import annotations
@@ -12,12 +12,14 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Hashable
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.pool import QueuePool
+
+from ovpnmon_common.storage import location, postgres
 
 BUSY_TIMEOUT_MS = 5000
 
@@ -26,8 +28,11 @@ def writer_engine(path: str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Engin
     """The collector's engine: WAL, ``synchronous=NORMAL``, a busy timeout, foreign keys.
 
     Transactions start with ``BEGIN IMMEDIATE`` so a writer takes its lock up front instead of
-    failing halfway through a poll when it tries to upgrade a read lock.
+    failing halfway through a poll when it tries to upgrade a read lock. (A PostgreSQL URL:
+    ``postgres.writer_engine``.)
     """
+    if location.is_postgres(path):
+        return postgres.writer_engine(path, lock_timeout_ms=busy_timeout_ms)
 
     def connect() -> sqlite3.Connection:
         return sqlite3.connect(
@@ -89,8 +94,11 @@ def reader_engine(
     """The API's engine: ``mode=ro`` URI plus ``PRAGMA query_only`` on every connection.
 
     Each transaction is an explicit deferred ``BEGIN`` so that the several SELECTs of one request
-    read one consistent snapshot while the collector commits.
+    read one consistent snapshot while the collector commits. (A PostgreSQL URL:
+    ``postgres.reader_engine``.)
     """
+    if location.is_postgres(path):
+        return postgres.reader_engine(path, pool_size=pool_size)
     uri = reader_uri(path)
 
     def connect() -> sqlite3.Connection:
@@ -118,6 +126,25 @@ def reader_engine(
         connection.exec_driver_sql("BEGIN")
 
     return engine
+
+
+class Counter(Protocol):
+    """What moves whenever anything is committed: ``ChangeCounter`` (SQLite) or
+    ``postgres.NotifyCounter``."""
+
+    def value(self) -> Hashable:
+        """Raises ``OSError`` or ``sqlite3.Error`` when the database cannot be read."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def change_counter(database: str) -> Counter:
+    """The change counter of ``database``: SQLite's ``data_version``, or PostgreSQL's
+    notifications."""
+    if location.is_postgres(database):
+        return postgres.NotifyCounter(database)
+    return ChangeCounter(database)
 
 
 class ChangeCounter:
@@ -188,8 +215,20 @@ def give_back_space(
     return freed
 
 
+def database_size(conn: Connection, database: str) -> int:
+    """Bytes the database takes: the SQLite file with its WAL files, or PostgreSQL's
+    ``pg_database_size``."""
+    if location.is_postgres(database):
+        size = conn.exec_driver_sql("SELECT pg_database_size(current_database())").scalar()
+        return int(size or 0)
+    files = (database, f"{database}-wal", f"{database}-shm")
+    return sum(os.path.getsize(f) for f in files if os.path.exists(f))
+
+
 def page_counts(conn: Connection) -> dict[str, int]:
-    """The file's page size, pages and free pages (what ``info`` shows)."""
+    """The file's page size, pages and free pages (what ``info`` shows); none on PostgreSQL."""
+    if conn.dialect.name != "sqlite":
+        return {}
     return {
         name: int(conn.exec_driver_sql(f"PRAGMA {name}").scalar() or 0)
         for name in ("page_size", "page_count", "freelist_count")

@@ -11,6 +11,7 @@ from sqlalchemy.exc import DBAPIError
 
 from ovpnmon_common import meta, schema
 from ovpnmon_common.storage import DatabaseError, describe_error
+from ovpnmon_common.storage.location import describe
 from ovpnmon_common.tiers import TIERS, built_on
 
 
@@ -116,19 +117,22 @@ def check_schema(engine: Engine, path: str) -> None:
         with engine.connect() as conn:
             version = schema_version(conn)
     except DBAPIError as exc:  # unreadable, locked, or not an SQLite file at all
-        raise DatabaseError(f"cannot read database {path}: {describe_error(exc)}") from None
+        raise DatabaseError(
+            f"cannot read database {describe(path)}: {describe_error(exc)}"
+        ) from None
+    where = describe(path)
     if version is None:
         raise DatabaseError(
-            f"database {path} has no ovpnmon schema: run 'ovpnmon-collector init-db' "
+            f"database {where} has no ovpnmon schema: run 'ovpnmon-collector init-db' "
             "(or start the collector) first"
         )
     if version > schema.SCHEMA_VERSION:
         raise DatabaseError(
-            f"database {path} has schema version {version}, newer than this ovpnmon understands "
+            f"database {where} has schema version {version}, newer than this ovpnmon understands "
             f"({schema.SCHEMA_VERSION}): upgrade ovpnmon"
         )
     if version < schema.SCHEMA_VERSION:
         raise DatabaseError(
-            f"database {path} has schema version {version}, older than this ovpnmon needs "
+            f"database {where} has schema version {version}, older than this ovpnmon needs "
             f"({schema.SCHEMA_VERSION}): run 'ovpnmon-collector init-db' to upgrade it"
         )

@@ -3,7 +3,7 @@
 ``Prepared`` runs a Core ``select()`` without rebuilding or recompiling it (the API's per
 request cost); ``executemany``, ``insert_tuples``, ``upsert`` and ``upsert_tuples`` write many
 rows with one statement. The upsert syntax of each dialect is in ``_dialect_insert`` and
-``_greatest``, and nowhere else.
+``_greatest``, and nowhere else; ``total`` is a sum that is an integer on both.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from functools import lru_cache
 from itertools import chain
 from typing import Any, Literal
 
-from sqlalchemy import Connection, bindparam, func
+from sqlalchemy import BigInteger, Connection, bindparam, cast, func
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.sql.expression import ColumnElement
@@ -139,6 +139,8 @@ def _write_tuples(
     if not rows:
         return
     if conn.dialect.name != "sqlite":
+        if any(len(row) != len(columns) for row in rows):
+            raise ValueError(f"every row must have {len(columns)} values, in {columns} order")
         stmt = _upsert_statement(conn.dialect.name, table, keys, columns, merge_items)
         executemany(conn, stmt, [dict(zip(columns, row, strict=True)) for row in rows])
         return
@@ -221,6 +223,12 @@ def _dialect_insert(dialect: str, table: Any) -> Any:
     if dialect == "postgresql":
         return postgresql.insert(table)
     raise NotImplementedError(f"upsert is not implemented for {dialect}")  # pragma: no cover
+
+
+def total(column: Any) -> Any:
+    """``sum(column)`` as an integer on every engine: PostgreSQL sums BIGINT as NUMERIC, which
+    the driver hands over as ``Decimal`` (not JSON, and slower)."""
+    return cast(func.sum(column), BigInteger)
 
 
 def _greatest(dialect: str, left: Any, right: Any) -> Any:
