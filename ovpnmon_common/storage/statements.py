@@ -19,7 +19,11 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.sql.expression import ColumnElement
 
 _NAMED_SQLITE = sqlite_dialect.dialect(paramstyle="named")
-_QMARK_SQLITE = sqlite_dialect.dialect(paramstyle="qmark")
+# the dialects that take many rows per statement, with positional parameters (_multirow_sql)
+_POSITIONAL = {
+    "sqlite": lambda: sqlite_dialect.dialect(paramstyle="qmark"),
+    "postgresql": lambda: postgresql.psycopg.dialect(paramstyle="format"),
+}
 _COMPILED: dict[tuple[Any, ...], tuple[str, dict[str, Any]]] = {}
 
 
@@ -119,11 +123,12 @@ def upsert_tuples(
 ) -> None:
     """``upsert`` of tuples in ``columns`` order: the hot path (a sample per client per poll).
 
-    On SQLite the rows go up to ``ROWS_PER_STATEMENT`` at a time into one multi-row
+    The rows go up to ``ROWS_PER_STATEMENT`` at a time into one multi-row
     ``INSERT ... VALUES (...), (...) ON CONFLICT ...``: SQLite does the same work per row, but
     the driver binds, steps and resets a statement once per hundred rows instead of once per
-    row — 9,000 samples in about 4 ms instead of 10 (bench/poll_10k.py). Other dialects get the
-    one-row statement with dicts.
+    row — 9,000 samples in about 4 ms instead of 10 (bench/poll_10k.py); PostgreSQL is sent a
+    hundredth of the statements (bench/poll_postgres.py). Other dialects get the one-row
+    statement with dicts.
     """
     _write_tuples(conn, table, columns, rows, tuple(keys), tuple(sorted((merge or {}).items())))
 
@@ -138,10 +143,11 @@ def _write_tuples(
 ) -> None:
     if not rows:
         return
-    if conn.dialect.name != "sqlite":
+    dialect = conn.dialect.name
+    if dialect not in _POSITIONAL:
         if any(len(row) != len(columns) for row in rows):
             raise ValueError(f"every row must have {len(columns)} values, in {columns} order")
-        stmt = _upsert_statement(conn.dialect.name, table, keys, columns, merge_items)
+        stmt = _upsert_statement(dialect, table, keys, columns, merge_items)
         executemany(conn, stmt, [dict(zip(columns, row, strict=True)) for row in rows])
         return
     per = min(ROWS_PER_STATEMENT, MAX_PARAMETERS // len(columns))
@@ -151,26 +157,27 @@ def _write_tuples(
         if len(flat) != whole * len(columns):
             raise ValueError(f"every row must have {len(columns)} values, in {columns} order")
         width = per * len(columns)
-        sql = _multirow_sql(table, keys, columns, merge_items, per)
+        sql = _multirow_sql(dialect, table, keys, columns, merge_items, per)
         conn.exec_driver_sql(sql, [flat[at : at + width] for at in range(0, len(flat), width)])
     if whole < len(rows):
-        sql = _multirow_sql(table, keys, columns, merge_items, 1)
+        sql = _multirow_sql(dialect, table, keys, columns, merge_items, 1)
         conn.exec_driver_sql(sql, [tuple(row) for row in rows[whole:]])
 
 
 @lru_cache(maxsize=64)
 def _multirow_sql(
+    dialect: str,
     table: Any,
     keys: tuple[str, ...] | None,
     columns: tuple[str, ...],
     merge_items: tuple[tuple[str, Merge], ...],
     count: int,
 ) -> str:
-    """SQLite text of an insert (or upsert) of ``count`` rows, its ``?`` parameters row after
-    row, each row's in ``columns`` order (checked: a mismatch raises rather than store values in
-    wrong columns)."""
-    stmt = _upsert_statement("sqlite", table, keys, columns, merge_items, count)
-    compiled = stmt.compile(dialect=_QMARK_SQLITE)
+    """The text of an insert (or upsert) of ``count`` rows, its positional parameters (SQLite's
+    ``?``, psycopg's ``%s``) row after row, each row's in ``columns`` order (checked: a mismatch
+    raises rather than store values in wrong columns)."""
+    stmt = _upsert_statement(dialect, table, keys, columns, merge_items, count)
+    compiled = stmt.compile(dialect=_POSITIONAL[dialect]())
     order = tuple(compiled.positiontup or ())
     expected = tuple(f"{name}_{row}" for row in range(count) for name in columns)
     if order != expected:
