@@ -1,5 +1,6 @@
 """The maintenance commands of ``ovpnmon-collector``: rollup, backfill, prune, scan-certs,
-backup, restore, info. Each takes the writer lock (``cli_common.writing``) or reads only."""
+backup, restore, copy-to, info. Each takes the writer lock (``cli_common.writing``) or reads
+only."""
 
 from __future__ import annotations
 
@@ -9,14 +10,14 @@ import time
 
 import click
 
-from ovpnmon_collector import backup, certs, prune, rollup
+from ovpnmon_collector import backup, certs, copy, prune, rollup
 from ovpnmon_collector.cli_common import cli, locked, open_writer, wait_option, writing
 from ovpnmon_collector.info import database_info, render_info
 from ovpnmon_common.cliutil import config_options, load
 from ovpnmon_common.config import Config
 from ovpnmon_common.files import describe_size
 from ovpnmon_common.formatting import format_timestamp, parse_timestamp
-from ovpnmon_common.storage import DatabaseError
+from ovpnmon_common.storage import DatabaseError, location
 from ovpnmon_common.storage.engines import close_writer, reader_engine
 from ovpnmon_common.storage.location import describe, is_postgres
 from ovpnmon_common.storage.migrations import check_schema
@@ -238,6 +239,52 @@ def _describe(facts: backup.Facts) -> str:
         f"{describe_size(facts.size)}, schema version {facts.schema_version}, "
         f"{facts.clients} clients, last poll {last}"
     )
+
+
+@cli.command("copy-to")
+@config_options
+@click.argument("target", metavar="URL")
+@wait_option
+def copy_to_command(config_path: str | None, db_path: str | None, target: str, wait: float) -> None:
+    """Copy the whole history into another database, exactly: a SQLite file into PostgreSQL.
+
+    Every table is copied with its keys, in batches, each an upsert: run it again to finish a
+    copy that stopped half-way, or to take what was polled since; nothing is ever copied twice.
+    A target holding another history is refused. Rows and byte sums of every table are
+    compared at the end. Refused while a collector writes either database: stop it, copy, point
+    [database] at the target, start it.
+
+    \b
+    Example:
+      systemctl stop ovpnmon-collector
+      ovpnmon-collector copy-to 'postgresql://ovpnmon_collector@db.example.org/ovpnmon'
+    """
+    config = load(config_path, db_path)
+    try:
+        destination = location.from_option(target)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="URL") from None
+    if destination == config.database:
+        raise click.BadParameter("the target is the database itself", param_hint="URL")
+    source = reader_engine(config.database)
+    try:
+        check_schema(source, config.database)
+        with (
+            locked(config, "copy-to", wait),
+            writing(config.replace(database=destination), "copy-to", wait) as (engine, _),
+        ):
+            report = copy.copy(source, engine)
+    except (DatabaseError, copy.CopyError) as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        source.dispose()
+    for table in report.tables:
+        verdict = "equal" if table.equal else f"DIFFERS: {table.target_rows} rows there"
+        sums = f", {sum(table.sums):,} bytes" if table.sums else ""
+        click.echo(f"{table.name:16s} {table.rows:12,d} rows{sums}: {verdict}")
+    if not report.equal:
+        raise click.ClickException("the target differs from the source (above); run it again")
+    click.echo(f"copied {describe(config.database)} into {describe(destination)}")
 
 
 @cli.command("info")

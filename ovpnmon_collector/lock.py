@@ -99,6 +99,11 @@ class WriterLock:
             fix = "two collectors would count every byte twice; stop the other one first"
         elif self.command == "restore":
             fix = "stop it first (systemctl stop ovpnmon-collector), restore, then start it"
+        elif self.command == "copy-to":
+            fix = (
+                "stop it first (systemctl stop ovpnmon-collector): what it polls after the "
+                "copy would be left behind"
+            )
         else:
             fix = (
                 "the daemon rolls up every minute and applies retention hourly by itself; "
@@ -108,7 +113,7 @@ class WriterLock:
 
 
 # the commands that take --wait
-_WAITS = ("init-db", "rollup", "backfill", "prune", "scan-certs", "restore")
+_WAITS = ("init-db", "rollup", "backfill", "prune", "scan-certs", "restore", "copy-to")
 
 
 def _holder(fd: int) -> tuple[str, str, int] | None:

@@ -1,0 +1,153 @@
+"""``copy-to``: a SQLite history into PostgreSQL, exactly (every row of every table, and the
+API's answers byte for byte), re-runnable without duplicates, refused onto another history."""
+
+from __future__ import annotations
+
+import falcon.testing
+import pytest
+from click.testing import CliRunner
+from conftest import StatusPoller, insert_client, row
+from sqlalchemy import select
+
+from ovpnmon_api.app import create_app
+from ovpnmon_collector import prune, rollup
+from ovpnmon_collector.cli import cli
+from ovpnmon_collector.lock import WriterLock
+from ovpnmon_common import schema
+from ovpnmon_common.config import Config, RetentionConfig
+from ovpnmon_common.storage import engines, migrations
+
+T0 = 1_795_717_500  # 2026-11-26 18:25 UTC
+URLS = [
+    "/api/v1/stats",
+    "/api/v1/stats/alice?range=24h",
+    "/api/v1/stats/bob?range=7d&resolution=hourly",
+    "/api/v1/stats/system",
+    "/api/v1/analytics?range=24h",
+    "/api/v1/clients",
+    "/api/v1/usage?period=2026-11",
+    "/api/v1/sessions",
+    "/api/v1/certificates",
+]
+
+
+@pytest.fixture
+def url(postgres_cluster):
+    database = postgres_cluster.database()
+    yield database
+    postgres_cluster.drop(database)
+
+
+def history(path, tmp_path) -> tuple[StatusPoller, int]:
+    """Two days of a few clients through the real collector: reconnects, a duplicate-cn pair,
+    rollups, retention; and a certificate row."""
+    engine = engines.writer_engine(path)
+    migrations.init_db(engine)
+    poller = StatusPoller(engine, tmp_path, T0 - 2 * 86400, step=600)
+    for i in range(288):
+        since = T0 - 2 * 86400 + (i // 50) * 30000  # alice reconnects every ~8 h
+        rows = [row("alice", 100 + i // 50, since, 1000 * (i % 50 + 1), 77 * (i % 50 + 1))]
+        if i % 3:
+            rows.append(row("bob", 1, T0 - 2 * 86400 - 5, 5000 * i, 40 * i))
+            rows.append(row("bob", 2, T0 - 2 * 86400 - 5, 10 * i, i))  # duplicate-cn
+        poller.poll(*rows)
+    now = int(poller.clock.wall)
+    rollup.catch_up(engine, now)
+    prune.prune(engine, RetentionConfig(raw_days=1), now)
+    with engine.begin() as conn:
+        conn.execute(
+            schema.certificates.insert().values(
+                path="/pki/issued/alice.crt",
+                serial="0A",
+                file="alice.crt",
+                common_name="alice",
+                not_before=T0 - 86400 * 30,
+                not_after=T0 + 86400 * 300,
+                issuer="CN=Test CA",
+                revoked=False,
+                scanned_at=now,
+            )
+        )
+    return poller, now
+
+
+def every_row(database) -> dict[str, list[tuple]]:
+    reader = engines.reader_engine(database)
+    try:
+        with reader.connect() as conn:
+            return {
+                table.name: [
+                    tuple(r)
+                    for r in conn.execute(select(table).order_by(*table.primary_key.columns)).all()
+                ]
+                for table in schema.metadata.sorted_tables
+            }
+    finally:
+        reader.dispose()
+
+
+def bodies(database, now) -> dict[str, bytes]:
+    client = falcon.testing.TestClient(
+        create_app(Config(database=database), clock=lambda: float(now))
+    )
+    out = {}
+    for url in URLS:
+        path, _, query = url.partition("?")
+        result = client.simulate_get(path, query_string=query)
+        assert result.status_code == 200, (url, result.text)
+        out[url] = result.content
+    return out
+
+
+def test_a_history_copied_into_postgresql_is_the_same_to_the_byte(tmp_path, url):
+    source = str(tmp_path / "ovpnmon.db")
+    poller, now = history(source, tmp_path)
+    runner = CliRunner()
+    result = runner.invoke(cli, ["copy-to", url, "--db", source])
+    assert result.exit_code == 0, result.output
+    assert "usage_history" in result.output and "DIFFERS" not in result.output
+    rows = every_row(source)
+    assert rows["usage_history"] and rows["stats_hourly"] and rows["sessions"]
+    assert every_row(url) == rows
+    assert bodies(url, now) == bodies(source, now)
+
+    # again: nothing doubled; after another poll of the source, again: the new poll arrives
+    assert runner.invoke(cli, ["copy-to", url, "--db", source]).exit_code == 0
+    assert every_row(url) == rows
+    poller.poll(row("alice", 105, T0 - 2 * 86400 + 5 * 30000, 999_999, 8888))
+    assert runner.invoke(cli, ["copy-to", url, "--db", source]).exit_code == 0
+    assert every_row(url) == every_row(source) != rows
+    poller.close()
+
+
+def test_a_target_with_another_history_is_refused_and_left_alone(tmp_path, url):
+    source = str(tmp_path / "ovpnmon.db")
+    poller, _ = history(source, tmp_path)
+    poller.close()
+    other = engines.writer_engine(url)
+    migrations.init_db(other)
+    insert_client(other, "mallory", id=1)
+    before = every_row(url)
+    result = CliRunner().invoke(cli, ["copy-to", url, "--db", source])
+    assert result.exit_code == 1
+    assert "the target holds another history: its client 1 is 'mallory'" in result.stderr
+    assert every_row(url) == before
+    other.dispose()
+
+
+def test_copy_to_is_refused_while_a_collector_writes_the_source(tmp_path, url):
+    source = str(tmp_path / "ovpnmon.db")
+    poller, _ = history(source, tmp_path)
+    poller.close()
+    daemon = WriterLock(source, "run")
+    daemon.acquire()
+    try:
+        result = CliRunner().invoke(cli, ["copy-to", url, "--db", source])
+    finally:
+        daemon.release()
+    assert result.exit_code == 1
+    assert "is writing" in result.stderr
+    assert "stop it first (systemctl stop ovpnmon-collector): what it polls after" in result.stderr
+    for bad, said in ((source, "the target is the database itself"), ("mysql://x/y", "mysql")):
+        refused = CliRunner().invoke(cli, ["copy-to", bad, "--db", source])
+        assert refused.exit_code == 2 and said in refused.stderr
