@@ -17,7 +17,7 @@ import time
 
 from ovpnmon_common.formatting import format_timestamp
 from ovpnmon_common.storage import postgres
-from ovpnmon_common.storage.location import is_postgres
+from ovpnmon_common.storage.location import describe, is_postgres
 
 
 class WriterBusy(Exception):
@@ -130,8 +130,6 @@ class PostgresLock:
     ``application_name`` says who holds it, for the message a second writer gets."""
 
     def __init__(self, database: str, command: str) -> None:
-        from ovpnmon_common.storage.location import describe
-
         self.database = database
         self.path = describe(database)  # for messages
         self.command = command

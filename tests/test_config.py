@@ -232,6 +232,9 @@ def test_db_option_takes_a_path_or_a_url(tmp_path):
     empty = tmp_path / "empty.conf"
     empty.write_text("")
     assert load(str(empty), "/srv/o.db").database == "/srv/o.db"
+    from ovpnmon_common.storage.location import is_postgres
+
+    assert not is_postgres("postgresql.db")  # a file that happens to be named so
     url = load(str(empty), "postgresql://api@127.0.0.1/ovpnmon").database
     assert url == "postgresql+psycopg://api@127.0.0.1/ovpnmon"
     with pytest.raises(click.BadParameter, match="unsupported database 'oracle'"):

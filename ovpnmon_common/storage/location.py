@@ -39,7 +39,7 @@ def parse_url(text: str) -> str:
 
 def is_postgres(database: str) -> bool:
     """True for a PostgreSQL URL, False for a SQLite file path."""
-    return database.startswith("postgresql")
+    return database.startswith(("postgresql://", "postgresql+psycopg://"))
 
 
 def postgres_url(database: str) -> URL:
