@@ -27,6 +27,7 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 
 from prometheus_client.utils import floatToGoString
+from sqlalchemy.exc import DBAPIError
 
 from ovpnmon_api.background import ensure_running
 from ovpnmon_api.database import FollowedDatabase
@@ -185,6 +186,6 @@ class MetricsState:
             return False
         try:
             self._current(tuple(self._wanted))
-        except (DatabaseError, OSError, sqlite3.Error) as exc:
+        except (DatabaseError, DBAPIError, OSError, sqlite3.Error) as exc:
             log.debug("metrics warmer: %s", exc)  # the next scrape says it, as a 503
         return True

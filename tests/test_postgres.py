@@ -263,3 +263,21 @@ def test_the_roles_of_the_deploy_guide(own_cluster, tmp_path):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(sql)
             conn.rollback()
+
+
+def test_the_metrics_warmer_outlives_a_failed_read(url, postgres_cluster):
+    """A read failing inside the warmer (here: tables dropped behind every ovpnmon writer's
+    back, which notifies no reader) ended its thread with a ProgrammingError."""
+    from ovpnmon_api.database import FollowedDatabase
+    from ovpnmon_api.metrics_state import MetricsState
+
+    migrations.init_db(engines.writer_engine(url))
+    state = MetricsState(FollowedDatabase(url))
+    state.scrape(openmetrics=False)
+    import psycopg
+
+    dsn = url.replace("postgresql+psycopg", "postgresql")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP TABLE meta")
+    state._version = None  # as after a commit: the next look reads again
+    assert state.warm_once()  # said at debug level; the next scrape answers 503

@@ -59,16 +59,6 @@ def _window(tier: Tier) -> list[Any]:
     return [tier.time >= bindparam("start"), tier.time < bindparam("end")]
 
 
-def _client_sums(tier: Tier) -> Prepared:
-    """One client's bytes in ``[start, end)`` of ``tier``, grouped by ``step`` bucket."""
-    table = tier.table
-    key = sql_align(tier.time, bindparam("step")).label("key")
-    where = [table.c.client_id == bindparam("client_id")]
-    where += [u.c.ts.in_(_POLL_TIMES)] if tier.raw else _window(tier)
-    sums = select(key, total(table.c.bytes_received), total(table.c.bytes_sent))
-    return Prepared(sums.where(*where).group_by(key))
-
-
 def _server_sums(tier: Tier) -> Prepared:
     """The whole server's bytes and peak of concurrent clients, grouped by ``step`` bucket."""
     table = tier.table
@@ -81,23 +71,51 @@ def _server_sums(tier: Tier) -> Prepared:
     )
 
 
-SUMS = {tier.name: (_client_sums if tier.per_client else _server_sums)(tier) for tier in TIERS}
+SERVER_SUMS = {tier.name: _server_sums(tier) for tier in TIERS if not tier.per_client}
 
 
 def client_series(
     conn: Connection, status: CollectorStatus, client_id: int, series: Series
 ) -> Sums:
     """Per bucket of ``series``: the client's bytes, from its tier and the finer data after it.
-    Buckets without a byte are absent (the body fills them)."""
+    Buckets without a byte are absent (the body fills them). One statement for all the pieces
+    (on PostgreSQL each statement is a round trip)."""
     assert series.step is not None
+    parts = list(_pieces(status, series.tier, series.start, series.end))
+    if not parts:
+        return {}
+    params: dict[str, Any] = {"client_id": client_id, "step": series.step}
+    for i, (_, first, last) in enumerate(parts):
+        params[f"start_{i}"], params[f"end_{i}"] = first, last
     out: Sums = defaultdict(lambda: [0, 0])
-    for tier, first, last in _pieces(status, series.tier, series.start, series.end):
-        rows = SUMS[tier.name](conn, client_id=client_id, start=first, end=last, step=series.step)
-        for key, rx, tx in rows:
-            entry = out[key]
-            entry[0] += rx
-            entry[1] += tx
+    statement = _client_series_statement(tuple(tier.name for tier, _, _ in parts))
+    for key, rx, tx in statement(conn, **params):
+        entry = out[key]  # a bucket may span two pieces: summed here
+        entry[0] += rx
+        entry[1] += tx
     return out
+
+
+@lru_cache(maxsize=128)
+def _client_series_statement(tiers: tuple[str, ...]) -> Prepared:
+    """One client's bytes per ``step`` bucket in each piece (``start_i``/``end_i`` of tier i),
+    UNION ALL."""
+    parts = []
+    for i, name in enumerate(tiers):
+        tier = BY_NAME[name]
+        table = tier.table
+        key = sql_align(tier.time, bindparam("step")).label("key")
+        where = [table.c.client_id == bindparam("client_id")]
+        if tier.raw:  # one key seek per poll time (see _POLL_TIMES)
+            where.append(u.c.ts.in_(_poll_times(i)))
+        else:
+            where += [tier.time >= bindparam(f"start_{i}"), tier.time < bindparam(f"end_{i}")]
+        parts.append(
+            select(key, total(table.c.bytes_received), total(table.c.bytes_sent))
+            .where(*where)
+            .group_by(key)
+        )
+    return Prepared(union_all(*parts) if len(parts) > 1 else parts[0])
 
 
 def server_series(conn: Connection, status: CollectorStatus, series: Series) -> Sums:
@@ -105,7 +123,9 @@ def server_series(conn: Connection, status: CollectorStatus, series: Series) -> 
     assert series.step is not None
     out: Sums = defaultdict(lambda: [0, 0, 0])
     for tier, first, last in _pieces(status, series.tier, series.start, series.end):
-        for key, rx, tx, peak in SUMS[tier.name](conn, step=series.step, start=first, end=last):
+        for key, rx, tx, peak in SERVER_SUMS[tier.name](
+            conn, step=series.step, start=first, end=last
+        ):
             entry = out[key]
             entry[0] += rx
             entry[1] += tx
