@@ -99,10 +99,8 @@ class NotifyCounter:
                     return (self._generation, self._seen)
                 except psycopg.Error as exc:
                     self.close()
-                    if fresh or attempt == 2:
-                        raise ConnectionError(
-                            f"{describe(self.database)}: {one_line(exc)}"
-                        ) from None
+                    if fresh or attempt == 2:  # the caller names the database
+                        raise ConnectionError(one_line(exc)) from None
             raise AssertionError("unreachable")
 
     def _count(self, _notification: Any) -> None:
