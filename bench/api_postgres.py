@@ -94,7 +94,8 @@ def main() -> None:
         same = precompute(servers["pg cold"], urls)
         for url_ in urls:  # the same answers (but the moment of the request)
             ours, theirs = json.loads(bodies[url_]), json.loads(same[url_])
-            ours.pop("timestamp", None), theirs.pop("timestamp", None)
+            for body in (ours, theirs):
+                body.pop("timestamp", None)
             assert ours == theirs, f"{url_}: SQLite and PostgreSQL answer differently"
         print(f"{len(urls)} URLs answered the same on both engines\n")
         against_floor(bodies, list(servers.items()), args.requests, width=34)

@@ -97,7 +97,7 @@ def _check_same_history(source: Connection, target: Connection) -> None:
 
 
 def _batches(conn: Connection, table: Table) -> Iterator[list[tuple]]:
-    keys = [c for c in table.primary_key.columns]
+    keys = list(table.primary_key.columns)
     result = conn.execution_options(yield_per=BATCH).execute(select(table).order_by(*keys))
     for part in result.partitions(BATCH):
         yield [tuple(row) for row in part]

@@ -39,7 +39,9 @@ def session(cn, cid, rx, tx):
 class Setup:
     """A collector polling a status file, and two APIs on its database: cached and not."""
 
-    def __init__(self, tmp_path):
+    def __init__(self, tmp_path, tokens=(), warmer=None):
+        """``tokens`` for the cached API; ``warmer(path)`` makes its warmer (default: the
+        app's own)."""
         self.path = str(tmp_path / "ovpnmon.db")
         self.status = tmp_path / "status.log"
         self.engine = engines.writer_engine(self.path)
@@ -48,10 +50,11 @@ class Setup:
         source = StatusFileSource("udp", str(self.status), settle=0)
         self.collector = Collector(Store(self.engine), [source], clock=self.clock)
         self.api_now = float(T0 + 60)
-        config = Config(database=self.path)
-        self.cache = ResponseCache(engines.ChangeCounter(self.path), 1 << 20)
+        config = Config(database=self.path, api=ApiConfig(tokens=tokens))
+        self.cache = ResponseCache(engines.ChangeCounter(self.path), 1 << 22)
+        self.warmer = warmer(self.path) if warmer is not None else None
         self.cached = falcon.testing.TestClient(
-            create_app(config, clock=lambda: self.api_now, cache=self.cache)
+            create_app(config, clock=lambda: self.api_now, cache=self.cache, warmer=self.warmer)
         )
         uncached = Config(database=self.path, api=ApiConfig(cache_mb=0))
         self.fresh = falcon.testing.TestClient(create_app(uncached, clock=lambda: self.api_now))

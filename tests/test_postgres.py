@@ -19,7 +19,7 @@ from test_cli import alice_status_file, write_config
 
 from ovpnmon_api.app import create_app
 from ovpnmon_collector.cli import cli
-from ovpnmon_collector.lock import PostgresLock
+from ovpnmon_collector.lock import PostgresLock, WriterBusy
 from ovpnmon_common import meta, schema
 from ovpnmon_common.config import Config
 from ovpnmon_common.storage import engines, migrations, postgres
@@ -204,7 +204,7 @@ def test_the_writer_lock_is_taken_again_after_the_server_restarts(own_cluster):
     own_cluster.start()
     lock.ensure()
     other = PostgresLock(url, "poll-once")
-    with pytest.raises(Exception, match="holds the writer lock"):
+    with pytest.raises(WriterBusy, match="holds the writer lock"):
         other.acquire()
     lock.release()
     other.acquire()

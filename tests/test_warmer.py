@@ -6,14 +6,11 @@ import logging
 import threading
 import time
 
-import falcon.testing
 import pytest
-from test_cache import T0, URLS, Setup, session
+from test_cache import URLS, Setup, session
 
-from ovpnmon_api.app import create_app
 from ovpnmon_api.cache import ResponseCache
 from ovpnmon_api.warmer import Warmer
-from ovpnmon_common.config import ApiConfig, Config
 from ovpnmon_common.storage import engines
 
 ASKED = [
@@ -41,16 +38,11 @@ class Warmed(Setup):
     by the test: no thread, its own clock."""
 
     def __init__(self, tmp_path, tokens=()):
-        super().__init__(tmp_path)
         self.mono = Monotonic()
-        self.warmer = Warmer(
-            engines.ChangeCounter(self.path), lambda: 60.0, clock=self.mono, background=False
-        )
-        config = Config(database=self.path, api=ApiConfig(tokens=tokens))
-        self.cache = ResponseCache(engines.ChangeCounter(self.path), 1 << 22)
-        self.cached = falcon.testing.TestClient(
-            create_app(config, clock=lambda: self.api_now, cache=self.cache, warmer=self.warmer)
-        )
+        super().__init__(tmp_path, tokens, lambda path: self._warmer(path))
+
+    def _warmer(self, path):
+        return Warmer(engines.ChangeCounter(path), lambda: 60.0, clock=self.mono, background=False)
 
     def ask(self, url, **kwargs):
         path, _, query = url.partition("?")
@@ -169,15 +161,10 @@ def test_the_requests_remembered_are_bounded(warmed):
 
 
 def test_the_thread_warms_after_a_commit_and_stops_when_nothing_is_asked(tmp_path):
-    setup = Setup(tmp_path)
+    Warmer.WATCH_SECONDS, watch = 0.01, Warmer.WATCH_SECONDS
+    setup = Setup(tmp_path, warmer=lambda path: Warmer(engines.ChangeCounter(path), lambda: 60.0))
     try:
-        Warmer.WATCH_SECONDS, watch = 0.01, Warmer.WATCH_SECONDS
-        warmer = Warmer(engines.ChangeCounter(setup.path), lambda: 60.0)
-        cache = ResponseCache(engines.ChangeCounter(setup.path), 1 << 22)
-        app = create_app(
-            Config(database=setup.path), clock=lambda: T0 + 60, cache=cache, warmer=warmer
-        )
-        client = falcon.testing.TestClient(app)
+        warmer, cache, client = setup.warmer, setup.cache, setup.cached
         setup.poll(session("alice", 1, 1000, 100))
         assert client.simulate_get("/api/v1/stats").status_code == 200
         setup.poll(session("alice", 1, 5000, 500))

@@ -84,9 +84,7 @@ def client_series(
     parts = list(_pieces(status, series.tier, series.start, series.end))
     if not parts:
         return {}
-    params: dict[str, Any] = {"client_id": client_id, "step": series.step}
-    for i, (_, first, last) in enumerate(parts):
-        params[f"start_{i}"], params[f"end_{i}"] = first, last
+    params = {"client_id": client_id, "step": series.step, **_piece_params(parts)}
     out: Sums = defaultdict(lambda: [0, 0])
     statement = _client_series_statement(tuple(tier.name for tier, _, _ in parts))
     for key, rx, tx in statement(conn, **params):
@@ -105,14 +103,9 @@ def _client_series_statement(tiers: tuple[str, ...]) -> Prepared:
         tier = BY_NAME[name]
         table = tier.table
         key = sql_align(tier.time, bindparam("step")).label("key")
-        where = [table.c.client_id == bindparam("client_id")]
-        if tier.raw:  # one key seek per poll time (see _POLL_TIMES)
-            where.append(u.c.ts.in_(_poll_times(i)))
-        else:
-            where += [tier.time >= bindparam(f"start_{i}"), tier.time < bindparam(f"end_{i}")]
         parts.append(
             select(key, total(table.c.bytes_received), total(table.c.bytes_sent))
-            .where(*where)
+            .where(*_one_client_piece(tier, i))
             .group_by(key)
         )
     return Prepared(union_all(*parts) if len(parts) > 1 else parts[0])
@@ -193,9 +186,7 @@ def client_sums(
     else all by common name; with ``client_id`` that client's only."""
     if not parts:
         return []
-    params: dict[str, Any] = {"limit": limit, "client_id": client_id}
-    for i, (_, first, last) in enumerate(parts):
-        params[f"start_{i}"], params[f"end_{i}"] = first, last
+    params = {"limit": limit, "client_id": client_id, **_piece_params(parts)}
     names = tuple(tier.name for tier, _, _ in parts)
     statement = _sums_statement(names, limit is not None, client_id is not None)
     return [(name, int(rx), int(tx)) for name, rx, tx in statement(conn, **params)]
@@ -209,12 +200,9 @@ def _sums_statement(tiers: tuple[str, ...], ranked: bool, one: bool) -> Prepared
     for i, name in enumerate(tiers):
         tier = BY_NAME[name]
         table = tier.table
-        where = [tier.time >= bindparam(f"start_{i}"), tier.time < bindparam(f"end_{i}")]
+        where = _piece_window(tier, i)
         if one:
-            where.append(table.c.client_id == bindparam("client_id"))
-            if tier.raw:  # one key seek per poll time (see _POLL_TIMES)
-                where = [table.c.client_id == bindparam("client_id")]
-                where.append(u.c.ts.in_(_poll_times(i)))
+            where = _one_client_piece(tier, i)
         elif not tier.raw:
             # Drive from the clients into each tier's (client_id, bucket) key: one short range
             # per client, read in key order, instead of the (bucket) index plus a key lookup per
@@ -242,6 +230,26 @@ def _sums_statement(tiers: tuple[str, ...], ranked: bool, one: bool) -> Prepared
     else:
         query = query.order_by(c.c.common_name)
     return Prepared(query)
+
+
+def _piece_params(parts: list[tuple[Tier, int, int]]) -> dict[str, int]:
+    """``start_i``/``end_i`` of each piece, as the statements of several pieces take them."""
+    params = {}
+    for i, (_, first, last) in enumerate(parts):
+        params[f"start_{i}"], params[f"end_{i}"] = first, last
+    return params
+
+
+def _piece_window(tier: Tier, i: int) -> list[Any]:
+    return [tier.time >= bindparam(f"start_{i}"), tier.time < bindparam(f"end_{i}")]
+
+
+def _one_client_piece(tier: Tier, i: int) -> list[Any]:
+    """Piece ``i``'s rows of ``client_id``: raw samples by one key seek per poll time (see
+    ``_POLL_TIMES``), a tier by its (client_id, bucket) key."""
+    if tier.raw:
+        return [tier.table.c.client_id == bindparam("client_id"), u.c.ts.in_(_poll_times(i))]
+    return [tier.table.c.client_id == bindparam("client_id"), *_piece_window(tier, i)]
 
 
 def _poll_times(i: int) -> Any:

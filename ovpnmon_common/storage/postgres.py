@@ -114,11 +114,8 @@ class NotifyCounter:
 
     def close(self) -> None:
         """Close the listening connection (reopened on the next ``value``)."""
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            finally:
-                self._conn = None
+        conn, self._conn = self._conn, None
+        _close(conn)
 
 
 def connect(database: str, application_name: str) -> Any:
@@ -132,6 +129,12 @@ def connect(database: str, application_name: str) -> Any:
         connect_timeout=CONNECT_TIMEOUT,
         application_name=application_name[:63],
     )
+
+
+def _close(conn: Any) -> None:
+    """Close a connection of our own, if there is one (its holder has already let go of it)."""
+    if conn is not None:
+        conn.close()
 
 
 def one_line(exc: BaseException) -> str:
@@ -192,8 +195,5 @@ class AdvisoryLock:
 
     def release(self) -> None:
         """Give the lock back (by closing its connection)."""
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            finally:
-                self._conn = None
+        conn, self._conn = self._conn, None
+        _close(conn)
