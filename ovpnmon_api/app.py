@@ -178,6 +178,7 @@ def create_app(
     )
     app.add_route(f"{PREFIX}/usage", resources.Usage(ctx))
     app.add_route(f"{PREFIX}/clients", resources.Clients(ctx))
+    app.add_route(f"{PREFIX}/hosts", resources.Hosts(ctx))
     app.add_route(f"{PREFIX}/certificates", resources.Certificates(ctx))
     app.add_route(f"{PREFIX}/health", resources.Health(ctx))
     app.add_route(f"{PREFIX}/openapi.json", OpenApi())

@@ -11,7 +11,7 @@ from typing import Any
 from ovpnmon_api.read.clients import ClientRow, OpenSession
 from ovpnmon_api.read.sessions import SessionRow
 from ovpnmon_common.formatting import to_gb, to_mb, to_mbps
-from ovpnmon_common.meta import CollectorStatus
+from ovpnmon_common.meta import CollectorStatus, HostStatus
 from ovpnmon_common.periods import Period
 from ovpnmon_common.planner import Series, UsagePlan
 from ovpnmon_common.totals import SystemTotals
@@ -76,7 +76,6 @@ def client_stats(
     sessions: Sequence[OpenSession],
     points: list[Body],
     series: Series,
-    last_interval: float,
     quota: Body | None = None,
 ) -> Body:
     """``GET /stats/<common_name>``."""
@@ -86,8 +85,8 @@ def client_stats(
             "common_name": row.common_name,
             "status": status_word(row.active),
             "current_rates": {
-                "recv_mbps": to_mbps(row.last_received, last_interval),
-                "sent_mbps": to_mbps(row.last_sent, last_interval),
+                "recv_mbps": to_mbps(row.rate_received, 1),
+                "sent_mbps": to_mbps(row.rate_sent, 1),
             },
             "totals": {
                 "received_mb": to_mb(row.total_received),
@@ -138,7 +137,7 @@ def analytics_data(
     }
 
 
-def all_stats(ts: Stamp, rows: Sequence[ClientRow], seconds: float) -> Body:
+def all_stats(ts: Stamp, rows: Sequence[ClientRow]) -> Body:
     """``GET /stats``."""
     return {
         "success": True,
@@ -147,8 +146,8 @@ def all_stats(ts: Stamp, rows: Sequence[ClientRow], seconds: float) -> Body:
             {
                 "common_name": row.common_name,
                 "status": status_word(row.active),
-                "current_recv_rate_mbps": to_mbps(row.last_received, seconds),
-                "current_sent_rate_mbps": to_mbps(row.last_sent, seconds),
+                "current_recv_rate_mbps": to_mbps(row.rate_received, 1),
+                "current_sent_rate_mbps": to_mbps(row.rate_sent, 1),
                 "total_received_mb": to_mb(row.total_received),
                 "total_sent_mb": to_mb(row.total_sent),
                 "sessions": row.open_sessions,
@@ -213,16 +212,25 @@ def health(
     """``GET /health`` of a readable database: healthy, or degraded with the reasons. Without
     ``details`` (a token is configured and the request had none) only the verdict and reasons
     without names, paths or addresses."""
-    heartbeat = status.heartbeat
     reasons: list[tuple[str, str]] = []  # (with details, without)
-    if heartbeat is None:
+    stale = {
+        host.name: reason
+        for host in status.hosts.values()
+        if (reason := collector_late(host, now, interval)) is not None
+    }
+    heartbeat = status.heartbeat
+    if not status.hosts:
         reasons.append(("the collector has not stored a poll yet",) * 2)
-    elif now - heartbeat > STALE_FACTOR * interval:
+    elif len(status.hosts) == 1 and stale:
+        reasons.append(
+            (next(iter(stale.values())), "the collector has not stored a poll for a while")
+        )
+    elif stale:
         reasons.append(
             (
-                f"the collector last stored a poll {int(now - heartbeat)} s ago (more than "
-                f"{STALE_FACTOR} x {interval} s): is ovpnmon-collector running?",
-                "the collector has not stored a poll for a while",
+                "; ".join(f"host {name}: {why}" for name, why in stale.items()),
+                f"{len(stale)} of {len(status.hosts)} hosts' collectors have not stored a poll "
+                "for a while",
             )
         )
     sources = status.sources
@@ -245,8 +253,57 @@ def health(
             sources=sources,
             failing_sources=failing,
             timezone=timezone,
+            hosts=sorted(status.hosts),
+            stale_hosts=sorted(stale),
         )
     return body
+
+
+def collector_late(host: HostStatus, now: float, interval: int) -> str | None:
+    """Why ``host``'s collector counts as stale at ``now`` (no poll stored for more than
+    ``STALE_FACTOR`` of its intervals; ``interval`` when it never said its own), or None."""
+    if host.heartbeat is None:
+        return "the collector has not stored a poll yet"
+    every = host.interval or interval
+    if now - host.heartbeat > STALE_FACTOR * every:
+        return (
+            f"the collector last stored a poll {int(now - host.heartbeat)} s ago (more than "
+            f"{STALE_FACTOR} x {every} s): is ovpnmon-collector running?"
+        )
+    return None
+
+
+def hosts(
+    ts: Stamp,
+    status: CollectorStatus,
+    counts: Mapping[int, tuple[int, int]],
+    now: float,
+    interval: int,
+) -> Body:
+    """``GET /hosts``: every host with its collector's health (``counts``: host id -> clients
+    ever seen there, clients connected now)."""
+    data = []
+    for host in status.hosts.values():
+        late = collector_late(host, now, interval)
+        failing = sorted(n for n, h in host.sources.items() if h.get("state") != "ok")
+        problems = [late] if late else []
+        problems += [f"source {n}: {host.sources[n].get('message', '')}" for n in failing]
+        clients_seen, active = counts.get(host.id, (0, 0))
+        data.append(
+            {
+                "host": host.name,
+                "status": "degraded" if problems else "healthy",
+                "reason": "; ".join(problems) or None,
+                "last_poll": ts(host.heartbeat),
+                "interval_seconds": host.interval,
+                "poll_seconds": host.poll_seconds,
+                "total_clients": clients_seen,
+                "active_clients": active,
+                "sources": host.sources,
+                "failing_sources": failing,
+            }
+        )
+    return {"success": True, "count": len(data), "data": data}
 
 
 def percent(used: int, quota: int | None) -> float | None:
@@ -332,8 +389,8 @@ def quota(period: Period, plan: UsagePlan, used: int, monthly: int | None) -> Bo
     }
 
 
-def connection(ts: Stamp, row: SessionRow) -> Body:
-    """One session of the connection log."""
+def connection(ts: Stamp, row: SessionRow, hosts: Mapping[int, str] | None = None) -> Body:
+    """One session of the connection log (``hosts``: host id -> name)."""
     end = row.disconnected_at if row.disconnected_at is not None else row.last_seen
     return {
         "id": row.id,
@@ -350,6 +407,7 @@ def connection(ts: Stamp, row: SessionRow) -> Body:
         "bytes_received": row.received,
         "bytes_sent": row.sent,
         "bytes_total": row.received + row.sent,
+        "host": (hosts or {}).get(row.host_id, ""),
     }
 
 
@@ -368,16 +426,22 @@ SESSION_COLUMNS = (
     "bytes_received",
     "bytes_sent",
     "bytes_total",
+    "host",
 )
 
 
-def sessions(ts: Stamp, rows: Sequence[SessionRow], next_cursor: str | None) -> Body:
+def sessions(
+    ts: Stamp,
+    rows: Sequence[SessionRow],
+    next_cursor: str | None,
+    hosts: Mapping[int, str] | None = None,
+) -> Body:
     """``GET /sessions``: one page of the connection log, newest first."""
     return {
         "success": True,
         "count": len(rows),
         "next_cursor": next_cursor,
-        "data": [connection(ts, row) for row in rows],
+        "data": [connection(ts, row, hosts) for row in rows],
     }
 
 

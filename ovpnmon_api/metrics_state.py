@@ -169,11 +169,11 @@ class MetricsState:
     def _read(self) -> Snapshot:
         with self.database.engine.connect() as conn:
             status = meta.read_status(conn)
-            counts = clients.source_counts(conn)
+            counts = clients.source_counts(conn, status)
             certs = certificates.certificates(conn)
             every = totals.lifetimes(conn) if self.per_client else []
             size = engines.database_size(conn, self.database.path)
-        lines = sample_lines(every, status.heartbeat) if self.per_client else []
+        lines = sample_lines(every, None) if self.per_client else []  # last seen resolved
         return Snapshot(status, counts, certs, lines, {}, size)
 
     def _start_warmer(self) -> None:

@@ -218,7 +218,32 @@ HEALTH_OK = _obj(
         "sources": {"type": "object"},
         "failing_sources": {"type": "array", "items": {"type": "string"}},
         "timezone": {"type": "string"},
+        "hosts": {"type": "array", "items": {"type": "string"}},
+        "stale_hosts": {"type": "array", "items": {"type": "string"}},
     },
+)
+HOSTS = _obj(
+    {
+        "success": {"const": True},
+        "count": COUNT,
+        "data": {
+            "type": "array",
+            "items": _obj(
+                {
+                    "host": {"type": "string"},
+                    "status": {"type": "string", "enum": ["healthy", "degraded"]},
+                    "reason": {"type": ["string", "null"]},
+                    "last_poll": NULLABLE_TIMESTAMP,
+                    "interval_seconds": {"type": ["integer", "null"]},
+                    "poll_seconds": {"type": ["number", "null"]},
+                    "total_clients": COUNT,
+                    "active_clients": COUNT,
+                    "sources": {"type": "object"},
+                    "failing_sources": {"type": "array", "items": {"type": "string"}},
+                }
+            ),
+        },
+    }
 )
 HEALTH_BAD = _obj(
     {
@@ -313,6 +338,12 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
 
 NULLABLE_COUNT = {"type": ["integer", "null"], "minimum": 0}
 ONE_CLIENT = _query("common_name", {"type": "string", "minLength": 1}, "One client only.")
+HOST = _query(
+    "host",
+    {"type": "string", "minLength": 1},
+    "One host of the fleet only ([collector] host; GET /hosts lists them). Default: every host, "
+    "a common name seen on several being one client.",
+)
 FORMAT = _query(
     "format",
     {"type": "string", "enum": ["json", "csv"], "default": "json"},
@@ -384,6 +415,7 @@ USAGE_PARAMS = [
     ),
     _query("to", TIME_TEXT, "End (exclusive); default now."),
     ONE_CLIENT,
+    HOST,
     FORMAT,
 ]
 SESSION = _obj(
@@ -402,6 +434,7 @@ SESSION = _obj(
         "bytes_received": {"type": "integer"},
         "bytes_sent": {"type": "integer"},
         "bytes_total": {"type": "integer"},
+        "host": {"type": "string"},
     }
 )
 SESSIONS_BODY = _obj(
@@ -414,6 +447,7 @@ SESSIONS_BODY = _obj(
 )
 SESSIONS_PARAMS = [
     _query("source", {"type": "string"}, "One OpenVPN instance ([source:NAME])."),
+    HOST,
     _query("from", TIME_TEXT, "Sessions still connected at or after this time."),
     _query("to", TIME_TEXT, "Sessions connected before this time."),
     _query("active", {"type": "string", "enum": ["yes", "no"]}, "Open (yes) or closed (no) only."),
@@ -436,7 +470,7 @@ def document() -> dict[str, Any]:
         return _get(
             "One client: status, totals, open sessions and history",
             CLIENT_STATS,
-            [name, RANGE, RESOLUTION],
+            [name, RANGE, RESOLUTION, HOST],
             (400, 401, 404, 503),
         )
 
@@ -462,15 +496,19 @@ def document() -> dict[str, Any]:
                         "in": "query",
                         "required": False,
                         "schema": {"type": "string", "enum": list(ANALYTICS), "default": "24h"},
-                    }
+                    },
+                    HOST,
                 ],
-                (400, 401, 503),
+                (400, 401, 404, 503),
             ),
-            "/stats": _get("Every known client", ALL_STATS, [], (401, 503)),
-            "/stats/system": _get("Whole-server totals", SYSTEM, [], (401, 503)),
+            "/stats": _get("Every known client", ALL_STATS, [HOST], (400, 401, 404, 503)),
+            "/stats/system": _get("Whole-server totals", SYSTEM, [HOST], (400, 401, 404, 503)),
             "/stats/{common_name}": client_stats(STATS_COMMON_NAME),
             "/clients/{common_name}/stats": client_stats(COMMON_NAME),
-            "/clients": _get("Common names and status", CLIENTS, [], (401, 503)),
+            "/clients": _get("Common names and status", CLIENTS, [HOST], (400, 401, 404, 503)),
+            "/hosts": _get(
+                "Every host of the fleet with its collector's health", HOSTS, [], (401, 503)
+            ),
             "/usage": _get(
                 "Every client's exact bytes over a calendar period, with quotas",
                 USAGE_BODY,

@@ -202,6 +202,20 @@ def single(req: falcon.Request, name: str) -> str | None:
     return value
 
 
+def host_id(status: CollectorStatus, name: str | None) -> int | None:
+    """The id of the host ``?host=`` names (None: every host); 404 for a host never seen."""
+    if name is None:
+        return None
+    found = status.host_id(name)
+    if found is None:
+        known = ", ".join(status.hosts) or "none yet"
+        raise falcon.HTTPNotFound(
+            title="Not found",
+            description=f"no host named {name!r}; known hosts: {known} (GET /api/v1/hosts)",
+        )
+    return found
+
+
 def output_format(req: falcon.Request) -> str:
     """``json`` or ``csv``: ``format=``, else an ``Accept`` header that prefers text/csv."""
     value = single(req, "format")
@@ -219,14 +233,15 @@ class Analytics(Resource):
     """``GET /analytics``: the whole server in 96 buckets, top clients and the traffic split."""
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        allow_params(req, "range")
+        allow_params(req, "range", "host")
         now = self.ctx.now()
         planned = plan_analytics(single(req, "range"), now, self.ctx.config.retention)
+        host = single(req, "host")
         # Only "timestamp" (now) changes within one window of one database state.
         self.ctx.respond(
             resp,
-            ("analytics", planned.range, planned.start, planned.end),
-            lambda: self._data(planned),
+            ("analytics", planned.range, planned.start, planned.end, host),
+            lambda: self._data(planned, host),
             around=lambda data: {
                 "success": True,
                 "timestamp": self.ctx.ts(now),
@@ -235,10 +250,11 @@ class Analytics(Resource):
             },
         )
 
-    def _data(self, planned: Series) -> dict[str, Any]:
+    def _data(self, planned: Series, host: str | None) -> dict[str, Any]:
         with self.ctx.snapshot() as (conn, status):
-            buckets = series.server_series(conn, status, planned)
-            top = series.top_clients(conn, status, planned.start, planned.end)
+            hid = host_id(status, host)
+            buckets = series.server_series(conn, status, planned, hid)
+            top = series.top_clients(conn, status, planned.start, planned.end, host_id=hid)
         return bodies.analytics_data(self.ctx.ts, planned, buckets, top)
 
 
@@ -246,31 +262,38 @@ class ClientStats(Resource):
     """``GET /stats/<common_name>``: one client's status, totals and history."""
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, common_name: str) -> None:
-        allow_params(req, "range", "resolution")
+        allow_params(req, "range", "resolution", "host")
         range_, resolution = single(req, "range"), single(req, "resolution")
+        host = single(req, "host")
         now = self.ctx.now()
         planned = plan(range_, resolution, now, self.ctx.config.retention)
         month = periods.month_of(now, self.ctx.tz)
         key = ("client", common_name, planned.range, planned.tier.name, planned.step, planned.start)
-        self.ctx.respond(resp, (*key, month.start), lambda: self._body(common_name, planned, month))
+        self.ctx.respond(
+            resp,
+            (*key, month.start, host),
+            lambda: self._body(common_name, planned, month, host),
+        )
 
-    def _body(self, common_name: str, planned: Series, month: Period) -> dict[str, Any]:
+    def _body(
+        self, common_name: str, planned: Series, month: Period, host: str | None
+    ) -> dict[str, Any]:
         with self.ctx.snapshot() as (conn, status):
             check_raw_points(planned, status.interval or self.ctx.config.interval)
-            found = clients.client(conn, status, common_name)
+            found = clients.client(conn, status, common_name, host_id(status, host))
             if found is None:
+                where = f" on host {host!r}" if host is not None else ""
                 raise falcon.HTTPNotFound(
                     title="Not found",
-                    description=f"no client named {common_name!r}; GET /api/v1/clients lists them",
+                    description=(
+                        f"no client named {common_name!r}{where}; GET /api/v1/clients lists them"
+                    ),
                 )
             row, sessions = found
-            sums, samples = series.client_history(conn, status, row.id, planned)
-            last_interval = clients.last_interval(conn, status)
+            sums, samples = series.client_history(conn, status, row.ids, planned)
             quota = self._quota(conn, status, row, month)
         points = bodies.history(self.ctx.ts, planned, sums, samples)
-        return bodies.client_stats(
-            self.ctx.ts, row, sessions, points, planned, last_interval, quota
-        )
+        return bodies.client_stats(self.ctx.ts, row, sessions, points, planned, quota)
 
     def _quota(
         self, conn: Connection, status: CollectorStatus, row: clients.ClientRow, month: Period
@@ -282,7 +305,7 @@ class ClientStats(Resource):
             planned = plan_usage(month.start, month.end, status.pruned, self.ctx.time)
         except InvalidQuery:  # [retention] keeps less than a month of any tier
             return None
-        used = read_usage.usage(conn, status, planned, row.id)
+        used = read_usage.usage(conn, status, planned, row.ids)
         total = sum(rx + tx for _, rx, tx in used)
         return bodies.quota(month, planned, total, monthly)
 
@@ -291,40 +314,59 @@ class AllStats(Resource):
     """``GET /stats``: a snapshot of every known client."""
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        allow_params(req)
-        self.ctx.respond(resp, ("stats",), self._body)
+        allow_params(req, "host")
+        host = single(req, "host")
+        self.ctx.respond(resp, ("stats", host), lambda: self._body(host))
 
-    def _body(self) -> dict[str, Any]:
+    def _body(self, host: str | None) -> dict[str, Any]:
         with self.ctx.snapshot() as (conn, status):
-            rows = clients.clients(conn, status)
-            seconds = clients.last_interval(conn, status)
-        return bodies.all_stats(self.ctx.ts, rows, seconds)
+            rows = clients.clients(conn, status, host_id(status, host))
+        return bodies.all_stats(self.ctx.ts, rows)
 
 
 class SystemStats(Resource):
     """``GET /stats/system``: whole-server totals."""
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        allow_params(req)
-        self.ctx.respond(resp, ("system",), self._body)
+        allow_params(req, "host")
+        host = single(req, "host")
+        self.ctx.respond(resp, ("system", host), lambda: self._body(host))
 
-    def _body(self) -> dict[str, Any]:
+    def _body(self, host: str | None) -> dict[str, Any]:
         with self.ctx.snapshot() as (conn, status):
-            found = totals.system_totals(conn)
-        return bodies.system(self.ctx.ts, found, status.heartbeat)
+            hid = host_id(status, host)
+            found = totals.system_totals(conn, hid)
+        heartbeat = status.hosts[host].heartbeat if host is not None else status.heartbeat
+        return bodies.system(self.ctx.ts, found, heartbeat)
 
 
 class Clients(Resource):
     """``GET /clients``: common names and status, for dropdowns."""
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        allow_params(req)
-        self.ctx.respond(resp, ("clients",), self._body)
+        allow_params(req, "host")
+        host = single(req, "host")
+        self.ctx.respond(resp, ("clients", host), lambda: self._body(host))
 
-    def _body(self) -> dict[str, Any]:
-        with self.ctx.snapshot() as (conn, _):
-            rows = clients.client_status(conn)
+    def _body(self, host: str | None) -> dict[str, Any]:
+        with self.ctx.snapshot() as (conn, status):
+            rows = clients.client_status(conn, host_id(status, host))
         return bodies.clients(rows)
+
+
+class Hosts(Resource):
+    """``GET /hosts``: every host of the fleet (every collector writing this database) and
+    its collector's health."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        allow_params(req)
+        now = self.ctx.now()  # staleness depends on it: one body per second
+        self.ctx.respond(resp, ("hosts", now), lambda: self._body(now))
+
+    def _body(self, now: int) -> dict[str, Any]:
+        with self.ctx.snapshot() as (conn, status):
+            counts = clients.host_counts(conn)
+        return bodies.hosts(self.ctx.ts, status, counts, now, self.ctx.config.interval)
 
 
 class Certificates(Resource):
@@ -369,32 +411,37 @@ class Health(Resource):
         )
 
 
-def find_client(conn: Connection, common_name: str) -> int:
-    """The id of the client named ``common_name``; 404 if there is none."""
-    found = clients.ONE_CLIENT(conn, name=common_name).first()
-    if found is None:
+def find_client(conn: Connection, common_name: str) -> series.Parts:
+    """The client named ``common_name`` as its (client id, host id) rows; 404 if there is
+    none."""
+    found = [(row.id, row.host_id) for row in clients.ONE_CLIENT(conn, name=common_name)]
+    if not found:
         raise falcon.HTTPNotFound(
             title="Not found",
             description=f"no client named {common_name!r}; GET /api/v1/clients lists them",
         )
-    return int(found.id)
+    return found
 
 
 class Usage(Resource):
     """``GET /usage``: every client's bytes over a calendar period, exactly, with quotas."""
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        allow_params(req, "period", "from", "to", "common_name", "format")
+        allow_params(req, "period", "from", "to", "common_name", "format", "host")
         fmt = output_format(req)
         now = self.ctx.now()
         period = self._period(req, now)
         name = single(req, "common_name")
+        host = single(req, "host")
         # in the key: a body must not go on saying "in progress" once the period is over
         in_progress = now < period.end
-        key = ("usage", period.kind, period.name, period.start, period.end, name, in_progress)
+        key = (
+            *("usage", period.kind, period.name, period.start, period.end),
+            *(name, in_progress, host),
+        )
 
         def build() -> dict[str, Any]:
-            return self._body(period, name, now)
+            return self._body(period, name, now, host)
 
         if fmt == "csv":
             label = period.name or f"{period.start}-{period.end}"
@@ -413,11 +460,14 @@ class Usage(Resource):
             return periods.parse_period(text, tz)
         return periods.between(start, end, tz, now)
 
-    def _body(self, period: Period, name: str | None, now: int) -> dict[str, Any]:
+    def _body(self, period: Period, name: str | None, now: int, host: str | None) -> dict[str, Any]:
         with self.ctx.snapshot() as (conn, status):
-            client_id = find_client(conn, name) if name is not None else None
+            hid = host_id(status, host)
+            client = find_client(conn, name) if name is not None else None
+            if client is not None and hid is not None:
+                client = [(cid, h) for cid, h in client if h == hid]
             planned = plan_usage(period.start, period.end, status.pruned, self.ctx.time)
-            rows = read_usage.usage(conn, status, planned, client_id)
+            rows = read_usage.usage(conn, status, planned, client, hid)
         quota = self.ctx.config.quota.monthly_for if period.kind == "month" else None
         return bodies.usage(self.ctx.ts, period, planned, rows, quota, self.ctx.tz, now)
 
@@ -432,7 +482,7 @@ class Sessions(Resource):
     def on_get(
         self, req: falcon.Request, resp: falcon.Response, common_name: str | None = None
     ) -> None:
-        names = ("source", "from", "to", "active", "limit", "cursor", "format")
+        names = ("source", "host", "from", "to", "active", "limit", "cursor", "format")
         allow_params(req, *names, *(("common_name",) if common_name is None else ()))
         fmt = output_format(req)
         if common_name is None:
@@ -440,20 +490,23 @@ class Sessions(Resource):
         start, end = periods.bounds(single(req, "from"), single(req, "to"), self.ctx.tz)
         active = _yes_no(single(req, "active"), "active")
         limit = _limit(single(req, "limit"))
-        source = single(req, "source")
-        scope = json.dumps([common_name, source, start, end, active])
+        source, host = single(req, "source"), single(req, "host")
+        scope = json.dumps([common_name, source, start, end, active, host])
         cursor = single(req, "cursor")
         after = tables.decode_cursor(cursor, scope, 2) if cursor is not None else None
         key = ("sessions", scope, after, limit)
 
         def build() -> dict[str, Any]:
-            with self.ctx.snapshot() as (conn, _):
-                client_id = find_client(conn, common_name) if common_name is not None else None
-                filters = read_sessions.Filters(client_id, source, start, end, active)
+            with self.ctx.snapshot() as (conn, status):
+                hid = host_id(status, host)
+                if common_name is not None:
+                    find_client(conn, common_name)  # a 404 for a name never seen
+                filters = read_sessions.Filters(common_name, hid, source, start, end, active)
                 rows, more = read_sessions.page(conn, filters, after, limit)
             last = (rows[-1].connected_since, rows[-1].id) if more else None
             following = tables.encode_cursor(last, scope) if last is not None else None
-            return bodies.sessions(self.ctx.ts, rows, following)
+            names = {h.id: h.name for h in status.hosts.values()}
+            return bodies.sessions(self.ctx.ts, rows, following, names)
 
         if fmt == "csv":
             self.ctx.respond_table(req, resp, key, build, bodies.SESSION_COLUMNS, "sessions.csv")

@@ -153,8 +153,11 @@ def _facts(path: str) -> Facts:
         try:
             version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             clients = conn.execute("SELECT count(*) FROM clients").fetchone()[0]
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
             heartbeat = conn.execute(
-                "SELECT value FROM meta WHERE key = 'collector.heartbeat'"
+                "SELECT max(heartbeat) FROM hosts"
+                if "hosts" in tables  # schema 4; before, one collector's key in meta
+                else "SELECT value FROM meta WHERE key = 'collector.heartbeat'"
             ).fetchone()
         finally:
             conn.close()
@@ -166,7 +169,7 @@ def _facts(path: str) -> Facts:
         size=os.path.getsize(path),
         schema_version=int(version[0]),
         clients=int(clients),
-        last_poll=int(heartbeat[0]) if heartbeat else None,
+        last_poll=int(heartbeat[0]) if heartbeat and heartbeat[0] is not None else None,
     )
 
 

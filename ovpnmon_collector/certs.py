@@ -157,8 +157,8 @@ def scan(paths: Iterable[str], crl: str | None = None) -> ScanReport:
     return report
 
 
-def store(engine: Engine, report: ScanReport, now: int) -> None:
-    """Replace the certificates table with this scan's result, in one transaction.
+def store(engine: Engine, report: ScanReport, now: int, host: str) -> None:
+    """Replace the certificates of ``host`` with this scan's result, in one transaction.
 
     A certificate recorded before that the scan no longer finds, but whose serial the CRL lists,
     stays, marked revoked: ``easyrsa revoke`` moves the certificate's file out of
@@ -166,6 +166,7 @@ def store(engine: Engine, report: ScanReport, now: int) -> None:
     revoked certificate is what an administrator most wants to see listed."""
     rows = [
         {
+            "host_id": 0,  # set below
             "path": c.path,
             "serial": c.serial,
             "file": c.file,
@@ -179,15 +180,19 @@ def store(engine: Engine, report: ScanReport, now: int) -> None:
         for c in report.certificates
     ]
     unique = list({(r["path"], r["serial"]): r for r in rows}.values())
+    t = schema.certificates
     with engine.begin() as conn:
+        host_id = meta.register_host(conn, host, now)
+        for row in unique:
+            row["host_id"] = host_id
         if report.revoked:
             scanned = {r["serial"] for r in unique}
             unique += [
                 {**row, "revoked": True}
-                for row in conn.execute(select(schema.certificates)).mappings()
+                for row in conn.execute(select(t).where(t.c.host_id == host_id)).mappings()
                 if row["serial"] in report.revoked and row["serial"] not in scanned
             ]
-        conn.execute(delete(schema.certificates))
+        conn.execute(delete(t).where(t.c.host_id == host_id))
         if unique:
-            conn.execute(schema.certificates.insert(), unique)
-        meta.put(conn, meta.CERTIFICATES_SCANNED, str(now))
+            conn.execute(t.insert(), unique)
+        meta.put_host(conn, host_id, certificates_scanned_at=now)

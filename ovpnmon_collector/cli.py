@@ -119,6 +119,7 @@ def run_command(config_path: str | None, db_path: str | None, log_level: str) ->
             config.certificate_paths,
             config.crl,
             slice_limit=notifier.watchdog_every,
+            host=config.host,
         )
 
         def between_polls() -> None:

@@ -43,7 +43,7 @@ def open_writer(config: Config) -> tuple[Engine, tuple[int | None, int]]:
     ensure_parent_dir(config.database)
     engine = writer_engine(config.database)
     try:
-        versions = init_db(engine)
+        versions = init_db(engine, config.host)
     except DatabaseError as exc:
         engine.dispose()
         raise click.ClickException(f"{describe(config.database)}: {exc}") from None
@@ -116,7 +116,7 @@ def build_collector(config: Config, engine: Engine) -> Collector:
     """The collector ``run`` and ``poll-once`` poll with."""
     check_sources(config)
     return Collector(
-        Store(engine),
+        Store(engine, config.host),
         [build_source(s) for s in config.sources],
         interval=config.interval,
         stale_after={s.name: s.stale_after for s in config.sources},

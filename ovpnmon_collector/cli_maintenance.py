@@ -149,7 +149,7 @@ def scan_certs_command(config_path: str | None, db_path: str | None, wait: float
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from None
     with writing(config, "scan-certs", wait) as (engine, _):
-        certs.store(engine, report, int(time.time()))
+        certs.store(engine, report, int(time.time()), config.host)
     for path, why in report.skipped.items():
         click.echo(f"skipped {path}: {why}", err=True)
     if report.crl_error:

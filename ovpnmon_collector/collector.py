@@ -176,7 +176,7 @@ class Collector:
         summary = PollSummary(ts=now)
         try:
             if self._state is None:
-                self._state = self.store.load_open_sessions()
+                self._state = self.store.load_open_sessions(now)
                 self._health = self.store.health()
             for source in self.sources:
                 if source.name not in self._first_watched:

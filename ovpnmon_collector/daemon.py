@@ -16,7 +16,7 @@ from ovpnmon_collector import certs, prune, rollup
 from ovpnmon_collector.clock import SYSTEM_CLOCK, Clock
 from ovpnmon_collector.collector import PollSummary
 from ovpnmon_collector.notify import Notifier
-from ovpnmon_common.config import RetentionConfig
+from ovpnmon_common.config import RetentionConfig, default_host
 from ovpnmon_common.storage import describe_error
 
 log = logging.getLogger("ovpnmon.collector")
@@ -101,8 +101,10 @@ class Maintenance:
         certificate_paths: tuple[str, ...] = (),
         crl: str | None = None,
         slice_limit: float | None = None,
+        host: str | None = None,
     ) -> None:
         self.engine = engine
+        self.host = host or default_host()
         self.clock = clock
         self.interval = interval
         self.slice = min(interval / 2, slice_limit) if slice_limit else interval / 2
@@ -157,7 +159,7 @@ class Maintenance:
             hourly = self.clock.monotonic() - self._certificates_scanned >= 3600
             if seen != self._certificates_seen or hourly:
                 report_c = certs.scan(self.certificate_paths, self.crl)
-                certs.store(self.engine, report_c, now)
+                certs.store(self.engine, report_c, now, self.host)
                 self._certificates_seen = seen
                 self._certificates_scanned = self.clock.monotonic()
         return True

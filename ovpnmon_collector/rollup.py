@@ -58,7 +58,11 @@ def _source_select(tier: Tier, start: int, end: int) -> Any:
             .group_by(table.c.client_id, bucket)
         )
     peak = table.c.active_count if src.raw else table.c.max_active
-    return select(bucket, *sums, func.max(peak), samples).where(*where).group_by(bucket)
+    return (
+        select(bucket, table.c.host_id, *sums, func.max(peak), samples)
+        .where(*where)
+        .group_by(bucket, table.c.host_id)
+    )
 
 
 def _columns(tier: Tier) -> tuple[str, ...]:
@@ -66,7 +70,7 @@ def _columns(tier: Tier) -> tuple[str, ...]:
 
 
 TIER_COLUMNS = ("client_id", "bucket", "bytes_received", "bytes_sent", "samples")
-SERVER_COLUMNS = ("bucket", "bytes_received", "bytes_sent", "max_active", "samples")
+SERVER_COLUMNS = ("bucket", "host_id", "bytes_received", "bytes_sent", "max_active", "samples")
 
 
 def rebuild(conn: Connection, tier: Tier, start: int, end: int) -> None:
@@ -108,6 +112,7 @@ def fold_in(
     conn: Connection,
     late: list[Tier],
     ts: int,
+    host_id: int,
     samples: list[tuple[int, int, int, int]],
     server: tuple[int, int, int, int],
 ) -> None:
@@ -115,7 +120,7 @@ def fold_in(
     transaction: every tier then equals the raw sums of its buckets at every commit, whatever
     the wall clock did. ``samples`` are (client id, bytes received, bytes sent, new raw rows:
     0 when the poll's row merged into one of the same second); ``server`` the same for the
-    whole-server row, with the active count in place of the client id.
+    whole-server row of host ``host_id``, with the active count in place of the client id.
 
     Watermarks never move back instead: a tier rebuilt from finer data that retention has
     already pruned would lose what it held."""
@@ -127,13 +132,14 @@ def fold_in(
     for tier in late:
         assert tier.width is not None
         bucket = align(ts, tier.width)
+        rows: list[tuple[int, ...]]
         if tier.per_client:
             rows = [(cid, bucket, rx, tx, new) for cid, rx, tx, new in samples]
             keys, merge = ["client_id", "bucket"], add
         else:
             active, rx, tx, new = server
-            rows = [(bucket, rx, tx, active, new)]
-            keys, merge = ["bucket"], {**add, "max_active": "max"}
+            rows = [(bucket, host_id, rx, tx, active, new)]
+            keys, merge = ["bucket", "host_id"], {**add, "max_active": "max"}
         statements.upsert_tuples(conn, tier.table, _columns(tier), rows, keys, merge=merge)
 
 

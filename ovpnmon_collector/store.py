@@ -20,6 +20,7 @@ from ovpnmon_collector import rollup
 from ovpnmon_collector import store_sql as sql
 from ovpnmon_collector.accounting import SessionId, SessionState, SourceDelta
 from ovpnmon_common import counters, meta, schema
+from ovpnmon_common.config import default_host
 from ovpnmon_common.storage import engines, statements
 
 _T = TypeVar("_T")
@@ -50,11 +51,14 @@ class PollWrite:
 
 
 class Store:
-    """The collector's database: loads its state, writes one poll per transaction, and
-    keeps the few facts that save a query every poll (client ids, who is active)."""
+    """One collector's part of the database (its host's): loads its state, writes one poll per
+    transaction, and keeps the few facts that save a query every poll (client ids, who is
+    active). ``host``: the collector's ``[collector] host``."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, host: str | None = None) -> None:
         self.engine = engine
+        self.host = host or default_host()
+        self.host_id: int | None = None  # registered by the first load
         self._client_ids: dict[str, int] = {}
         self._active: set[str] | None = None
         # per source, the latest Connected Since of its closed sessions (see closed_sessions)
@@ -66,13 +70,16 @@ class Store:
 
     # --- reads at start-up ------------------------------------------------------------------
 
-    def load_open_sessions(self) -> dict[str, dict[SessionId, SessionState]]:
-        """Every session not yet closed, by source: the accounting state to continue from."""
+    def load_open_sessions(self, now: int) -> dict[str, dict[SessionId, SessionState]]:
+        """This host's sessions not yet closed, by source: the accounting state to continue
+        from. The host is registered (first seen ``now``) if it is new."""
+        with self.engine.begin() as conn:
+            self.host_id = host_id = meta.register_host(conn, self.host, now)
         s, c = schema.sessions, schema.clients
         query = (
             select(s, c.c.common_name)
             .join(c, c.c.id == s.c.client_id)
-            .where(s.c.disconnected_at.is_(None))
+            .where(s.c.disconnected_at.is_(None), s.c.host_id == host_id)
         )
         state: dict[str, dict[SessionId, SessionState]] = {}
         with self.engine.connect() as conn:
@@ -80,32 +87,40 @@ class Store:
                 session = _session_state(row)
                 state.setdefault(session.source, {})[session.ident] = session
             by_id = {st.row_id: st for sessions in state.values() for st in sessions.values()}
-            for source, ts, packed in conn.execute(select(schema.session_counters)):
+            sc = schema.session_counters
+            polled = select(sc.c.source, sc.c.ts, sc.c.counters).where(sc.c.host_id == host_id)
+            for source, ts, packed in conn.execute(polled):
                 for row_id, (rx, tx) in counters.Counters(packed).items():
                     st = by_id.get(row_id)
                     if st is not None and st.source == source:
                         st.bytes_received, st.bytes_sent, st.last_seen = rx, tx, ts
-            # Every client's id (about 100 bytes a client ever seen): clients are never deleted
-            # and the collector is their one writer, so a name not in here is new. Were a second
-            # collector to add one anyway (not supported), this one's insert fails on the unique
-            # name and its poll is retried after a reload.
+            # Every id of this host's clients (about 100 bytes a client ever seen): clients are
+            # never deleted and this collector is the one writer of its host's, so a name not in
+            # here is new. Were a second collector to use the same host name (not supported),
+            # this one's insert fails on the unique name and its poll is retried after a reload.
             self._client_ids = {}
             self._active = set()
             self._compare_all = True
-            for name, cid, active in conn.execute(select(c.c.common_name, c.c.id, c.c.active)):
+            mine = select(c.c.common_name, c.c.id, c.c.active).where(c.c.host_id == host_id)
+            for name, cid, active in conn.execute(mine):
                 self._client_ids[name] = cid
                 if active:
                     self._active.add(name)
-            self._closed_since, self._closed_since_stored = _latest_closed(conn)
+            self._closed_since, self._closed_since_stored = _latest_closed(conn, host_id)
         return state
+
+    @property
+    def _host(self) -> int:
+        if self.host_id is None:
+            raise RuntimeError("Store.load_open_sessions() registers the host first")
+        return self.host_id
 
     def first_watched(self, source: str, now: int) -> int:
         """When ``source`` was first watched; recorded (and committed) on the first call ever."""
-        key = meta.first_watched_key(source)
         with self.engine.begin() as conn:
-            value = meta.get(conn, key)
+            value = meta.source_values(conn, self._host, "first_watched").get(source)
             if value is None:
-                meta.put(conn, key, str(now))
+                meta.put_sources(conn, self._host, "first_watched", {source: now})
                 return now
             return int(value)
 
@@ -132,6 +147,7 @@ class Store:
                     select(s, c.c.common_name)
                     .join(c, c.c.id == s.c.client_id)
                     .where(
+                        s.c.host_id == self._host,
                         s.c.source == source,
                         s.c.session_key.in_(chunk),
                         s.c.disconnected_at.is_not(None),
@@ -149,9 +165,10 @@ class Store:
         return found
 
     def health(self) -> dict[str, dict[str, Any]]:
-        """Every source's stored health record (what the collector said before a restart)."""
+        """This host's sources' stored health records (what it said before a restart)."""
         with self.engine.connect() as conn:
-            return meta.read_status(conn).sources
+            stored = meta.source_values(conn, self._host, "health")
+        return {name: json.loads(record) for name, record in sorted(stored.items())}
 
     # --- the poll ---------------------------------------------------------------------------
 
@@ -163,21 +180,27 @@ class Store:
             self._write_sessions(conn, poll, ids)
             self._write_samples(conn, poll, ids)
             self._write_clients(conn, poll, ids)
-            entries = {meta.HEARTBEAT: str(poll.ts), meta.INTERVAL: str(poll.configured_interval)}
+            host = self._host
+            values: dict[str, Any] = {"heartbeat": poll.ts, "interval": poll.configured_interval}
             if poll.last_poll_seconds is not None:
-                entries[meta.POLL_SECONDS] = f"{poll.last_poll_seconds:.6f}"
-            entries.update(
-                {meta.health_key(n): meta.encode_health(h) for n, h in poll.health.items()}
-            )
+                values["poll_seconds"] = round(poll.last_poll_seconds, 6)
+            meta.put_host(conn, host, **values)
+            if poll.health:
+                health = {n: meta.encode_health(h) for n, h in poll.health.items()}
+                meta.put_sources(conn, host, "health", health)
             latest = dict(self._closed_since)
             for st in (*poll.closed, *poll.retired):
                 if st.connected_since > latest.get(st.source, -1):
                     latest[st.source] = st.connected_since
-            if latest != self._closed_since or not self._closed_since_stored:
-                entries[meta.CLOSED_SINCE] = json.dumps(latest, sort_keys=True)
-            meta.put_many(conn, entries)
+            changed = {
+                source: since
+                for source, since in latest.items()
+                if not self._closed_since_stored or self._closed_since.get(source) != since
+            }
+            if changed:
+                meta.put_sources(conn, host, "closed_since", changed)
             if poll.retired_sources:
-                meta.delete(conn, [meta.health_key(name) for name in poll.retired_sources])
+                meta.delete_sources(conn, host, poll.retired_sources)
         self._active = poll.active  # the collector builds a new set every poll
         self._compare_all = False
         self._closed_since, self._closed_since_stored = latest, True
@@ -190,7 +213,10 @@ class Store:
             c = schema.clients
             first = _next_id(conn, "clients")
             ids = range(first, first + len(new))
-            rows = [(cid, name, now, now, False, 0, 0) for cid, name in zip(ids, new, strict=True)]
+            host = self._host
+            rows = [
+                (cid, name, host, now, now, False, 0, 0) for cid, name in zip(ids, new, strict=True)
+            ]
             statements.insert_tuples(conn, c, sql.CLIENT_COLUMNS, rows)
             self._client_ids.update(zip(new, ids, strict=True))
         return self._client_ids
@@ -206,7 +232,8 @@ class Store:
                 st.row_id = row_id
                 rows.append(
                     (
-                        *(row_id, st.source, st.key, st.connected_since, ids[st.common_name]),
+                        *(row_id, self._host, st.source, st.key, st.connected_since),
+                        ids[st.common_name],
                         *(st.real_address, st.virtual_address, st.virtual_ipv6),
                         *(st.first_seen, st.last_seen, st.bytes_received, st.bytes_sent),
                         *(st.baseline_received, st.baseline_sent),
@@ -219,12 +246,17 @@ class Store:
         for source, delta in poll.open_now.items():
             row_ids = [st.row_id for st in delta.state.values()]  # all set by the insert above
             data = counters.pack(row_ids, *delta.counters())  # type: ignore[arg-type]
-            packed.append({"source": source, "ts": poll.ts, "counters": data})
-        statements.upsert(conn, schema.session_counters, packed, ["source"])
+            packed.append(
+                {"host_id": self._host, "source": source, "ts": poll.ts, "counters": data}
+            )
+        statements.upsert(conn, schema.session_counters, packed, ["host_id", "source"])
         if poll.retired_sources:
             counters_table = schema.session_counters
             conn.execute(
-                counters_table.delete().where(counters_table.c.source.in_(poll.retired_sources))
+                counters_table.delete().where(
+                    counters_table.c.host_id == self._host,
+                    counters_table.c.source.in_(poll.retired_sources),
+                )
             )
         reopened = [{"row_id": st.row_id, "ts": poll.ts} for st, _, _ in poll.reopened]
         statements.executemany(conn, sql.REOPEN_SESSION, reopened)
@@ -281,30 +313,33 @@ class Store:
             clients_before, server_before = before
             samples = [(cid, rx, tx, int(cid not in clients_before)) for cid, _, rx, tx in rows]
             server = (len(poll.active), total_rx, total_tx, int(not server_before))
-            rollup.fold_in(conn, late, poll.ts, samples, server)
+            rollup.fold_in(conn, late, poll.ts, self._host, samples, server)
         statements.upsert(
             conn,
             schema.global_history,
             [
                 {
                     "ts": poll.ts,
+                    "host_id": self._host,
                     "bytes_received": total_rx,
                     "bytes_sent": total_tx,
                     "active_count": len(poll.active),
                     "interval": poll.interval,
                 }
             ],
-            ["ts"],
+            ["ts", "host_id"],
             merge={**sql.ADD, "active_count": "max", "interval": "add"},
         )
 
-    @staticmethod
-    def _rows_at(conn: Connection, ts: int) -> tuple[set[int], bool]:
-        """Which clients already have a raw sample at ``ts``, and whether the whole-server row
-        exists (a second poll in one wall-clock second merges into them)."""
+    def _rows_at(self, conn: Connection, ts: int) -> tuple[set[int], bool]:
+        """Which clients already have a raw sample at ``ts``, and whether this host's
+        whole-server row exists (a second poll in one wall-clock second merges into them)."""
         u, g = schema.usage_history, schema.global_history
         clients = set(conn.execute(select(u.c.client_id).where(u.c.ts == ts)).scalars())
-        server = conn.execute(select(g.c.ts).where(g.c.ts == ts)).first() is not None
+        server = (
+            conn.execute(select(g.c.ts).where(g.c.ts == ts, g.c.host_id == self._host)).first()
+            is not None
+        )
         return clients, server
 
     def _write_clients(self, conn: Connection, poll: PollWrite, ids: Mapping[str, int]) -> None:
@@ -347,17 +382,17 @@ class Store:
         engines.close_writer(self.engine)
 
 
-def _latest_closed(conn: Connection) -> tuple[dict[str, int], bool]:
-    """Per source, the latest Connected Since among its closed sessions, and whether ``meta``
-    holds it: the polls that close sessions keep it there; for a database from before that it
-    is worked out once (a scan) and stored by the next poll."""
-    stored = meta.get(conn, meta.CLOSED_SINCE)
-    if stored is not None:
-        return {source: int(since) for source, since in json.loads(stored).items()}, True
+def _latest_closed(conn: Connection, host_id: int) -> tuple[dict[str, int], bool]:
+    """Per source of the host, the latest Connected Since among its closed sessions, and
+    whether ``sources`` holds it: the polls that close sessions keep it there; for a database
+    from before that it is worked out once (a scan) and stored by the next poll."""
+    stored = meta.source_values(conn, host_id, "closed_since")
+    if stored:
+        return {source: int(since) for source, since in stored.items()}, True
     s = schema.sessions
     rows = conn.execute(
         select(s.c.source, func.max(s.c.connected_since))
-        .where(s.c.disconnected_at.is_not(None))
+        .where(s.c.disconnected_at.is_not(None), s.c.host_id == host_id)
         .group_by(s.c.source)
     )
     return {source: int(since) for source, since in rows}, False

@@ -41,10 +41,12 @@ CLOSE_SESSION = (
 )
 SAMPLE_COLUMNS = ("client_id", "ts", "bytes_received", "bytes_sent")
 CLIENT_COLUMNS = (
-    *("id", "common_name", "first_seen", "last_seen", "active", "closed_received", "closed_sent"),
+    *("id", "common_name", "host_id", "first_seen", "last_seen", "active"),
+    *("closed_received", "closed_sent"),
 )
 SESSION_COLUMNS = (
-    *("id", "source", "session_key", "connected_since", "client_id", "real_address"),
+    *("id", "host_id", "source", "session_key", "connected_since", "client_id"),
+    "real_address",
     *("virtual_address", "virtual_ipv6", "first_seen", "last_seen", "bytes_received"),
     *("bytes_sent", "baseline_received", "baseline_sent"),
 )

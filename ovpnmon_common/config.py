@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import os
 import re
+import socket
 import zoneinfo
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ DEFAULT_DB_PATH = "/var/lib/ovpnmon/ovpnmon.db"
 MAX_CONFIG_BYTES = 1 * MIB
 
 _SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# a host name as hostname(1) prints it, or any label an administrator picks for a machine
+_HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$")
 
 
 class ConfigError(Exception):
@@ -95,6 +98,8 @@ class Config:
     path: str | None = None
     database: str = DEFAULT_DB_PATH  # a SQLite file path or a PostgreSQL URL (storage.location)
     interval: int = 10
+    # the collector's name in a fleet ([collector] host): what ?host= and /hosts call it
+    host: str = field(default_factory=lambda: default_host())
     sources: tuple[SourceConfig, ...] = ()
     certificate_paths: tuple[str, ...] = ()
     crl: str | None = None
@@ -181,6 +186,22 @@ def _int_between(low: int, high: int) -> Callable[[str], int]:
 
 def _float_between(low: float, high: float) -> Callable[[str], float]:
     return _between(float, low, high, "a number")
+
+
+def default_host() -> str:
+    """This machine's host name as ``[collector] host`` defaults to it (``localhost`` when it
+    has none that would be a valid name)."""
+    name = socket.gethostname()
+    return name if _HOST_NAME.match(name) else "localhost"
+
+
+def _host(text: str) -> str:
+    if not _HOST_NAME.match(text):
+        raise ValueError(
+            "expected a host name: letters, digits, '.', '_' and '-', starting with a letter or "
+            "digit, at most 253 characters"
+        )
+    return text
 
 
 def _path(text: str) -> str:
@@ -273,7 +294,7 @@ _Parsers = Mapping[str, Callable[[str], Any]]
 _QUOTA_KEYS: _Parsers = {"monthly": _size}  # [quota] and each [quota:COMMON NAME]
 _SECTIONS: dict[str, _Parsers] = {
     "database": {"path": _path, "url": location.parse_url},
-    "collector": {"interval": _int_between(1, 3600)},
+    "collector": {"interval": _int_between(1, 3600), "host": _host},
     "certificates": {"paths": _list, "crl": _path},
     "retention": {
         "raw_days": _int_between(0, 36500),
@@ -376,6 +397,7 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         path=path,
         database=_database(values.get("database", {}), path),
         interval=values.get("collector", {}).get("interval", 10),
+        host=values.get("collector", {}).get("host") or default_host(),
         sources=tuple(sources),
         certificate_paths=certs.get("paths", ()),
         crl=certs.get("crl"),

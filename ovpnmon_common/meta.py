@@ -1,44 +1,29 @@
-"""The ``meta`` table: its keys, the collector's status record, and the rollup watermarks.
+"""The collectors' status: the ``meta`` table's keys (schema version, rollup watermarks, how far
+prune deleted each tier) and what each host's collector says of itself and its sources (the
+``hosts`` and ``sources`` tables).
 
-The collector writes these (every poll: heartbeat, interval, changed source health; prune: how
-far each tier has been deleted); the API,
-``info``, the dashboard and ``/metrics`` read them with ``read_status``, the one decoder.
-Values are text; numbers as decimal, records as JSON.
+The collectors write these (every poll: its host's heartbeat, interval, changed source health;
+rollup and prune: watermarks and how far each tier has been deleted); the API, ``info``, the
+dashboard and ``/metrics`` read them with ``read_status``, the one decoder. ``meta`` values are
+text; numbers as decimal; health records are JSON.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import Connection, bindparam, select, update
 
 from ovpnmon_common import schema
 from ovpnmon_common.storage.statements import Prepared, upsert
 
 SCHEMA_VERSION = "schema_version"
-HEARTBEAT = "collector.heartbeat"  # epoch second of the last stored poll
-INTERVAL = "collector.interval"  # the configured poll interval, seconds
-POLL_SECONDS = "collector.poll_seconds"  # how long the last stored poll took (stored by the next)
-CLOSED_SINCE = "collector.closed_since"  # JSON: source -> latest Connected Since of a closed one
-CERTIFICATES_SCANNED = "certificates.scanned_at"
 
-_HEALTH = "source.{}.health"  # JSON: {"state", "message", "since", "last_ok"}
-_FIRST_WATCHED = "source.{}.first_watched"
 _WATERMARK = "rollup.{}.watermark"
 _PRUNED = "prune.{}.before"
-
-
-def health_key(source: str) -> str:
-    """The key of ``source``'s health record."""
-    return _HEALTH.format(source)
-
-
-def first_watched_key(source: str) -> str:
-    """The key of when ``source`` was first watched."""
-    return _FIRST_WATCHED.format(source)
 
 
 def watermark_key(tier: str) -> str:
@@ -57,58 +42,131 @@ def encode_health(health: Mapping[str, Any]) -> str:
 
 
 @dataclass(frozen=True)
-class CollectorStatus:
-    """What the collector last said about itself, decoded once."""
+class HostStatus:
+    """What one collector (a host of the fleet) last said about itself and its sources."""
 
-    heartbeat: int | None = None
-    interval: int | None = None
+    id: int
+    name: str
+    heartbeat: int | None = None  # the epoch second of its last stored poll
+    interval: int | None = None  # its configured poll interval
+    poll_seconds: float | None = None  # how long its last stored poll took
+    certificates_scanned_at: int | None = None
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> health record
+
+
+@dataclass(frozen=True)
+class CollectorStatus:
+    """What the collectors last said about themselves, decoded once.
+
+    ``hosts`` by name. The properties speak for the fleet: the newest heartbeat, and the
+    sources of every host (by their own names with one host, as ``host/source`` with several:
+    two hosts may both call a source ``udp``)."""
+
+    hosts: dict[str, HostStatus] = field(default_factory=dict)
     watermarks: dict[str, int] = field(default_factory=dict)  # tier name -> watermark
     pruned: dict[str, int] = field(default_factory=dict)  # tier name -> rows before it deleted
     schema_version: int | None = None
-    certificates_scanned_at: int | None = None
-    poll_seconds: float | None = None
+
+    @property
+    def heartbeat(self) -> int | None:
+        """The newest stored poll of any host (None: none yet)."""
+        return max((h.heartbeat for h in self.hosts.values() if h.heartbeat), default=None)
+
+    @property
+    def interval(self) -> int | None:
+        """The longest configured interval of any host."""
+        return max((h.interval for h in self.hosts.values() if h.interval), default=None)
+
+    @property
+    def poll_seconds(self) -> float | None:
+        """How long the slowest host's last stored poll took."""
+        found = [h.poll_seconds for h in self.hosts.values() if h.poll_seconds is not None]
+        return max(found) if found else None
+
+    @property
+    def certificates_scanned_at(self) -> int | None:
+        found = [h.certificates_scanned_at for h in self.hosts.values()]
+        return max((x for x in found if x is not None), default=None)
+
+    @property
+    def sources(self) -> dict[str, dict[str, Any]]:
+        """Every source's health record, by ``source_name``."""
+        return {
+            self.source_name(host.id, name): record
+            for host in self.hosts.values()
+            for name, record in host.sources.items()
+        }
+
+    def source_name(self, host_id: int, source: str) -> str:
+        """How a source of host ``host_id`` is named for the fleet: by its own name while there
+        is one host, as ``host/source`` with several."""
+        if len(self.hosts) <= 1:
+            return source
+        host = next((h.name for h in self.hosts.values() if h.id == host_id), str(host_id))
+        return f"{host}/{source}"
+
+    def heartbeats(self) -> dict[int, int]:
+        """Host id -> its heartbeat, for the hosts that have stored a poll."""
+        return {h.id: h.heartbeat for h in self.hosts.values() if h.heartbeat is not None}
+
+    def host_id(self, name: str) -> int | None:
+        """The id of the host called ``name``, or None."""
+        host = self.hosts.get(name)
+        return host.id if host is not None else None
 
 
 def _int(value: str | None) -> int | None:
     return int(value) if value else None
 
 
-def decode(entries: Mapping[str, str]) -> CollectorStatus:
-    """The status held in ``entries`` (every row of ``meta``)."""
-    sources: dict[str, dict[str, Any]] = {}
+def decode(
+    entries: Mapping[str, str], hosts: Sequence[Any] = (), sources: Sequence[Any] = ()
+) -> CollectorStatus:
+    """The status held in ``entries`` (every row of ``meta``), ``hosts`` and ``sources``
+    (their rows)."""
     watermarks: dict[str, int] = {}
     pruned: dict[str, int] = {}
     for key, value in entries.items():
         kind, _, rest = key.partition(".")
         name, _, what = rest.rpartition(".")
-        if kind == "source" and what == "health":
-            sources[name] = json.loads(value)
-        elif kind == "rollup" and what == "watermark":
+        if kind == "rollup" and what == "watermark":
             watermarks[name] = int(value)
         elif kind == "prune" and what == "before":
             pruned[name] = int(value)
+    health: dict[int, dict[str, dict[str, Any]]] = {}
+    for host_id, name, record in sources:
+        if record is not None:
+            health.setdefault(host_id, {})[name] = json.loads(record)
     return CollectorStatus(
-        heartbeat=_int(entries.get(HEARTBEAT)),
-        interval=_int(entries.get(INTERVAL)),
-        sources=sources,
+        hosts={
+            row.name: HostStatus(
+                id=row.id,
+                name=row.name,
+                heartbeat=row.heartbeat,
+                interval=row.interval,
+                poll_seconds=row.poll_seconds,
+                certificates_scanned_at=row.certificates_scanned_at,
+                sources=dict(sorted(health.get(row.id, {}).items())),
+            )
+            for row in sorted(hosts, key=lambda row: row.name)
+        },
         watermarks=watermarks,
         pruned=pruned,
         schema_version=_int(entries.get(SCHEMA_VERSION)),
-        certificates_scanned_at=_int(entries.get(CERTIFICATES_SCANNED)),
-        poll_seconds=float(entries[POLL_SECONDS]) if entries.get(POLL_SECONDS) else None,
     )
 
 
-_m = schema.meta
+_m, _h, _s = schema.meta, schema.hosts, schema.sources
 _ALL = Prepared(select(_m.c.key, _m.c.value))
+_HOSTS = Prepared(select(_h))
+_HEALTH = Prepared(select(_s.c.host_id, _s.c.name, _s.c.health))
 _ONE = Prepared(select(_m.c.value).where(_m.c.key == bindparam("key")))
 _WATERMARKS = Prepared(select(_m.c.key, _m.c.value).where(_m.c.key.like(_WATERMARK.format("%"))))
 
 
 def read_status(conn: Connection) -> CollectorStatus:
-    """The collector's status, in one ``SELECT``."""
-    return decode(dict(_ALL(conn).all()))
+    """The collectors' status: ``meta``, ``hosts`` and ``sources``."""
+    return decode(dict(_ALL(conn).all()), _HOSTS(conn).all(), _HEALTH(conn).all())
 
 
 def watermarks(conn: Connection) -> dict[str, int]:
@@ -135,3 +193,42 @@ def put_many(conn: Connection, entries: Mapping[str, str]) -> None:
 def delete(conn: Connection, keys: list[str]) -> None:
     """Remove ``keys``."""
     conn.execute(_m.delete().where(_m.c.key.in_(keys)))
+
+
+# --- what one collector says of itself: its row of ``hosts`` and its rows of ``sources`` -------
+
+_HOST_ID = Prepared(select(_h.c.id).where(_h.c.name == bindparam("name")))
+
+
+def register_host(conn: Connection, name: str, now: int) -> int:
+    """The id of the host called ``name``, added (first seen ``now``) if it is new."""
+    found = _HOST_ID(conn, name=name).scalar()
+    if found is None:
+        row = {"name": name, "first_seen": now}
+        upsert(conn, _h, [row], ["name"], merge={"first_seen": "keep"})
+        found = _HOST_ID(conn, name=name).scalar_one()
+    return int(found)
+
+
+def put_host(conn: Connection, host_id: int, **values: Any) -> None:
+    """Set columns of the host's row (heartbeat, interval, poll_seconds, ...)."""
+    conn.execute(update(_h).where(_h.c.id == host_id).values(**values))
+
+
+def put_sources(conn: Connection, host_id: int, column: str, values: Mapping[str, Any]) -> None:
+    """Set ``column`` of the host's sources named in ``values`` (added if new)."""
+    rows = [{"host_id": host_id, "name": name, column: value} for name, value in values.items()]
+    upsert(conn, _s, rows, ["host_id", "name"])
+
+
+def source_values(conn: Connection, host_id: int, column: str) -> dict[str, Any]:
+    """Source name -> ``column`` of the host's sources where it is set."""
+    query = select(_s.c.name, _s.c[column]).where(
+        _s.c.host_id == host_id, _s.c[column].is_not(None)
+    )
+    return dict(conn.execute(query).all())
+
+
+def delete_sources(conn: Connection, host_id: int, names: Sequence[str]) -> None:
+    """Forget the host's sources named ``names`` (no longer configured)."""
+    conn.execute(_s.delete().where(_s.c.host_id == host_id, _s.c.name.in_(list(names))))

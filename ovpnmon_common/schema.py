@@ -23,7 +23,7 @@ from sqlalchemy import (
     text,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 metadata = MetaData(
     naming_convention={
@@ -35,7 +35,8 @@ metadata = MetaData(
     }
 )
 
-# Schema version, rollup watermarks, collector heartbeat, per-source first-watch time and health.
+# Schema version, rollup watermarks and how far prune deleted: what every writer shares. What one
+# collector says of itself is in ``hosts`` and ``sources``.
 meta = Table(
     "meta",
     metadata,
@@ -43,30 +44,67 @@ meta = Table(
     Column("value", Text, nullable=False),
 )
 
-# One row per common name ever seen. Written only when something changes for the client (it
-# appears, becomes active or inactive, a session closes), never on every poll: a client's lifetime
-# total is closed_* plus its open sessions' (bytes - baseline); while active, last_seen is the
-# collector's heartbeat.
+# One row per collector (a VPN host, ``[collector] host``), written by that collector only: its
+# heartbeat (the epoch second of its last stored poll), configured interval, how long its last
+# stored poll took, and when it last scanned certificates. Never deleted. Added in schema 4.
+hosts = Table(
+    "hosts",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", Text, nullable=False, unique=True),
+    Column("first_seen", BigInteger, nullable=False),
+    Column("heartbeat", BigInteger, nullable=True),
+    Column("interval", Integer, nullable=True),
+    Column("poll_seconds", Float, nullable=True),
+    Column("certificates_scanned_at", BigInteger, nullable=True),
+)
+
+# One row per source of a host: when it was first watched (counters older than that are never
+# counted), its health record (JSON: state, message, since, last_ok) and the latest Connected
+# Since among its closed sessions (a session looking new but connected before it may be one
+# that came back). Added in schema 4 (these were ``meta`` keys).
+sources = Table(
+    "sources",
+    metadata,
+    Column("host_id", Integer, primary_key=True),
+    Column("name", Text, primary_key=True),
+    Column("first_watched", BigInteger, nullable=True),
+    Column("health", Text, nullable=True),
+    Column("closed_since", BigInteger, nullable=True),
+)
+
+# One row per common name per host (``host_id``: the collector that saw it): a common name seen on
+# two hosts is one client with two rows, and everything keyed by ``client_id`` (sessions, raw
+# samples, tiers) is that host's part of it; readers sum a common name's rows. Written only by
+# its host's collector, and only when something changes for the client there (it appears,
+# becomes active or inactive, a session closes), never on every poll: a lifetime total is
+# closed_* plus its open sessions' (bytes - baseline); while active, last_seen is its host's
+# heartbeat. ``host_id`` added in schema 4 (the key was the common name alone).
 clients = Table(
     "clients",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("common_name", Text, nullable=False, unique=True),
+    Column("common_name", Text, nullable=False),
+    Column("host_id", Integer, nullable=False),
     Column("first_seen", BigInteger, nullable=False),
     Column("last_seen", BigInteger, nullable=False),
     Column("active", Boolean, nullable=False),
     # counted bytes of the client's closed sessions
     Column("closed_received", BigInteger, nullable=False),
     Column("closed_sent", BigInteger, nullable=False),
+    # common name first: a client's rows on every host are one short range of this key
+    UniqueConstraint("common_name", "host_id"),
+    Index(None, "host_id"),
 )
 
 # One row per OpenVPN connection: the accounting state and the connection history at once.
-# Identity is (source, session_key, connected_since) where session_key is "id:<Client ID>" (v2/v3,
-# management) or "addr:<Real Address>" (v1) — never the common name alone.
+# Identity is (host_id, source, session_key, connected_since) where session_key is
+# "id:<Client ID>" (v2/v3, management) or "addr:<Real Address>" (v1), never the common name alone.
 sessions = Table(
     "sessions",
     metadata,
     Column("id", Integer, primary_key=True),
+    Column("host_id", Integer, nullable=False),
     Column("source", Text, nullable=False),
     Column("session_key", Text, nullable=False),
     Column("connected_since", BigInteger, nullable=False),
@@ -84,7 +122,7 @@ sessions = Table(
     # counters already there when the source was first watched: never counted
     Column("baseline_received", BigInteger, nullable=False, default=0),
     Column("baseline_sent", BigInteger, nullable=False, default=0),
-    UniqueConstraint("source", "session_key", "connected_since"),
+    UniqueConstraint("host_id", "source", "session_key", "connected_since"),
     Index(None, "client_id", "connected_since"),
     # the connection log, newest first (GET /sessions): a page is a short backward index walk.
     # Added in schema version 3.
@@ -105,6 +143,7 @@ sessions = Table(
 session_counters = Table(
     "session_counters",
     metadata,
+    Column("host_id", Integer, primary_key=True),
     Column("source", Text, primary_key=True),
     Column("ts", BigInteger, nullable=False),
     Column("counters", LargeBinary, nullable=False),
@@ -129,22 +168,26 @@ usage_history = Table(
     sqlite_with_rowid=False,
 )
 
-# Raw whole-server samples: one row per poll; ``interval`` is the monotonic poll interval (s).
+# Raw whole-server samples: one row per host per poll; ``interval`` is the monotonic poll
+# interval (s). ``host_id`` added in schema 4.
 global_history = Table(
     "global_history",
     metadata,
     Column("ts", BigInteger, primary_key=True),
+    Column("host_id", Integer, primary_key=True),
     Column("bytes_received", BigInteger, nullable=False),
     Column("bytes_sent", BigInteger, nullable=False),
     Column("active_count", Integer, nullable=False),
     Column("interval", Float, nullable=False),
 )
 
-# Whole-server 15-minute tier behind /analytics (105 and 450 minutes are whole multiples).
+# Whole-server 15-minute tier behind /analytics (105 and 450 minutes are whole multiples), per
+# host. ``host_id`` added in schema 4.
 global_15min = Table(
     "global_15min",
     metadata,
     Column("bucket", BigInteger, primary_key=True),
+    Column("host_id", Integer, primary_key=True),
     Column("bytes_received", BigInteger, nullable=False),
     Column("bytes_sent", BigInteger, nullable=False),
     Column("max_active", Integer, nullable=False),
@@ -174,10 +217,12 @@ stats_6h = _client_tier("stats_6h")
 stats_daily = _client_tier("stats_daily")
 
 
-# One row per certificate found by the scan (a bundle file holds several: path + serial).
+# One row per certificate found by a host's scan (a bundle file holds several: path + serial).
+# ``host_id`` added in schema 4.
 certificates = Table(
     "certificates",
     metadata,
+    Column("host_id", Integer, primary_key=True),
     Column("path", Text, primary_key=True),
     Column("serial", Text, primary_key=True),  # hexadecimal, as openssl prints it
     Column("file", Text, nullable=False),

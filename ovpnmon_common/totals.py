@@ -18,11 +18,12 @@ from ovpnmon_common import schema
 from ovpnmon_common.counters import Counters
 from ovpnmon_common.storage.statements import Prepared, total
 
-c, s, sc = schema.clients, schema.sessions, schema.session_counters
+c, s, sc, h = schema.clients, schema.sessions, schema.session_counters, schema.hosts
 
 # Rows that ``counted`` reads start with these columns, in this order.
 COUNTED = (
     s.c.id,
+    s.c.host_id,
     s.c.source,
     s.c.bytes_received,
     s.c.bytes_sent,
@@ -32,33 +33,34 @@ COUNTED = (
 _OPEN_ALL = Prepared(
     select(*COUNTED, s.c.client_id, s.c.connected_since).where(s.c.disconnected_at.is_(None))
 )
-_ALL_COUNTERS = Prepared(select(sc.c.source, sc.c.counters))
-_SOURCE_COUNTERS = Prepared(select(sc.c.counters).where(sc.c.source == bindparam("source")))
+_ALL_COUNTERS = Prepared(select(sc.c.counters))
+_SOURCE_COUNTERS = Prepared(
+    select(sc.c.counters).where(
+        sc.c.host_id == bindparam("host_id"), sc.c.source == bindparam("source")
+    )
+)
 
 
 def counted(conn: Connection, rows: list[Any], every_source: bool) -> list[tuple[int, int]]:
     """Counted bytes (counters now minus baseline) of each open session row, in order.
     ``every_source``: unpack every source's counters (many sessions) rather than look each
-    row up in its own source's (a few)."""
+    row up in its own source's (a few). Session ids are unique across hosts and sources, so a
+    session's entry is found by its id alone."""
+    current: dict[int, tuple[int, int]] = {}
     if every_source:
-        current = {
-            (source, session): value
-            for source, data in _ALL_COUNTERS(conn)
-            for session, value in Counters(data).items()
-        }
+        for (data,) in _ALL_COUNTERS(conn):
+            current.update(Counters(data).items())
     else:
-        by_source: dict[str, list[int]] = {}
-        for session, source, *_ in rows:
-            by_source.setdefault(source, []).append(session)
-        current = {}
-        for source, sessions in by_source.items():
-            data = _SOURCE_COUNTERS(conn, source=source).scalar()
+        by_source: dict[tuple[int, str], list[int]] = {}
+        for session, host, source, *_ in rows:
+            by_source.setdefault((host, source), []).append(session)
+        for (host, source), sessions in by_source.items():
+            data = _SOURCE_COUNTERS(conn, host_id=host, source=source).scalar()
             if data is not None:
-                for session, value in Counters(data).lookup(sessions).items():
-                    current[(source, session)] = value
+                current.update(Counters(data).lookup(sessions).items())
     result = []
-    for session, source, rx, tx, base_rx, base_tx, *_ in rows:
-        rx, tx = current.get((source, session), (rx, tx))
+    for session, _, _, rx, tx, base_rx, base_tx, *_ in rows:
+        rx, tx = current.get(session, (rx, tx))
         result.append((rx - base_rx, tx - base_tx))
     return result
 
@@ -101,17 +103,24 @@ def live(conn: Connection) -> dict[int, Live]:
 
 _LIFETIME = Prepared(
     select(
-        c.c.id, c.c.common_name, c.c.active, c.c.last_seen, c.c.closed_received, c.c.closed_sent
+        c.c.id,
+        c.c.common_name,
+        c.c.host_id,
+        c.c.active,
+        c.c.last_seen,
+        c.c.closed_received,
+        c.c.closed_sent,
     ).order_by(c.c.common_name)
 )
+_HEARTBEATS = Prepared(select(h.c.id, h.c.heartbeat).where(h.c.heartbeat.is_not(None)))
 
 
 class Lifetime(NamedTuple):
-    """One client's lifetime bytes and what is open now."""
+    """One client's lifetime bytes (a common name: on every host) and what is open now."""
 
     common_name: str
     active: bool
-    last_seen: int  # the clients row's (the collector's heartbeat is newer while active)
+    last_seen: int  # a connected client's is its host's last poll
     received: int
     sent: int
     sessions: int  # open now
@@ -120,19 +129,31 @@ class Lifetime(NamedTuple):
 def lifetimes(conn: Connection) -> list[Lifetime]:
     """Every client's lifetime bytes and open sessions, by common name."""
     open_ = live(conn)
-    found = []
-    for cid, name, active, last_seen, closed_rx, closed_tx in _LIFETIME(conn):
+    heartbeats = dict(_HEARTBEATS(conn).all())
+    found: list[Lifetime] = []
+    for cid, name, host, active, seen, closed_rx, closed_tx in _LIFETIME(conn):
         now = open_.get(cid, NOT_CONNECTED)
-        found.append(
-            Lifetime(
-                name,
-                bool(active),
-                last_seen,
-                closed_rx + now.received,
-                closed_tx + now.sent,
-                now.sessions,
-            )
+        part = Lifetime(
+            name,
+            bool(active),
+            last_seen(seen, bool(active), heartbeats.get(host)),
+            closed_rx + now.received,
+            closed_tx + now.sent,
+            now.sessions,
         )
+        if found and found[-1].common_name == name:  # the same client on another host
+            other = found[-1]
+            part = Lifetime(
+                name,
+                part.active or other.active,
+                max(part.last_seen, other.last_seen),
+                part.received + other.received,
+                part.sent + other.sent,
+                part.sessions + other.sessions,
+            )
+            found[-1] = part
+        else:
+            found.append(part)
     return found
 
 
@@ -141,19 +162,26 @@ def lifetime_totals(conn: Connection) -> dict[str, tuple[int, int, bool]]:
     return {x.common_name: (x.received, x.sent, x.active) for x in lifetimes(conn)}
 
 
-_SYSTEM = Prepared(
-    select(
-        func.count(c.c.id),
-        func.coalesce(total(case((c.c.active, 1), else_=0)), 0),
+def _system(where: Any = None) -> Prepared:
+    query = select(
+        func.count(func.distinct(c.c.common_name)),
+        func.count(func.distinct(case((c.c.active, c.c.common_name), else_=None))),
         func.coalesce(total(c.c.closed_received), 0),
         func.coalesce(total(c.c.closed_sent), 0),
     )
+    return Prepared(query.where(where) if where is not None else query)
+
+
+_SYSTEM = _system()
+_HOST_SYSTEM = _system(c.c.host_id == bindparam("host_id"))
+_HOST_OPEN = Prepared(
+    select(*COUNTED).where(s.c.disconnected_at.is_(None), s.c.host_id == bindparam("host_id"))
 )
 
 
 @dataclass(frozen=True)
 class SystemTotals:
-    """The whole server's counts and lifetime bytes."""
+    """The whole server's (or fleet's) counts and lifetime bytes."""
 
     clients: int
     active: int
@@ -161,13 +189,19 @@ class SystemTotals:
     sent: int
 
 
-def system_totals(conn: Connection) -> SystemTotals:
-    """Clients ever seen, clients active, and every byte counted."""
-    count, active, closed_rx, closed_tx = _SYSTEM(conn).one()
-    open_ = live(conn).values()
+def system_totals(conn: Connection, host_id: int | None = None) -> SystemTotals:
+    """Clients ever seen, clients active, and every byte counted (on ``host_id``, or on every
+    host: a common name seen on two hosts is one client)."""
+    if host_id is None:
+        count, active, closed_rx, closed_tx = _SYSTEM(conn).one()
+        open_ = [(x.received, x.sent) for x in live(conn).values()]
+    else:
+        count, active, closed_rx, closed_tx = _HOST_SYSTEM(conn, host_id=host_id).one()
+        rows = _HOST_OPEN(conn, host_id=host_id).all()
+        open_ = counted(conn, rows, every_source=False)
     return SystemTotals(
         clients=count,
         active=active,
-        received=int(closed_rx) + sum(x.received for x in open_),
-        sent=int(closed_tx) + sum(x.sent for x in open_),
+        received=int(closed_rx) + sum(rx for rx, _ in open_),
+        sent=int(closed_tx) + sum(tx for _, tx in open_),
     )

@@ -60,6 +60,11 @@ def insert_client(
         closed_sent=closed_sent,
     )
     with engine.begin() as conn:
+        from ovpnmon_common import meta
+        from ovpnmon_common.config import default_host
+
+        # on the host a Store made without a name writes as (this machine's)
+        values["host_id"] = meta.register_host(conn, default_host(), seen)
         if id is None:  # the collector hands out ids itself (PostgreSQL's sequence never moves)
             from sqlalchemy import func, select
 
@@ -203,16 +208,18 @@ class StatusPoller:
     """The real collector polling a real status file (source ``udp``) every ``step`` seconds of
     a fake clock: ``poll(row(...), ...)`` writes the file and stores one poll."""
 
-    def __init__(self, engine, tmp_path: Path, start: int, step: int = 10) -> None:
+    def __init__(
+        self, engine, tmp_path: Path, start: int, step: int = 10, host: str | None = None
+    ) -> None:
         from ovpnmon_collector.collector import Collector
         from ovpnmon_collector.sources import StatusFileSource
         from ovpnmon_collector.store import Store
 
-        self.status = tmp_path / "status.log"
+        self.status = tmp_path / f"status-{host or 'local'}.log"
         self.clock = FakeClock(start)
         self.step = step
         source = StatusFileSource("udp", str(self.status), settle=0)
-        self.collector = Collector(Store(engine), [source], clock=self.clock)
+        self.collector = Collector(Store(engine, host), [source], interval=step, clock=self.clock)
 
     def poll(self, *rows) -> None:
         from ovpnmon_demo.simulator import render_status

@@ -62,7 +62,9 @@ def raw(database):
         u, c = schema.usage_history, schema.clients
         names = dict(conn.execute(select(c.c.id, c.c.common_name)).all())
         samples = [(names[cid], ts, rx, tx) for cid, ts, rx, tx in conn.execute(select(u))]
-        glob = [tuple(r) for r in conn.execute(select(schema.global_history))]
+        g = schema.global_history
+        columns = (g.c.ts, g.c.bytes_received, g.c.bytes_sent, g.c.active_count, g.c.interval)
+        glob = [tuple(r) for r in conn.execute(select(*columns).order_by(g.c.ts))]
     return samples, glob
 
 
@@ -261,7 +263,7 @@ def test_health_states(database):
             "unknown query parameter 'rnage'; accepted: range, resolution",
         ),
         ("/analytics", {"range": "1h"}, 400, "range must be one of 24h, 7d, 30d; got '1h'"),
-        ("/stats", {"x": "1"}, 400, "unknown query parameter 'x'; accepted: none"),
+        ("/stats", {"x": "1"}, 400, "unknown query parameter 'x'; accepted: host"),
         ("/stats/nobody", {}, 404, "no client named 'nobody'; GET /api/v1/clients lists them"),
         ("/nothing", {}, 404, "no endpoint at /api/v1/nothing"),
     ],
@@ -345,7 +347,8 @@ def failing_source_database(tmp_path, state="error"):
     populate(engine, str(tmp_path / "s.log"), NOW - 3600, NOW - 10, 600, Simulation(clients=3))
     health = {"state": state, "message": "status file /run/x.log does not exist", "since": NOW}
     with engine.begin() as conn:
-        meta.put(conn, "source.udp.health", json.dumps(health))
+        host = conn.execute(select(schema.hosts.c.id)).scalar_one()
+        meta.put_sources(conn, host, "health", {"udp": json.dumps(health)})
     engines.close_writer(engine)
     shutil.rmtree(tmp_path / "unused", ignore_errors=True)
     return str(path)

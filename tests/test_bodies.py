@@ -5,7 +5,7 @@ import json
 from ovpnmon_api import bodies
 from ovpnmon_api.resources import Fragment, render
 from ovpnmon_common.config import RetentionConfig
-from ovpnmon_common.meta import CollectorStatus
+from ovpnmon_common.meta import CollectorStatus, HostStatus
 from ovpnmon_common.planner import plan, plan_analytics
 
 
@@ -55,22 +55,47 @@ def test_analytics_totals_and_peak_come_from_the_filled_buckets():
     ]
 
 
+def one_host(heartbeat=None, interval=None, sources=None, name="vpn1", id=1):
+    return HostStatus(id, name, heartbeat, interval, sources=sources or {})
+
+
 def test_health_names_failing_sources_only_with_details():
-    status = CollectorStatus(
-        heartbeat=1000,
-        interval=10,
-        sources={"a": {"state": "ok"}, "b": {"state": "error", "message": "gone"}},
-    )
+    sources = {"a": {"state": "ok"}, "b": {"state": "error", "message": "gone"}}
+    status = CollectorStatus(hosts={"vpn1": one_host(1000, 10, sources)})
     full = bodies.health(ts, status, 1005, 10, details=True)
     assert full["status"] == "degraded" and full["reason"] == "source b: gone"
     assert full["failing_sources"] == ["b"]
     brief = bodies.health(ts, status, 1005, 10, details=False)
     assert brief == {"success": True, "status": "degraded", "reason": "1 of 2 sources failing"}
-    stale = bodies.health(ts, CollectorStatus(heartbeat=1000), 1031, 10, details=True)
+    stale = bodies.health(ts, CollectorStatus(hosts={"vpn1": one_host(1000)}), 1031, 10, True)
     assert "31 s ago" in stale["reason"]
-    assert bodies.health(ts, CollectorStatus(heartbeat=1000), 1030, 10, True)["status"] == (
-        "healthy"
+    fresh = CollectorStatus(hosts={"vpn1": one_host(1000)})
+    assert bodies.health(ts, fresh, 1030, 10, True)["status"] == "healthy"
+    never = bodies.health(ts, CollectorStatus(), 1030, 10, False)
+    assert never["reason"] == "the collector has not stored a poll yet"
+
+
+def test_health_in_a_fleet_names_the_stale_host_and_qualifies_sources():
+    status = CollectorStatus(
+        hosts={
+            "vpn1": one_host(1000, 10, {"udp": {"state": "ok"}}),
+            "vpn2": one_host(900, 30, {"udp": {"state": "error", "message": "gone"}}, "vpn2", 2),
+        }
     )
+    full = bodies.health(ts, status, 1005, 10, details=True)
+    assert full["status"] == "degraded"
+    assert full["stale_hosts"] == ["vpn2"] and full["hosts"] == ["vpn1", "vpn2"]
+    assert full["reason"] == (
+        "host vpn2: the collector last stored a poll 105 s ago (more than 3 x 30 s): is "
+        "ovpnmon-collector running?; source vpn2/udp: gone"
+    )
+    assert full["failing_sources"] == ["vpn2/udp"]
+    brief = bodies.health(ts, status, 1005, 10, details=False)
+    assert brief["reason"] == (
+        "1 of 2 hosts' collectors have not stored a poll for a while; 1 of 2 sources failing"
+    )
+    # its own interval says when a host is stale: vpn2 polls every 30 s
+    assert bodies.health(ts, status, 985, 10, details=True)["stale_hosts"] == []
 
 
 def test_a_rendered_fragment_is_spliced_as_json_unchanged():

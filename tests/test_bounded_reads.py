@@ -71,9 +71,9 @@ def test_a_status_file_that_is_no_status_file_is_a_source_error(tmp_path, fifo, 
     # the poll itself was stored (the source's health says why it failed): nothing else lost
     engine = engines.reader_engine(str(tmp_path / "x.db"))
     with engine.connect() as conn:
-        health = meta.get(conn, "source.udp.health")
+        health = meta.read_status(conn).sources.get("udp")
     engine.dispose()
-    assert health is not None and said in health
+    assert health is not None and said in health["message"]
 
 
 def test_a_management_password_file_that_is_a_fifo_is_a_source_error(tmp_path, fifo):

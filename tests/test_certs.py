@@ -122,7 +122,7 @@ def test_expired_certificate(tmp_path):
     crt, _ = pki.issue("old", days=-2)
     engine = engines.writer_engine(str(tmp_path / "x.db"))
     migrations.init_db(engine)
-    certs.store(engine, certs.scan([str(crt)]), 0)
+    certs.store(engine, certs.scan([str(crt)]), 0, "vpn1")
     api = falcon.testing.TestClient(create_app(Config(database=str(tmp_path / "x.db"))))
     (row,) = api.simulate_get("/api/v1/certificates").json["data"]
     assert row["is_expired"] is True and row["days_remaining"] in ("-1 days", "-2 days")

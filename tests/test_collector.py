@@ -1,11 +1,11 @@
 """The collector on real SQLite files, real status text and a fake clock."""
 
-import json
 import logging
 import sqlite3
 
 import pytest
 from conftest import FakeClock, as_nobody, fixture_text, insert_client, needs_root, row
+from schema_v3 import as_schema_3
 from sqlalchemy import event, inspect, select
 
 from ovpnmon_collector.collector import Collector
@@ -74,7 +74,7 @@ def test_every_active_client_gets_a_raw_row_even_with_zero_bytes(engine, status)
     status.write(clock.wall, row("alice", 0, T0 + 1, 10, 1))  # idle
     collector.poll()
     assert [(ts, rx, tx) for _, ts, rx, tx in samples(engine)] == [(T0, 10, 1), (T0 + 10, 0, 0)]
-    assert [(ts, rx, tx, n) for ts, rx, tx, n, _ in samples(engine, schema.global_history)] == [
+    assert [(ts, rx, tx, n) for ts, _, rx, tx, n, _ in samples(engine, schema.global_history)] == [
         (T0, 10, 1, 1),
         (T0 + 10, 0, 0, 1),
     ]
@@ -154,7 +154,7 @@ def test_every_status_version_accounts_the_same(engine, status, version):
 
 def health(engine, name="udp"):
     with engine.connect() as conn:
-        return json.loads(meta.get(conn, f"source.{name}.health"))
+        return meta.read_status(conn).sources[name]
 
 
 def test_missing_file_is_reported_and_retried_without_losing_anything(engine, status, caplog):
@@ -317,6 +317,7 @@ def test_schema_1_database_upgrades_and_continues_exactly(tmp_path, status):
     assert collector.poll().stored
     collector.close()
     assert totals(engine) == {"alice": (300, 30, True), "bob": (7, 7, True)}
+    as_schema_3(engine)
     s = schema.sessions
     with engine.begin() as conn:
         [(packed,)] = conn.execute(select(schema.session_counters.c.counters))
@@ -466,9 +467,9 @@ def test_a_client_added_behind_the_collectors_back_fails_one_poll_cleanly(db_pat
     summary = collector.poll()
     assert not summary.stored
     duplicate = {
-        "sqlite": "UNIQUE constraint failed: clients.common_name",
-        "postgresql": 'duplicate key value violates unique constraint "uq_clients_common_name"'
-        " (Key (common_name)=(carol) already exists.)",
+        "sqlite": "UNIQUE constraint failed: clients.common_name, clients.host_id",
+        "postgresql": 'duplicate key value violates unique constraint "uq_clients_common_name_host_id"'
+        " (Key (common_name, host_id)=(carol, 1) already exists.)",
     }[engine.dialect.name]
     assert summary.error == (f"database write failed, will retry next poll: {duplicate}")
     clock.advance(10)

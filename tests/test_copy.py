@@ -57,6 +57,7 @@ def history(path, tmp_path) -> tuple[StatusPoller, int]:
     with engine.begin() as conn:
         conn.execute(
             schema.certificates.insert().values(
+                host_id=1,
                 path="/pki/issued/alice.crt",
                 serial="0A",
                 file="alice.crt",

@@ -57,7 +57,7 @@ def database(tmp_path_factory) -> Path:
     pki = Pki.create(work / "pki")
     for index, name in enumerate(["vpn-server", HOSTILE, "user-000", "old-laptop", "alice smith"]):
         pki.issue(name, days=[400, 10, 45, -3, 200][index])
-    certs.store(engine, certs.scan([str(pki.directory)]), now)
+    certs.store(engine, certs.scan([str(pki.directory)]), now, "vpn1")
     engines.close_writer(engine)
     return path
 

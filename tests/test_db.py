@@ -82,23 +82,34 @@ def test_newer_schema_is_refused(engine, db_path):
 
 def test_upsert_merges(engine):
     t = schema.global_15min
-    row = {"bucket": 900, "bytes_received": 5, "bytes_sent": 7, "max_active": 2, "samples": 1}
+    row = {
+        "bucket": 900,
+        "host_id": 1,
+        "bytes_received": 5,
+        "bytes_sent": 7,
+        "max_active": 2,
+        "samples": 1,
+    }
     merge = {"bytes_received": "add", "bytes_sent": "add", "max_active": "max", "samples": "add"}
     with engine.begin() as conn:
-        statements.upsert(conn, t, [row], ["bucket"], merge=merge)
-        statements.upsert(conn, t, [{**row, "max_active": 1}], ["bucket"], merge=merge)
+        statements.upsert(conn, t, [row], ["bucket", "host_id"], merge=merge)
+        statements.upsert(conn, t, [{**row, "max_active": 1}], ["bucket", "host_id"], merge=merge)
         statements.upsert(
-            conn, t, [{**row, "bucket": 1800}], ["bucket"], merge={k: "keep" for k in merge}
+            conn,
+            t,
+            [{**row, "bucket": 1800}],
+            ["bucket", "host_id"],
+            merge={k: "keep" for k in merge},
         )
         statements.upsert(
             conn,
             t,
             [{**row, "bucket": 1800, "samples": 9}],
-            ["bucket"],
+            ["bucket", "host_id"],
             merge={k: "keep" for k in merge},
         )
         got = conn.execute(select(t).order_by(t.c.bucket)).all()
-    assert [tuple(r) for r in got] == [(900, 10, 14, 2, 2), (1800, 5, 7, 2, 1)]
+    assert [tuple(r) for r in got] == [(900, 1, 10, 14, 2, 2), (1800, 1, 5, 7, 2, 1)]
 
 
 SAMPLE_COLUMNS = ("client_id", "ts", "bytes_received", "bytes_sent")
@@ -139,12 +150,13 @@ def test_upsert_tuples_refuses_rows_of_the_wrong_width(engine):
 
 
 def test_insert_tuples_of_a_wide_table_stays_within_sqlites_parameter_limit(engine):
-    """Sessions have 14 columns: 71 rows a statement (994 parameters), then a remainder."""
-    clients = [(cid, f"cn-{cid}", 0, 0, False, 0, 0) for cid in (1, 2, 3)]
+    """Sessions have 15 columns: 66 rows a statement (990 parameters), then a remainder."""
+    clients = [(cid, f"cn-{cid}", 1, 0, 0, False, 0, 0) for cid in (1, 2, 3)]
     columns = tuple(col.name for col in schema.sessions.columns if col.name != "disconnected_at")
     sessions = [
         (
             n,
+            1,
             "udp",
             f"id:{n}",
             1000 + n,

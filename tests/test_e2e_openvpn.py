@@ -151,7 +151,7 @@ class CollectorProcess:
         engine = reader_engine(self.db)
         try:
             with engine.connect() as conn:
-                value = meta.get(conn, "collector.heartbeat")
+                value = meta.read_status(conn).heartbeat
         except Exception:
             return None
         finally:

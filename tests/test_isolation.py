@@ -73,7 +73,7 @@ def test_a_hanging_management_source_never_delays_a_status_file(tmp_path):
     with engine.connect() as conn:
         polls = conn.execute(select(schema.global_history.c.ts)).scalars().all()
         alice = conn.execute(select(schema.usage_history.c.ts)).scalars().all()
-        health = meta.get(conn, "source.stuck.health")
+        health = str(meta.read_status(conn).sources.get("stuck"))
     engine.dispose()
     log = (tmp_path / "collector.log").read_text()
     # a poll stored every second, each with the file's client, while the other source hangs

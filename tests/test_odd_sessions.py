@@ -24,7 +24,7 @@ from ovpnmon_collector.cli import cli
 from ovpnmon_collector.cli_common import build_collector, open_writer
 from ovpnmon_collector.collector import Collector, PollSummary
 from ovpnmon_collector.snapshot import SessionRow
-from ovpnmon_common import meta, schema
+from ovpnmon_common import schema
 from ovpnmon_common.cliutil import load
 from ovpnmon_common.config import Config
 from ovpnmon_common.storage import engines
@@ -281,14 +281,15 @@ def test_the_latest_closed_connected_since_is_kept_and_worked_out_for_older_data
 
     def stored():
         with engine.connect() as conn:
-            return meta.get(conn, "collector.closed_since")
+            query = select(schema.sources.c.name, schema.sources.c.closed_since)
+            return dict(conn.execute(query).all())
 
-    assert stored() == f'{{"udp": {SINCE + 5}}}'
-    with engine.begin() as conn:  # as a database written before the key existed
-        conn.execute(schema.meta.delete().where(schema.meta.c.key == "collector.closed_since"))
+    assert stored() == {"udp": SINCE + 5}
+    with engine.begin() as conn:  # as a database written before the column was filled
+        conn.execute(schema.sources.update().values(closed_since=None))
     host.configure(("udp",))  # a new collector: works it out from the sessions table
     host.write(row("alice", 1, 100, 10), row("bob", 2, 80, 8, since=SINCE + 5))  # bob is back
     host.poll()
-    assert stored() == f'{{"udp": {SINCE + 5}}}'
+    assert stored() == {"udp": SINCE + 5}
     engine.dispose()
     assert host.totals() == {"alice": (100, 10, True), "bob": (80, 8, True)}

@@ -141,7 +141,7 @@ def test_open_sessions_are_read_through_their_partial_index(engine):
     from ovpnmon_common.storage.statements import _compiled
 
     for after in (False, True):
-        query = statement(False, False, False, False, True, after)
+        query = statement(False, False, False, False, False, True, after)
         with engine.connect() as conn:
             sql, constants = _compiled(conn, query.stmt, ())
             values = {**constants, "since": T0, "id": 9, "limit": 101}

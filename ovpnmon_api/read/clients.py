@@ -6,51 +6,62 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Select, bindparam, func, select
+from sqlalchemy import Connection, bindparam, case, func, select
 
 from ovpnmon_common import schema, totals
 from ovpnmon_common.meta import CollectorStatus
 from ovpnmon_common.storage.statements import Prepared
 
-c, s, u, g = schema.clients, schema.sessions, schema.usage_history, schema.global_history
+c, s, u, g, h = (
+    schema.clients,
+    schema.sessions,
+    schema.usage_history,
+    schema.global_history,
+    schema.hosts,
+)
 
-
-def _clients_select() -> Select[Any]:
-    last = (
-        select(u.c.client_id, u.c.bytes_received, u.c.bytes_sent)
-        .where(
-            u.c.client_id.in_(select(c.c.id).where(c.c.active)),
-            u.c.ts == bindparam("heartbeat"),
-        )
-        .subquery("last_sample")
-    )
-    return select(
-        c.c.id,
-        c.c.common_name,
-        c.c.active,
-        c.c.first_seen,
-        c.c.last_seen,
-        c.c.closed_received,
-        c.c.closed_sent,
-        func.coalesce(last.c.bytes_received, 0).label("last_received"),
-        func.coalesce(last.c.bytes_sent, 0).label("last_sent"),
-    ).outerjoin(last, last.c.client_id == c.c.id)
-
-
-ALL_CLIENTS = Prepared(_clients_select().order_by(c.c.common_name))
-ONE_CLIENT = Prepared(select(c).where(c.c.common_name == bindparam("name")))
+_COLUMNS = (
+    c.c.id,
+    c.c.common_name,
+    c.c.host_id,
+    c.c.active,
+    c.c.first_seen,
+    c.c.last_seen,
+    c.c.closed_received,
+    c.c.closed_sent,
+)
+ALL_CLIENTS = Prepared(select(*_COLUMNS).order_by(c.c.common_name, c.c.host_id))
+HOST_CLIENTS = Prepared(
+    select(*_COLUMNS)
+    .where(c.c.host_id == bindparam("host_id"))
+    .order_by(c.c.common_name, c.c.host_id)
+)
+ONE_CLIENT = Prepared(
+    select(*_COLUMNS).where(c.c.common_name == bindparam("name")).order_by(c.c.host_id)
+)
+# Every active client's raw sample at its host's last poll: what current rates are made of.
+LAST_SAMPLES = Prepared(
+    select(u.c.client_id, u.c.bytes_received, u.c.bytes_sent)
+    .join(c, c.c.id == u.c.client_id)
+    .join(h, h.c.id == c.c.host_id)
+    .where(c.c.active, u.c.ts == h.c.heartbeat)
+)
 LAST_SAMPLE = Prepared(
     select(u.c.bytes_received, u.c.bytes_sent).where(
         u.c.client_id == bindparam("client_id"), u.c.ts == bindparam("ts")
     )
 )
+# Each host's last poll interval (monotonic seconds; 0 for a first poll after a start).
+LAST_INTERVALS = Prepared(
+    select(g.c.host_id, g.c.interval).join(h, (h.c.id == g.c.host_id) & (h.c.heartbeat == g.c.ts))
+)
 
 
 @dataclass(frozen=True)
 class ClientRow:
-    """One client as the API shows it."""
+    """One client (a common name, on every host or on one) as the API shows it."""
 
-    id: int
+    ids: tuple[tuple[int, int], ...]  # (client id, host id) of its rows: one per host
     common_name: str
     active: bool
     first_seen: int
@@ -59,8 +70,8 @@ class ClientRow:
     total_sent: int
     open_sessions: int
     connected_since: int | None
-    last_received: int  # bytes in the collector's last poll
-    last_sent: int
+    rate_received: float  # bytes a second over its hosts' last poll intervals, summed
+    rate_sent: float
 
 
 @dataclass(frozen=True)
@@ -76,74 +87,135 @@ class OpenSession:
     sent: int
 
 
-def clients(conn: Connection, status: CollectorStatus) -> list[ClientRow]:
-    """Every client ever seen, by common name."""
+def clients(
+    conn: Connection, status: CollectorStatus, host_id: int | None = None
+) -> list[ClientRow]:
+    """Every client ever seen (on host ``host_id``, or on any), by common name."""
     live = totals.live(conn)
-    return [
-        _client_row(row, status, live.get(row.id, totals.NOT_CONNECTED))
-        for row in ALL_CLIENTS(conn, heartbeat=_heartbeat(status))
-    ]
+    last = {cid: (rx, tx) for cid, rx, tx in LAST_SAMPLES(conn)}
+    intervals = last_intervals(conn)
+    rows = HOST_CLIENTS(conn, host_id=host_id) if host_id is not None else ALL_CLIENTS(conn)
+    found: list[ClientRow] = []
+    for row in rows:
+        part = _client_row(
+            row,
+            status,
+            live.get(row.id, totals.NOT_CONNECTED),
+            last.get(row.id, (0, 0)),
+            intervals.get(row.host_id, 0.0),
+        )
+        if found and found[-1].common_name == part.common_name:
+            found[-1] = merge(found[-1], part)
+        else:
+            found.append(part)
+    return found
 
 
 def client(
-    conn: Connection, status: CollectorStatus, common_name: str
+    conn: Connection, status: CollectorStatus, common_name: str, host_id: int | None = None
 ) -> tuple[ClientRow, list[OpenSession]] | None:
-    """One client and its open sessions (oldest first), by key lookups only."""
-    row = ONE_CLIENT(conn, name=common_name).first()
-    if row is None:
+    """One client (on ``host_id``, or on every host) and its open sessions (oldest first), by
+    key lookups only."""
+    rows = [
+        row
+        for row in ONE_CLIENT(conn, name=common_name)
+        if host_id is None or row.host_id == host_id
+    ]
+    if not rows:
         return None
-    sessions = open_sessions(conn, row.id)
-    last = (
-        LAST_SAMPLE(conn, client_id=row.id, ts=_heartbeat(status)).first() if row.active else None
-    )
-    live = totals.Live(
-        sum(x.received for x in sessions),
-        sum(x.sent for x in sessions),
-        len(sessions),
-        sessions[0].connected_since if sessions else None,
-    )
-    return (
-        _client_row(row, status, live, last_sample=tuple(last) if last else (0, 0)),
-        sessions,
-    )
-
-
-def _heartbeat(status: CollectorStatus) -> int:
-    return status.heartbeat if status.heartbeat is not None else -1
+    heartbeats = status.heartbeats()
+    intervals = last_intervals(conn) if any(row.active for row in rows) else {}
+    merged: ClientRow | None = None
+    every: list[OpenSession] = []
+    for row in rows:
+        sessions = open_sessions(conn, row.id)
+        every.extend(sessions)
+        heartbeat = heartbeats.get(row.host_id)
+        last = (
+            LAST_SAMPLE(conn, client_id=row.id, ts=heartbeat).first()
+            if row.active and heartbeat is not None
+            else None
+        )
+        live = totals.Live(
+            sum(x.received for x in sessions),
+            sum(x.sent for x in sessions),
+            len(sessions),
+            sessions[0].connected_since if sessions else None,
+        )
+        part = _client_row(
+            row, status, live, tuple(last) if last else (0, 0), intervals.get(row.host_id, 0.0)
+        )
+        merged = part if merged is None else merge(merged, part)
+    assert merged is not None
+    every.sort(key=lambda x: x.connected_since)
+    return merged, every
 
 
 def _client_row(
     row: Any,
     status: CollectorStatus,
     live: totals.Live,
-    last_sample: tuple[int, int] | None = None,
+    last_sample: tuple[int, int],
+    interval: float,
 ) -> ClientRow:
-    """A clients row plus its open sessions."""
+    """A clients row (one host's) plus its open sessions."""
     active = bool(row.active)
-    last_received, last_sent = (
-        last_sample if last_sample is not None else (row.last_received, row.last_sent)
-    )
+    heartbeat = status.heartbeats().get(row.host_id)
     return ClientRow(
-        id=row.id,
+        ids=((row.id, row.host_id),),
         common_name=row.common_name,
         active=active,
         first_seen=row.first_seen,
-        last_seen=totals.last_seen(row.last_seen, active, status.heartbeat),
+        last_seen=totals.last_seen(row.last_seen, active, heartbeat),
         total_received=row.closed_received + live.received,
         total_sent=row.closed_sent + live.sent,
         open_sessions=live.sessions,
         connected_since=live.connected_since,
-        last_received=int(last_received),
-        last_sent=int(last_sent),
+        rate_received=last_sample[0] / interval if interval > 0 else 0.0,
+        rate_sent=last_sample[1] / interval if interval > 0 else 0.0,
     )
 
 
-CLIENT_STATUS = Prepared(select(c.c.common_name, c.c.active).order_by(c.c.common_name))
+def merge(one: ClientRow, other: ClientRow) -> ClientRow:
+    """One common name's rows of two hosts as one client: bytes and rates add up, it is
+    active where either is, seen first and last as the earliest and latest of them."""
+    since = [x for x in (one.connected_since, other.connected_since) if x is not None]
+    return ClientRow(
+        ids=one.ids + other.ids,
+        common_name=one.common_name,
+        active=one.active or other.active,
+        first_seen=min(one.first_seen, other.first_seen),
+        last_seen=max(one.last_seen, other.last_seen),
+        total_received=one.total_received + other.total_received,
+        total_sent=one.total_sent + other.total_sent,
+        open_sessions=one.open_sessions + other.open_sessions,
+        connected_since=min(since) if since else None,
+        rate_received=one.rate_received + other.rate_received,
+        rate_sent=one.rate_sent + other.rate_sent,
+    )
 
 
-def client_status(conn: Connection) -> list[tuple[str, bool]]:
-    """(common name, active) of every client, by name: all that /clients needs."""
-    return [(name, bool(active)) for name, active in CLIENT_STATUS(conn)]
+def last_intervals(conn: Connection) -> dict[int, float]:
+    """Host id -> the monotonic length of its collector's last poll interval (0: unknown)."""
+    return {host: float(seconds or 0.0) for host, seconds in LAST_INTERVALS(conn)}
+
+
+_ANY_ACTIVE = func.max(case((c.c.active, 1), else_=0))
+CLIENT_STATUS = Prepared(
+    select(c.c.common_name, _ANY_ACTIVE).group_by(c.c.common_name).order_by(c.c.common_name)
+)
+HOST_CLIENT_STATUS = Prepared(
+    select(c.c.common_name, c.c.active)
+    .where(c.c.host_id == bindparam("host_id"))
+    .order_by(c.c.common_name)
+)
+
+
+def client_status(conn: Connection, host_id: int | None = None) -> list[tuple[str, bool]]:
+    """(common name, active on any host or on ``host_id``) of every client, by name: all that
+    /clients needs."""
+    rows = HOST_CLIENT_STATUS(conn, host_id=host_id) if host_id is not None else CLIENT_STATUS(conn)
+    return [(name, bool(active)) for name, active in rows]
 
 
 OPEN_SESSIONS = Prepared(
@@ -176,23 +248,28 @@ def open_sessions(conn: Connection, client_id: int) -> list[OpenSession]:
     ]
 
 
-LAST_INTERVAL = Prepared(select(g.c.interval).where(g.c.ts == bindparam("ts")))
-
-
-def last_interval(conn: Connection, status: CollectorStatus) -> float:
-    """The monotonic length of the collector's last poll interval (0 when unknown)."""
-    if status.heartbeat is None:
-        return 0.0
-    return float(LAST_INTERVAL(conn, ts=status.heartbeat).scalar() or 0.0)
-
-
 SOURCE_COUNTS = Prepared(
-    select(s.c.source, func.count(func.distinct(s.c.client_id)), func.count())
+    select(s.c.host_id, s.c.source, func.count(func.distinct(s.c.client_id)), func.count())
     .where(s.c.disconnected_at.is_(None))
-    .group_by(s.c.source)
+    .group_by(s.c.host_id, s.c.source)
 )
 
 
-def source_counts(conn: Connection) -> dict[str, tuple[int, int]]:
-    """Per source: (clients, sessions) open now."""
-    return {source: (clients, count) for source, clients, count in SOURCE_COUNTS(conn)}
+def source_counts(conn: Connection, status: CollectorStatus) -> dict[str, tuple[int, int]]:
+    """Per source (named as ``status.sources`` names it): (clients, sessions) open now."""
+    return {
+        status.source_name(host, source): (clients, count)
+        for host, source, clients, count in SOURCE_COUNTS(conn)
+    }
+
+
+HOST_COUNTS = Prepared(
+    select(
+        c.c.host_id, func.count(), func.coalesce(func.sum(case((c.c.active, 1), else_=0)), 0)
+    ).group_by(c.c.host_id)
+)
+
+
+def host_counts(conn: Connection) -> dict[int, tuple[int, int]]:
+    """Per host id: (clients ever seen there, clients connected there now)."""
+    return {host: (int(seen), int(active)) for host, seen, active in HOST_COUNTS(conn)}

@@ -8,7 +8,7 @@ starts from is the planner's choice (``ovpnmon_common.planner``), made once.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -50,47 +50,72 @@ def _pieces(
 
 
 # Raw samples are keyed (ts, client_id). One client's samples in [start, end) are found by one
-# key seek per poll time, and every poll writes a global_history row beside its samples: ``ts IN
-# (poll times)`` makes SQLite do exactly that, instead of reading every client's samples.
-_POLL_TIMES = select(g.c.ts).where(g.c.ts >= bindparam("start"), g.c.ts < bindparam("end"))
+# key seek per poll time of its host, and every poll writes a global_history row beside its
+# samples: ``ts IN (poll times)`` makes SQLite do exactly that, instead of reading every
+# client's samples.
+_POLL_TIMES = select(g.c.ts).where(
+    g.c.ts >= bindparam("start"), g.c.ts < bindparam("end"), g.c.host_id == bindparam("host_id")
+)
+
+# A client (a common name) as its rows of ``clients``: (client id, host id), one per host.
+Parts = Sequence[tuple[int, int]]
 
 
 def _window(tier: Tier) -> list[Any]:
     return [tier.time >= bindparam("start"), tier.time < bindparam("end")]
 
 
-def _server_sums(tier: Tier) -> Prepared:
-    """The whole server's bytes and peak of concurrent clients, grouped by ``step`` bucket."""
+def _server_sums(tier: Tier, hosted: bool) -> Prepared:
+    """Each host's bytes and peak of concurrent clients, grouped by ``step`` bucket (of host
+    ``host_id`` only if ``hosted``)."""
     table = tier.table
     key = sql_align(tier.time, bindparam("step")).label("key")
     peak = table.c.active_count if tier.raw else table.c.max_active
+    where = _window(tier)
+    if hosted:
+        where.append(table.c.host_id == bindparam("host_id"))
     return Prepared(
-        select(key, total(table.c.bytes_received), total(table.c.bytes_sent), func.max(peak))
-        .where(*_window(tier))
-        .group_by(key)
+        select(
+            key,
+            table.c.host_id,
+            total(table.c.bytes_received),
+            total(table.c.bytes_sent),
+            func.max(peak),
+        )
+        .where(*where)
+        .group_by(key, table.c.host_id)
     )
 
 
-SERVER_SUMS = {tier.name: _server_sums(tier) for tier in TIERS if not tier.per_client}
+SERVER_SUMS = {
+    (tier.name, hosted): _server_sums(tier, hosted)
+    for tier in TIERS
+    if not tier.per_client
+    for hosted in (False, True)
+}
 
 
-def client_series(
-    conn: Connection, status: CollectorStatus, client_id: int, series: Series
-) -> Sums:
-    """Per bucket of ``series``: the client's bytes, from its tier and the finer data after it.
-    Buckets without a byte are absent (the body fills them). One statement for all the pieces
-    (on PostgreSQL each statement is a round trip)."""
+def client_series(conn: Connection, status: CollectorStatus, client: Parts, series: Series) -> Sums:
+    """Per bucket of ``series``: the client's bytes on its hosts, from its tier and the finer
+    data after it. Buckets without a byte are absent (the body fills them). One statement per
+    host for all the pieces (on PostgreSQL each statement is a round trip)."""
     assert series.step is not None
     parts = list(_pieces(status, series.tier, series.start, series.end))
     if not parts:
         return {}
-    params = {"client_id": client_id, "step": series.step, **_piece_params(parts)}
     out: Sums = defaultdict(lambda: [0, 0])
     statement = _client_series_statement(tuple(tier.name for tier, _, _ in parts))
-    for key, rx, tx in statement(conn, **params):
-        entry = out[key]  # a bucket may span two pieces: summed here
-        entry[0] += rx
-        entry[1] += tx
+    for client_id, host_id in client:
+        params = {
+            "client_id": client_id,
+            "host_id": host_id,
+            "step": series.step,
+            **_piece_params(parts),
+        }
+        for key, rx, tx in statement(conn, **params):
+            entry = out[key]  # a bucket may span two pieces or two hosts: summed here
+            entry[0] += rx
+            entry[1] += tx
     return out
 
 
@@ -111,29 +136,36 @@ def _client_series_statement(tiers: tuple[str, ...]) -> Prepared:
     return Prepared(union_all(*parts) if len(parts) > 1 else parts[0])
 
 
-def server_series(conn: Connection, status: CollectorStatus, series: Series) -> Sums:
-    """Per bucket: [bytes received, bytes sent, peak concurrent CNs] for the whole server."""
+def server_series(
+    conn: Connection, status: CollectorStatus, series: Series, host_id: int | None = None
+) -> Sums:
+    """Per bucket: [bytes received, bytes sent, peak concurrent CNs] for the whole fleet (or
+    host ``host_id``). A fleet's peak is the sum of each host's peak in the bucket: an upper
+    bound (a client on two hosts at once counts twice; two hosts' peaks need not coincide)."""
     assert series.step is not None
     out: Sums = defaultdict(lambda: [0, 0, 0])
+    peaks: dict[int, dict[int, int]] = defaultdict(dict)  # bucket -> host -> its peak
+    statements = {name: SERVER_SUMS[(name, host_id is not None)] for name, _ in SERVER_SUMS}
     for tier, first, last in _pieces(status, series.tier, series.start, series.end):
-        for key, rx, tx, peak in SERVER_SUMS[tier.name](
-            conn, step=series.step, start=first, end=last
-        ):
+        rows = statements[tier.name](conn, step=series.step, start=first, end=last, host_id=host_id)
+        for key, host, rx, tx, peak in rows:
             entry = out[key]
             entry[0] += rx
             entry[1] += tx
-            entry[2] = max(entry[2], peak or 0)
+            peaks[key][host] = max(peaks[key].get(host, 0), peak or 0)
+    for key, by_host in peaks.items():
+        out[key][2] = sum(by_host.values())
     return out
 
 
 def client_history(
-    conn: Connection, status: CollectorStatus, client_id: int, series: Series
+    conn: Connection, status: CollectorStatus, client: Parts, series: Series
 ) -> tuple[Sums, list[tuple[int, int, int, float]]]:
     """A client's history for ``series``: (bucket sums, no samples), or for raw samples as
     stored (no sums, the samples)."""
     if series.step is None:
-        return {}, client_samples(conn, client_id, series.start, series.end)
-    return client_series(conn, status, client_id, series), []
+        return {}, client_samples(conn, client, series.start, series.end)
+    return client_series(conn, status, client, series), []
 
 
 CLIENT_SAMPLES = Prepared(
@@ -141,7 +173,9 @@ CLIENT_SAMPLES = Prepared(
         u.c.ts,
         u.c.bytes_received,
         u.c.bytes_sent,
-        select(g.c.interval).where(g.c.ts == u.c.ts).scalar_subquery(),
+        select(g.c.interval)
+        .where(g.c.ts == u.c.ts, g.c.host_id == bindparam("host_id"))
+        .scalar_subquery(),
     )
     .where(u.c.client_id == bindparam("client_id"), u.c.ts.in_(_POLL_TIMES))
     .order_by(u.c.ts)
@@ -149,11 +183,22 @@ CLIENT_SAMPLES = Prepared(
 
 
 def client_samples(
-    conn: Connection, client_id: int, start: int, end: int
+    conn: Connection, client: Parts, start: int, end: int
 ) -> list[tuple[int, int, int, float]]:
-    """Raw samples (ts, rx, tx, poll interval) in ``[start, end)``, oldest first."""
-    rows = CLIENT_SAMPLES(conn, client_id=client_id, start=start, end=end)
-    return [(ts, rx, tx, float(interval)) for ts, rx, tx, interval in rows]
+    """Raw samples (ts, rx, tx, poll interval) in ``[start, end)``, oldest first. Samples of
+    two hosts at the same second are one (bytes summed, the longer interval)."""
+    merged: dict[int, list[Any]] = {}
+    for client_id, host_id in client:
+        rows = CLIENT_SAMPLES(conn, client_id=client_id, host_id=host_id, start=start, end=end)
+        for ts, rx, tx, interval in rows:
+            entry = merged.get(ts)
+            if entry is None:
+                merged[ts] = [rx, tx, float(interval)]
+            else:
+                entry[0] += rx
+                entry[1] += tx
+                entry[2] = max(entry[2], float(interval))
+    return [(ts, rx, tx, interval) for ts, (rx, tx, interval) in sorted(merged.items())]
 
 
 def pieces(
@@ -165,13 +210,19 @@ def pieces(
 
 
 def top_clients(
-    conn: Connection, status: CollectorStatus, start: int, end: int, limit: int = 10
+    conn: Connection,
+    status: CollectorStatus,
+    start: int,
+    end: int,
+    limit: int = 10,
+    host_id: int | None = None,
 ) -> list[tuple[str, int, int]]:
-    """The ``limit`` CNs with most bytes (both directions) in ``[start, end)``, most first (ties
-    by client id): every client's sums over the range's pieces (whole days from stats_daily, the
-    edges from finer tiers) merged and ranked by SQLite in one statement, so only ``limit`` rows
-    come back. Clients without a byte in the range are left out."""
-    return client_sums(conn, pieces(status, start, end), limit=limit)
+    """The ``limit`` CNs with most bytes (both directions) in ``[start, end)`` (on every host,
+    or on ``host_id``), most first (ties by the oldest client id): every client's sums over the
+    range's pieces (whole days from stats_daily, the edges from finer tiers) merged and ranked
+    by the database in one statement, so only ``limit`` rows come back. Clients without a byte
+    in the range are left out."""
+    return client_sums(conn, pieces(status, start, end), limit=limit, host_id=host_id)
 
 
 def client_sums(
@@ -179,23 +230,36 @@ def client_sums(
     parts: list[tuple[Tier, int, int]],
     *,
     limit: int | None = None,
-    client_id: int | None = None,
+    client: Parts | None = None,
+    host_id: int | None = None,
 ) -> list[tuple[str, int, int]]:
     """(common name, bytes received, bytes sent) of every client with a byte in ``parts``
-    (pieces as ``pieces`` cuts them): with ``limit`` the ``limit`` with most bytes, most first;
-    else all by common name; with ``client_id`` that client's only."""
+    (pieces as ``pieces`` cuts them), summed over its hosts (or on ``host_id`` only): with
+    ``limit`` the ``limit`` with most bytes, most first; else all by common name; with
+    ``client`` that client's only."""
     if not parts:
         return []
-    params = {"limit": limit, "client_id": client_id, **_piece_params(parts)}
     names = tuple(tier.name for tier, _, _ in parts)
-    statement = _sums_statement(names, limit is not None, client_id is not None)
-    return [(name, int(rx), int(tx)) for name, rx, tx in statement(conn, **params)]
+    params = {"limit": limit, **_piece_params(parts)}
+    if client is not None:
+        statement = _sums_statement(names, False, True, False)
+        found: dict[str, list[int]] = {}
+        for client_id, host in client:
+            for name, rx, tx in statement(conn, **params, client_id=client_id, host_id=host):
+                entry = found.setdefault(name, [0, 0])
+                entry[0] += int(rx)
+                entry[1] += int(tx)
+        return [(name, rx, tx) for name, (rx, tx) in found.items()]
+    statement = _sums_statement(names, limit is not None, False, host_id is not None)
+    rows = statement(conn, **params, host_id=host_id)
+    return [(name, int(rx), int(tx)) for name, rx, tx in rows]
 
 
 @lru_cache(maxsize=128)
-def _sums_statement(tiers: tuple[str, ...], ranked: bool, one: bool) -> Prepared:
-    """Per client sums of every piece (UNION ALL), summed again; ranked and limited, or by
-    name; of every client or of ``client_id``."""
+def _sums_statement(tiers: tuple[str, ...], ranked: bool, one: bool, hosted: bool) -> Prepared:
+    """Per client sums of every piece (UNION ALL), summed again by common name; ranked and
+    limited, or by name; of every client, of ``host_id``'s, or of ``client_id`` (on
+    ``host_id``)."""
     parts = []
     for i, name in enumerate(tiers):
         tier = BY_NAME[name]
@@ -207,7 +271,10 @@ def _sums_statement(tiers: tuple[str, ...], ranked: bool, one: bool) -> Prepared
             # Drive from the clients into each tier's (client_id, bucket) key: one short range
             # per client, read in key order, instead of the (bucket) index plus a key lookup per
             # row (28 days of stats_daily for 1,000 clients: 6 ms against 37 ms).
-            where.append(table.c.client_id.in_(select(c.c.id)))
+            ids = select(c.c.id)
+            if hosted:
+                ids = ids.where(c.c.host_id == bindparam("host_id"))
+            where.append(table.c.client_id.in_(ids))
         parts.append(
             select(
                 table.c.client_id.label("client_id"),
@@ -222,11 +289,14 @@ def _sums_statement(tiers: tuple[str, ...], ranked: bool, one: bool) -> Prepared
     query = (
         select(c.c.common_name, rx, tx)
         .join(c, c.c.id == merged.c.client_id)
-        .group_by(merged.c.client_id, c.c.common_name)
+        .group_by(c.c.common_name)
         .having(rx + tx > 0)
     )
+    if hosted:
+        query = query.where(c.c.host_id == bindparam("host_id"))
     if ranked:
-        query = query.order_by((rx + tx).desc(), merged.c.client_id).limit(bindparam("limit"))
+        oldest = func.min(merged.c.client_id)
+        query = query.order_by((rx + tx).desc(), oldest).limit(bindparam("limit"))
     else:
         query = query.order_by(c.c.common_name)
     return Prepared(query)
@@ -253,4 +323,9 @@ def _one_client_piece(tier: Tier, i: int) -> list[Any]:
 
 
 def _poll_times(i: int) -> Any:
-    return select(g.c.ts).where(g.c.ts >= bindparam(f"start_{i}"), g.c.ts < bindparam(f"end_{i}"))
+    """The poll times of ``host_id`` in piece ``i``."""
+    return select(g.c.ts).where(
+        g.c.ts >= bindparam(f"start_{i}"),
+        g.c.ts < bindparam(f"end_{i}"),
+        g.c.host_id == bindparam("host_id"),
+    )

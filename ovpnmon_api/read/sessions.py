@@ -23,7 +23,8 @@ c, s, sc = schema.clients, schema.sessions, schema.session_counters
 class Filters:
     """What ``GET /sessions`` narrows the log to; None is no filter."""
 
-    client_id: int | None = None
+    common_name: str | None = None
+    host_id: int | None = None
     source: str | None = None
     start: int | None = None  # sessions still open at or after it...
     end: int | None = None  # ...that connected before it
@@ -36,6 +37,7 @@ class SessionRow(NamedTuple):
 
     id: int
     common_name: str
+    host_id: int
     source: str
     real_address: str
     virtual_address: str
@@ -47,7 +49,7 @@ class SessionRow(NamedTuple):
     sent: int
 
 
-_POLLED = Prepared(select(sc.c.source, sc.c.ts))
+_POLLED = Prepared(select(sc.c.host_id, sc.c.source, sc.c.ts))
 # totals.COUNTED first (id, source, counters, baselines): totals.counted reads rows by position
 _COLUMNS = (
     *totals.COUNTED,
@@ -64,18 +66,26 @@ _DISCONNECTED = next(i for i, col in enumerate(_COLUMNS) if col is s.c.disconnec
 
 @functools.cache
 def statement(
-    client: bool, source: bool, start: bool, end: bool, active: bool | None, after: bool
+    client: bool,
+    host: bool,
+    source: bool,
+    start: bool,
+    end: bool,
+    active: bool | None,
+    after: bool,
 ) -> Prepared:
     """The page's query for one shape of filters (which are given; ``active`` as given), built
-    and compiled once. Parameters: client_id, source, start, end, since and id (of ``after``),
-    limit (one more than the page, to tell whether more follow)."""
+    and compiled once. Parameters: common_name, host_id, source, start, end, since and id (of
+    ``after``), limit (one more than the page, to tell whether more follow)."""
     # Open sessions are read through their partial index (a few hundred rows, sorted after),
     # not by walking every session newest first until enough open ones turn up (76,000 sessions
     # with 839 open: 27 ms against 0.5 ms). "+ 0" keeps the planner off the time index.
     since = s.c.connected_since + 0 if active else s.c.connected_since
     query = select(*_COLUMNS).join(c, c.c.id == s.c.client_id)
-    if client:
-        query = query.where(s.c.client_id == bindparam("client_id"))
+    if client:  # the common name's rows of clients (one per host), then each one's sessions
+        query = query.where(c.c.common_name == bindparam("common_name"))
+    if host:
+        query = query.where(s.c.host_id == bindparam("host_id"))
     if source:
         query = query.where(s.c.source == bindparam("source"))
     if end:
@@ -105,14 +115,21 @@ def page(
     the previous page's last row); and whether more follow."""
     f = filters
     query = statement(
-        f.client_id is not None,
+        f.common_name is not None,
+        f.host_id is not None,
         f.source is not None,
         f.start is not None,
         f.end is not None,
         f.active,
         after is not None,
     )
-    params = {"client_id": f.client_id, "source": f.source, "start": f.start, "end": f.end}
+    params = {
+        "common_name": f.common_name,
+        "host_id": f.host_id,
+        "source": f.source,
+        "start": f.start,
+        "end": f.end,
+    }
     since, sid = after if after is not None else (None, None)
     rows = query(conn, **params, since=since, id=sid, limit=limit + 1).all()
     more = len(rows) > limit
@@ -125,14 +142,19 @@ def page(
             strict=True,
         )
     )
-    polled = dict(_POLLED(conn).all()) if open_rows else {}
+    polled = {(h, src): ts for h, src, ts in _POLLED(conn)} if open_rows else {}
     found = []
     # rows unpacked by position: attribute access on a result row costs more than the rest
-    for sid, source, rx, tx, base_rx, base_tx, name, real, virtual, v6, since, gone, last in rows:
+    for row in rows:
+        sid, host, source, rx, tx, base_rx, base_tx, name, real, virtual, v6, since, gone, last = (
+            row
+        )
         if gone is None:
             rx, tx = live[sid]
-            last = polled.get(source, last)
+            last = polled.get((host, source), last)
         else:
             rx, tx = rx - base_rx, tx - base_tx
-        found.append(SessionRow(sid, name, source, real, virtual, v6, since, gone, last, rx, tx))
+        found.append(
+            SessionRow(sid, name, host, source, real, virtual, v6, since, gone, last, rx, tx)
+        )
     return found, more

@@ -4,12 +4,25 @@ tells a reader (the API, ``info``) in one sentence what is wrong and what to run
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from sqlalchemy import Column, Connection, Engine, MetaData, Table, func, inspect, select
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    MetaData,
+    Table,
+    UniqueConstraint,
+    func,
+    inspect,
+    select,
+)
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.schema import AddConstraint, CreateTable
 
 from ovpnmon_common import meta, schema
+from ovpnmon_common.config import default_host
 from ovpnmon_common.storage import DatabaseError, describe_error
 from ovpnmon_common.storage.location import describe
 from ovpnmon_common.tiers import TIERS, built_on
@@ -87,27 +100,170 @@ def _record_pruned(conn: Connection) -> None:
         meta.put(conn, meta.pruned_key(tier.name), str(before))
 
 
-# from-version -> function upgrading to from-version + 1
-MIGRATIONS: dict[int, Any] = {1: _to_version_2, 2: _to_version_3}
+# The tables that gained ``host_id`` in schema 4, with the constraints it joined.
+_HOSTED = (
+    schema.clients,
+    schema.sessions,
+    schema.session_counters,
+    schema.global_history,
+    schema.global_15min,
+    schema.certificates,
+)
+# meta keys of schema 3 that became columns of ``hosts`` and ``sources``
+_V3_HEARTBEAT = "collector.heartbeat"
+_V3_INTERVAL = "collector.interval"
+_V3_POLL_SECONDS = "collector.poll_seconds"
+_V3_CLOSED_SINCE = "collector.closed_since"
+_V3_CERTIFICATES = "certificates.scanned_at"
 
 
-def init_db(engine: Engine) -> tuple[int | None, int]:
-    """Create or upgrade the schema; idempotent. Returns (version before, version after)."""
-    with engine.begin() as conn:
-        before = schema_version(conn)
-        if before is not None and before > schema.SCHEMA_VERSION:
-            raise DatabaseError(
-                f"the database has schema version {before}, newer than this ovpnmon "
-                f"understands ({schema.SCHEMA_VERSION}): upgrade ovpnmon"
-            )
-        version = before
-        if version is None:
-            schema.metadata.create_all(conn)
-            version = schema.SCHEMA_VERSION
-        while version < schema.SCHEMA_VERSION:
-            MIGRATIONS[version](conn)
-            version += 1
-        meta.put(conn, meta.SCHEMA_VERSION, str(version))
+def _to_version_4(conn: Connection, host: str) -> None:
+    """3 -> 4: hosts. Everything already stored is the history of one collector, which becomes
+    host 1 named ``host`` (the upgrading collector's ``[collector] host``): what ``meta`` said
+    of it and of its sources moves into ``hosts`` and ``sources``, and the tables keyed by what
+    one collector sees gain ``host_id`` in their keys (``_add_host_id``). Raw samples and the
+    per-client tiers do not change: their ``client_id`` is a common name on one host."""
+    schema.hosts.create(conn)
+    schema.sources.create(conn)
+    entries = dict(conn.execute(select(schema.meta.c.key, schema.meta.c.value)).all())
+    for table in _HOSTED:
+        _add_host_id(conn, table)
+    c = schema.clients
+    first_seen = conn.execute(select(func.min(c.c.first_seen))).scalar()
+    heartbeat = entries.get(_V3_HEARTBEAT)
+    if first_seen is None and heartbeat is None:
+        return  # never polled: the first collector to poll registers itself
+    conn.execute(
+        schema.hosts.insert().values(
+            id=1,
+            name=host,
+            first_seen=int(first_seen if first_seen is not None else heartbeat or 0),
+            heartbeat=int(heartbeat) if heartbeat else None,
+            interval=int(entries[_V3_INTERVAL]) if entries.get(_V3_INTERVAL) else None,
+            poll_seconds=float(entries[_V3_POLL_SECONDS])
+            if entries.get(_V3_POLL_SECONDS)
+            else None,
+            certificates_scanned_at=int(entries[_V3_CERTIFICATES])
+            if entries.get(_V3_CERTIFICATES)
+            else None,
+        )
+    )
+    if conn.dialect.name == "postgresql":  # the next host registered takes id 2
+        conn.exec_driver_sql("SELECT setval(pg_get_serial_sequence('hosts', 'id'), 1)")
+    sources: dict[str, dict[str, Any]] = {}
+    for key, value in entries.items():
+        kind, _, rest = key.partition(".")
+        name, _, what = rest.rpartition(".")
+        if kind == "source" and what == "health":
+            sources.setdefault(name, {})["health"] = value
+        elif kind == "source" and what == "first_watched":
+            sources.setdefault(name, {})["first_watched"] = int(value)
+    for name, since in json.loads(entries.get(_V3_CLOSED_SINCE) or "{}").items():
+        sources.setdefault(name, {})["closed_since"] = int(since)
+    if sources:
+        conn.execute(
+            schema.sources.insert(),
+            [
+                {
+                    "host_id": 1,
+                    "name": name,
+                    "first_watched": found.get("first_watched"),
+                    "health": found.get("health"),
+                    "closed_since": found.get("closed_since"),
+                }
+                for name, found in sorted(sources.items())
+            ],
+        )
+    moved = [k for k in entries if k.startswith("source.")]
+    moved += [_V3_HEARTBEAT, _V3_INTERVAL, _V3_POLL_SECONDS, _V3_CLOSED_SINCE, _V3_CERTIFICATES]
+    meta.delete(conn, moved)
+
+
+def _add_host_id(conn: Connection, table: Table) -> None:
+    """Give ``table`` its schema-4 ``host_id`` column (1 in every row) and the keys that hold it.
+
+    PostgreSQL alters the table in place. SQLite cannot change a table's keys, so it builds the
+    new table beside the old one, copies the rows and swaps them (foreign keys are off meanwhile:
+    ``init_db``)."""
+    if conn.dialect.name == "postgresql":
+        name = table.name
+        conn.exec_driver_sql(f"ALTER TABLE {name} ADD COLUMN host_id INTEGER NOT NULL DEFAULT 1")
+        conn.exec_driver_sql(f"ALTER TABLE {name} ALTER COLUMN host_id DROP DEFAULT")
+        old = inspect(conn)
+        # the keys that gain host_id: a primary key only where it holds it (clients' and
+        # sessions' ids stay, and the foreign keys on them)
+        rekeyed = "host_id" in table.primary_key.columns
+        dropped = [u["name"] for u in old.get_unique_constraints(name)]
+        if rekeyed:
+            dropped.append(old.get_pk_constraint(name)["name"])
+        for constraint in dropped:
+            conn.exec_driver_sql(f'ALTER TABLE {name} DROP CONSTRAINT "{constraint}"')
+        for key in table.constraints:
+            if isinstance(key, UniqueConstraint) or (key is table.primary_key and rekeyed):
+                conn.execute(AddConstraint(key))
+        for index in table.indexes:
+            if "host_id" in index.columns:
+                index.create(conn)
+        return
+    new = f"{table.name}_v4"
+    ddl = str(CreateTable(table).compile(dialect=conn.dialect)).strip()
+    prefix = f"CREATE TABLE {table.name} ("
+    assert ddl.startswith(prefix), ddl
+    conn.exec_driver_sql(f"CREATE TABLE {new} (" + ddl[len(prefix) :])
+    columns = [col.name for col in table.columns]
+    copied = ", ".join("1" if name == "host_id" else name for name in columns)
+    conn.exec_driver_sql(
+        f"INSERT INTO {new} ({', '.join(columns)}) SELECT {copied} FROM {table.name}"
+    )
+    conn.exec_driver_sql(f"DROP TABLE {table.name}")
+    conn.exec_driver_sql(f"ALTER TABLE {new} RENAME TO {table.name}")
+    for index in table.indexes:
+        index.create(conn)
+
+
+# from-version -> function upgrading to from-version + 1 (given the connection and the host
+# name that history before schema 4 is filed under)
+MIGRATIONS: dict[int, Any] = {
+    1: lambda conn, host: _to_version_2(conn),
+    2: lambda conn, host: _to_version_3(conn),
+    3: _to_version_4,
+}
+
+
+def init_db(engine: Engine, host: str | None = None) -> tuple[int | None, int]:
+    """Create or upgrade the schema; idempotent. Returns (version before, version after).
+
+    ``host``: the name an upgrade to schema 4 files the history of the one collector there was
+    under (default: this machine's host name, as ``[collector] host``)."""
+    sqlite = engine.dialect.name == "sqlite"
+    with engine.connect() as conn:
+        if sqlite:
+            # Rebuilding a table that others reference (schema 4's clients) needs foreign keys
+            # off, and SQLite only turns them off outside a transaction.
+            conn.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")  # type: ignore[union-attr]
+        try:
+            with conn.begin():
+                before = schema_version(conn)
+                if before is not None and before > schema.SCHEMA_VERSION:
+                    raise DatabaseError(
+                        f"the database has schema version {before}, newer than this ovpnmon "
+                        f"understands ({schema.SCHEMA_VERSION}): upgrade ovpnmon"
+                    )
+                version = before
+                if version is None:
+                    schema.metadata.create_all(conn)
+                    version = schema.SCHEMA_VERSION
+                while version < schema.SCHEMA_VERSION:
+                    MIGRATIONS[version](conn, host or default_host())
+                    version += 1
+                if sqlite and before != version:
+                    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").first()
+                    if broken is not None:
+                        raise DatabaseError(f"the upgrade broke a foreign key: {tuple(broken)}")
+                meta.put(conn, meta.SCHEMA_VERSION, str(version))
+        finally:
+            if sqlite:
+                conn.connection.driver_connection.execute("PRAGMA foreign_keys=ON")  # type: ignore[union-attr]
     return before, version
 
 
