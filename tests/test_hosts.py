@@ -155,6 +155,7 @@ def test_a_schema_3_database_becomes_host_1_and_carries_on_exactly(engine, db_pa
     poll counts only new bytes (the source is not taken as newly watched)."""
     from schema_v3 import as_schema_3
     from sqlalchemy import inspect, select
+    from sqlalchemy.schema import CreateTable
 
     from ovpnmon_collector.store import Store
     from ovpnmon_common import meta, schema
@@ -191,6 +192,14 @@ def test_a_schema_3_database_becomes_host_1_and_carries_on_exactly(engine, db_pa
     assert upgraded.hosts["vpn1.example.org"].heartbeat == status.heartbeat == T0 + 30
     assert upgraded.sources == status.sources and first_watched == {"udp": T0}
     assert answers() == before
+    # the upgrade left this process's schema whole: a database created now has every key (an
+    # upgrade through AddConstraint marked them as created apart, and CREATE TABLE lost them)
+    for table in (schema.clients, schema.global_history, schema.certificates):
+        ddl = str(CreateTable(table).compile(dialect=engine.dialect))
+        assert "PRIMARY KEY" in ddl, ddl
+    assert "UNIQUE (common_name, host_id)" in str(
+        CreateTable(schema.clients).compile(dialect=engine.dialect)
+    )
     # the collector carries on under its host name: only new bytes are counted
     poller.collector.store = Store(engine, "vpn1.example.org")
     poller.collector._state = None  # as after a restart: everything reloaded

@@ -51,9 +51,15 @@ LAST_SAMPLE = Prepared(
         u.c.client_id == bindparam("client_id"), u.c.ts == bindparam("ts")
     )
 )
-# Each host's last poll interval (monotonic seconds; 0 for a first poll after a start).
+# Each host's last poll interval (monotonic seconds; 0 for a first poll after a start): one
+# key seek per host, from the hosts (a join may start from global_history and read all of it).
 LAST_INTERVALS = Prepared(
-    select(g.c.host_id, g.c.interval).join(h, (h.c.id == g.c.host_id) & (h.c.heartbeat == g.c.ts))
+    select(
+        h.c.id,
+        select(g.c.interval)
+        .where(g.c.ts == h.c.heartbeat, g.c.host_id == h.c.id)
+        .scalar_subquery(),
+    )
 )
 
 
@@ -95,11 +101,12 @@ def clients(
     last = {cid: (rx, tx) for cid, rx, tx in LAST_SAMPLES(conn)}
     intervals = last_intervals(conn)
     rows = HOST_CLIENTS(conn, host_id=host_id) if host_id is not None else ALL_CLIENTS(conn)
+    heartbeats = status.heartbeats()
     found: list[ClientRow] = []
     for row in rows:
         part = _client_row(
             row,
-            status,
+            heartbeats.get(row.host_id),
             live.get(row.id, totals.NOT_CONNECTED),
             last.get(row.id, (0, 0)),
             intervals.get(row.host_id, 0.0),
@@ -143,7 +150,7 @@ def client(
             sessions[0].connected_since if sessions else None,
         )
         part = _client_row(
-            row, status, live, tuple(last) if last else (0, 0), intervals.get(row.host_id, 0.0)
+            row, heartbeat, live, tuple(last) if last else (0, 0), intervals.get(row.host_id, 0.0)
         )
         merged = part if merged is None else merge(merged, part)
     assert merged is not None
@@ -153,14 +160,13 @@ def client(
 
 def _client_row(
     row: Any,
-    status: CollectorStatus,
+    heartbeat: int | None,
     live: totals.Live,
     last_sample: tuple[int, int],
     interval: float,
 ) -> ClientRow:
-    """A clients row (one host's) plus its open sessions."""
+    """A clients row (one host's, whose last poll was ``heartbeat``) plus its open sessions."""
     active = bool(row.active)
-    heartbeat = status.heartbeats().get(row.host_id)
     return ClientRow(
         ids=((row.id, row.host_id),),
         common_name=row.common_name,

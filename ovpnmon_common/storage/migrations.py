@@ -19,7 +19,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.schema import AddConstraint, CreateTable
+from sqlalchemy.schema import CreateTable
 
 from ovpnmon_common import meta, schema
 from ovpnmon_common.config import default_host
@@ -198,9 +198,15 @@ def _add_host_id(conn: Connection, table: Table) -> None:
             dropped.append(old.get_pk_constraint(name)["name"])
         for constraint in dropped:
             conn.exec_driver_sql(f'ALTER TABLE {name} DROP CONSTRAINT "{constraint}"')
+        # Plain SQL, not AddConstraint: that marks the schema's own constraint as created apart,
+        # and every CREATE TABLE of this process would leave it out afterwards.
         for key in table.constraints:
             if isinstance(key, UniqueConstraint) or (key is table.primary_key and rekeyed):
-                conn.execute(AddConstraint(key))
+                kind = "UNIQUE" if isinstance(key, UniqueConstraint) else "PRIMARY KEY"
+                held = ", ".join(col.name for col in key.columns)
+                conn.exec_driver_sql(
+                    f"ALTER TABLE {name} ADD CONSTRAINT {key.name} {kind} ({held})"
+                )
         for index in table.indexes:
             if "host_id" in index.columns:
                 index.create(conn)
@@ -211,7 +217,7 @@ def _add_host_id(conn: Connection, table: Table) -> None:
     assert ddl.startswith(prefix), ddl
     conn.exec_driver_sql(f"CREATE TABLE {new} (" + ddl[len(prefix) :])
     columns = [col.name for col in table.columns]
-    copied = ", ".join("1" if name == "host_id" else name for name in columns)
+    copied = ", ".join("1" if col == "host_id" else col for col in columns)
     conn.exec_driver_sql(
         f"INSERT INTO {new} ({', '.join(columns)}) SELECT {copied} FROM {table.name}"
     )
