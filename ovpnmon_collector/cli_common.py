@@ -59,7 +59,7 @@ def open_writer(config: Config) -> tuple[Engine, tuple[int | None, int]]:
 def locked(config: Config, command: str, wait: float = 0.0) -> Iterator[WriterLock | PostgresLock]:
     """The writer lock for one command, refused with one line when another collector holds it."""
     ensure_parent_dir(config.database)
-    lock = writer_lock(config.database, command)
+    lock = writer_lock(config.database, command, config.host)
     try:
         lock.acquire(wait)
     except WriterBusy as exc:

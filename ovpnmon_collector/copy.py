@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection, Engine, Table, func, select
 
 from ovpnmon_common import schema
-from ovpnmon_common.storage import statements
+from ovpnmon_common.storage import postgres, statements
 
 BATCH = 10_000
 
@@ -127,4 +127,9 @@ def copy(
             with target.connect() as check:
                 entry.target_rows, entry.target_sums = _facts(check, table)
             report.tables.append(entry)
+    if target.dialect.name == "postgresql":
+        # the copied rows kept their ids: the collectors that write there next take theirs
+        # from the sequences, which must start after them
+        with target.begin() as write:
+            postgres.advance_sequences(write, ("hosts", "clients", "sessions"))
     return report

@@ -125,14 +125,17 @@ def _holder(fd: int) -> tuple[str, str, int] | None:
 
 
 class PostgresLock:
-    """The writer lock of a PostgreSQL database: a session-level advisory lock on a connection
-    of its own, which the server gives back when that connection ends in any way. Its
-    ``application_name`` says who holds it, for the message a second writer gets."""
+    """The writer lock of one host in a PostgreSQL database: a session-level advisory lock on a
+    connection of its own, which the server gives back when that connection ends in any way.
+    Several hosts' collectors write one database at once; two of the same host would count
+    every byte twice. Its ``application_name`` says who holds it, for the message a second
+    writer gets."""
 
-    def __init__(self, database: str, command: str) -> None:
+    def __init__(self, database: str, command: str, host: str) -> None:
         self.database = database
         self.path = describe(database)  # for messages
         self.command = command
+        self.host = host
         self.versions: tuple[int | None, int] = (None, 0)
         self._lock: postgres.AdvisoryLock | None = None
         self._taken = False  # acquired, and not released since (the connection may be lost)
@@ -143,7 +146,9 @@ class PostgresLock:
         name = f"ovpnmon-collector {self.command} pid {os.getpid()} on {socket.gethostname()}"
         deadline = time.monotonic() + wait
         while True:
-            lock = postgres.AdvisoryLock(self.database, "collector", application_name=name)
+            lock = postgres.AdvisoryLock(
+                self.database, f"collector {self.host}", application_name=name
+            )
             if lock.try_acquire():
                 self._lock, self._taken = lock, True
                 return
@@ -175,15 +180,16 @@ class PostgresLock:
     def _busy(self, holder: str | None) -> str:
         who = f"another writer ({holder})" if holder else "another ovpnmon-collector"
         return (
-            f"{who} holds the writer lock of {self.path}: two collectors would count every "
-            "byte twice; stop the other one first"
+            f"{who} holds the writer lock of host {self.host} in {self.path}: two collectors "
+            "of one host would count every byte twice; stop the other one first (or give "
+            "each VPN host its own [collector] host)"
             + (" or give --wait SECONDS" if self.command in _WAITS else "")
         )
 
 
-def writer_lock(database: str, command: str) -> WriterLock | PostgresLock:
-    """The writer lock for ``database``: a lock file beside a SQLite file, an advisory lock
-    on PostgreSQL."""
+def writer_lock(database: str, command: str, host: str) -> WriterLock | PostgresLock:
+    """The writer lock for ``database``: a lock file beside a SQLite file (one host), an
+    advisory lock of host ``host`` on PostgreSQL."""
     if is_postgres(database):
-        return PostgresLock(database, command)
+        return PostgresLock(database, command, host)
     return WriterLock(database, command)

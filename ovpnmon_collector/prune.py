@@ -81,6 +81,7 @@ def prune(
             # nothing ever was or an older ovpnmon deleted it without saying
             if held_from is None or int(held_from) < limit:
                 with engine.begin() as conn:
+                    engines.hold_tiers(conn, shared=False)
                     meta.put(conn, meta.pruned_key(tier.name), str(limit))
             continue
         for start, end in spans(first, limit, HOUR, 30 * DAY, SLICE_SECONDS / 4):
@@ -88,6 +89,7 @@ def prune(
                 report.complete = False
                 return report
             with engine.begin() as conn:
+                engines.hold_tiers(conn, shared=False)  # not while a backfill reads them
                 result = conn.execute(delete(tier.table).where(tier.time >= start, tier.time < end))
                 report.deleted[name] += result.rowcount or 0
                 # in the same transaction: a reader never sees rows gone and the key behind

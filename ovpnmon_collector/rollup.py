@@ -25,7 +25,7 @@ from ovpnmon_collector.slices import SLICE_SECONDS, oldest, spans
 from ovpnmon_common import meta
 from ovpnmon_common.buckets import align, align_up
 from ovpnmon_common.meta import watermark_key
-from ovpnmon_common.storage import statements
+from ovpnmon_common.storage import engines, statements
 from ovpnmon_common.tiers import ROLLUPS, Tier, source_of, sql_align
 
 log = logging.getLogger("ovpnmon.rollup")
@@ -163,6 +163,7 @@ def catch_up(
         watermark: int | None = None
         while deadline is None or clock.monotonic() < deadline:
             with engine.begin() as conn:
+                engines.hold_tiers(conn, shared=False)  # no poll adds to a bucket summed here
                 watermark, limit = _bounds(conn, tier, now)
                 if watermark is None or watermark >= limit:
                     break
@@ -197,6 +198,7 @@ def backfill(
             continue
         assert tier.width is not None
         with engine.begin() as conn:
+            engines.hold_tiers(conn, shared=False)
             stored = meta.watermarks(conn).get(tier.name)
             first = oldest(conn, source_of(tier))
         if stored is None or first is None:
@@ -207,6 +209,7 @@ def backfill(
         count = 0
         for bucket in range(low, high, tier.width):
             with engine.begin() as conn:
+                engines.hold_tiers(conn, shared=False)
                 rebuild(conn, tier, bucket, bucket + tier.width)
             count += 1
         reports.append(RollupReport(tier.name, count, stored))

@@ -175,6 +175,7 @@ class Store:
     def write_poll(self, poll: PollWrite) -> None:
         """Write one poll in one transaction: clients, sessions, samples, meta."""
         with self.engine.begin() as conn:
+            engines.hold_tiers(conn, shared=True)
             # a client new to the database can only come with a session that opened now
             ids = self._ensure_clients(conn, poll.ts, [st.common_name for st in poll.opened])
             self._write_sessions(conn, poll, ids)
@@ -208,11 +209,9 @@ class Store:
     def _ensure_clients(self, conn: Connection, now: int, names: Iterable[str]) -> dict[str, int]:
         new = [name for name in dict.fromkeys(names) if name not in self._client_ids]
         if new:
-            # This transaction holds the write lock, so the next ids are ours to hand out. (A
-            # failed write rolls them back; the collector then reloads this map from the database.)
+            # (A failed write rolls them back; the collector then reloads this map.)
             c = schema.clients
-            first = _next_id(conn, "clients")
-            ids = range(first, first + len(new))
+            ids = engines.next_ids(conn, "clients", len(new))
             host = self._host
             rows = [
                 (cid, name, host, now, now, False, 0, 0) for cid, name in zip(ids, new, strict=True)
@@ -224,11 +223,10 @@ class Store:
     def _write_sessions(self, conn: Connection, poll: PollWrite, ids: Mapping[str, int]) -> None:
         s = schema.sessions
         if poll.opened:
-            # This transaction holds the write lock, so the next ids are ours to hand out: no
-            # reading them back after the insert.
-            next_id = _next_id(conn, "sessions")
+            # ids taken before the insert: no reading them back after it
+            new_ids = engines.next_ids(conn, "sessions", len(poll.opened))
             rows = []
-            for row_id, st in enumerate(poll.opened, next_id):
+            for row_id, st in zip(new_ids, poll.opened, strict=True):
                 st.row_id = row_id
                 rows.append(
                     (
@@ -417,13 +415,6 @@ def _session_state(row: Any) -> SessionState:
         since_text=str(row["connected_since"]),
         row_id=row["id"],
     )
-
-
-def _next_id(conn: Connection, table: str) -> int:
-    """The next free ``id`` of ``table`` (this transaction holds the write lock). Plain SQL: a
-    Core select() costs ten times as much to build and compile, on every poll that opens a
-    session."""
-    return int(conn.exec_driver_sql(f"SELECT max(id) FROM {table}").scalar() or 0) + 1
 
 
 def _chunks(items: list[_T], size: int) -> Iterable[list[_T]]:

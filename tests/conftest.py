@@ -65,12 +65,12 @@ def insert_client(
 
         # on the host a Store made without a name writes as (this machine's)
         values["host_id"] = meta.register_host(conn, default_host(), seen)
-        if id is None:  # the collector hands out ids itself (PostgreSQL's sequence never moves)
-            from sqlalchemy import func, select
+        from ovpnmon_common.storage import engines, postgres
 
-            id = (conn.execute(select(func.max(schema.clients.c.id))).scalar() or 0) + 1
-        values["id"] = id
+        values["id"] = id if id is not None else engines.next_ids(conn, "clients", 1)[0]
         conn.execute(schema.clients.insert().values(**values))
+        if id is not None and engine.dialect.name == "postgresql":
+            postgres.advance_sequences(conn, ("clients",))  # as copy-to does after its rows
 
 
 @pytest.fixture

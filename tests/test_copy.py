@@ -120,6 +120,15 @@ def test_a_history_copied_into_postgresql_is_the_same_to_the_byte(tmp_path, url)
     assert every_row(url) == every_row(source) != rows
     poller.close()
 
+    # the collector that takes over there takes new ids past the copied ones (its sequences)
+    copied = every_row(url)
+    target = engines.writer_engine(url)
+    with target.begin() as conn:
+        for table in ("clients", "sessions"):
+            highest = max(r[0] for r in copied[table])
+            assert engines.next_ids(conn, table, 2)[0] > highest, table
+    target.dispose()
+
 
 def test_a_target_with_another_history_is_refused_and_left_alone(tmp_path, url):
     source = str(tmp_path / "ovpnmon.db")

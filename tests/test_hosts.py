@@ -207,3 +207,89 @@ def test_a_schema_3_database_becomes_host_1_and_carries_on_exactly(engine, db_pa
     with engine.connect() as conn:
         assert lifetime_totals(conn) == {"alice": (350, 35, True), "bob": (10, 10, False)}
     poller.close()
+
+
+def test_two_collectors_racing_rollups_build_tiers_equal_to_the_raw_sums(db_path, tmp_path):
+    """Two hosts' collectors, each with its own engine (as two processes), poll at once and
+    each runs the rollups between its polls: whichever runs them, while the other's poll is
+    in flight or late for a bucket the first already closed, every tier equals the raw sums
+    of its buckets, and every byte is counted once."""
+    import threading
+
+    from sqlalchemy import func, select
+
+    from ovpnmon_collector import rollup
+    from ovpnmon_common import meta
+    from ovpnmon_common.storage.engines import writer_engine
+    from ovpnmon_common.tiers import ROLLUPS, source_of, sql_align
+    from ovpnmon_common.totals import lifetime_totals
+
+    step, polls = 120, 45
+    writers = [writer_engine(db_path), writer_engine(db_path)]
+    from ovpnmon_common.storage.migrations import init_db
+
+    init_db(writers[0])
+    hosts = [
+        StatusPoller(writers[0], tmp_path, T0, step=step, host="vpn1"),
+        StatusPoller(writers[1], tmp_path, T0 + 37, step=step, host="vpn2"),
+    ]
+    errors: list[BaseException] = []
+
+    def run(index: int) -> None:
+        poller, engine = hosts[index], writers[index]
+        try:
+            for n in range(1, polls + 1):
+                poller.poll(
+                    row("alice", 1, SINCE, 1000 * n + index, 10 * n),
+                    row(f"only-{index}", 2, SINCE, 7 * n, 3 * n),
+                )
+                rollup.catch_up(engine, int(poller.clock.wall))
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    end = max(int(h.clock.wall) for h in hosts)
+    rollup.catch_up(writers[0], end)
+
+    growth = polls - 1  # the first poll of each host counts nothing
+    with writers[0].connect() as conn:
+        assert lifetime_totals(conn) == {
+            "alice": (2000 * growth, 20 * growth, True),
+            "only-0": (7 * growth, 3 * growth, True),
+            "only-1": (7 * growth, 3 * growth, True),
+        }
+        marks = meta.watermarks(conn)
+        checked = 0
+        for tier in ROLLUPS:
+            raw = source_of(tier)
+            while not raw.raw:
+                raw = source_of(raw)
+            key = raw.table.c.client_id if tier.per_client else raw.table.c.host_id
+            bucket = sql_align(raw.time, tier.width).label("bucket")
+            mark = marks.get(tier.name)
+            if mark is None:  # no bucket of it closed yet
+                continue
+            expected = conn.execute(
+                select(key, bucket, func.sum(raw.table.c.bytes_received), func.count())
+                .where(raw.time < mark)
+                .group_by(key, bucket)
+            ).all()
+            table = tier.table
+            stored_key = table.c.client_id if tier.per_client else table.c.host_id
+            stored = conn.execute(
+                select(stored_key, table.c.bucket, table.c.bytes_received, table.c.samples).where(
+                    table.c.bucket < mark
+                )
+            ).all()
+            assert sorted(map(tuple, stored)) == sorted(map(tuple, expected)), tier.name
+            checked += len(expected)
+        assert checked > 0
+    for poller in hosts:
+        poller.close()
+    for engine in writers:
+        engine.dispose()

@@ -21,7 +21,7 @@ from ovpnmon_api.app import create_app
 from ovpnmon_collector.cli import cli
 from ovpnmon_collector.lock import PostgresLock, WriterBusy
 from ovpnmon_common import meta, schema
-from ovpnmon_common.config import Config
+from ovpnmon_common.config import Config, default_host
 from ovpnmon_common.storage import engines, migrations, postgres
 from ovpnmon_common.totals import lifetime_totals
 from ovpnmon_demo.simulator import render_status
@@ -171,7 +171,7 @@ def test_the_cli_on_postgresql(url, tmp_path):
     assert "s3cret" not in result.stderr
 
     # one writer at a time: another collector holds the lock
-    holder = PostgresLock(url, "run")
+    holder = PostgresLock(url, "run", default_host())  # the host the CLI's config names
     holder.acquire()
     try:
         result = runner.invoke(cli, ["poll-once", "--config", config])
@@ -197,23 +197,37 @@ def test_an_unreachable_server_is_one_line(tmp_path):
 
 def test_the_writer_lock_is_taken_again_after_the_server_restarts(own_cluster):
     url = own_cluster.database()
-    lock = PostgresLock(url, "run")
+    lock = PostgresLock(url, "run", "vpn1")
     lock.acquire()
     own_cluster.halt()
     lock.ensure()  # unreachable: nobody writes through it; taken again next time
     own_cluster.start()
     lock.ensure()
-    other = PostgresLock(url, "poll-once")
-    with pytest.raises(WriterBusy, match="holds the writer lock"):
+    other = PostgresLock(url, "poll-once", "vpn1")
+    with pytest.raises(WriterBusy, match="holds the writer lock of host vpn1"):
         other.acquire()
     lock.release()
     other.acquire()
     other.release()
 
 
+def test_each_host_has_its_own_writer_lock(url):
+    """Collectors of several hosts write one database at once; two of one host may not."""
+    one, two = PostgresLock(url, "run", "vpn1"), PostgresLock(url, "run", "vpn2")
+    one.acquire()
+    two.acquire()
+    try:
+        with pytest.raises(WriterBusy, match=r"host vpn2 in .*: two collectors of one host"):
+            PostgresLock(url, "poll-once", "vpn2").acquire()
+    finally:
+        one.release()
+        two.release()
+
+
 def test_the_lock_key_is_stable():
     # a new version of ovpnmon must find the lock an older one holds
     assert postgres.lock_key("collector") == 3963223351
+    assert postgres.lock_key("collector vpn1") == 161136905
 
 
 def test_the_roles_of_the_deploy_guide(own_cluster, tmp_path):

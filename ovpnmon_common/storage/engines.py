@@ -61,6 +61,26 @@ def writer_engine(path: str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Engin
     return engine
 
 
+def hold_tiers(conn: Connection, *, shared: bool) -> None:
+    """Between several writers of one database: a poll (``shared``) and a rollup or retention
+    transaction (alone) never overlap, so a rollup never sums a bucket while a poll is adding
+    to it, and a poll sees the watermark a rollup moved before deciding which tiers it is late
+    for. On SQLite a writer's transaction already holds the whole database."""
+    if conn.dialect.name == "postgresql":
+        postgres.hold(conn, postgres.TIERS, shared=shared)
+
+
+def next_ids(conn: Connection, table: str, count: int) -> list[int]:
+    """``count`` new ids of ``table`` (``clients``, ``sessions``) for a writer to insert with:
+    from its sequence on PostgreSQL, where several collectors insert at once; after the highest
+    on SQLite, whose writer holds the whole database. Plain SQL: a Core select() costs ten times
+    as much to build and compile, on every poll that opens a session."""
+    if conn.dialect.name == "postgresql":
+        return postgres.next_ids(conn, table, count)
+    first = int(conn.exec_driver_sql(f"SELECT max(id) FROM {table}").scalar() or 0) + 1
+    return list(range(first, first + count))
+
+
 def close_writer(engine: Engine) -> None:
     """Leave the file readable by a read-only reader once the writer is gone.
 

@@ -23,7 +23,7 @@ from sqlalchemy.schema import CreateTable
 
 from ovpnmon_common import meta, schema
 from ovpnmon_common.config import default_host
-from ovpnmon_common.storage import DatabaseError, describe_error
+from ovpnmon_common.storage import DatabaseError, describe_error, postgres
 from ovpnmon_common.storage.location import describe
 from ovpnmon_common.tiers import TIERS, built_on
 
@@ -148,8 +148,10 @@ def _to_version_4(conn: Connection, host: str) -> None:
             else None,
         )
     )
-    if conn.dialect.name == "postgresql":  # the next host registered takes id 2
-        conn.exec_driver_sql("SELECT setval(pg_get_serial_sequence('hosts', 'id'), 1)")
+    if conn.dialect.name == "postgresql":
+        # ids written by hand until now (one collector took max(id) + 1): several collectors
+        # take them from the sequences from here on
+        postgres.advance_sequences(conn, ("hosts", "clients", "sessions"))
     sources: dict[str, dict[str, Any]] = {}
     for key, value in entries.items():
         kind, _, rest = key.partition(".")
@@ -249,6 +251,8 @@ def init_db(engine: Engine, host: str | None = None) -> tuple[int | None, int]:
             conn.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")  # type: ignore[union-attr]
         try:
             with conn.begin():
+                if not sqlite:  # two collectors starting at once: one creates, one waits
+                    postgres.hold(conn, postgres.SCHEMA)
                 before = schema_version(conn)
                 if before is not None and before > schema.SCHEMA_VERSION:
                     raise DatabaseError(

@@ -147,6 +147,40 @@ def lock_key(name: str) -> int:
     return zlib.crc32(f"ovpnmon writer {name}".encode())
 
 
+# Transaction-level advisory locks between the writers of one database (several collectors):
+# polls hold TIERS shared, rollup and retention hold it alone (``engines.hold_tiers``);
+# creating or upgrading the schema holds SCHEMA.
+TIERS = lock_key("tiers")
+SCHEMA = lock_key("schema")
+
+
+def hold(conn: Connection, key: int, *, shared: bool = False) -> None:
+    """Take the transaction-level advisory lock ``key`` (waits; ``lock_timeout`` applies)."""
+    kind = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+    conn.exec_driver_sql(f"SELECT {kind}({int(key)})")
+
+
+def next_ids(conn: Connection, table: str, count: int) -> list[int]:
+    """``count`` new ids of ``table`` from its sequence: unique whoever else takes some."""
+    return list(
+        conn.exec_driver_sql(
+            f"SELECT nextval(pg_get_serial_sequence('{table}', 'id')) "
+            f"FROM generate_series(1, {int(count)})"
+        ).scalars()
+    )
+
+
+def advance_sequences(conn: Connection, tables: tuple[str, ...]) -> None:
+    """Move each table's id sequence past its highest id (rows written with ids of their own:
+    an upgrade, a copy), never back: ``nextval`` hands out no value twice."""
+    for table in tables:
+        sequence = f"pg_get_serial_sequence('{table}', 'id')"
+        conn.exec_driver_sql(
+            f"SELECT setval({sequence}, GREATEST((SELECT coalesce(max(id), 0) FROM {table}), "
+            f"nextval({sequence})))"
+        )
+
+
 class AdvisoryLock:
     """A session-level advisory lock on its own connection: held until ``release`` or until the
     connection ends (a collector killed in any way gives it back)."""
