@@ -68,9 +68,8 @@ def all_sources_ok(dbfile: Path, names) -> bool:
     engine = engines.reader_engine(str(dbfile))
     try:
         with engine.connect() as conn:
-            return all(
-                '"state": "ok"' in (meta.get(conn, f"source.{name}.health") or "") for name in names
-            )
+            sources = meta.read_status(conn).sources
+            return all(sources.get(name, {}).get("state") == "ok" for name in names)
     finally:
         engine.dispose()
 
