@@ -15,6 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from ovpnmon_collector.collector import Collector
 from ovpnmon_collector.lock import PostgresLock, WriterBusy, WriterLock, writer_lock
 from ovpnmon_collector.sources import build_source
+from ovpnmon_collector.spool import Spool
 from ovpnmon_collector.store import Store
 from ovpnmon_common import __version__
 from ovpnmon_common.cliutil import CONTEXT_SETTINGS, ensure_parent_dir
@@ -115,11 +116,15 @@ def check_sources(config: Config) -> None:
 def build_collector(config: Config, engine: Engine) -> Collector:
     """The collector ``run`` and ``poll-once`` poll with."""
     check_sources(config)
+    spool = None
+    if config.spool_mb:
+        spool = Spool(config.spool_directory(), config.spool_mb * 1024 * 1024)
     return Collector(
         Store(engine, config.host),
         [build_source(s) for s in config.sources],
         interval=config.interval,
         stale_after={s.name: s.stale_after for s in config.sources},
+        spool=spool,
     )
 
 

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from ovpnmon_collector.accounting import (
     SessionId,
@@ -35,6 +35,7 @@ from ovpnmon_collector.clock import SYSTEM_CLOCK, Clock
 from ovpnmon_collector.parser import parse_status
 from ovpnmon_collector.snapshot import Snapshot, StatusError
 from ovpnmon_collector.sources import Source, SourceError
+from ovpnmon_collector.spool import Spool, SpooledPoll
 from ovpnmon_collector.store import PollWrite, Store
 from ovpnmon_common.formatting import format_timestamp
 from ovpnmon_common.storage import describe_error
@@ -43,6 +44,7 @@ log = logging.getLogger("ovpnmon.collector")
 
 # At most this many oddities are remembered as logged (then they may be logged again).
 ODDITIES_REMEMBERED = 100_000
+DATABASE_FAILED = "database write failed, will retry next poll: "
 
 
 @dataclass
@@ -57,6 +59,7 @@ class PollSummary:
     clients: int = 0
     sessions: int = 0
     error: str | None = None
+    spooled: int = 0  # polls kept in the spool for when the database is back
 
 
 class SourceReader:
@@ -131,8 +134,10 @@ class Collector:
         stale_after: dict[str, int] | None = None,
         clock: Clock | None = None,
         read_wait: float | None = None,
+        spool: Spool | None = None,
     ) -> None:
         self.store = store
+        self.spool = spool
         self.sources = list(sources)
         self.interval = interval
         self.stale_after = stale_after or {}
@@ -142,7 +147,9 @@ class Collector:
         self._readers = {source.name: SourceReader(source) for source in self.sources}
         self._state: dict[str, dict[SessionId, SessionState]] | None = None
         self._first_watched: dict[str, int] = {}
-        self._last_poll: float | None = None
+        # when the last poll read its sources (stored or spooled): the next one's interval
+        self._last_read: float | None = None
+        self._failure: DBAPIError | None = None  # the last database error
         self._last_duration: float | None = None  # of the last stored poll, stored by the next
         self._health: dict[str, dict[str, Any]] = {}
         self._told: set[tuple[str, str, SessionId]] = set()
@@ -164,7 +171,7 @@ class Collector:
                 log.exception("poll failed unexpectedly")
             self._health["poll"] = {"state": "error", "message": summary.error}
             self._state = None
-            self._last_poll = None
+            self._last_read = None
             return summary
         finally:
             if paused:
@@ -174,6 +181,83 @@ class Collector:
         now = int(self.clock.time())
         mono = self.clock.monotonic()
         summary = PollSummary(ts=now)
+        reads = self._read_all(summary)
+        interval = mono - self._last_read if self._last_read is not None else 0.0
+        self._last_read = mono
+        if self.spool is not None and len(self.spool):
+            failed = self._replay()
+            if failed is not None:  # the database is still away: this poll waits too
+                summary.error = failed
+                return self._keep(summary, reads, interval)
+        stored = self._store(summary, now, mono, interval, reads)
+        if stored.error is not None and stored.error.startswith(DATABASE_FAILED):
+            return self._keep(stored, reads, interval)
+        return stored
+
+    def _replay(self) -> str | None:
+        """Write the spooled polls, oldest first, each with its own time; stop at the first
+        that cannot be written (its error is returned; it and the rest stay spooled)."""
+        assert self.spool is not None
+        by_name = {source.name: source for source in self.sources}
+        written = 0
+        for name in self.spool.names():
+            kept = self.spool.load(name)
+            if kept is None:
+                continue
+            summary = PollSummary(ts=kept.ts)
+            reads: list[tuple[Source, str | SourceError]] = [
+                (by_name[n], text) for n, text in kept.texts.items() if n in by_name
+            ]
+            reads += [(by_name[n], SourceError(e)) for n, e in kept.errors.items() if n in by_name]
+            done = self._store(summary, kept.ts, None, kept.interval, reads)
+            if not done.stored and not isinstance(
+                self._failure, (OperationalError, InterfaceError)
+            ):
+                # the database answered and refused this poll: set it aside, never retry it
+                # forever (each later poll would wait behind it)
+                log.error("spooled poll %s refused by the database: set aside", name)
+                self.spool.set_aside(name)
+                continue
+            if not done.stored:
+                if written:
+                    log.info("wrote %d spooled polls; %d left", written, len(self.spool))
+                return done.error or "a spooled poll could not be written"
+            self.spool.remove(name)
+            written += 1
+        if written:
+            log.info("wrote %d spooled polls: the outage is in the history, exactly", written)
+        return None
+
+    def _keep(
+        self, summary: PollSummary, reads: list[tuple[Source, str | SourceError]], interval: float
+    ) -> PollSummary:
+        """Spool what this poll read, for when the database is back (without a spool, or if
+        it cannot be written, the next stored poll counts the bytes of sessions still open)."""
+        if self.spool is None:
+            self._last_read = None
+            return summary
+        texts = {s.name: t for s, t in reads if not isinstance(t, SourceError)}
+        errors = {s.name: str(t) for s, t in reads if isinstance(t, SourceError)}
+        try:
+            self.spool.add(SpooledPoll(summary.ts, interval, texts, errors))
+        except OSError as exc:
+            self._last_read = None
+            summary.error = f"{summary.error}; and the poll could not be spooled: {exc}"
+            return summary
+        summary.spooled = len(self.spool)
+        summary.error = f"{summary.error} (kept in the spool: {summary.spooled} polls)"
+        return summary
+
+    def _store(
+        self,
+        summary: PollSummary,
+        now: int,
+        mono: float | None,
+        interval: float,
+        reads: list[tuple[Source, str | SourceError]],
+    ) -> PollSummary:
+        """Account ``reads`` (the sources' texts of the poll at ``now``) and write them in one
+        transaction. ``mono``: when the poll began (None for a spooled poll)."""
         try:
             if self._state is None:
                 self._state = self.store.load_open_sessions(now)
@@ -187,7 +271,7 @@ class Collector:
         changed_health: dict[str, dict[str, Any]] = {}
         results: list[tuple[Source, SourceDelta]] = []
         reopened: list[tuple[SessionState, int, int]] = []
-        for source, text in self._read_all(summary):
+        for source, text in reads:
             try:
                 if isinstance(text, SourceError):
                     raise text
@@ -222,7 +306,7 @@ class Collector:
             active.update(st.common_name for st in new_state[name].values())
         write = PollWrite(
             ts=now,
-            interval=mono - self._last_poll if self._last_poll is not None else 0.0,
+            interval=interval,
             configured_interval=self.interval,
             clients=clients,
             opened=[st for _, d in results for st in d.opened],
@@ -250,8 +334,8 @@ class Collector:
             )
         self._report([(source.name, delta) for source, delta in results])
         self._state = new_state
-        self._last_poll = mono
-        self._last_duration = self.clock.monotonic() - mono
+        if mono is not None:
+            self._last_duration = self.clock.monotonic() - mono
         summary.stored = True
         summary.clients = len(active)
         summary.sessions = sum(len(s) for s in new_state.values())
@@ -390,9 +474,9 @@ class Collector:
 
     def _database_failed(self, summary: PollSummary, exc: DBAPIError) -> PollSummary:
         message = describe_error(exc)
-        summary.error = f"database write failed, will retry next poll: {message}"
+        self._failure = exc
+        summary.error = f"{DATABASE_FAILED}{message}"
         self._set_health("database", "error", summary.error, summary.ts, {})
         # Drop what this poll accounted: the next poll starts again from what is committed.
         self._state = None
-        self._last_poll = None
         return summary

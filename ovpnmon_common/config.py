@@ -100,12 +100,26 @@ class Config:
     interval: int = 10
     # the collector's name in a fleet ([collector] host): what ?host= and /hosts call it
     host: str = field(default_factory=lambda: default_host())
+    # the outage spool ([collector] spool_dir, spool_mb; ovpnmon_collector.spool): None is the
+    # default place (spool_directory); 0 MiB turns it off
+    spool_dir: str | None = None
+    spool_mb: int = 256
     sources: tuple[SourceConfig, ...] = ()
     certificate_paths: tuple[str, ...] = ()
     crl: str | None = None
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     quota: QuotaConfig = field(default_factory=QuotaConfig)
+
+    def spool_directory(self) -> str:
+        """Where the collector keeps polls the database could not take: ``spool_dir``, or
+        beside a SQLite file (``<file>.spool``), or ``/var/lib/ovpnmon/spool`` for a database
+        elsewhere (the collector unit's state directory)."""
+        if self.spool_dir:
+            return self.spool_dir
+        if location.is_postgres(self.database):
+            return os.path.join(os.path.dirname(DEFAULT_DB_PATH), "spool")
+        return f"{self.database}.spool"
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some fields changed (the CLI's ``--db``)."""
@@ -294,7 +308,12 @@ _Parsers = Mapping[str, Callable[[str], Any]]
 _QUOTA_KEYS: _Parsers = {"monthly": _size}  # [quota] and each [quota:COMMON NAME]
 _SECTIONS: dict[str, _Parsers] = {
     "database": {"path": _path, "url": location.parse_url},
-    "collector": {"interval": _int_between(1, 3600), "host": _host},
+    "collector": {
+        "interval": _int_between(1, 3600),
+        "host": _host,
+        "spool_dir": _path,
+        "spool_mb": _int_between(0, 1_048_576),
+    },
     "certificates": {"paths": _list, "crl": _path},
     "retention": {
         "raw_days": _int_between(0, 36500),
@@ -398,6 +417,8 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         database=_database(values.get("database", {}), path),
         interval=values.get("collector", {}).get("interval", 10),
         host=values.get("collector", {}).get("host") or default_host(),
+        spool_dir=values.get("collector", {}).get("spool_dir"),
+        spool_mb=values.get("collector", {}).get("spool_mb", 256),
         sources=tuple(sources),
         certificate_paths=certs.get("paths", ()),
         crl=certs.get("crl"),

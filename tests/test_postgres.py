@@ -147,6 +147,28 @@ def test_the_collector_loses_nothing_while_the_server_is_down(own_cluster, tmp_p
     writer.dispose()
 
 
+def test_a_server_stopped_for_1000_seconds_loses_nothing(own_cluster, tmp_path):
+    """Issue 18's outage: PostgreSQL stopped for 100 polls (1,000 s), sessions opening and
+    closing meanwhile, the collector restarted halfway; when the server is back the spooled
+    polls are written in order and the history is the one a run without an outage stores."""
+    from test_spool import history, run
+
+    reference = own_cluster.database()
+    run(reference, tmp_path / "reference", 130)
+    url = own_cluster.database()
+    spool = run(
+        url,
+        tmp_path,
+        130,
+        outage=range(10, 110),
+        restart_at=60,
+        down=own_cluster.halt,
+        up=own_cluster.start,
+    )
+    assert len(spool) == 0
+    assert history(url) == history(reference)
+
+
 def test_the_cli_on_postgresql(url, tmp_path):
     runner = CliRunner()
     status = alice_status_file(tmp_path)
