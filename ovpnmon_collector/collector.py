@@ -246,6 +246,11 @@ class Collector:
             return summary
         summary.spooled = len(self.spool)
         summary.error = f"{summary.error} (kept in the spool: {summary.spooled} polls)"
+        if summary.spooled == 1:
+            log.warning(
+                "database: keeping each poll in the spool (%s) until it can be written",
+                self.spool.directory,
+            )
         return summary
 
     def _store(
