@@ -9,12 +9,14 @@ import logging
 import time
 
 import click
+from sqlalchemy import Engine, select
 
 from ovpnmon_collector import backup, certs, copy, prune, rollup
 from ovpnmon_collector.cli_common import cli, locked, open_writer, wait_option, writing
 from ovpnmon_collector.info import database_info, render_info
+from ovpnmon_common import schema
 from ovpnmon_common.cliutil import config_options, load
-from ovpnmon_common.config import Config
+from ovpnmon_common.config import Config, parse_host
 from ovpnmon_common.files import describe_size
 from ovpnmon_common.formatting import format_timestamp, parse_timestamp
 from ovpnmon_common.storage import DatabaseError, location
@@ -244,20 +246,31 @@ def _describe(facts: backup.Facts) -> str:
 @cli.command("copy-to")
 @config_options
 @click.argument("target", metavar="URL")
+@click.option(
+    "--host",
+    "host_name",
+    metavar="NAME",
+    help="File the history under this host name in the target [default: the name it has].",
+)
 @wait_option
-def copy_to_command(config_path: str | None, db_path: str | None, target: str, wait: float) -> None:
-    """Copy the whole history into another database, exactly: a SQLite file into PostgreSQL.
+def copy_to_command(
+    config_path: str | None, db_path: str | None, target: str, host_name: str | None, wait: float
+) -> None:
+    """Copy the whole history into another database, exactly: a SQLite file into PostgreSQL,
+    also into a fleet's database that other hosts write.
 
-    Every table is copied with its keys, in batches, each an upsert: run it again to finish a
-    copy that stopped half-way, or to take what was polled since; nothing is ever copied twice.
-    A target holding another history is refused. Rows and byte sums of every table are
-    compared at the end. Refused while a collector writes either database: stop it, copy, point
+    Every table is copied in batches, each an upsert: run it again to finish a copy that
+    stopped half-way, or to take what was polled since; nothing is ever copied twice. Clients
+    and sessions take the target's ids. A target whose host of that name holds another history
+    is refused. Rows and byte sums of every table are compared at the end. Refused while a
+    collector writes the source, or writes the target as that host: stop it, copy, point
     [database] at the target, start it.
 
     \b
     Example:
       systemctl stop ovpnmon-collector
-      ovpnmon-collector copy-to 'postgresql://ovpnmon_collector@db.example.org/ovpnmon'
+      ovpnmon-collector copy-to 'postgresql://ovpnmon_collector@db.example.org/ovpnmon' \\
+          --host vpn1.example.org
     """
     config = load(config_path, db_path)
     try:
@@ -266,14 +279,20 @@ def copy_to_command(config_path: str | None, db_path: str | None, target: str, w
         raise click.BadParameter(str(exc), param_hint="URL") from None
     if destination == config.database:
         raise click.BadParameter("the target is the database itself", param_hint="URL")
+    if host_name is not None:
+        try:
+            host_name = parse_host(host_name)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--host") from None
     source = reader_engine(config.database)
     try:
         check_schema(source, config.database)
+        there = config.replace(database=destination, host=host_name or source_host(source, config))
         with (
             locked(config, "copy-to", wait),
-            writing(config.replace(database=destination), "copy-to", wait) as (engine, _),
+            writing(there, "copy-to", wait) as (engine, _),
         ):
-            report = copy.copy(source, engine)
+            report = copy.copy(source, engine, host_name)
     except (DatabaseError, copy.CopyError) as exc:
         raise click.ClickException(str(exc)) from None
     finally:
@@ -285,6 +304,14 @@ def copy_to_command(config_path: str | None, db_path: str | None, target: str, w
     if not report.equal:
         raise click.ClickException("the target differs from the source (above); run it again")
     click.echo(f"copied {describe(config.database)} into {describe(destination)}")
+
+
+def source_host(engine: Engine, config: Config) -> str:
+    """The name the copy files the source's history under (the target's writer lock is that
+    host's): its one host's, or this collector's when it has none or several."""
+    with engine.connect() as conn:
+        names = list(conn.execute(select(schema.hosts.c.name)).scalars())
+    return names[0] if len(names) == 1 else config.host
 
 
 @cli.command("info")

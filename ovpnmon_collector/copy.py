@@ -1,30 +1,36 @@
 """``ovpnmon-collector copy-to URL``: a whole history, exactly, into another database — a
-SQLite file into PostgreSQL when a host moves to it.
+SQLite file into PostgreSQL when a host moves to it, into a fleet's database that other hosts
+already write, under a host name (``--host``).
 
-Every table is copied as it is, keys included, from one read snapshot of the source (consistent
-even while a collector writes it), in key order and in batches of ``BATCH`` rows, each batch an
-upsert by primary key in a transaction of its own: a copy that stopped half-way is finished by
-running it again, and a copy run twice leaves the same rows, never two. ``meta`` comes last
-(schema version, watermarks, how far prune went, when each source was first watched), so the
-target says it is complete only once everything else is in it. A target that holds another
-history (a client id naming another common name, a session key on another id) is refused before
-anything is written. Afterwards the rows and byte sums of every table are compared.
+Everything is read from one snapshot of the source (consistent even while a collector writes
+it) and written in batches of ``BATCH`` rows, each an upsert in a transaction of its own, so a
+copy that stopped half-way is finished by running it again and a copy run twice leaves the same
+rows, never two. The source's hosts become hosts of the target by name; its clients and sessions
+take the target's ids (the ones they already have there, on a second run; new ones from the
+target's sequences otherwise, in the source's order, so a copy into an empty database keeps
+every id), and every row that names them (raw samples, tiers, the packed counters of open
+sessions) is written with the target's. ``meta`` comes last: a tier the target has already
+built further than the source had gets the copied host's buckets in between built from the
+copied finer data, and how far prune went is the later of the two. A target whose host of the
+same name holds sessions the source does not (another history) is refused before anything is
+written. Afterwards the rows and byte sums of every table are compared, the copied hosts' part
+of the target against the source.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, func, select
 
-from ovpnmon_common import schema
-from ovpnmon_common.storage import postgres, statements
+from ovpnmon_collector import rollup
+from ovpnmon_common import counters, meta, schema
+from ovpnmon_common.storage import engines, postgres, statements
+from ovpnmon_common.tiers import ROLLUPS
 
 BATCH = 10_000
-
-# the last table copied: it says what the rest holds
-_LAST = schema.meta.name
 
 
 class CopyError(Exception):
@@ -55,81 +61,260 @@ class CopyReport:
         return all(t.equal for t in self.tables)
 
 
-def _tables() -> list[Table]:
-    ordered = [t for t in schema.metadata.sorted_tables if t.name != _LAST]
-    return [*ordered, schema.meta]
+# the tables copied row for row with ids mapped, in this order (hosts, sessions' packed counters
+# and meta have their own steps)
+_PLAIN = (
+    schema.sources,
+    schema.clients,
+    schema.sessions,
+    schema.usage_history,
+    schema.global_history,
+    schema.stats_15min,
+    schema.stats_hourly,
+    schema.stats_6h,
+    schema.stats_daily,
+    schema.global_15min,
+    schema.certificates,
+)
 
 
 def _byte_columns(table: Table) -> list[str]:
-    return [c.name for c in table.columns if c.name.startswith(("bytes_", "closed_"))]
+    return [
+        c.name
+        for c in table.columns
+        if c.name.startswith("bytes_") or c.name in ("closed_received", "closed_sent")
+    ]
 
 
-def _facts(conn: Connection, table: Table) -> tuple[int, tuple[int, ...]]:
+def _facts(
+    conn: Connection, table: Table, hosts: list[int] | None, before: int | None = None
+) -> tuple[int, tuple[int, ...]]:
+    """Rows and byte sums of ``table`` (of ``hosts`` only, if given; of the buckets before
+    ``before`` only, if given)."""
     columns = _byte_columns(table)
-    row = conn.execute(
-        select(func.count(), *(statements.total(table.c[c]) for c in columns)).select_from(table)
-    ).one()
+    query = select(func.count(), *(statements.total(table.c[c]) for c in columns))
+    query = query.select_from(table)
+    if before is not None:
+        query = query.where(table.c.bucket < before)
+    if hosts is not None:
+        if "host_id" in table.c:
+            query = query.where(table.c.host_id.in_(hosts))
+        elif "client_id" in table.c:
+            c = schema.clients
+            query = query.where(table.c.client_id.in_(select(c.c.id).where(c.c.host_id.in_(hosts))))
+        elif table is schema.hosts:
+            query = query.where(table.c.id.in_(hosts))
+    row = conn.execute(query).one()
     return int(row[0]), tuple(int(v or 0) for v in row[1:])
 
 
-def _check_same_history(source: Connection, target: Connection) -> None:
-    """Refuse a target whose clients or sessions are not the source's under the same ids."""
-    c, s = schema.clients, schema.sessions
-    theirs = dict(target.execute(select(c.c.id, c.c.common_name)).all())
-    if theirs:
-        ours = dict(source.execute(select(c.c.id, c.c.common_name)).all())
-        for cid, name in theirs.items():
-            if ours.get(cid, name) != name:
-                raise CopyError(
-                    f"the target holds another history: its client {cid} is {name!r}, the "
-                    f"source's is {ours[cid]!r}; copy into an empty database"
-                )
-    key = (s.c.source, s.c.session_key, s.c.connected_since)
-    theirs_sessions = {tuple(r[1:]): r[0] for r in target.execute(select(s.c.id, *key)).all()}
-    if theirs_sessions:
-        for row in source.execute(select(s.c.id, *key)):
-            found = theirs_sessions.get(tuple(row[1:]))
-            if found is not None and found != row[0]:
-                raise CopyError(
-                    f"the target holds another history: session {tuple(row[1:])} is its "
-                    f"{found}, the source's {row[0]}; copy into an empty database"
-                )
-
-
-def _batches(conn: Connection, table: Table) -> Iterator[list[tuple]]:
+def _batches(conn: Connection, table: Table) -> Iterator[list[tuple[Any, ...]]]:
     keys = list(table.primary_key.columns)
     result = conn.execution_options(yield_per=BATCH).execute(select(table).order_by(*keys))
     for part in result.partitions(BATCH):
         yield [tuple(row) for row in part]
 
 
+class _Ids:
+    """Source ids -> target ids of hosts, clients and sessions."""
+
+    def __init__(self) -> None:
+        self.hosts: dict[int, int] = {}
+        self.clients: dict[int, int] = {}
+        self.sessions: dict[int, int] = {}
+
+    def column(self, name: str) -> Mapping[int, int] | None:
+        return {"host_id": self.hosts, "client_id": self.clients}.get(name)
+
+
 def copy(
-    source: Engine, target: Engine, progress: Callable[[str, int], None] = lambda t, n: None
+    source: Engine,
+    target: Engine,
+    host: str | None = None,
+    progress: Callable[[str, int], None] = lambda t, n: None,
 ) -> CopyReport:
-    """Copy every table of ``source`` into ``target`` (its schema already made, at the same
-    version); ``progress(table, rows so far)`` after each batch. Raises ``CopyError`` for a
-    target holding another history."""
+    """Copy the history in ``source`` into ``target`` (its schema already made, at the same
+    version), its hosts under their own names or, with one host, under ``host``;
+    ``progress(table, rows so far)`` after each batch. Raises ``CopyError`` for a target whose
+    host of that name holds another history."""
     report = CopyReport()
+    ids = _Ids()
     with source.connect() as read:  # one snapshot of the source for the whole copy
         with target.connect() as check:
-            _check_same_history(read, check)
-        for table in _tables():
-            columns = tuple(c.name for c in table.columns)
-            keys = [c.name for c in table.primary_key.columns]
-            done = 0
-            for rows in _batches(read, table):
-                with target.begin() as write:
-                    statements.upsert_tuples(write, table, columns, rows, keys)
-                done += len(rows)
-                progress(table.name, done)
+            fresh = check.execute(select(schema.hosts.c.id).limit(1)).first() is None
+        _copy_hosts(read, target, host, ids)
+        _map_clients(read, target, ids)
+        _map_sessions(read, target, ids)
+        for table in _PLAIN:
+            _copy_table(read, target, table, ids, progress)
+        _copy_counters(read, target, ids)
+        _merge_meta(read, target, ids, fresh)
+        copied = sorted(ids.hosts.values())
+        # a tier the copy filled in holds more buckets than the source: compared up to the
+        # source's watermark, where the source's were final
+        marks = {t.table.name: meta.watermarks(read).get(t.name) for t in ROLLUPS}
+        for table in (schema.hosts, *_PLAIN, schema.session_counters):
             entry = TableCopy(table.name)
-            entry.rows, entry.sums = _facts(read, table)
+            before = marks.get(table.name)
+            entry.rows, entry.sums = _facts(read, table, None, before)
             with target.connect() as check:
-                entry.target_rows, entry.target_sums = _facts(check, table)
+                entry.target_rows, entry.target_sums = _facts(check, table, copied, before)
             report.tables.append(entry)
     if target.dialect.name == "postgresql":
-        # the copied rows kept their ids: the collectors that write there next take theirs
-        # from the sequences, which must start after them
+        # the collectors that write there next take their ids from the sequences, which must
+        # start after the ones copied
         with target.begin() as write:
             postgres.advance_sequences(write, ("hosts", "clients", "sessions"))
     return report
+
+
+def _copy_hosts(read: Connection, target: Engine, host: str | None, ids: _Ids) -> None:
+    """Each source host as a host of the target (by name), refused if that host holds
+    sessions the source does not."""
+    hosts = read.execute(select(schema.hosts).order_by(schema.hosts.c.id)).mappings().all()
+    if host is not None and len(hosts) > 1:
+        names = ", ".join(h["name"] for h in hosts)
+        raise CopyError(f"the source holds {len(hosts)} hosts ({names}): --host names only one")
+    with target.begin() as write:
+        for row in hosts:
+            name = host or row["name"]
+            there = meta.register_host(write, name, row["first_seen"])
+            ours = _held(read, row["id"])
+            for what, theirs in _held(write, there).items():
+                extra = sorted(theirs - ours[what])
+                if extra:
+                    raise CopyError(
+                        f"the target holds another history for host {name!r}: its {what} "
+                        f"{extra[0]!r} is not in the source; copy under another --host, or "
+                        "into a database without that host"
+                    )
+            values = {k: row[k] for k in ("heartbeat", "interval", "poll_seconds")}
+            values["certificates_scanned_at"] = row["certificates_scanned_at"]
+            meta.put_host(write, there, **values)
+            ids.hosts[row["id"]] = there
+
+
+def _held(conn: Connection, host_id: int) -> dict[str, set[Any]]:
+    """A host's clients (common names) and sessions (their identities)."""
+    c, s = schema.clients, schema.sessions
+    key = (s.c.source, s.c.session_key, s.c.connected_since)
+    return {
+        "client": set(
+            conn.execute(select(c.c.common_name).where(c.c.host_id == host_id)).scalars()
+        ),
+        "session": {tuple(r) for r in conn.execute(select(*key).where(s.c.host_id == host_id))},
+    }
+
+
+def _map_clients(read: Connection, target: Engine, ids: _Ids) -> None:
+    c = schema.clients
+    with target.begin() as write:
+        there = {
+            (name, host): cid
+            for cid, name, host in write.execute(
+                select(c.c.id, c.c.common_name, c.c.host_id).where(
+                    c.c.host_id.in_(list(ids.hosts.values()))
+                )
+            )
+        }
+        rows = read.execute(select(c.c.id, c.c.common_name, c.c.host_id).order_by(c.c.id)).all()
+        new = [
+            (cid, name, host) for cid, name, host in rows if (name, ids.hosts[host]) not in there
+        ]
+        fresh = iter(engines.next_ids(write, "clients", len(new)) if new else [])
+        for cid, name, host in rows:
+            found = there.get((name, ids.hosts[host]))
+            ids.clients[cid] = found if found is not None else next(fresh)
+
+
+def _map_sessions(read: Connection, target: Engine, ids: _Ids) -> None:
+    s = schema.sessions
+    key = (s.c.host_id, s.c.source, s.c.session_key, s.c.connected_since)
+    with target.begin() as write:
+        there = {
+            tuple(r[1:]): r[0]
+            for r in write.execute(
+                select(s.c.id, *key).where(s.c.host_id.in_(list(ids.hosts.values())))
+            )
+        }
+        rows = read.execute(select(s.c.id, *key).order_by(s.c.id)).all()
+        mapped = [(r[0], (ids.hosts[r[1]], *r[2:])) for r in rows]
+        new = sum(1 for _, k in mapped if k not in there)
+        fresh = iter(engines.next_ids(write, "sessions", new) if new else [])
+        for sid, k in mapped:
+            found = there.get(k)
+            ids.sessions[sid] = found if found is not None else next(fresh)
+
+
+def _copy_table(
+    read: Connection,
+    target: Engine,
+    table: Table,
+    ids: _Ids,
+    progress: Callable[[str, int], None],
+) -> None:
+    columns = tuple(c.name for c in table.columns)
+    keys = [c.name for c in table.primary_key.columns]
+    maps = [(i, ids.column(name)) for i, name in enumerate(columns)]
+    if table is schema.clients:
+        maps.append((columns.index("id"), ids.clients))
+    elif table is schema.sessions:
+        maps.append((columns.index("id"), ids.sessions))
+    maps = [(i, m) for i, m in maps if m is not None]
+    done = 0
+    for rows in _batches(read, table):
+        out = []
+        for row in rows:
+            values = list(row)
+            for i, mapping in maps:
+                values[i] = mapping[values[i]]  # type: ignore[index]
+            out.append(tuple(values))
+        with target.begin() as write:
+            engines.hold_tiers(write, shared=True)  # as a poll: never beside a rollup
+            statements.upsert_tuples(write, table, columns, out, keys)
+        done += len(rows)
+        progress(table.name, done)
+
+
+def _copy_counters(read: Connection, target: Engine, ids: _Ids) -> None:
+    """Open sessions' packed counters, their session ids the target's."""
+    rows = []
+    for host, source, ts, data in read.execute(select(schema.session_counters)):
+        entries = list(counters.Counters(data).items())
+        packed = counters.pack(
+            [ids.sessions[sid] for sid, _ in entries],
+            [rx for _, (rx, _) in entries],
+            [tx for _, (_, tx) in entries],
+        )
+        rows.append({"host_id": ids.hosts[host], "source": source, "ts": ts, "counters": packed})
+    with target.begin() as write:
+        statements.upsert(write, schema.session_counters, rows, ["host_id", "source"])
+
+
+def _merge_meta(read: Connection, target: Engine, ids: _Ids, fresh: bool) -> None:
+    """Watermarks and prune marks: the source's in a target that had no host before; a tier
+    the target built further than the source gets the copied hosts' buckets in between from
+    their finer data (their rows only: the other hosts' are final there already); how far
+    prune went is the later of the two."""
+    source_status = meta.read_status(read)
+    with target.begin() as write:
+        engines.hold_tiers(write, shared=False)
+        theirs = meta.read_status(write)
+        entries: dict[str, str] = {}
+        for tier in ROLLUPS:
+            mine, there = source_status.watermarks.get(tier.name), theirs.watermarks.get(tier.name)
+            if mine is None:
+                continue
+            if there is None:
+                # Only the copy is there: its mark holds. (Other hosts' data and no mark: the
+                # next rollup builds the tier from the oldest finer row, the copy's included.)
+                if fresh:
+                    entries[meta.watermark_key(tier.name)] = str(mine)
+            elif mine < there:
+                for host in ids.hosts.values():
+                    rollup.rebuild(write, tier, mine, there, host_id=host)
+        for name, before in source_status.pruned.items():
+            there = theirs.pruned.get(name)
+            entries[meta.pruned_key(name)] = str(max(before, there) if there else before)
+        if entries:
+            meta.put_many(write, entries)

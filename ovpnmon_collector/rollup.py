@@ -22,7 +22,7 @@ from sqlalchemy import Connection, Engine, delete, func, insert, select
 
 from ovpnmon_collector.clock import SYSTEM_CLOCK, Clock
 from ovpnmon_collector.slices import SLICE_SECONDS, oldest, spans
-from ovpnmon_common import meta
+from ovpnmon_common import meta, schema
 from ovpnmon_common.buckets import align, align_up
 from ovpnmon_common.meta import watermark_key
 from ovpnmon_common.storage import engines, statements
@@ -40,9 +40,19 @@ class RollupReport:
     watermark: int | None
 
 
-def _source_select(tier: Tier, start: int, end: int) -> Any:
-    """SELECT of the finer data in ``[start, end)`` grouped into ``tier``'s buckets, in the
-    order of ``_columns(tier)``."""
+def _of_host(table: Any, host_id: int | None) -> list[Any]:
+    """The condition keeping ``table``'s rows of host ``host_id`` (none: every host's)."""
+    if host_id is None:
+        return []
+    if "host_id" in table.c:
+        return [table.c.host_id == host_id]
+    clients = schema.clients
+    return [table.c.client_id.in_(select(clients.c.id).where(clients.c.host_id == host_id))]
+
+
+def _source_select(tier: Tier, start: int, end: int, host_id: int | None = None) -> Any:
+    """SELECT of the finer data in ``[start, end)`` (of host ``host_id`` only, if given)
+    grouped into ``tier``'s buckets, in the order of ``_columns(tier)``."""
     src = source_of(tier)
     table, when = src.table, src.time
     assert tier.width is not None
@@ -50,7 +60,7 @@ def _source_select(tier: Tier, start: int, end: int) -> Any:
     # a raw row is one sample; a finer tier's row counts its own
     samples = func.count() if src.raw else func.sum(table.c.samples)
     sums = [func.sum(table.c.bytes_received), func.sum(table.c.bytes_sent)]
-    where = [when >= start, when < end]  # raw: a range of the (ts, client_id) key
+    where = [when >= start, when < end, *_of_host(table, host_id)]  # raw: a (ts, ...) key range
     if tier.per_client:
         return (
             select(table.c.client_id, bucket, *sums, samples)
@@ -73,11 +83,14 @@ TIER_COLUMNS = ("client_id", "bucket", "bytes_received", "bytes_sent", "samples"
 SERVER_COLUMNS = ("bucket", "host_id", "bytes_received", "bytes_sent", "max_active", "samples")
 
 
-def rebuild(conn: Connection, tier: Tier, start: int, end: int) -> None:
-    """Replace ``tier``'s buckets in ``[start, end)`` with the sums of its source."""
+def rebuild(conn: Connection, tier: Tier, start: int, end: int, host_id: int | None = None) -> None:
+    """Replace ``tier``'s buckets in ``[start, end)`` with the sums of its source (the rows of
+    host ``host_id`` only, if given: ``copy-to`` filling in a host it brought)."""
     table = tier.table
-    conn.execute(delete(table).where(table.c.bucket >= start, table.c.bucket < end))
-    conn.execute(insert(table).from_select(list(_columns(tier)), _source_select(tier, start, end)))
+    window = [table.c.bucket >= start, table.c.bucket < end, *_of_host(table, host_id)]
+    conn.execute(delete(table).where(*window))
+    select_ = _source_select(tier, start, end, host_id)
+    conn.execute(insert(table).from_select(list(_columns(tier)), select_))
 
 
 def _bounds(conn: Connection, tier: Tier, now: int) -> tuple[int | None, int]:

@@ -209,6 +209,11 @@ def default_host() -> str:
     return name if _HOST_NAME.match(name) else "localhost"
 
 
+def parse_host(text: str) -> str:
+    """A host name as ``[collector] host`` takes it (``ValueError`` otherwise)."""
+    return _host(text)
+
+
 def _host(text: str) -> str:
     if not _HOST_NAME.match(text):
         raise ValueError(

@@ -14,7 +14,7 @@ from ovpnmon_collector import prune, rollup
 from ovpnmon_collector.cli import cli
 from ovpnmon_collector.lock import WriterLock
 from ovpnmon_common import schema
-from ovpnmon_common.config import Config, RetentionConfig
+from ovpnmon_common.config import Config, RetentionConfig, default_host
 from ovpnmon_common.storage import engines, migrations
 
 T0 = 1_795_717_500  # 2026-11-26 18:25 UTC
@@ -140,7 +140,10 @@ def test_a_target_with_another_history_is_refused_and_left_alone(tmp_path, url):
     before = every_row(url)
     result = CliRunner().invoke(cli, ["copy-to", url, "--db", source])
     assert result.exit_code == 1
-    assert "the target holds another history: its client 1 is 'mallory'" in result.stderr
+    assert (
+        f"the target holds another history for host {default_host()!r}: its client 'mallory' "
+        "is not in the source; copy under another --host" in result.stderr
+    )
     assert every_row(url) == before
     other.dispose()
 
@@ -161,3 +164,73 @@ def test_copy_to_is_refused_while_a_collector_writes_the_source(tmp_path, url):
     for bad, said in ((source, "the target is the database itself"), ("mysql://x/y", "mysql")):
         refused = CliRunner().invoke(cli, ["copy-to", bad, "--db", source])
         assert refused.exit_code == 2 and said in refused.stderr
+
+
+def test_a_history_copied_under_a_host_name_into_a_fleets_database(tmp_path, url):
+    """The target is a fleet's: vpn2's collector has written two days there and rolled up
+    further than the source. The source's history goes in as host vpn1, its rows under the
+    target's ids: vpn1's answers are the source's, vpn2's are unchanged, the fleet sums both,
+    and a second run changes nothing."""
+    source = str(tmp_path / "ovpnmon.db")
+    poller, now = history(source, tmp_path)
+    poller.close()
+    target = engines.writer_engine(url)
+    migrations.init_db(target)
+    vpn2 = StatusPoller(target, tmp_path, T0 - 2 * 86400, step=600, host="vpn2")
+    for i in range(300):  # two hours past the source's end: its tiers are built further
+        vpn2.poll(
+            row("alice", 7, T0 - 3 * 86400, 300 * (i + 1), 3 * (i + 1)),
+            row("zoe", 8, T0 - 3 * 86400, 20 * (i + 1), 2 * (i + 1)),
+        )
+    vpn2.close()
+    rollup.catch_up(target, int(vpn2.clock.wall))
+    target.dispose()
+    paths = [
+        "/api/v1/stats",
+        "/api/v1/stats/alice?range=24h",
+        "/api/v1/stats/alice?range=7d&resolution=hourly",
+        "/api/v1/stats/bob?range=24h",
+        "/api/v1/analytics?range=24h",
+        "/api/v1/clients",
+    ]
+    theirs = [p for p in paths if "bob" not in p]  # bob never connected to vpn2
+    vpn2_before = answers(url, now, theirs, "vpn2")
+
+    runner = CliRunner()
+    result = runner.invoke(cli, ["copy-to", url, "--db", source, "--host", "vpn1"])
+    assert result.exit_code == 0, result.output
+    assert "DIFFERS" not in result.output
+    assert answers(url, now, paths, "vpn1") == answers(source, now, paths)
+    assert answers(url, now, theirs, "vpn2") == vpn2_before
+    client = falcon.testing.TestClient(create_app(Config(database=url), clock=lambda: now))
+    alice = client.simulate_get("/api/v1/stats/alice").json["data"]["totals"]
+    one = client.simulate_get("/api/v1/stats/alice", params={"host": "vpn1"}).json["data"]
+    two = client.simulate_get("/api/v1/stats/alice", params={"host": "vpn2"}).json["data"]
+    assert alice["received_bytes"] == (
+        one["totals"]["received_bytes"] + two["totals"]["received_bytes"]
+    )
+    hosts = client.simulate_get("/api/v1/hosts").json["data"]
+    assert [h["host"] for h in hosts] == ["vpn1", "vpn2"]
+
+    rows = every_row(url)
+    assert runner.invoke(cli, ["copy-to", url, "--db", source, "--host", "vpn1"]).exit_code == 0
+    assert every_row(url) == rows  # nothing doubled
+    # the source's own name is another host there now: refused, it has no history of vpn1's
+    other = runner.invoke(cli, ["copy-to", url, "--db", source, "--host", "vpn2"])
+    assert other.exit_code == 1 and "another history for host 'vpn2'" in other.stderr
+
+
+def answers(database, now, paths, host=None) -> dict[str, object]:
+    """The API's answers (JSON) at ``now``, narrowed to ``host`` if given."""
+    client = falcon.testing.TestClient(
+        create_app(Config(database=database), clock=lambda: float(now))
+    )
+    out = {}
+    for path in paths:
+        base, _, query = path.partition("?")
+        if host is not None:
+            query = "&".join(x for x in (query, f"host={host}") if x)
+        result = client.simulate_get(base, query_string=query)
+        assert result.status_code == 200, (path, result.text)
+        out[path] = result.json
+    return out
