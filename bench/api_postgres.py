@@ -1,7 +1,9 @@
 """The API's headline calls on PostgreSQL against the same data on SQLite, cold and cached.
 
 The SQLite database given (from ``bench/generate.py``) is copied into a PostgreSQL cluster of
-its own (``ovpnmon-collector copy-to``: the same rows), then four ``ovpnmon-api`` serve them —
+its own (``ovpnmon-collector copy-to``: the same rows); several ``--db`` are several hosts of one
+fleet (each copied under its own ``--host``, into PostgreSQL and into one SQLite file alike).
+Then four ``ovpnmon-api`` serve them —
 SQLite and PostgreSQL, each cold (``cache_mb = 0``: every request computed) and as shipped
 (cached while the database does not change) — and the floor (the same waitress + Falcon
 answering with the precomputed body). Requests interleaved, one keep-alive connection each;
@@ -10,6 +12,11 @@ every answer is checked equal on both engines first.
     python bench/generate.py --clients 1000 --raw-days 1 --interval 60 --history-days 70 \\
         --out /tmp/usage-bench.db
     python bench/api_postgres.py --db /tmp/usage-bench.db [--requests 40]
+
+    # 1,000 clients over 3 hosts, half of them on two:
+    for first in 0 250 500; do python bench/generate.py --clients 500 --first $first \\
+        --seed $first --raw-days 1 --interval 60 --history-days 70 --out /tmp/host-$first.db; done
+    python bench/api_postgres.py --db /tmp/host-0.db --db /tmp/host-250.db --db /tmp/host-500.db
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import pg_harness
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--db", required=True)
+    parser.add_argument("--db", required=True, action="append", help="once per host")
     parser.add_argument("--requests", type=int, default=40)
     args = parser.parse_args()
     why = pg_harness.unavailable()
@@ -44,16 +51,29 @@ def main() -> None:
     children: list[subprocess.Popen[bytes]] = []
     try:
         sqlite = str(work / "bench.db")
-        shutil.copy(args.db, sqlite)
         url = cluster.database()
         started = time.perf_counter()
-        for command in (["init-db", "--db", sqlite], ["copy-to", url, "--db", sqlite]):
+        if len(args.db) == 1:
+            shutil.copy(args.db[0], sqlite)
+            commands = [["init-db", "--db", sqlite], ["copy-to", url, "--db", sqlite]]
+        else:  # a fleet: each host's file into both, under its own name
+            commands = []
+            for number, path in enumerate(args.db, 1):
+                host = str(work / f"host{number}.db")
+                shutil.copy(path, host)
+                commands.append(["init-db", "--db", host])
+                for target in (sqlite, url):
+                    commands.append(["copy-to", target, "--db", host, "--host", f"vpn{number}"])
+        for command in commands:
             subprocess.run(
                 [sys.executable, "-m", "ovpnmon_collector", *command],
                 check=True,
                 stdout=subprocess.DEVNULL,
             )
-        print(f"copied into PostgreSQL in {time.perf_counter() - started:.0f} s")
+        print(
+            f"{len(args.db)} host(s) copied into both engines in "
+            f"{time.perf_counter() - started:.0f} s"
+        )
         servers = {}
         log = open(work / "api.log", "wb")  # noqa: SIM115
         for label, database, extra in (
@@ -90,12 +110,25 @@ def main() -> None:
             f"/api/v1/usage?period={month}",
             "/api/v1/sessions",
         ]
+        if len(args.db) > 1:  # one host of the fleet
+            urls += [
+                "/api/v1/stats?host=vpn2",
+                f"/api/v1/stats/{name}?range=24h&host=vpn2",
+                "/api/v1/analytics?range=24h&host=vpn2",
+                "/api/v1/hosts",
+            ]
         bodies = precompute(servers["sqlite cold"], urls)
         same = precompute(servers["pg cold"], urls)
         for url_ in urls:  # the same answers (but the moment of the request)
             ours, theirs = json.loads(bodies[url_]), json.loads(same[url_])
             for body in (ours, theirs):
                 body.pop("timestamp", None)
+                if url_.startswith("/api/v1/sessions") and len(args.db) > 1:
+                    # several hosts copied one after the other: PostgreSQL's sequences leave a
+                    # gap between them (copy-to never moves one back), SQLite's ids do not
+                    body.pop("next_cursor", None)
+                    for entry in body["data"]:
+                        entry.pop("id")
             assert ours == theirs, f"{url_}: SQLite and PostgreSQL answer differently"
         print(f"{len(urls)} URLs answered the same on both engines\n")
         against_floor(bodies, list(servers.items()), args.requests, width=34)

@@ -7,6 +7,9 @@ tier is rolled up.
 
     python bench/generate.py --clients 1000 --raw-days 3 --interval 10 --history-days 365 \\
         --out /tmp/ovpnmon-bench.db
+
+``--first`` and ``--seed`` make another host's database: clients from ``user-<first>`` on, with
+their own rhythms (``bench/api_postgres.py`` puts three such into one fleet database).
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ def generate(
     history_days: float = 0,
     history_interval: int = 3600,
     now: int | None = None,
+    first: int = 0,
+    seed: int = 42,
 ) -> dict[str, float]:
     """Write the database; returns timings. ``now`` defaults to the current time."""
     now = now or int(time.time())
@@ -43,7 +48,7 @@ def generate(
     engine = engines.writer_engine(out)
     migrations.init_db(engine)
     status = str(Path(out).with_suffix(".status"))
-    simulation = Simulation(clients=clients, seed=42)
+    simulation = Simulation(clients=clients, seed=seed, first=first)
     raw_start = now - int(raw_days * DAY)
     timings = {}
     started = time.perf_counter()
@@ -70,6 +75,10 @@ def main() -> None:
     parser.add_argument("--interval", type=int, default=10)
     parser.add_argument("--history-days", type=float, default=0)
     parser.add_argument("--history-interval", type=int, default=3600)
+    parser.add_argument(
+        "--first", type=int, default=0, help="number of the first client name (user-<first>)"
+    )
+    parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     timings = generate(
@@ -79,6 +88,8 @@ def main() -> None:
         args.interval,
         args.history_days,
         args.history_interval,
+        first=args.first,
+        seed=args.seed,
     )
     size = os.path.getsize(args.out)
     print(

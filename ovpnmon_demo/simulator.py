@@ -157,6 +157,7 @@ class Simulation:
     seed: int = 7
     duplicate: str = "shared-laptop"
     extra_names: tuple[str, ...] = ()  # more CNs, e.g. with spaces or non-ASCII
+    first: int = 0  # the number of the first generated name (user-<first>, ...)
     _rng: random.Random = field(init=False)
     _people: list[SimClient] = field(init=False)
     _open: dict[str, list[list[int]]] = field(init=False, default_factory=dict)
@@ -166,7 +167,8 @@ class Simulation:
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
         generated = self.clients - 1 - len(self.extra_names)
-        names = [f"user-{i:03d}" for i in range(generated)] + [*self.extra_names, self.duplicate]
+        numbers = range(self.first, self.first + generated)
+        names = [f"user-{i:03d}" for i in numbers] + [*self.extra_names, self.duplicate]
         self._people = [
             SimClient(
                 name=name,
