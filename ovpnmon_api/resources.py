@@ -280,7 +280,8 @@ class ClientStats(Resource):
     ) -> dict[str, Any]:
         with self.ctx.snapshot() as (conn, status):
             check_raw_points(planned, status.interval or self.ctx.config.interval)
-            found = clients.client(conn, status, common_name, host_id(status, host))
+            hid = host_id(status, host)
+            found = clients.client(conn, status, common_name, hid)
             if found is None:
                 where = f" on host {host!r}" if host is not None else ""
                 raise falcon.HTTPNotFound(
@@ -290,7 +291,7 @@ class ClientStats(Resource):
                     ),
                 )
             row, sessions = found
-            sums, samples = series.client_history(conn, status, row.ids, planned)
+            sums, samples = series.client_history(conn, status, row.ids, common_name, hid, planned)
             quota = self._quota(conn, status, row, month)
         points = bodies.history(self.ctx.ts, planned, sums, samples)
         return bodies.client_stats(self.ctx.ts, row, sessions, points, planned, quota)

@@ -46,10 +46,12 @@ LAST_SAMPLES = Prepared(
     .join(h, h.c.id == c.c.host_id)
     .where(c.c.active, u.c.ts == h.c.heartbeat)
 )
-LAST_SAMPLE = Prepared(
-    select(u.c.bytes_received, u.c.bytes_sent).where(
-        u.c.client_id == bindparam("client_id"), u.c.ts == bindparam("ts")
-    )
+# One client's samples (its rows on every host) at their hosts' last polls.
+NAMED_LAST_SAMPLES = Prepared(
+    select(u.c.client_id, u.c.bytes_received, u.c.bytes_sent)
+    .join(c, c.c.id == u.c.client_id)
+    .join(h, h.c.id == c.c.host_id)
+    .where(c.c.common_name == bindparam("name"), c.c.active, u.c.ts == h.c.heartbeat)
 )
 # Each host's last poll interval (monotonic seconds; 0 for a first poll after a start): one
 # key seek per host, from the hosts (a join may start from global_history and read all of it).
@@ -121,8 +123,8 @@ def clients(
 def client(
     conn: Connection, status: CollectorStatus, common_name: str, host_id: int | None = None
 ) -> tuple[ClientRow, list[OpenSession]] | None:
-    """One client (on ``host_id``, or on every host) and its open sessions (oldest first), by
-    key lookups only."""
+    """One client (on ``host_id``, or on every host) and its open sessions (oldest first):
+    a few statements whatever the number of hosts (each a round trip on PostgreSQL)."""
     rows = [
         row
         for row in ONE_CLIENT(conn, name=common_name)
@@ -130,30 +132,38 @@ def client(
     ]
     if not rows:
         return None
+    kept = {row.id for row in rows}
     heartbeats = status.heartbeats()
-    intervals = last_intervals(conn) if any(row.active for row in rows) else {}
+    active = any(row.active for row in rows)
+    intervals = last_intervals(conn) if active else {}
+    last = (
+        {cid: (rx, tx) for cid, rx, tx in NAMED_LAST_SAMPLES(conn, name=common_name)}
+        if active
+        else {}
+    )
+    sessions: dict[int, list[OpenSession]] = {}
+    for client_id, session in named_open_sessions(conn, common_name):
+        if client_id in kept:
+            sessions.setdefault(client_id, []).append(session)
     merged: ClientRow | None = None
-    every: list[OpenSession] = []
     for row in rows:
-        sessions = open_sessions(conn, row.id)
-        every.extend(sessions)
-        heartbeat = heartbeats.get(row.host_id)
-        last = (
-            LAST_SAMPLE(conn, client_id=row.id, ts=heartbeat).first()
-            if row.active and heartbeat is not None
-            else None
-        )
+        mine = sessions.get(row.id, [])
         live = totals.Live(
-            sum(x.received for x in sessions),
-            sum(x.sent for x in sessions),
-            len(sessions),
-            sessions[0].connected_since if sessions else None,
+            sum(x.received for x in mine),
+            sum(x.sent for x in mine),
+            len(mine),
+            mine[0].connected_since if mine else None,
         )
         part = _client_row(
-            row, heartbeat, live, tuple(last) if last else (0, 0), intervals.get(row.host_id, 0.0)
+            row,
+            heartbeats.get(row.host_id),
+            live,
+            last.get(row.id, (0, 0)) if row.active else (0, 0),
+            intervals.get(row.host_id, 0.0),
         )
         merged = part if merged is None else merge(merged, part)
     assert merged is not None
+    every = [x for row in rows for x in sessions.get(row.id, [])]
     every.sort(key=lambda x: x.connected_since)
     return merged, every
 
@@ -224,31 +234,39 @@ def client_status(conn: Connection, host_id: int | None = None) -> list[tuple[st
     return [(name, bool(active)) for name, active in rows]
 
 
-OPEN_SESSIONS = Prepared(
+NAMED_OPEN_SESSIONS = Prepared(
     select(
         *totals.COUNTED,
         s.c.real_address,
         s.c.virtual_address,
         s.c.virtual_ipv6,
         s.c.connected_since,
+        s.c.client_id,
     )
-    .where(s.c.client_id == bindparam("client_id"), s.c.disconnected_at.is_(None))
+    .where(
+        s.c.client_id.in_(select(c.c.id).where(c.c.common_name == bindparam("name"))),
+        s.c.disconnected_at.is_(None),
+    )
     .order_by(s.c.connected_since, s.c.id)
 )
 
 
-def open_sessions(conn: Connection, client_id: int) -> list[OpenSession]:
-    """A client's open sessions, oldest first."""
-    rows = OPEN_SESSIONS(conn, client_id=client_id).all()
+def named_open_sessions(conn: Connection, common_name: str) -> list[tuple[int, OpenSession]]:
+    """(client id, session) of every open session of the client called ``common_name`` (on
+    every host), oldest first."""
+    rows = NAMED_OPEN_SESSIONS(conn, name=common_name).all()
     return [
-        OpenSession(
-            source=row.source,
-            real_address=row.real_address,
-            virtual_address=row.virtual_address,
-            virtual_ipv6=row.virtual_ipv6,
-            connected_since=row.connected_since,
-            received=rx,
-            sent=tx,
+        (
+            row.client_id,
+            OpenSession(
+                source=row.source,
+                real_address=row.real_address,
+                virtual_address=row.virtual_address,
+                virtual_ipv6=row.virtual_ipv6,
+                connected_since=row.connected_since,
+                received=rx,
+                sent=tx,
+            ),
         )
         for row, (rx, tx) in zip(rows, totals.counted(conn, rows, every_source=False), strict=True)
     ]

@@ -95,34 +95,36 @@ SERVER_SUMS = {
 }
 
 
-def client_series(conn: Connection, status: CollectorStatus, client: Parts, series: Series) -> Sums:
-    """Per bucket of ``series``: the client's bytes on its hosts, from its tier and the finer
-    data after it. Buckets without a byte are absent (the body fills them). One statement per
-    host for all the pieces (on PostgreSQL each statement is a round trip)."""
+def client_series(
+    conn: Connection,
+    status: CollectorStatus,
+    common_name: str,
+    host_id: int | None,
+    series: Series,
+) -> Sums:
+    """Per bucket of ``series``: the bytes of the client called ``common_name`` on every host
+    (or on ``host_id``), from its tier and the finer data after it. Buckets without a byte are
+    absent (the body fills them). One statement for every piece and host (on PostgreSQL each
+    statement is a round trip)."""
     assert series.step is not None
     parts = list(_pieces(status, series.tier, series.start, series.end))
     if not parts:
         return {}
     out: Sums = defaultdict(lambda: [0, 0])
-    statement = _client_series_statement(tuple(tier.name for tier, _, _ in parts))
-    for client_id, host_id in client:
-        params = {
-            "client_id": client_id,
-            "host_id": host_id,
-            "step": series.step,
-            **_piece_params(parts),
-        }
-        for key, rx, tx in statement(conn, **params):
-            entry = out[key]  # a bucket may span two pieces or two hosts: summed here
-            entry[0] += rx
-            entry[1] += tx
+    names = tuple(tier.name for tier, _, _ in parts)
+    statement = _client_series_statement(names, host_id is not None)
+    params = {"name": common_name, "host_id": host_id, "step": series.step}
+    for key, rx, tx in statement(conn, **params, **_piece_params(parts)):
+        entry = out[key]  # a bucket may span two pieces: summed here
+        entry[0] += rx
+        entry[1] += tx
     return out
 
 
 @lru_cache(maxsize=128)
-def _client_series_statement(tiers: tuple[str, ...]) -> Prepared:
-    """One client's bytes per ``step`` bucket in each piece (``start_i``/``end_i`` of tier i),
-    UNION ALL."""
+def _client_series_statement(tiers: tuple[str, ...], hosted: bool) -> Prepared:
+    """One client's bytes (by ``name``; on ``host_id`` if ``hosted``) per ``step`` bucket in
+    each piece (``start_i``/``end_i`` of tier i), UNION ALL."""
     parts = []
     for i, name in enumerate(tiers):
         tier = BY_NAME[name]
@@ -130,10 +132,25 @@ def _client_series_statement(tiers: tuple[str, ...]) -> Prepared:
         key = sql_align(tier.time, bindparam("step")).label("key")
         parts.append(
             select(key, total(table.c.bytes_received), total(table.c.bytes_sent))
-            .where(*_one_client_piece(tier, i))
+            .where(*_named_client_piece(tier, i, hosted))
             .group_by(key)
         )
     return Prepared(union_all(*parts) if len(parts) > 1 else parts[0])
+
+
+def _named_client_piece(tier: Tier, i: int, hosted: bool) -> list[Any]:
+    """Piece ``i``'s rows of the client called ``name`` (its rows of ``clients``: one per host,
+    or ``host_id``'s): raw samples by key seeks at its hosts' poll times, a tier by its
+    (client_id, bucket) key."""
+    ids = select(c.c.id).where(c.c.common_name == bindparam("name"))
+    if hosted:
+        ids = ids.where(c.c.host_id == bindparam("host_id"))
+    if not tier.raw:
+        return [tier.table.c.client_id.in_(ids), *_piece_window(tier, i)]
+    times = select(g.c.ts).where(g.c.ts >= bindparam(f"start_{i}"), g.c.ts < bindparam(f"end_{i}"))
+    if hosted:
+        times = times.where(g.c.host_id == bindparam("host_id"))
+    return [u.c.client_id.in_(ids), u.c.ts.in_(times)]
 
 
 def server_series(
@@ -159,13 +176,18 @@ def server_series(
 
 
 def client_history(
-    conn: Connection, status: CollectorStatus, client: Parts, series: Series
+    conn: Connection,
+    status: CollectorStatus,
+    client: Parts,
+    common_name: str,
+    host_id: int | None,
+    series: Series,
 ) -> tuple[Sums, list[tuple[int, int, int, float]]]:
-    """A client's history for ``series``: (bucket sums, no samples), or for raw samples as
-    stored (no sums, the samples)."""
+    """A client's history for ``series`` (``client``: its rows, on ``host_id`` if given):
+    (bucket sums, no samples), or for raw samples as stored (no sums, the samples)."""
     if series.step is None:
         return {}, client_samples(conn, client, series.start, series.end)
-    return client_series(conn, status, client, series), []
+    return client_series(conn, status, common_name, host_id, series), []
 
 
 CLIENT_SAMPLES = Prepared(
