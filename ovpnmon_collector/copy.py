@@ -12,8 +12,8 @@ every id), and every row that names them (raw samples, tiers, the packed counter
 sessions) is written with the target's. ``meta`` comes last: a tier the target has already
 built further than the source had gets the copied host's buckets in between built from the
 copied finer data, and how far prune went is the later of the two. A target whose host of the
-same name holds sessions the source does not (another history) is refused before anything is
-written. Afterwards the rows and byte sums of every table are compared, the copied hosts' part
+same name holds a client or a session the source does not (another history) is refused before
+anything is written. Afterwards the rows and byte sums of every table are compared, the copied hosts' part
 of the target against the source.
 """
 
