@@ -13,8 +13,8 @@ sessions) is written with the target's. ``meta`` comes last: a tier the target h
 built further than the source had gets the copied host's buckets in between built from the
 copied finer data, and how far prune went is the later of the two. A target whose host of the
 same name holds a client or a session the source does not (another history) is refused before
-anything is written. Afterwards the rows and byte sums of every table are compared, the copied hosts' part
-of the target against the source.
+anything is written. Afterwards the rows and byte sums of every table are compared, the copied
+hosts' part of the target against the source.
 """
 
 from __future__ import annotations
@@ -255,19 +255,20 @@ def _copy_table(
 ) -> None:
     columns = tuple(c.name for c in table.columns)
     keys = [c.name for c in table.primary_key.columns]
-    maps = [(i, ids.column(name)) for i, name in enumerate(columns)]
+    maps: list[tuple[int, Mapping[int, int]]] = [
+        (i, found) for i, name in enumerate(columns) if (found := ids.column(name)) is not None
+    ]
     if table is schema.clients:
         maps.append((columns.index("id"), ids.clients))
     elif table is schema.sessions:
         maps.append((columns.index("id"), ids.sessions))
-    maps = [(i, m) for i, m in maps if m is not None]
     done = 0
     for rows in _batches(read, table):
         out = []
         for row in rows:
             values = list(row)
             for i, mapping in maps:
-                values[i] = mapping[values[i]]  # type: ignore[index]
+                values[i] = mapping[values[i]]
             out.append(tuple(values))
         with target.begin() as write:
             engines.hold_tiers(write, shared=True)  # as a poll: never beside a rollup
