@@ -291,13 +291,18 @@ class ClientStats(Resource):
                     ),
                 )
             row, sessions = found
-            sums, samples = series.client_history(conn, status, row.ids, common_name, hid, planned)
-            quota = self._quota(conn, status, row, month)
+            sums, samples = series.client_history(conn, status, common_name, hid, planned)
+            quota = self._quota(conn, status, row, month, hid)
         points = bodies.history(self.ctx.ts, planned, sums, samples)
         return bodies.client_stats(self.ctx.ts, row, sessions, points, planned, quota)
 
     def _quota(
-        self, conn: Connection, status: CollectorStatus, row: clients.ClientRow, month: Period
+        self,
+        conn: Connection,
+        status: CollectorStatus,
+        row: clients.ClientRow,
+        month: Period,
+        host_id: int | None,
     ) -> dict[str, Any] | None:
         monthly = self.ctx.config.quota.monthly_for(row.common_name)
         if monthly is None:
@@ -306,7 +311,7 @@ class ClientStats(Resource):
             planned = plan_usage(month.start, month.end, status.pruned, self.ctx.time)
         except InvalidQuery:  # [retention] keeps less than a month of any tier
             return None
-        used = read_usage.usage(conn, status, planned, row.ids)
+        used = read_usage.usage(conn, status, planned, row.common_name, host_id)
         total = sum(rx + tx for _, rx, tx in used)
         return bodies.quota(month, planned, total, monthly)
 
@@ -412,16 +417,13 @@ class Health(Resource):
         )
 
 
-def find_client(conn: Connection, common_name: str) -> series.Parts:
-    """The client named ``common_name`` as its (client id, host id) rows; 404 if there is
-    none."""
-    found = [(row.id, row.host_id) for row in clients.ONE_CLIENT(conn, name=common_name)]
-    if not found:
+def require_client(conn: Connection, common_name: str) -> None:
+    """404 unless a client named ``common_name`` was ever seen (on any host)."""
+    if clients.ONE_CLIENT(conn, name=common_name).first() is None:
         raise falcon.HTTPNotFound(
             title="Not found",
             description=f"no client named {common_name!r}; GET /api/v1/clients lists them",
         )
-    return found
 
 
 class Usage(Resource):
@@ -464,11 +466,10 @@ class Usage(Resource):
     def _body(self, period: Period, name: str | None, now: int, host: str | None) -> dict[str, Any]:
         with self.ctx.snapshot() as (conn, status):
             hid = host_id(status, host)
-            client = find_client(conn, name) if name is not None else None
-            if client is not None and hid is not None:
-                client = [(cid, h) for cid, h in client if h == hid]
+            if name is not None:
+                require_client(conn, name)
             planned = plan_usage(period.start, period.end, status.pruned, self.ctx.time)
-            rows = read_usage.usage(conn, status, planned, client, hid)
+            rows = read_usage.usage(conn, status, planned, name, hid)
         quota = self.ctx.config.quota.monthly_for if period.kind == "month" else None
         return bodies.usage(self.ctx.ts, period, planned, rows, quota, self.ctx.tz, now)
 
@@ -501,7 +502,7 @@ class Sessions(Resource):
             with self.ctx.snapshot() as (conn, status):
                 hid = host_id(status, host)
                 if common_name is not None:
-                    find_client(conn, common_name)  # a 404 for a name never seen
+                    require_client(conn, common_name)
                 filters = read_sessions.Filters(common_name, hid, source, start, end, active)
                 rows, more = read_sessions.page(conn, filters, after, limit)
             last = (rows[-1].connected_since, rows[-1].id) if more else None

@@ -39,20 +39,16 @@ HOST_CLIENTS = Prepared(
 ONE_CLIENT = Prepared(
     select(*_COLUMNS).where(c.c.common_name == bindparam("name")).order_by(c.c.host_id)
 )
-# Every active client's raw sample at its host's last poll: what current rates are made of.
-LAST_SAMPLES = Prepared(
+# Every active client's raw sample at its host's last poll: what current rates are made of;
+# and one client's (its rows on every host).
+_LAST_SAMPLES = (
     select(u.c.client_id, u.c.bytes_received, u.c.bytes_sent)
     .join(c, c.c.id == u.c.client_id)
     .join(h, h.c.id == c.c.host_id)
     .where(c.c.active, u.c.ts == h.c.heartbeat)
 )
-# One client's samples (its rows on every host) at their hosts' last polls.
-NAMED_LAST_SAMPLES = Prepared(
-    select(u.c.client_id, u.c.bytes_received, u.c.bytes_sent)
-    .join(c, c.c.id == u.c.client_id)
-    .join(h, h.c.id == c.c.host_id)
-    .where(c.c.common_name == bindparam("name"), c.c.active, u.c.ts == h.c.heartbeat)
-)
+LAST_SAMPLES = Prepared(_LAST_SAMPLES)
+NAMED_LAST_SAMPLES = Prepared(_LAST_SAMPLES.where(c.c.common_name == bindparam("name")))
 # Each host's last poll interval (monotonic seconds; 0 for a first poll after a start): one
 # key seek per host, from the hosts (a join may start from global_history and read all of it).
 LAST_INTERVALS = Prepared(
@@ -69,7 +65,6 @@ LAST_INTERVALS = Prepared(
 class ClientRow:
     """One client (a common name, on every host or on one) as the API shows it."""
 
-    ids: tuple[tuple[int, int], ...]  # (client id, host id) of its rows: one per host
     common_name: str
     active: bool
     first_seen: int
@@ -158,7 +153,7 @@ def client(
             row,
             heartbeats.get(row.host_id),
             live,
-            last.get(row.id, (0, 0)) if row.active else (0, 0),
+            last.get(row.id, (0, 0)),  # only active rows have one
             intervals.get(row.host_id, 0.0),
         )
         merged = part if merged is None else merge(merged, part)
@@ -178,7 +173,6 @@ def _client_row(
     """A clients row (one host's, whose last poll was ``heartbeat``) plus its open sessions."""
     active = bool(row.active)
     return ClientRow(
-        ids=((row.id, row.host_id),),
         common_name=row.common_name,
         active=active,
         first_seen=row.first_seen,
@@ -197,7 +191,6 @@ def merge(one: ClientRow, other: ClientRow) -> ClientRow:
     active where either is, seen first and last as the earliest and latest of them."""
     since = [x for x in (one.connected_since, other.connected_since) if x is not None]
     return ClientRow(
-        ids=one.ids + other.ids,
         common_name=one.common_name,
         active=one.active or other.active,
         first_seen=min(one.first_seen, other.first_seen),

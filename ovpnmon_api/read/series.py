@@ -8,7 +8,7 @@ starts from is the planner's choice (``ovpnmon_common.planner``), made once.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
 
@@ -47,18 +47,6 @@ def _pieces(
     finer = BY_NAME[tier.built_from]
     yield from _pieces(status, finer, start, first)
     yield from _pieces(status, finer, max(final, start), end)
-
-
-# Raw samples are keyed (ts, client_id). One client's samples in [start, end) are found by one
-# key seek per poll time of its host, and every poll writes a global_history row beside its
-# samples: ``ts IN (poll times)`` makes SQLite do exactly that, instead of reading every
-# client's samples.
-_POLL_TIMES = select(g.c.ts).where(
-    g.c.ts >= bindparam("start"), g.c.ts < bindparam("end"), g.c.host_id == bindparam("host_id")
-)
-
-# A client (a common name) as its rows of ``clients``: (client id, host id), one per host.
-Parts = Sequence[tuple[int, int]]
 
 
 def _window(tier: Tier) -> list[Any]:
@@ -140,17 +128,26 @@ def _client_series_statement(tiers: tuple[str, ...], hosted: bool) -> Prepared:
 
 def _named_client_piece(tier: Tier, i: int, hosted: bool) -> list[Any]:
     """Piece ``i``'s rows of the client called ``name`` (its rows of ``clients``: one per host,
-    or ``host_id``'s): raw samples by key seeks at its hosts' poll times, a tier by its
-    (client_id, bucket) key."""
+    or ``host_id``'s): raw samples by key seeks at the poll times (see ``_poll_times``), a tier
+    by its (client_id, bucket) key."""
     ids = select(c.c.id).where(c.c.common_name == bindparam("name"))
     if hosted:
         ids = ids.where(c.c.host_id == bindparam("host_id"))
     if not tier.raw:
         return [tier.table.c.client_id.in_(ids), *_piece_window(tier, i)]
-    times = select(g.c.ts).where(g.c.ts >= bindparam(f"start_{i}"), g.c.ts < bindparam(f"end_{i}"))
+    return [u.c.client_id.in_(ids), u.c.ts.in_(_poll_times(f"start_{i}", f"end_{i}", hosted))]
+
+
+def _poll_times(start: str, end: str, hosted: bool) -> Any:
+    """The poll times between the binds ``start`` and ``end`` (of ``host_id`` if ``hosted``).
+
+    Raw samples are keyed (ts, client_id), and every poll writes a global_history row beside
+    its samples: ``ts IN (poll times)`` with the client's ids makes the database seek each
+    (ts, client_id) key instead of reading every client's samples."""
+    times = select(g.c.ts).where(g.c.ts >= bindparam(start), g.c.ts < bindparam(end))
     if hosted:
         times = times.where(g.c.host_id == bindparam("host_id"))
-    return [u.c.client_id.in_(ids), u.c.ts.in_(times)]
+    return times
 
 
 def server_series(
@@ -162,9 +159,9 @@ def server_series(
     assert series.step is not None
     out: Sums = defaultdict(lambda: [0, 0, 0])
     peaks: dict[int, dict[int, int]] = defaultdict(dict)  # bucket -> host -> its peak
-    statements = {name: SERVER_SUMS[(name, host_id is not None)] for name, _ in SERVER_SUMS}
     for tier, first, last in _pieces(status, series.tier, series.start, series.end):
-        rows = statements[tier.name](conn, step=series.step, start=first, end=last, host_id=host_id)
+        statement = SERVER_SUMS[(tier.name, host_id is not None)]
+        rows = statement(conn, step=series.step, start=first, end=last, host_id=host_id)
         for key, host, rx, tx, peak in rows:
             entry = out[key]
             entry[0] += rx
@@ -178,49 +175,55 @@ def server_series(
 def client_history(
     conn: Connection,
     status: CollectorStatus,
-    client: Parts,
     common_name: str,
     host_id: int | None,
     series: Series,
 ) -> tuple[Sums, list[tuple[int, int, int, float]]]:
-    """A client's history for ``series`` (``client``: its rows, on ``host_id`` if given):
-    (bucket sums, no samples), or for raw samples as stored (no sums, the samples)."""
+    """The history of the client called ``common_name`` (on ``host_id``, if given) for
+    ``series``: (bucket sums, no samples), or for raw samples as stored (no sums, the
+    samples)."""
     if series.step is None:
-        return {}, client_samples(conn, client, series.start, series.end)
+        return {}, client_samples(conn, common_name, host_id, series.start, series.end)
     return client_series(conn, status, common_name, host_id, series), []
 
 
-CLIENT_SAMPLES = Prepared(
-    select(
-        u.c.ts,
-        u.c.bytes_received,
-        u.c.bytes_sent,
-        select(g.c.interval)
-        .where(g.c.ts == u.c.ts, g.c.host_id == bindparam("host_id"))
-        .scalar_subquery(),
+def _client_samples(hosted: bool) -> Prepared:
+    """One client's raw samples (by ``name``; on ``host_id`` if ``hosted``) with the interval
+    of the poll each came from (its host's), oldest first: a (ts, client_id) key seek per poll
+    time and row of the client (``_named_client_piece``'s shape)."""
+    ids = select(c.c.id).where(c.c.common_name == bindparam("name"))
+    if hosted:
+        ids = ids.where(c.c.host_id == bindparam("host_id"))
+    host = select(c.c.host_id).where(c.c.id == u.c.client_id).correlate(u).scalar_subquery()
+    interval = select(g.c.interval).where(g.c.ts == u.c.ts, g.c.host_id == host).correlate(u)
+    return Prepared(
+        select(u.c.ts, u.c.bytes_received, u.c.bytes_sent, interval.scalar_subquery())
+        .where(u.c.client_id.in_(ids), u.c.ts.in_(_poll_times("start", "end", hosted)))
+        .order_by(u.c.ts)
     )
-    .where(u.c.client_id == bindparam("client_id"), u.c.ts.in_(_POLL_TIMES))
-    .order_by(u.c.ts)
-)
+
+
+CLIENT_SAMPLES = {hosted: _client_samples(hosted) for hosted in (False, True)}
 
 
 def client_samples(
-    conn: Connection, client: Parts, start: int, end: int
+    conn: Connection, common_name: str, host_id: int | None, start: int, end: int
 ) -> list[tuple[int, int, int, float]]:
     """Raw samples (ts, rx, tx, poll interval) in ``[start, end)``, oldest first. Samples of
     two hosts at the same second are one (bytes summed, the longer interval)."""
     merged: dict[int, list[Any]] = {}
-    for client_id, host_id in client:
-        rows = CLIENT_SAMPLES(conn, client_id=client_id, host_id=host_id, start=start, end=end)
-        for ts, rx, tx, interval in rows:
-            entry = merged.get(ts)
-            if entry is None:
-                merged[ts] = [rx, tx, float(interval)]
-            else:
-                entry[0] += rx
-                entry[1] += tx
-                entry[2] = max(entry[2], float(interval))
-    return [(ts, rx, tx, interval) for ts, (rx, tx, interval) in sorted(merged.items())]
+    statement = CLIENT_SAMPLES[host_id is not None]
+    for ts, rx, tx, interval in statement(
+        conn, name=common_name, host_id=host_id, start=start, end=end
+    ):
+        entry = merged.get(ts)
+        if entry is None:
+            merged[ts] = [rx, tx, float(interval)]
+        else:
+            entry[0] += rx
+            entry[1] += tx
+            entry[2] = max(entry[2], float(interval))
+    return [(ts, rx, tx, interval) for ts, (rx, tx, interval) in merged.items()]
 
 
 def pieces(
@@ -252,43 +255,34 @@ def client_sums(
     parts: list[tuple[Tier, int, int]],
     *,
     limit: int | None = None,
-    client: Parts | None = None,
+    common_name: str | None = None,
     host_id: int | None = None,
 ) -> list[tuple[str, int, int]]:
     """(common name, bytes received, bytes sent) of every client with a byte in ``parts``
     (pieces as ``pieces`` cuts them), summed over its hosts (or on ``host_id`` only): with
     ``limit`` the ``limit`` with most bytes, most first; else all by common name; with
-    ``client`` that client's only."""
+    ``common_name`` that client's only."""
     if not parts:
         return []
     names = tuple(tier.name for tier, _, _ in parts)
-    params = {"limit": limit, **_piece_params(parts)}
-    if client is not None:
-        statement = _sums_statement(names, False, True, False)
-        found: dict[str, list[int]] = {}
-        for client_id, host in client:
-            for name, rx, tx in statement(conn, **params, client_id=client_id, host_id=host):
-                entry = found.setdefault(name, [0, 0])
-                entry[0] += int(rx)
-                entry[1] += int(tx)
-        return [(name, rx, tx) for name, (rx, tx) in found.items()]
-    statement = _sums_statement(names, limit is not None, False, host_id is not None)
-    rows = statement(conn, **params, host_id=host_id)
-    return [(name, int(rx), int(tx)) for name, rx, tx in rows]
+    one, hosted = common_name is not None, host_id is not None
+    statement = _sums_statement(names, limit is not None, one, hosted)
+    params = {"limit": limit, "name": common_name, "host_id": host_id, **_piece_params(parts)}
+    return [(name, int(rx), int(tx)) for name, rx, tx in statement(conn, **params)]
 
 
 @lru_cache(maxsize=128)
 def _sums_statement(tiers: tuple[str, ...], ranked: bool, one: bool, hosted: bool) -> Prepared:
     """Per client sums of every piece (UNION ALL), summed again by common name; ranked and
-    limited, or by name; of every client, of ``host_id``'s, or of ``client_id`` (on
-    ``host_id``)."""
+    limited, or by name; of every client or of the one called ``name``; on every host or on
+    ``host_id``."""
     parts = []
     for i, name in enumerate(tiers):
         tier = BY_NAME[name]
         table = tier.table
         where = _piece_window(tier, i)
         if one:
-            where = _one_client_piece(tier, i)
+            where = _named_client_piece(tier, i, hosted)
         elif not tier.raw:
             # Drive from the clients into each tier's (client_id, bucket) key: one short range
             # per client, read in key order, instead of the (bucket) index plus a key lookup per
@@ -334,20 +328,3 @@ def _piece_params(parts: list[tuple[Tier, int, int]]) -> dict[str, int]:
 
 def _piece_window(tier: Tier, i: int) -> list[Any]:
     return [tier.time >= bindparam(f"start_{i}"), tier.time < bindparam(f"end_{i}")]
-
-
-def _one_client_piece(tier: Tier, i: int) -> list[Any]:
-    """Piece ``i``'s rows of ``client_id``: raw samples by one key seek per poll time (see
-    ``_POLL_TIMES``), a tier by its (client_id, bucket) key."""
-    if tier.raw:
-        return [tier.table.c.client_id == bindparam("client_id"), u.c.ts.in_(_poll_times(i))]
-    return [tier.table.c.client_id == bindparam("client_id"), *_piece_window(tier, i)]
-
-
-def _poll_times(i: int) -> Any:
-    """The poll times of ``host_id`` in piece ``i``."""
-    return select(g.c.ts).where(
-        g.c.ts >= bindparam(f"start_{i}"),
-        g.c.ts < bindparam(f"end_{i}"),
-        g.c.host_id == bindparam("host_id"),
-    )

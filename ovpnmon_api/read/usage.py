@@ -21,14 +21,15 @@ def usage(
     conn: Connection,
     status: CollectorStatus,
     plan: UsagePlan,
-    client: series.Parts | None = None,
+    common_name: str | None = None,
     host_id: int | None = None,
 ) -> list[tuple[str, int, int]]:
     """(common name, bytes received, bytes sent) of every client with a byte in the period
-    (of ``client`` only, if given; on ``host_id`` only, if given), by common name."""
+    (of the one called ``common_name`` only, if given; on ``host_id`` only, if given), by
+    common name."""
     parts = series.pieces(status, plan.start, plan.end)
     if not all(_held(status, piece) for piece in parts):
         # a [retention] where a coarser tier keeps less than a finer one: read the middle from
         # the tier that holds the first edge, which holds everything after it
         parts = series.pieces(status, plan.start, plan.end, tier=plan.edges[0].tier)
-    return series.client_sums(conn, parts, client=client, host_id=host_id)
+    return series.client_sums(conn, parts, common_name=common_name, host_id=host_id)
