@@ -81,9 +81,9 @@ def escape_label(value: str) -> str:
     return value
 
 
-def sample_lines(clients: list[totals.Lifetime], heartbeat: int | None) -> list[list[str]]:
+def sample_lines(clients: list[totals.Lifetime]) -> list[list[str]]:
     """Each family's sample lines (in ``FAMILIES`` order), one per client, in ``clients``'
-    order."""
+    order (their last seen already their hosts' last poll while connected)."""
     received: list[str] = []
     sent: list[str] = []
     connected: list[str] = []
@@ -95,8 +95,9 @@ def sample_lines(clients: list[totals.Lifetime], heartbeat: int | None) -> list[
         sent.append(f"ovpnmon_client_sent_bytes_total{label}{go_float(client.sent)}\n")
         connected.append(f"ovpnmon_client_connected{label}{'1.0' if client.active else '0.0'}\n")
         sessions.append(f"ovpnmon_client_sessions{label}{go_float(client.sessions)}\n")
-        last = totals.last_seen(client.last_seen, client.active, heartbeat)
-        seen.append(f"ovpnmon_client_last_seen_timestamp_seconds{label}{go_float(last)}\n")
+        seen.append(
+            f"ovpnmon_client_last_seen_timestamp_seconds{label}{go_float(client.last_seen)}\n"
+        )
     return [received, sent, connected, sessions, seen]
 
 
@@ -173,7 +174,7 @@ class MetricsState:
             certs = certificates.certificates(conn)
             every = totals.lifetimes(conn) if self.per_client else []
             size = engines.database_size(conn, self.database.path)
-        lines = sample_lines(every, None) if self.per_client else []  # last seen resolved
+        lines = sample_lines(every) if self.per_client else []
         return Snapshot(status, counts, certs, lines, {}, size)
 
     def _start_warmer(self) -> None:

@@ -152,7 +152,8 @@ def copy(
         copied = sorted(ids.hosts.values())
         # a tier the copy filled in holds more buckets than the source: compared up to the
         # source's watermark, where the source's were final
-        marks = {t.table.name: meta.watermarks(read).get(t.name) for t in ROLLUPS}
+        watermarks = meta.watermarks(read)
+        marks = {t.table.name: watermarks.get(t.name) for t in ROLLUPS}
         for table in (schema.hosts, *_PLAIN, schema.session_counters):
             entry = TableCopy(table.name)
             before = marks.get(table.name)
@@ -169,8 +170,8 @@ def copy(
 
 
 def _copy_hosts(read: Connection, target: Engine, host: str | None, ids: _Ids) -> None:
-    """Each source host as a host of the target (by name), refused if that host holds
-    sessions the source does not."""
+    """Each source host as a host of the target (by name), refused if that host holds a
+    client or a session the source does not."""
     hosts = read.execute(select(schema.hosts).order_by(schema.hosts.c.id)).mappings().all()
     if host is not None and len(hosts) > 1:
         names = ", ".join(h["name"] for h in hosts)
@@ -188,9 +189,8 @@ def _copy_hosts(read: Connection, target: Engine, host: str | None, ids: _Ids) -
                         f"{extra[0]!r} is not in the source; copy under another --host, or "
                         "into a database without that host"
                     )
-            values = {k: row[k] for k in ("heartbeat", "interval", "poll_seconds")}
-            values["certificates_scanned_at"] = row["certificates_scanned_at"]
-            meta.put_host(write, there, **values)
+            said = ("heartbeat", "interval", "poll_seconds", "certificates_scanned_at")
+            meta.put_host(write, there, **{k: row[k] for k in said})
             ids.hosts[row["id"]] = there
 
 

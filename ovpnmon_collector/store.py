@@ -7,7 +7,6 @@ the next poll that commits.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -168,7 +167,7 @@ class Store:
         """This host's sources' stored health records (what it said before a restart)."""
         with self.engine.connect() as conn:
             stored = meta.source_values(conn, self._host, "health")
-        return {name: json.loads(record) for name, record in sorted(stored.items())}
+        return {name: meta.decode_health(record) for name, record in sorted(stored.items())}
 
     # --- the poll ---------------------------------------------------------------------------
 

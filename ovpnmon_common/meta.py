@@ -41,6 +41,11 @@ def encode_health(health: Mapping[str, Any]) -> str:
     return json.dumps(health)
 
 
+def decode_health(stored: str) -> dict[str, Any]:
+    """A source's health record as ``encode_health`` stored it."""
+    return dict(json.loads(stored))
+
+
 @dataclass(frozen=True)
 class HostStatus:
     """What one collector (a host of the fleet) last said about itself and its sources."""
@@ -136,7 +141,7 @@ def decode(
     health: dict[int, dict[str, dict[str, Any]]] = {}
     for host_id, name, record in sources:
         if record is not None:
-            health.setdefault(host_id, {})[name] = json.loads(record)
+            health.setdefault(host_id, {})[name] = decode_health(record)
     return CollectorStatus(
         hosts={
             row.name: HostStatus(

@@ -125,11 +125,18 @@ class RecordingProxy(threading.Thread):
 
 
 class CollectorProcess:
-    def __init__(self, workdir: Path, name: str, source_lines: str) -> None:
-        self.db = str(workdir / f"{name}.db")
+    """``ovpnmon-collector run`` polling one source every second: into a SQLite file of its own,
+    or (``url``) into a PostgreSQL database as host ``name`` of a fleet (its spool beside)."""
+
+    def __init__(self, workdir: Path, name: str, source_lines: str, url: str | None = None) -> None:
+        self.db = url or str(workdir / f"{name}.db")
+        self.host = name if url else None
         self.config = workdir / f"{name}.conf"
+        database = f"url = {url}" if url else f"path = {self.db}"
+        fleet = f"host = {name}\nspool_dir = {workdir / (name + '-spool')}\n" if url else ""
         self.config.write_text(
-            f"[database]\npath = {self.db}\n[collector]\ninterval = 1\n[source:main]\n{source_lines}\n"
+            f"[database]\n{database}\n[collector]\ninterval = 1\n{fleet}"
+            f"[source:main]\n{source_lines}\n"
         )
         self.log = workdir / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -148,17 +155,21 @@ class CollectorProcess:
         return self.process.wait(timeout=30)
 
     def heartbeat(self) -> int | None:
+        """The last stored poll (of its host, in a fleet)."""
         engine = reader_engine(self.db)
         try:
             with engine.connect() as conn:
-                value = meta.read_status(conn).heartbeat
+                status = meta.read_status(conn)
         except Exception:
             return None
         finally:
             engine.dispose()
-        return int(value) if value else None
+        if self.host is None:
+            return status.heartbeat
+        host = status.hosts.get(self.host)
+        return host.heartbeat if host is not None else None
 
-    def wait_polls(self, count: int, timeout: float = 20) -> None:
+    def wait_polls(self, count: int, timeout: float = 30) -> None:
         """Wait until ``count`` more polls are stored (heartbeats are whole seconds, 1 s apart)."""
         start = self.heartbeat() or 0
         deadline = time.monotonic() + timeout

@@ -12,72 +12,16 @@ when it is back, and the totals are still exact, to the byte.
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from conftest import api_server, get_json, require_e2e, require_openvpn
-from test_e2e_openvpn import Relay, expected_totals
+from test_e2e_openvpn import CollectorProcess, Relay, expected_totals
 
-from ovpnmon_common import meta
 from ovpnmon_common.storage.engines import reader_engine
 from ovpnmon_common.totals import lifetime_totals
 
 pytestmark = pytest.mark.slow
-
-
-class HostCollector:
-    """``ovpnmon-collector run`` of one host, on a PostgreSQL URL."""
-
-    def __init__(self, workdir: Path, host: str, url: str, status: Path) -> None:
-        self.host, self.url = host, url
-        self.config = workdir / f"{host}.conf"
-        self.config.write_text(
-            f"[database]\nurl = {url}\n[collector]\ninterval = 1\nhost = {host}\n"
-            f"spool_dir = {workdir / (host + '-spool')}\n[source:main]\nstatus_file = {status}\n"
-        )
-        self.log = workdir / f"{host}.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "ovpnmon_collector", "run", "--config", str(self.config)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    def heartbeat(self) -> int | None:
-        engine = reader_engine(self.url)
-        try:
-            with engine.connect() as conn:
-                host = meta.read_status(conn).hosts.get(self.host)
-                return host.heartbeat if host is not None else None
-        except Exception:
-            return None
-        finally:
-            engine.dispose()
-
-    def wait_polls(self, count: int, timeout: float = 30) -> None:
-        start = self.heartbeat() or 0
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            beat = self.heartbeat()
-            if beat is not None and beat >= start + count:
-                return
-            time.sleep(0.2)
-        raise TimeoutError(f"{self.host}: no {count} polls:\n{self.log.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                assert self.process.wait(timeout=30) == 0
-            finally:
-                if self.process.poll() is None:
-                    self.process.kill()
 
 
 def test_two_hosts_one_postgresql_exact_through_an_outage(tmp_path):
@@ -93,7 +37,7 @@ def test_two_hosts_one_postgresql_exact_through_an_outage(tmp_path):
         "vpn-b": Server(tmp_path / "vpn-b", pki, status_version=3),
     }
     relays: dict[str, Relay] = {}
-    collectors: dict[str, HostCollector] = {}
+    collectors: dict[str, CollectorProcess] = {}
     try:
         url = cluster.database()
         for name, server in servers.items():
@@ -102,7 +46,8 @@ def test_two_hosts_one_postgresql_exact_through_an_outage(tmp_path):
             relays[name] = Relay(server.status_file, tmp_path / f"{name}-status.log", period=1.5)
             relays[name].copy()  # version 0: what the first poll reads
             assert len(relays[name].versions) == 1
-            collectors[name] = HostCollector(tmp_path, name, url, relays[name].target)
+            source = f"status_file = {relays[name].target}"
+            collectors[name] = CollectorProcess(tmp_path, name, source, url=url)
         for name in servers:
             collectors[name].start()
             collectors[name].wait_polls(1)  # one at a time: the first creates the schema
@@ -131,7 +76,7 @@ def test_two_hosts_one_postgresql_exact_through_an_outage(tmp_path):
         for collector in collectors.values():
             collector.wait_polls(2)
         for collector in collectors.values():
-            collector.stop()
+            assert collector.signal(signal.SIGTERM) == 0  # finishes its poll, exits cleanly
 
         logs = {name: c.log.read_text() for name, c in collectors.items()}
         for name, log in logs.items():

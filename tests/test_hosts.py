@@ -4,14 +4,25 @@ to one host, ``/hosts`` and ``/health`` speak of each host's collector. Two real
 
 from __future__ import annotations
 
+import threading
 import time
 
 import falcon.testing
 import pytest
 from conftest import StatusPoller, row
+from schema_v3 import as_schema_3
+from sqlalchemy import func, inspect, select
+from sqlalchemy.schema import CreateTable
 
 from ovpnmon_api.app import create_app
+from ovpnmon_collector import rollup
+from ovpnmon_collector.store import Store
+from ovpnmon_common import meta, schema
 from ovpnmon_common.config import ApiConfig, Config, RetentionConfig
+from ovpnmon_common.storage.engines import writer_engine
+from ovpnmon_common.storage.migrations import init_db
+from ovpnmon_common.tiers import ROLLUPS, source_of, sql_align
+from ovpnmon_common.totals import lifetime_totals
 
 T0 = 1_795_000_000
 SINCE = T0 - 50
@@ -153,15 +164,6 @@ def test_a_schema_3_database_becomes_host_1_and_carries_on_exactly(engine, db_pa
     """The upgrade to schema 4 files the one collector's history under the upgrading
     collector's host name: every answer the same, what meta said of it moved, and the next
     poll counts only new bytes (the source is not taken as newly watched)."""
-    from schema_v3 import as_schema_3
-    from sqlalchemy import inspect, select
-    from sqlalchemy.schema import CreateTable
-
-    from ovpnmon_collector.store import Store
-    from ovpnmon_common import meta, schema
-    from ovpnmon_common.storage.migrations import init_db
-    from ovpnmon_common.totals import lifetime_totals
-
     poller = StatusPoller(engine, tmp_path, T0, host=None)
     for n in range(1, 4):
         poller.poll(row("alice", 1, SINCE, 100 * n, 10 * n), row("bob", 2, SINCE, 5 * n, 5 * n))
@@ -214,20 +216,8 @@ def test_two_collectors_racing_rollups_build_tiers_equal_to_the_raw_sums(db_path
     each runs the rollups between its polls: whichever runs them, while the other's poll is
     in flight or late for a bucket the first already closed, every tier equals the raw sums
     of its buckets, and every byte is counted once."""
-    import threading
-
-    from sqlalchemy import func, select
-
-    from ovpnmon_collector import rollup
-    from ovpnmon_common import meta
-    from ovpnmon_common.storage.engines import writer_engine
-    from ovpnmon_common.tiers import ROLLUPS, source_of, sql_align
-    from ovpnmon_common.totals import lifetime_totals
-
     step, polls = 120, 45
     writers = [writer_engine(db_path), writer_engine(db_path)]
-    from ovpnmon_common.storage.migrations import init_db
-
     init_db(writers[0])
     hosts = [
         StatusPoller(writers[0], tmp_path, T0, step=step, host="vpn1"),
