@@ -44,7 +44,6 @@ log = logging.getLogger("ovpnmon.collector")
 
 # At most this many oddities are remembered as logged (then they may be logged again).
 ODDITIES_REMEMBERED = 100_000
-DATABASE_FAILED = "database write failed, will retry next poll: "
 
 
 @dataclass
@@ -190,7 +189,7 @@ class Collector:
                 summary.error = failed
                 return self._keep(summary, reads, interval)
         stored = self._store(summary, now, mono, interval, reads)
-        if stored.error is not None and stored.error.startswith(DATABASE_FAILED):
+        if not stored.stored:  # the one way _store fails: the database (_database_failed)
             return self._keep(stored, reads, interval)
         return stored
 
@@ -480,7 +479,7 @@ class Collector:
     def _database_failed(self, summary: PollSummary, exc: DBAPIError) -> PollSummary:
         message = describe_error(exc)
         self._failure = exc
-        summary.error = f"{DATABASE_FAILED}{message}"
+        summary.error = f"database write failed, will retry next poll: {message}"
         self._set_health("database", "error", summary.error, summary.ts, {})
         # Drop what this poll accounted: the next poll starts again from what is committed.
         self._state = None
