@@ -19,6 +19,7 @@ from conftest import free_port, require_e2e, stop_process, wait_for_http
 from ovpn_harness import Pki
 
 from ovpnmon_collector import certs, rollup
+from ovpnmon_common.config import default_host
 from ovpnmon_common.planner import RANGES
 from ovpnmon_common.storage import engines, migrations
 from ovpnmon_demo.simulator import Simulation, populate, render_status, write_in_place
@@ -57,7 +58,8 @@ def database(tmp_path_factory) -> Path:
     pki = Pki.create(work / "pki")
     for index, name in enumerate(["vpn-server", HOSTILE, "user-000", "old-laptop", "alice smith"]):
         pki.issue(name, days=[400, 10, 45, -3, 200][index])
-    certs.store(engine, certs.scan([str(pki.directory)]), now, "vpn1")
+    # scanned by the collector that polled (populate's Store: this machine's host name)
+    certs.store(engine, certs.scan([str(pki.directory)]), now, default_host())
     engines.close_writer(engine)
     return path
 
@@ -204,6 +206,8 @@ def test_every_page_loads_clean_and_stays_on_its_origin(browser, api, width, hei
             page = watched.open(route)
             assert page.locator("main h1").count() == 1, route
             assert not page.locator(".page-error").count(), (route, page.inner_text("main"))
+            # the collector polled minutes ago and reads every source: nothing to warn of
+            assert page.locator("#banner").is_hidden(), (route, page.inner_text("#banner"))
             shot = ARTIFACTS / f"dashboard-{width}x{height}-{_slug(route)}.png"
             page.screenshot(path=str(shot), full_page=False)
             assert not_blank(shot), shot
