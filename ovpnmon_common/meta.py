@@ -15,7 +15,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Float,
+    Integer,
+    Text,
+    bindparam,
+    cast,
+    literal_column,
+    null,
+    select,
+    union_all,
+    update,
+)
 
 from ovpnmon_common import schema
 from ovpnmon_common.storage.statements import Prepared, upsert
@@ -124,24 +137,82 @@ def _int(value: str | None) -> int | None:
     return int(value) if value else None
 
 
-def decode(
-    entries: Mapping[str, str], hosts: Sequence[Any] = (), sources: Sequence[Any] = ()
-) -> CollectorStatus:
-    """The status held in ``entries`` (every row of ``meta``), ``hosts`` and ``sources``
-    (their rows)."""
+# The three tables' rows in one statement (one round trip on PostgreSQL, where every request
+# starts by reading them): (kind, id, name, text, heartbeat, interval, poll_seconds,
+# certificates_scanned_at) -- a meta row is (META, -, key, value), a host row the host's columns,
+# a sources row (SOURCE, host id, source name, health record).
+META, HOST, SOURCE = 0, 1, 2
+_m, _h, _s = schema.meta, schema.hosts, schema.sources
+
+
+def _none(type_: Any) -> Any:
+    return cast(null(), type_)
+
+
+_STATUS = Prepared(
+    union_all(
+        select(
+            literal_column(str(META)).label("kind"),
+            _none(Integer).label("id"),
+            _m.c.key.label("name"),
+            _m.c.value.label("text"),
+            _none(BigInteger).label("heartbeat"),
+            _none(Integer).label("interval"),
+            _none(Float).label("poll_seconds"),
+            _none(BigInteger).label("certificates_scanned_at"),
+        ),
+        select(
+            literal_column(str(HOST)),
+            _h.c.id,
+            _h.c.name,
+            _none(Text),
+            _h.c.heartbeat,
+            _h.c.interval,
+            _h.c.poll_seconds,
+            _h.c.certificates_scanned_at,
+        ),
+        select(
+            literal_column(str(SOURCE)),
+            _s.c.host_id,
+            _s.c.name,
+            _s.c.health,
+            _none(BigInteger),
+            _none(Integer),
+            _none(Float),
+            _none(BigInteger),
+        ).where(_s.c.health.is_not(None)),
+    )
+)
+_ONE = Prepared(select(_m.c.value).where(_m.c.key == bindparam("key")))
+_WATERMARKS = Prepared(select(_m.c.key, _m.c.value).where(_m.c.key.like(_WATERMARK.format("%"))))
+
+
+def read_status(conn: Connection) -> CollectorStatus:
+    """The collectors' status: ``meta``, ``hosts`` and ``sources``, read in one statement."""
+    return decode(_STATUS(conn).all())
+
+
+def decode(rows: Sequence[Any]) -> CollectorStatus:
+    """The status held in ``rows`` (as ``read_status``'s statement returns them)."""
     watermarks: dict[str, int] = {}
     pruned: dict[str, int] = {}
-    for key, value in entries.items():
-        kind, _, rest = key.partition(".")
-        name, _, what = rest.rpartition(".")
-        if kind == "rollup" and what == "watermark":
-            watermarks[name] = int(value)
-        elif kind == "prune" and what == "before":
-            pruned[name] = int(value)
+    version: int | None = None
+    hosts: list[Any] = []
     health: dict[int, dict[str, dict[str, Any]]] = {}
-    for host_id, name, record in sources:
-        if record is not None:
-            health.setdefault(host_id, {})[name] = decode_health(record)
+    for row in rows:
+        if row.kind == META:
+            kind, _, rest = row.name.partition(".")
+            name, _, what = rest.rpartition(".")
+            if kind == "rollup" and what == "watermark":
+                watermarks[name] = int(row.text)
+            elif kind == "prune" and what == "before":
+                pruned[name] = int(row.text)
+            elif row.name == SCHEMA_VERSION:
+                version = _int(row.text)
+        elif row.kind == HOST:
+            hosts.append(row)
+        else:
+            health.setdefault(row.id, {})[row.name] = decode_health(row.text)
     return CollectorStatus(
         hosts={
             row.name: HostStatus(
@@ -157,21 +228,8 @@ def decode(
         },
         watermarks=watermarks,
         pruned=pruned,
-        schema_version=_int(entries.get(SCHEMA_VERSION)),
+        schema_version=version,
     )
-
-
-_m, _h, _s = schema.meta, schema.hosts, schema.sources
-_ALL = Prepared(select(_m.c.key, _m.c.value))
-_HOSTS = Prepared(select(_h))
-_HEALTH = Prepared(select(_s.c.host_id, _s.c.name, _s.c.health))
-_ONE = Prepared(select(_m.c.value).where(_m.c.key == bindparam("key")))
-_WATERMARKS = Prepared(select(_m.c.key, _m.c.value).where(_m.c.key.like(_WATERMARK.format("%"))))
-
-
-def read_status(conn: Connection) -> CollectorStatus:
-    """The collectors' status: ``meta``, ``hosts`` and ``sources``."""
-    return decode(dict(_ALL(conn).all()), _HOSTS(conn).all(), _HEALTH(conn).all())
 
 
 def watermarks(conn: Connection) -> dict[str, int]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, case, func, select
+from sqlalchemy import Connection, and_, bindparam, case, func, select
 
 from ovpnmon_common import schema, totals
 from ovpnmon_common.meta import CollectorStatus
@@ -39,16 +39,28 @@ HOST_CLIENTS = Prepared(
 ONE_CLIENT = Prepared(
     select(*_COLUMNS).where(c.c.common_name == bindparam("name")).order_by(c.c.host_id)
 )
-# Every active client's raw sample at its host's last poll: what current rates are made of;
-# and one client's (its rows on every host).
-_LAST_SAMPLES = (
+# Every active client's raw sample at its host's last poll: what current rates are made of.
+LAST_SAMPLES = Prepared(
     select(u.c.client_id, u.c.bytes_received, u.c.bytes_sent)
     .join(c, c.c.id == u.c.client_id)
     .join(h, h.c.id == c.c.host_id)
     .where(c.c.active, u.c.ts == h.c.heartbeat)
 )
-LAST_SAMPLES = Prepared(_LAST_SAMPLES)
-NAMED_LAST_SAMPLES = Prepared(_LAST_SAMPLES.where(c.c.common_name == bindparam("name")))
+# One client's rows (one per host it was seen on), each with its current rate's makings: an
+# active row's raw sample at its host's last poll and that poll's interval (key seeks).
+NAMED_CLIENT = Prepared(
+    select(
+        *_COLUMNS,
+        u.c.bytes_received.label("last_received"),
+        u.c.bytes_sent.label("last_sent"),
+        g.c.interval.label("last_interval"),
+    )
+    .join(h, h.c.id == c.c.host_id)
+    .outerjoin(u, and_(c.c.active, u.c.ts == h.c.heartbeat, u.c.client_id == c.c.id))
+    .outerjoin(g, and_(c.c.active, g.c.ts == h.c.heartbeat, g.c.host_id == h.c.id))
+    .where(c.c.common_name == bindparam("name"))
+    .order_by(c.c.host_id)
+)
 # Each host's last poll interval (monotonic seconds; 0 for a first poll after a start): one
 # key seek per host, from the hosts (a join may start from global_history and read all of it).
 LAST_INTERVALS = Prepared(
@@ -122,20 +134,13 @@ def client(
     a few statements whatever the number of hosts (each a round trip on PostgreSQL)."""
     rows = [
         row
-        for row in ONE_CLIENT(conn, name=common_name)
+        for row in NAMED_CLIENT(conn, name=common_name)
         if host_id is None or row.host_id == host_id
     ]
     if not rows:
         return None
     kept = {row.id for row in rows}
     heartbeats = status.heartbeats()
-    active = any(row.active for row in rows)
-    intervals = last_intervals(conn) if active else {}
-    last = (
-        {cid: (rx, tx) for cid, rx, tx in NAMED_LAST_SAMPLES(conn, name=common_name)}
-        if active
-        else {}
-    )
     sessions: dict[int, list[OpenSession]] = {}
     for client_id, session in named_open_sessions(conn, common_name):
         if client_id in kept:
@@ -153,8 +158,8 @@ def client(
             row,
             heartbeats.get(row.host_id),
             live,
-            last.get(row.id, (0, 0)),  # only active rows have one
-            intervals.get(row.host_id, 0.0),
+            (row.last_received or 0, row.last_sent or 0),  # only active rows have one
+            float(row.last_interval or 0.0),
         )
         merged = part if merged is None else merge(merged, part)
     assert merged is not None
