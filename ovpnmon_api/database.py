@@ -6,6 +6,11 @@ an ``mv``) would go on being served from the old inode, and a deleted one from m
 file is opened afresh (the pool is dropped), a missing or unreadable one is a ``DatabaseError``
 (503, ``/health`` unhealthy) until it is back, and the schema is checked once per state of the
 database. The API starts without the file and serves as soon as the collector creates it.
+
+Every request reads in one transaction (``snapshot``) that starts with the collectors' status.
+On PostgreSQL a pooled connection may have been dropped by the server (a restart, a terminated
+backend); its first statement fails, SQLAlchemy empties the pool, and the read is tried once more
+on a new connection: what a ping on every checkout would do, without its round trip.
 """
 
 from __future__ import annotations
@@ -14,10 +19,14 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
+from contextlib import contextmanager
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
+from ovpnmon_common import meta
+from ovpnmon_common.meta import CollectorStatus
 from ovpnmon_common.storage import DatabaseError
 from ovpnmon_common.storage.engines import change_counter, reader_engine
 from ovpnmon_common.storage.location import describe, is_postgres
@@ -37,9 +46,10 @@ class FollowedDatabase:
         self._file: tuple[int, int] | None = None  # the file the pool's connections are on
         self._checked: Hashable = None  # the database state whose schema was checked
 
-    def check(self) -> None:
-        """Raise ``DatabaseError`` unless the file is there, readable and of our schema;
-        reopen on a file that replaced the one the connections hold."""
+    def check(self) -> Hashable:
+        """The database's state (its change counter's value). Raises ``DatabaseError`` unless
+        the file is there, readable and of our schema; reopens on a file that replaced the one
+        the connections hold."""
         if not is_postgres(self.path):
             self._follow_file()
         try:
@@ -49,6 +59,28 @@ class FollowedDatabase:
         if version != self._checked:
             check_schema(self.engine, self.path)
             self._checked = version
+        return version
+
+    @contextmanager
+    def snapshot(self) -> Iterator[tuple[Connection, CollectorStatus]]:
+        """One read transaction and the collectors' status in it: every query of a request
+        sees the same committed state (call ``check`` first)."""
+        for attempt in (1, 2):
+            conn = self.engine.connect()
+            try:
+                status = meta.read_status(conn)
+            except DBAPIError as exc:
+                conn.close()
+                if exc.connection_invalidated and attempt == 1:
+                    continue  # dropped by the server while pooled: the pool is emptied
+                raise
+            with conn:
+                yield conn, status
+                # Ended by COMMIT, not the pool's ROLLBACK: psycopg forgets the statements it
+                # prepared on the server at every ROLLBACK, and PostgreSQL would plan each
+                # statement of every request afresh (a third of a cold request's time).
+                conn.commit()
+            return
 
     def _follow_file(self) -> None:
         try:

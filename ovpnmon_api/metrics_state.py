@@ -150,11 +150,7 @@ class MetricsState:
         return self._current((openmetrics,))
 
     def _current(self, formats: Iterable[bool]) -> Snapshot:
-        self.database.check()
-        try:
-            version = self.database.counter.value()
-        except (OSError, sqlite3.Error) as exc:
-            raise DatabaseError(f"cannot read {self.database.path}: {exc}") from None
+        version = self.database.check()
         with self._lock:
             if version != self._version or self._snapshot is None:
                 self._snapshot = self._read()
@@ -168,8 +164,7 @@ class MetricsState:
             return snapshot
 
     def _read(self) -> Snapshot:
-        with self.database.engine.connect() as conn:
-            status = meta.read_status(conn)
+        with self.database.snapshot() as (conn, status):
             counts = clients.source_counts(conn, status)
             certs = certificates.certificates(conn)
             every = totals.lifetimes(conn) if self.per_client else []

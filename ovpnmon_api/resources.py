@@ -22,7 +22,7 @@ from ovpnmon_api.database import FollowedDatabase
 from ovpnmon_api.read import certificates, clients, series
 from ovpnmon_api.read import sessions as read_sessions
 from ovpnmon_api.read import usage as read_usage
-from ovpnmon_common import meta, periods, totals
+from ovpnmon_common import periods, totals
 from ovpnmon_common.config import Config
 from ovpnmon_common.formatting import format_timestamp
 from ovpnmon_common.meta import CollectorStatus
@@ -125,9 +125,8 @@ class Context:
         """The collector's status, read once per database state."""
 
         def read() -> CollectorStatus:
-            self.database.check()
-            with self.engine.connect() as conn:
-                return meta.read_status(conn)
+            with self.snapshot() as (_, status):
+                return status
 
         return self.cache.get_or_build(("collector status",), read)
 
@@ -136,8 +135,8 @@ class Context:
         """One read transaction and the collector's status in it: every query of a request
         sees the same committed poll."""
         self.database.check()
-        with self.engine.connect() as conn:
-            yield conn, meta.read_status(conn)
+        with self.database.snapshot() as found:
+            yield found
 
     def hot_seconds(self) -> float:
         """How long a request stays worth answering again after each commit (the warmer's

@@ -21,7 +21,7 @@ from ovpnmon_api.app import create_app
 from ovpnmon_collector.cli import cli
 from ovpnmon_collector.lock import PostgresLock, WriterBusy
 from ovpnmon_common import meta, schema
-from ovpnmon_common.config import Config, default_host
+from ovpnmon_common.config import ApiConfig, Config, default_host
 from ovpnmon_common.storage import engines, migrations, postgres
 from ovpnmon_common.totals import lifetime_totals
 from ovpnmon_demo.simulator import render_status
@@ -97,6 +97,26 @@ def test_the_api_opens_read_only_transactions(url):
     reader.dispose()
 
 
+def test_the_api_keeps_its_statements_prepared_across_requests(url, tmp_path):
+    """psycopg prepares a statement on the server once it has run five times, and forgets
+    every one at a ROLLBACK. The API's read transactions end with COMMIT, so a request's
+    statements are planned once per connection, not on every request."""
+    writer, poller = polled(url, tmp_path)
+    poller.poll(row("alice", 0, T0 - 5, 0, 0))
+    poller.poll(row("alice", 0, T0 - 5, 6000, 600))
+    engine = engines.reader_engine(url, pool_size=1)
+    config = Config(database=url, api=ApiConfig(cache_mb=0))  # every request reads
+    client = falcon.testing.TestClient(create_app(config, engine, clock=lambda: T0 + 30.0))
+    for _ in range(6):
+        assert client.simulate_get("/api/v1/stats/alice").status_code == 200
+    with engine.connect() as conn:  # the pool's one connection, which served them
+        prepared = conn.exec_driver_sql("SELECT count(*) FROM pg_prepared_statements").scalar()
+    assert prepared >= 5  # the status, the client, its sessions, their counters, its series
+    poller.close()
+    writer.dispose()
+    engine.dispose()
+
+
 def polled(url, tmp_path):
     """A writer on ``url`` with its schema, and the real collector polling a status file."""
     writer = engines.writer_engine(url)
@@ -126,6 +146,33 @@ def test_the_api_answers_503_while_the_server_is_down_and_recovers(own_cluster, 
     assert after.status_code == 200, after.text
     assert after.json == before.json  # the same answer, by itself
     poller.close()
+
+
+def test_the_api_reads_on_when_the_server_drops_its_pooled_connections(
+    url, postgres_cluster, tmp_path
+):
+    """The API's pool pings no connection before a request (a round trip each): a connection
+    the server dropped while pooled fails its first statement, and the request is read again
+    on a new one. Nothing is answered 503 and the answer is the same."""
+    writer, poller = polled(url, tmp_path)
+    poller.poll(row("alice", 0, T0 - 5, 0, 0))
+    poller.poll(row("alice", 0, T0 - 5, 6000, 600))
+    config = Config(database=url, api=ApiConfig(cache_mb=0))  # every request reads
+    client = falcon.testing.TestClient(create_app(config, clock=lambda: T0 + 30.0))
+    before = client.simulate_get("/api/v1/stats/alice")
+    assert before.status_code == 200, before.text
+    database = url.rsplit("/", 1)[1]
+    postgres_cluster.admin(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        f"WHERE datname = '{database}' AND pid <> pg_backend_pid() "
+        "AND application_name <> 'ovpnmon change counter'"
+    )
+    for path in ("/api/v1/stats/alice", "/api/v1/clients", "/metrics"):
+        again = client.simulate_get(path)
+        assert again.status_code == 200, (path, again.text)
+    assert client.simulate_get("/api/v1/stats/alice").json == before.json
+    poller.close()
+    writer.dispose()
 
 
 def test_the_collector_loses_nothing_while_the_server_is_down(own_cluster, tmp_path):
