@@ -9,6 +9,7 @@ them here.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -42,20 +43,54 @@ def counted(conn: Connection, rows: list[Any], every_source: bool) -> list[tuple
     row up in its own source's (a few). Either way one statement reads every source's packed
     row (a round trip on PostgreSQL; a few kB a source). Session ids are unique across hosts
     and sources, so a session's entry is found by its id alone."""
-    current: dict[int, tuple[int, int]] = {}
     if not rows:
         return []
     if every_source:
+        current: dict[int, tuple[int, int]] = {}
         for _, _, data in _ALL_COUNTERS(conn):
             current.update(Counters(data).items())
-    else:
-        by_source: dict[tuple[int, str], list[int]] = {}
-        for session, host, source, *_ in rows:
-            by_source.setdefault((host, source), []).append(session)
-        for host, source, data in _ALL_COUNTERS(conn):
-            sessions = by_source.get((host, source))
-            if sessions:
-                current.update(Counters(data).lookup(sessions).items())
+        return _minus_baselines(rows, current)
+    return _minus_baselines(rows, _looked_up(rows, _ALL_COUNTERS(conn)))
+
+
+# A column for a statement of open sessions: the packed counters of the session's source, on
+# the first row of each source (NULL on its others: they are kilobytes, sent once). Such a
+# statement reads sessions and their counters in one round trip (``counted_carried``). It
+# must have no LIMIT: the first row of a source could be cut off.
+CARRIED_COUNTERS = case(
+    (
+        func.row_number().over(partition_by=(s.c.host_id, s.c.source), order_by=s.c.id) == 1,
+        select(sc.c.counters)
+        .where(sc.c.host_id == s.c.host_id, sc.c.source == s.c.source)
+        .correlate(s)
+        .scalar_subquery(),
+    )
+).label("counters")
+
+
+def counted_carried(rows: list[Any]) -> list[tuple[int, int]]:
+    """``counted`` for rows that carry their sources' packed counters (``CARRIED_COUNTERS``,
+    the last column)."""
+    packed = [(row[1], row[2], row[-1]) for row in rows if row[-1] is not None]
+    return _minus_baselines(rows, _looked_up(rows, packed))
+
+
+def _looked_up(rows: list[Any], packed: Iterable[Any]) -> dict[int, tuple[int, int]]:
+    """The entries of ``rows``' sessions in ``packed`` ((host, source, packed counters))."""
+    by_source: dict[tuple[int, str], list[int]] = {}
+    for session, host, source, *_ in rows:
+        by_source.setdefault((host, source), []).append(session)
+    current: dict[int, tuple[int, int]] = {}
+    for host, source, data in packed:
+        sessions = by_source.get((host, source))
+        if sessions:
+            current.update(Counters(data).lookup(sessions).items())
+    return current
+
+
+def _minus_baselines(rows: list[Any], current: dict[int, tuple[int, int]]) -> list[tuple[int, int]]:
+    """Each row's counters now (its entry in ``current``, else its row's) minus its
+    baseline."""
     result = []
     for session, _, _, rx, tx, base_rx, base_tx, *_ in rows:
         rx, tx = current.get(session, (rx, tx))

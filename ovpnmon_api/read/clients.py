@@ -240,6 +240,7 @@ NAMED_OPEN_SESSIONS = Prepared(
         s.c.virtual_ipv6,
         s.c.connected_since,
         s.c.client_id,
+        totals.CARRIED_COUNTERS,
     )
     .where(
         s.c.client_id.in_(select(c.c.id).where(c.c.common_name == bindparam("name"))),
@@ -266,7 +267,7 @@ def named_open_sessions(conn: Connection, common_name: str) -> list[tuple[int, O
                 sent=tx,
             ),
         )
-        for row, (rx, tx) in zip(rows, totals.counted(conn, rows, every_source=False), strict=True)
+        for row, (rx, tx) in zip(rows, totals.counted_carried(rows), strict=True)
     ]
 
 
