@@ -1,5 +1,6 @@
 """What the benchmarks share: a free loopback port, waiting for a server to listen, timing one
-request, a percentile, and timing servers against the floor of their own bodies precomputed."""
+request, a percentile, timing servers against the floor of their own bodies precomputed, and a
+Prometheus serving backfilled OpenMetrics."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import http.client
 import multiprocessing
 import socket
 import statistics
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -119,3 +122,55 @@ def against_floor(
             print(
                 f"{shown:{width}s} {len(body):8d} {p50:6.2f}/{percentile(floor_ms, 0.99):7.2f}{cells}"
             )
+
+
+def prometheus_serving(
+    files: list[Path], data: Path, children: list[subprocess.Popen[bytes]]
+) -> tuple[int, subprocess.Popen[bytes]]:
+    """Prometheus (Debian's) serving the samples of ``files`` (OpenMetrics, each within one
+    2-hour block: promtool reads its whole input once per block), turned into blocks in
+    ``data`` by ``promtool tsdb create-blocks-from openmetrics`` (each file deleted once read),
+    and compacted as a long-running server would have: (its port, its process), added to
+    ``children``."""
+    started = time.perf_counter()
+    for path in files:
+        subprocess.run(
+            ["promtool", "tsdb", "create-blocks-from", "openmetrics", str(path), str(data)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        path.unlink()
+    print(
+        f"Prometheus: {len(files)} blocks built by promtool in {time.perf_counter() - started:.0f} s"
+    )
+    port = free_port()
+    config = data.parent / "prometheus.yml"
+    config.write_text("global:\n  scrape_interval: 1h\nscrape_configs: []\n")
+    child = subprocess.Popen(
+        [
+            "prometheus",
+            f"--config.file={config}",
+            f"--storage.tsdb.path={data}",
+            "--storage.tsdb.retention.time=100y",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=open(data.parent / "prometheus.log", "wb"),  # noqa: SIM115
+    )
+    children.append(child)
+    wait_listening(port, timeout=120)
+    while fetch(http.client.HTTPConnection("127.0.0.1", port), "/-/ready")[0] != 200:
+        time.sleep(0.5)
+    # the compactor runs every minute: wait until three looks find the block count unchanged
+    started = time.perf_counter()
+    counts: list[int] = []
+    while len(counts) < 3 or len(set(counts[-3:])) > 1:
+        time.sleep(35)
+        counts.append(sum(1 for p in data.iterdir() if len(p.name) == 26))  # ULID-named blocks
+        if time.perf_counter() - started > 900:
+            break
+    print(
+        f"Prometheus compacted them into {counts[-1]} blocks in "
+        f"{time.perf_counter() - started:.0f} s"
+    )
+    return port, child

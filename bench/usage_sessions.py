@@ -47,6 +47,7 @@ from benchutil import (
     free_port,
     percentile,
     precompute,
+    prometheus_serving,
     wait_listening,
 )
 from sqlalchemy import func, select
@@ -275,51 +276,12 @@ def start_prometheus(
     a long-running one would have."""
     started = time.perf_counter()
     files = write_openmetrics(database, month, step, work)
-    written = time.perf_counter() - started
-    data = work / "prometheus"
-    started = time.perf_counter()
-    for path in files:
-        subprocess.run(
-            ["promtool", "tsdb", "create-blocks-from", "openmetrics", str(path), str(data)],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        path.unlink()
-    built = time.perf_counter() - started
     samples = len(range(month.start, month.end + 1, step))
     print(
-        f"Prometheus: {samples} samples a series every {step} s, written in {written:.0f} s; "
-        f"{len(files)} blocks built by promtool in {built:.0f} s"
+        f"Prometheus: {samples} samples a series every {step} s, written in "
+        f"{time.perf_counter() - started:.0f} s"
     )
-    port = free_port()
-    (work / "prometheus.yml").write_text("global:\n  scrape_interval: 1h\nscrape_configs: []\n")
-    children.append(
-        subprocess.Popen(
-            [
-                "prometheus",
-                f"--config.file={work / 'prometheus.yml'}",
-                f"--storage.tsdb.path={data}",
-                "--storage.tsdb.retention.time=100y",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=open(work / "prometheus.log", "wb"),  # noqa: SIM115
-        )
-    )
-    wait_listening(port, timeout=120)
-    while fetch(http.client.HTTPConnection("127.0.0.1", port), "/-/ready")[0] != 200:
-        time.sleep(0.5)
-    # the compactor runs every minute: wait until two runs leave the block count unchanged
-    started = time.perf_counter()
-    counts = []
-    while len(counts) < 3 or len(set(counts[-3:])) > 1:
-        time.sleep(35)
-        counts.append(sum(1 for p in data.iterdir() if len(p.name) == 26))  # ULID-named blocks
-        if time.perf_counter() - started > 900:
-            break
-    print(
-        f"Prometheus compacted them into {counts[-1]} blocks in {time.perf_counter() - started:.0f} s"
-    )
+    port, _ = prometheus_serving(files, work / "prometheus", children)
     return port
 
 
