@@ -12,6 +12,7 @@ import os
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from sqlalchemy import Engine
 
@@ -39,6 +40,14 @@ _COLUMNS = (
 
 
 def _local(ts: int) -> str:
+    """``ts`` as OpenVPN prints it, in the process's local time (``TZ``)."""
+    return _local_in(ts, os.environ.get("TZ"))
+
+
+@lru_cache(maxsize=65536)
+def _local_in(ts: int, _zone: str | None) -> str:
+    # kept per TZ: a session's Connected Since is printed again at every poll (thousands of
+    # rows a poll in the benchmarks), and TZ may change between renders
     try:
         return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
     except (OverflowError, ValueError, OSError):  # a time no calendar of OpenVPN's prints
@@ -48,10 +57,11 @@ def _local(ts: int) -> str:
 def render_status(sessions: Iterable[SessionRow], written: int, version: int = 3) -> str:
     """The status file OpenVPN would write at ``written`` for ``sessions`` (version 1, 2 or 3)."""
     sessions = list(sessions)
+    when = _local(written)
     if version == 1:
         lines = [
             "OpenVPN CLIENT LIST",
-            f"Updated,{_local(written)}",
+            f"Updated,{when}",
             "Common Name,Real Address,Bytes Received,Bytes Sent,Connected Since",
         ]
         lines += [
@@ -61,7 +71,7 @@ def render_status(sessions: Iterable[SessionRow], written: int, version: int = 3
         ]
         lines += ["ROUTING TABLE", "Virtual Address,Common Name,Real Address,Last Ref"]
         lines += [
-            f"{s.virtual_address},{s.common_name},{s.real_address},{_local(written)}"
+            f"{s.virtual_address},{s.common_name},{s.real_address},{when}"
             for s in sessions
             if s.virtual_address
         ]
@@ -70,7 +80,7 @@ def render_status(sessions: Iterable[SessionRow], written: int, version: int = 3
     sep = "\t" if version == 3 else ","
     lines = [
         sep.join(("TITLE", TITLE)),
-        sep.join(("TIME", _local(written), str(written))),
+        sep.join(("TIME", when, str(written))),
         sep.join(("HEADER", "CLIENT_LIST", *_COLUMNS)),
     ]
     for s in sessions:
@@ -107,6 +117,7 @@ def render_status(sessions: Iterable[SessionRow], written: int, version: int = 3
             )
         )
     )
+    stamp = str(written)
     for s in sessions:
         if s.virtual_address:
             lines.append(
@@ -116,8 +127,8 @@ def render_status(sessions: Iterable[SessionRow], written: int, version: int = 3
                         s.virtual_address,
                         s.common_name,
                         s.real_address,
-                        _local(written),
-                        str(written),
+                        when,
+                        stamp,
                     )
                 )
             )

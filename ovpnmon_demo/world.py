@@ -22,6 +22,7 @@ import random
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from sqlalchemy import Engine
 
@@ -125,24 +126,22 @@ class Dataset:
                     continue
             else:
                 elapsed_here = elapsed
-            rate = kind.peak * level * rng.uniform(0.3, 1.7)
+            # rng.uniform(a, b) is a + (b - a) * rng.random(): the same numbers, without the call
+            rate = kind.peak * level * (0.3 + 1.4 * rng.random())
             session[2] += int(rate * elapsed_here)
-            session[3] += int(rate * elapsed_here * rng.uniform(0.05, 0.6))
+            session[3] += int(rate * elapsed_here * (0.05 + 0.55 * rng.random()))
             cid, since, rx, tx = session
-            high, low = f"{cid // 62500 % 250}.{cid // 250 % 250}", cid % 250
-            rows.append(
-                SessionRow(
-                    common_name=person.name,
-                    real_address=f"127.{high}.{low + 1}:1194",  # loopback: never dialled
-                    virtual_address=f"10.{high}.{low + 2}",
-                    virtual_ipv6="",
-                    bytes_received=rx,
-                    bytes_sent=tx,
-                    connected_since=since,
-                    client_id=cid,
-                )
-            )
+            real, virtual = self._addresses(cid)
+            # (common name, real address, virtual address, IPv6, rx, tx, since, client id)
+            rows.append(SessionRow(person.name, real, virtual, "", rx, tx, since, cid))
         return rows
+
+    @staticmethod
+    @lru_cache(maxsize=1 << 17)
+    def _addresses(cid: int) -> tuple[str, str]:
+        """(real address, virtual address) of client id ``cid``: text, never dialled."""
+        high, low = f"{cid // 62500 % 250}.{cid // 250 % 250}", cid % 250
+        return f"127.{high}.{low + 1}:1194", f"10.{high}.{low + 2}"
 
     def _open(self, since: int) -> list[int]:
         cid = self._next_id
