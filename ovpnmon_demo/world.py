@@ -196,11 +196,15 @@ class Reference:
         return out
 
     def top(self, start: int, end: int, limit: int = 10) -> list[tuple[str, int]]:
+        """The ``limit`` clients with most bytes in ``[start, end)``, most first; ties in the
+        order they were first seen; clients without a byte left out (as ``/analytics``)."""
         totals = []
-        for name in self.buckets:
+        for name in self.buckets:  # in the order first seen
             sums = self.client(name, start, end, end - start)
-            totals.append((name, sum(rx + tx for rx, tx in sums.values())))
-        totals.sort(key=lambda x: -x[1])
+            total = sum(rx + tx for rx, tx in sums.values())
+            if total:
+                totals.append((name, total))
+        totals.sort(key=lambda x: -x[1])  # stable: ties stay in the order first seen
         return totals[:limit]
 
 
