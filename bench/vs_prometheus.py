@@ -29,7 +29,6 @@ stores as a sample) and each server's resident memory.
 from __future__ import annotations
 
 import argparse
-import calendar
 import http.client
 import json
 import multiprocessing
@@ -51,6 +50,7 @@ from benchutil import fetch, free_port, percentile, prometheus_serving, wait_lis
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # ovpnmon_demo: not installed
 
 from ovpnmon_collector.snapshot import SessionRow
+from ovpnmon_common.formatting import parse_timestamp
 from ovpnmon_common.planner import ANALYTICS, Series, bucketed, plan
 from ovpnmon_common.tiers import GLOBAL_15MIN
 from ovpnmon_demo.world import BUCKET, DAY, Dataset, Reference, feed
@@ -114,6 +114,7 @@ def load(dataset: Dataset, work: Path) -> tuple[str, Reference, list[Path], dict
 
     started = time.perf_counter()
     feed(dataset, engine, status, each)
+    # the polls, the status text rendered for them and the reference's bookkeeping
     timings["polls"] = time.perf_counter() - started - timings["OpenMetrics"]
     exporter.flush()
     started = time.perf_counter()
@@ -141,10 +142,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def epoch(stamp: str) -> int:
-    return calendar.timegm(time.strptime(stamp, "%Y-%m-%d %H:%M:%S"))
 
 
 def both(expression: str) -> str:
@@ -183,9 +180,9 @@ def accuracy(got: list[float], want: list[int]) -> str:
 class Question:
     label: str
     ours: str  # ovpnmon URL ("": ovpnmon has no such question of its own)
-    theirs: list[str]  # Prometheus URLs, timed together
+    theirs: str  # Prometheus URL
     reference: Any  # bucket -> [rx, tx], or the top list
-    series: Series | None = None  # the buckets asked about
+    series: Series | None = None  # the buckets asked about (None: the top list)
     checks: list[tuple[str, str]] = field(default_factory=list)  # (system, accuracy)
 
 
@@ -200,11 +197,11 @@ def questions(dataset: Dataset, reference: Reference, name: str) -> list[Questio
     one = f"sum(increase({RECEIVED}{selector}[15m]))"
     both_ = "sum by (d) (" + both("increase({metric}" + selector + "[15m])") + ")"
     found = [
-        Question("one client, 24 h, one direction", "", [evaluated(one, series)], mine, series),
+        Question("one client, 24 h, one direction", "", evaluated(one, series), mine, series),
         Question(
             "one client, 24 h, both directions",
             f"/api/v1/stats/{name}?range=24h",
-            [evaluated(both_, series)],
+            evaluated(both_, series),
             mine,
             series,
         ),
@@ -216,7 +213,7 @@ def questions(dataset: Dataset, reference: Reference, name: str) -> list[Questio
             Question(
                 f"whole server, {range_name}, 96 buckets",
                 f"/api/v1/analytics?range={range_name}",
-                [evaluated(query, planned)],
+                evaluated(query, planned),
                 reference.server(planned.start, planned.end, step),
                 planned,
             )
@@ -232,7 +229,7 @@ def questions(dataset: Dataset, reference: Reference, name: str) -> list[Questio
         Question(
             "top 10 clients, 24 h",
             "/api/v1/analytics?range=24h",
-            ["/api/v1/query?" + urllib.parse.urlencode(params)],
+            "/api/v1/query?" + urllib.parse.urlencode(params),
             reference.top(planned.start, planned.end),
         )
     )
@@ -252,24 +249,13 @@ def evaluated(query: str, series: Series) -> str:
     return "/api/v1/query_range?" + urllib.parse.urlencode(params)
 
 
-def check(question: Question, ours: bytes, theirs: list[bytes]) -> None:
+def check(question: Question, ours: bytes, theirs: bytes) -> None:
     """Fill ``question.checks``: each system's answer against the reference."""
-    want = question.reference
-    if question.label.startswith("top"):
-        names = [n for n, _ in want]
-        mine = json.loads(ours)["data"]["top_clients_24h"]
-        exact = [(e["common_name"], e["total"]) for e in mine] == want
-        question.checks.append(("ovpnmon", "the same 10, bytes exact" if exact else "DIFFERS"))
-        result = json.loads(theirs[0])["data"]["result"]
-        got = {r["metric"]["common_name"]: float(r["value"][1]) for r in result}
-        same = sum(1 for n in names if n in got)
-        error = sum(abs(got.get(n, 0) - v) for n, v in want) / (sum(v for _, v in want) or 1)
-        question.checks.append(
-            ("Prometheus", f"{same}/10 of the same clients, error {100 * error:.3f} % of the bytes")
-        )
+    if question.series is None:
+        check_top(question, ours, theirs)
         return
-    series = question.series
-    assert series is not None and series.step is not None
+    series, want = question.series, question.reference
+    assert series.step is not None
     starts = list(series.starts())
     want_rx = [want.get(s, [0, 0])[0] for s in starts]
     want_tx = [want.get(s, [0, 0])[1] for s in starts]
@@ -277,24 +263,38 @@ def check(question: Question, ours: bytes, theirs: list[bytes]) -> None:
         data = json.loads(ours)["data"]
         if "global_history_24h" in data:
             points = data["global_history_24h"]
-            got = {epoch(p["timestamp"]): (p["total_rx"], p["total_tx"]) for p in points}
+            keys = ("total_rx", "total_tx")
         else:
             points = data["history"]
-            got = {epoch(p["timestamp"]): (p["bytes_received"], p["bytes_sent"]) for p in points}
-        mine = [float(got.get(s, (0, 0))[0]) for s in starts] + [
-            float(got.get(s, (0, 0))[1]) for s in starts
-        ]
+            keys = ("bytes_received", "bytes_sent")
+        got = {parse_timestamp(p["timestamp"]): (p[keys[0]], p[keys[1]]) for p in points}
+        mine = [float(got.get(s, (0, 0))[0]) for s in starts]
+        mine += [float(got.get(s, (0, 0))[1]) for s in starts]
         question.checks.append(("ovpnmon", accuracy(mine, want_rx + want_tx)))
-    answer = prometheus_points(theirs[0])
+    answer = prometheus_points(theirs)
     step = series.step
     if "" in answer:  # one direction
-        values = answer[""]
-        got_rx = [values.get(s + step - 1, 0.0) for s in starts]
+        got_rx = [answer[""].get(s + step - 1, 0.0) for s in starts]
         question.checks.append(("Prometheus", accuracy(got_rx, want_rx)))
         return
-    got = [answer["rx"].get(s + step - 1, 0.0) for s in starts]
-    got += [answer["tx"].get(s + step - 1, 0.0) for s in starts]
-    question.checks.append(("Prometheus", accuracy(got, want_rx + want_tx)))
+    got_both = [answer["rx"].get(s + step - 1, 0.0) for s in starts]
+    got_both += [answer["tx"].get(s + step - 1, 0.0) for s in starts]
+    question.checks.append(("Prometheus", accuracy(got_both, want_rx + want_tx)))
+
+
+def check_top(question: Question, ours: bytes, theirs: bytes) -> None:
+    """``check`` for the top list: the same clients, in order, with the same bytes."""
+    want = question.reference
+    mine = json.loads(ours)["data"]["top_clients_24h"]
+    exact = [(e["common_name"], e["total"]) for e in mine] == want
+    question.checks.append(("ovpnmon", "the same 10, bytes exact" if exact else "DIFFERS"))
+    result = json.loads(theirs)["data"]["result"]
+    got = {r["metric"]["common_name"]: float(r["value"][1]) for r in result}
+    same = sum(1 for name, _ in want if name in got)
+    error = sum(abs(got.get(n, 0) - v) for n, v in want) / (sum(v for _, v in want) or 1)
+    question.checks.append(
+        ("Prometheus", f"{same}/10 of the same clients, error {100 * error:.3f} % of the bytes")
+    )
 
 
 SYSTEMS = ("Prometheus", "ovpnmon cold", "ovpnmon cached")
@@ -304,15 +304,12 @@ def ask(question: Question, conns: dict[str, http.client.HTTPConnection], reques
     """Check each system's answer to ``question``, then time it ``requests`` times, the
     systems taking turns; print a row of p50/p90/p99 and the checks."""
     ours = fetch(conns["ovpnmon cold"], question.ours)[1] if question.ours else b""
-    check(question, ours, [fetch(conns["Prometheus"], url)[1] for url in question.theirs])
+    check(question, ours, fetch(conns["Prometheus"], question.theirs)[1])
     timed: dict[str, list[float]] = defaultdict(list)
     for _ in range(requests):
-        took = 0.0
-        for url in question.theirs:
-            status, body, seconds = fetch(conns["Prometheus"], url)
-            assert status == 200, body[:300]
-            took += seconds
-        timed["Prometheus"].append(took * 1000)
+        status, body, seconds = fetch(conns["Prometheus"], question.theirs)
+        assert status == 200, body[:300]
+        timed["Prometheus"].append(seconds * 1000)
         for label in SYSTEMS[1:] if question.ours else ():
             status, body, seconds = fetch(conns[label], question.ours)
             assert status == 200, body[:300]

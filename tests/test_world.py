@@ -6,9 +6,6 @@ counters minus what the previous poll showed of it, at the poll's 15-minute buck
 
 from __future__ import annotations
 
-import calendar
-import time
-
 import falcon.testing
 import pytest
 from conftest import stored_totals
@@ -16,16 +13,13 @@ from conftest import stored_totals
 from ovpnmon_api.app import create_app
 from ovpnmon_collector import rollup
 from ovpnmon_common.config import Config, RetentionConfig
+from ovpnmon_common.formatting import parse_timestamp
 from ovpnmon_common.planner import ANALYTICS, bucketed, plan
 from ovpnmon_common.storage import engines, migrations
 from ovpnmon_common.tiers import GLOBAL_15MIN
 from ovpnmon_demo.world import BUCKET, Dataset, Reference, feed
 
 END = 1_795_717_500 // BUCKET * BUCKET + BUCKET // 2  # in the middle of a bucket, as a "now"
-
-
-def epoch(stamp: str) -> int:
-    return calendar.timegm(time.strptime(stamp, "%Y-%m-%d %H:%M:%S"))
 
 
 def moved(buckets) -> dict[int, list[int]]:
@@ -58,7 +52,7 @@ def test_every_answer_equals_the_reference(world, db_path):
         want = reference.server(planned.start, planned.end, step)
         body = client.simulate_get(f"/api/v1/analytics?range={range_name}").json["data"]
         got = {
-            epoch(p["timestamp"]): [p["total_rx"], p["total_tx"]]
+            parse_timestamp(p["timestamp"]): [p["total_rx"], p["total_tx"]]
             for p in body["global_history_24h"]
         }
         assert moved(got) == moved(want), range_name
@@ -76,7 +70,9 @@ def test_every_answer_equals_the_reference(world, db_path):
             assert body.status_code == 404  # never connected
             continue
         points = body.json["data"]["history"]
-        got = {epoch(p["timestamp"]): [p["bytes_received"], p["bytes_sent"]] for p in points}
+        got = {
+            parse_timestamp(p["timestamp"]): [p["bytes_received"], p["bytes_sent"]] for p in points
+        }
         assert moved(got) == moved(want), person.name
     # lifetime totals: every byte the polls showed
     lifetime = {
