@@ -6,7 +6,8 @@ once a day; bytes move only at poll instants, so the polls show the whole truth,
 ``world.Reference`` computes it, apart from ovpnmon's code.
 
 - **ovpnmon** gets every poll through the collector's own path (``world.feed``: the status file
-  written, the real ``Collector`` polling it, clock injected), then the tiers are rolled up. Its
+  written, the real ``Collector`` polling it, clock injected), the tiers rolled up (and the raw
+  samples of final buckets packed) as each 15-minute bucket closes, as the daemon does. Its
   API serves the file with the clock frozen at the dataset's end (the app ``ovpnmon-api serve``
   runs, under waitress), cold (``cache_mb = 0``: every request computed) and as shipped.
 - **Prometheus** (Debian's) gets what an OpenVPN exporter shows at the same instants: per
@@ -105,21 +106,27 @@ def load(dataset: Dataset, work: Path) -> tuple[str, Reference, list[Path], dict
     migrations.init_db(engine)
     reference, exporter = Reference(), OpenMetrics(work)
     timings: dict[str, float] = defaultdict(float)
+    rolled = [dataset.start // BUCKET]
 
     def each(now: int, rows: list[SessionRow]) -> None:
         reference.poll(now, rows)
         started = time.perf_counter()
         exporter.scrape(now, rows)
         timings["OpenMetrics"] += time.perf_counter() - started
+        if now // BUCKET != rolled[0]:  # as the daemon: the rollups (and packing) as buckets close
+            rolled[0] = now // BUCKET
+            started = time.perf_counter()
+            rollup.catch_up(engine, now)
+            timings["rollup"] += time.perf_counter() - started
 
     started = time.perf_counter()
     feed(dataset, engine, status, each)
     # the polls, the status text rendered for them and the reference's bookkeeping
-    timings["polls"] = time.perf_counter() - started - timings["OpenMetrics"]
+    timings["polls"] = time.perf_counter() - started - timings["OpenMetrics"] - timings["rollup"]
     exporter.flush()
     started = time.perf_counter()
     rollup.catch_up(engine, dataset.end)
-    timings["rollup"] = time.perf_counter() - started
+    timings["rollup"] += time.perf_counter() - started
     engines.close_writer(engine)
     os.unlink(status)
     return database, reference, exporter.files, timings

@@ -68,6 +68,7 @@ _PLAIN = (
     schema.clients,
     schema.sessions,
     schema.usage_history,
+    schema.usage_packed,
     schema.global_history,
     schema.stats_15min,
     schema.stats_hourly,

@@ -15,6 +15,7 @@ from ovpnmon_common.tiers import ROLLUPS, TIERS
 # the column that says when a row is from, per table
 TIME_COLUMNS = {
     **{tier.table.name: tier.time_column for tier in TIERS},
+    **{tier.packed.name: "bucket" for tier in TIERS if tier.packed is not None},
     "sessions": "connected_since",
     "clients": "first_seen",
     "certificates": "not_after",

@@ -71,6 +71,9 @@ def prune(
         limit = cutoff(retention, tier, now, watermarks)
         report.cutoffs[name] = limit
         report.deleted[name] = 0
+        if tier.packed is not None:
+            report.cutoffs[tier.packed.name] = limit
+            report.deleted[tier.packed.name] = 0
         if limit is None:
             continue
         with engine.connect() as conn:
@@ -92,6 +95,10 @@ def prune(
                 engines.hold_tiers(conn, shared=False)  # not while a backfill reads them
                 result = conn.execute(delete(tier.table).where(tier.time >= start, tier.time < end))
                 report.deleted[name] += result.rowcount or 0
+                if tier.packed is not None:  # whole days: a packed bucket is wholly in or out
+                    bucket = tier.packed.c.bucket
+                    result = conn.execute(delete(tier.packed).where(bucket >= start, bucket < end))
+                    report.deleted[tier.packed.name] += result.rowcount or 0
                 # in the same transaction: a reader never sees rows gone and the key behind
                 meta.put(conn, meta.pruned_key(tier.name), str(end))
     _prune_sessions(engine, retention, now, report, deadline, clock)

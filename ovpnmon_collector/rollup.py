@@ -18,8 +18,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, func, insert, select
+from sqlalchemy import Connection, Engine, delete, func, insert, select, union_all
 
+from ovpnmon_collector import pack
 from ovpnmon_collector.clock import SYSTEM_CLOCK, Clock
 from ovpnmon_collector.slices import SLICE_SECONDS, oldest, spans
 from ovpnmon_common import meta, schema
@@ -58,15 +59,40 @@ def _source_select(tier: Tier, start: int, end: int, host_id: int | None = None)
     assert tier.width is not None
     bucket = sql_align(when, tier.width).label("bucket")
     # a raw row is one sample; a finer tier's row counts its own
-    samples = func.count() if src.raw else func.sum(table.c.samples)
-    sums = [func.sum(table.c.bytes_received), func.sum(table.c.bytes_sent)]
+    samples = (func.count() if src.raw else func.sum(table.c.samples)).label("samples")
+    sums = [
+        func.sum(table.c.bytes_received).label("bytes_received"),
+        func.sum(table.c.bytes_sent).label("bytes_sent"),
+    ]
     where = [when >= start, when < end, *_of_host(table, host_id)]  # raw: a (ts, ...) key range
     if tier.per_client:
-        return (
+        rows = (
             select(table.c.client_id, bucket, *sums, samples)
             .where(*where)
             .group_by(table.c.client_id, bucket)
         )
+        if src.packed is None:
+            return rows
+        # raw samples: the rows, and the packed buckets' sums
+        packed = src.packed
+        in_packed = [packed.c.bucket >= start, packed.c.bucket < end, *_of_host(packed, host_id)]
+        both = union_all(
+            rows,
+            select(
+                packed.c.client_id,
+                sql_align(packed.c.bucket, tier.width).label("bucket"),
+                packed.c.bytes_received,
+                packed.c.bytes_sent,
+                packed.c.samples,
+            ).where(*in_packed),
+        ).subquery("raw")
+        return select(
+            both.c.client_id,
+            both.c.bucket,
+            func.sum(both.c.bytes_received),
+            func.sum(both.c.bytes_sent),
+            func.sum(both.c.samples),
+        ).group_by(both.c.client_id, both.c.bucket)
     peak = table.c.active_count if src.raw else table.c.max_active
     return (
         select(bucket, table.c.host_id, *sums, func.max(peak), samples)
@@ -193,6 +219,8 @@ def catch_up(
         reports.append(RollupReport(tier.name, done, watermark))
         if done:
             log.debug("rollup %s: %d buckets, watermark %s", tier.name, done, watermark)
+    # the raw samples of the buckets the 15-minute tier now holds as final, packed
+    pack.catch_up(engine, deadline=deadline, clock=clock)
     return reports
 
 

@@ -30,5 +30,10 @@ def spans(start: int, limit: int, first: int, most: int, quick: float) -> Iterat
 
 
 def oldest(conn: Connection, tier: Tier) -> int | None:
-    """The time of ``tier``'s oldest row (None when it is empty)."""
-    return conn.execute(select(func.min(tier.time))).scalar()
+    """The time of ``tier``'s oldest row (None when it is empty); of raw samples, packed or
+    not, the start of the oldest packed bucket counts as its oldest sample."""
+    first = conn.execute(select(func.min(tier.time))).scalar()
+    if tier.packed is None:
+        return first
+    bucket = conn.execute(select(func.min(tier.packed.c.bucket))).scalar()
+    return min((t for t in (first, bucket) if t is not None), default=None)

@@ -23,7 +23,7 @@ from sqlalchemy import (
     text,
 )
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 metadata = MetaData(
     naming_convention={
@@ -165,6 +165,26 @@ usage_history = Table(
     Column("bytes_received", BigInteger, nullable=False),
     Column("bytes_sent", BigInteger, nullable=False),
     PrimaryKeyConstraint("ts", "client_id"),
+    sqlite_with_rowid=False,
+)
+
+# Raw per-client samples of closed buckets, packed (``ovpnmon_common.packed``): one row per
+# client per 15-minute bucket instead of one per poll, with the bucket's sums beside the packed
+# samples, so whole-bucket sums stay plain SQL. The collector moves ``usage_history`` rows here
+# once their bucket is final in the 15-minute tier (``ovpnmon_collector.pack``); readers take
+# raw samples from both tables. Time first, like ``usage_history``: each pass appends. Added in
+# schema version 5.
+usage_packed = Table(
+    "usage_packed",
+    metadata,
+    Column("bucket", BigInteger, nullable=False),
+    Column("client_id", Integer, nullable=False),
+    Column("bytes_received", BigInteger, nullable=False),
+    Column("bytes_sent", BigInteger, nullable=False),
+    Column("samples", Integer, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("bucket", "client_id"),
+    Index(None, "client_id", "bucket"),  # one client's buckets: a key range, not every client's
     sqlite_with_rowid=False,
 )
 

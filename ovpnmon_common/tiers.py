@@ -34,6 +34,9 @@ class Tier:
     retention_key: str  # the [retention] setting that says how many days it keeps
     per_client: bool  # False: the whole server
     label: str  # what the API reports as meta.resolution_used when it reads this tier
+    # raw samples only: the table their final buckets are packed into (``ovpnmon_collector.pack``),
+    # keyed by ``bucket``; the tier's data is both tables' rows
+    packed: Table | None = None
 
     @property
     def time(self) -> Column[Any]:
@@ -51,7 +54,17 @@ class Tier:
 
 TIERS: tuple[Tier, ...] = (
     # The contract has one name for "raw samples in buckets"; 15-minute sums are exactly that.
-    Tier("raw", schema.usage_history, "ts", None, None, "raw_days", True, "usage_history_hires"),
+    Tier(
+        "raw",
+        schema.usage_history,
+        "ts",
+        None,
+        None,
+        "raw_days",
+        True,
+        "usage_history_hires",
+        packed=schema.usage_packed,
+    ),
     Tier(
         "quarter_hour",
         schema.stats_15min,

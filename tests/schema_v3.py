@@ -1,7 +1,8 @@
 """A database as ovpnmon with schema 3 left it, made from a current one: what the upgrade to
 schema 4 (hosts) and the older upgrades' tests start from. Schema 3 had one collector: its
 heartbeat, interval, poll time, certificate scan time and its sources' records were ``meta``
-keys, and no table had a ``host_id``."""
+keys, and no table had a ``host_id``. Before schema 5 every raw sample was a row of
+``usage_history``: the packed ones go back to rows."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import json
 from sqlalchemy import Index, MetaData, Table, UniqueConstraint, select, text
 from sqlalchemy.schema import CreateTable
 
-from ovpnmon_common import meta, schema
+from ovpnmon_common import meta, packed, schema
 
 _V3 = MetaData(naming_convention=schema.metadata.naming_convention)
 
@@ -43,7 +44,7 @@ V3_TABLES = [
 
 
 def as_schema_3(engine) -> None:
-    """Turn ``engine``'s schema-4 database with at most one host into what schema 3 stored."""
+    """Turn ``engine``'s current database with at most one host into what schema 3 stored."""
     sqlite = engine.dialect.name == "sqlite"
     with engine.connect() as conn:
         if sqlite:
@@ -74,6 +75,14 @@ def as_schema_3(engine) -> None:
                 entries["collector.closed_since"] = json.dumps(closed, sort_keys=True)
             if entries:
                 meta.put_many(conn, entries)
+            unpacked = [
+                {"client_id": cid, "ts": ts, "bytes_received": rx, "bytes_sent": tx}
+                for cid, ts, rx, tx in packed.raw_samples(conn)
+            ]
+            conn.execute(schema.usage_history.delete())
+            if unpacked:
+                conn.execute(schema.usage_history.insert(), unpacked)
+            schema.usage_packed.drop(conn)
             schema.sources.drop(conn)
             schema.hosts.drop(conn)
             for table in V3_TABLES:

@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from ovpnmon_api.app import create_app
 from ovpnmon_collector import rollup
-from ovpnmon_common import meta, schema
+from ovpnmon_common import meta, packed, schema
 from ovpnmon_common.buckets import align
 from ovpnmon_common.config import ApiConfig, Config, RetentionConfig
 from ovpnmon_common.formatting import format_timestamp
@@ -59,9 +59,9 @@ def get(client, path, **params):
 def raw(database):
     engine = engines.reader_engine(database)
     with engine.connect() as conn:
-        u, c = schema.usage_history, schema.clients
+        c = schema.clients
         names = dict(conn.execute(select(c.c.id, c.c.common_name)).all())
-        samples = [(names[cid], ts, rx, tx) for cid, ts, rx, tx in conn.execute(select(u))]
+        samples = [(names[cid], ts, rx, tx) for cid, ts, rx, tx in packed.raw_samples(conn)]
         g = schema.global_history
         columns = (g.c.ts, g.c.bytes_received, g.c.bytes_sent, g.c.active_count, g.c.interval)
         glob = [tuple(r) for r in conn.execute(select(*columns).order_by(g.c.ts))]

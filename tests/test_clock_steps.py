@@ -15,7 +15,7 @@ from ovpnmon_collector.collector import Collector
 from ovpnmon_collector.snapshot import SessionRow
 from ovpnmon_collector.sources import StatusFileSource
 from ovpnmon_collector.store import Store
-from ovpnmon_common import meta, schema
+from ovpnmon_common import meta, packed
 from ovpnmon_common.buckets import align
 from ovpnmon_common.config import Config
 from ovpnmon_common.storage import engines, migrations
@@ -58,9 +58,7 @@ class Host:
     def check_every_bucket(self) -> None:
         """Every bucket before a tier's watermark holds exactly the raw sum of its time."""
         with self.engine.connect() as conn:
-            raw = conn.execute(
-                select(schema.usage_history.c.ts, schema.usage_history.c.bytes_received)
-            ).all()
+            raw = [(ts, rx) for _, ts, rx, _ in packed.raw_samples(conn)]
             for r in ROLLUPS:
                 mark = meta.get(conn, f"rollup.{r.name}.watermark")
                 if mark is None:

@@ -17,7 +17,7 @@ from ovpnmon_collector.collector import Collector
 from ovpnmon_collector.snapshot import SessionRow
 from ovpnmon_collector.sources import StatusFileSource
 from ovpnmon_collector.store import Store
-from ovpnmon_common import meta, schema
+from ovpnmon_common import meta, packed, schema
 from ovpnmon_common.buckets import align
 from ovpnmon_common.config import RetentionConfig
 from ovpnmon_common.storage import engines, migrations
@@ -77,11 +77,8 @@ def replay(workdir: Path, steps, start: int = T0, database: str | None = None) -
 
 
 def raw_by_bucket(conn, width):
-    u = schema.usage_history
     out = defaultdict(lambda: [0, 0])
-    for cid, ts, rx, tx in conn.execute(
-        select(u.c.client_id, u.c.ts, u.c.bytes_received, u.c.bytes_sent)
-    ):
+    for cid, ts, rx, tx in packed.raw_samples(conn):
         out[(cid, align(ts, width))][0] += rx
         out[(cid, align(ts, width))][1] += tx
     return out

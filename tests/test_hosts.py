@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import defaultdict
 
 import falcon.testing
 import pytest
@@ -17,7 +18,8 @@ from sqlalchemy.schema import CreateTable
 from ovpnmon_api.app import create_app
 from ovpnmon_collector import rollup
 from ovpnmon_collector.store import Store
-from ovpnmon_common import meta, schema
+from ovpnmon_common import meta, packed, schema
+from ovpnmon_common.buckets import align
 from ovpnmon_common.config import ApiConfig, Config, RetentionConfig
 from ovpnmon_common.storage.engines import writer_engine
 from ovpnmon_common.storage.migrations import init_db
@@ -264,11 +266,20 @@ def test_two_collectors_racing_rollups_build_tiers_equal_to_the_raw_sums(db_path
             mark = marks.get(tier.name)
             if mark is None:  # no bucket of it closed yet
                 continue
-            expected = conn.execute(
-                select(key, bucket, func.sum(raw.table.c.bytes_received), func.count())
-                .where(raw.time < mark)
-                .group_by(key, bucket)
-            ).all()
+            if tier.per_client:  # raw samples as rows and packed
+                found: dict[tuple[int, int], list[int]] = defaultdict(lambda: [0, 0])
+                for cid, ts, rx, _ in packed.raw_samples(conn):
+                    if ts < mark:
+                        entry = found[(cid, align(ts, tier.width))]
+                        entry[0] += rx
+                        entry[1] += 1
+                expected = [(cid, b, rx, n) for (cid, b), (rx, n) in found.items()]
+            else:
+                expected = conn.execute(
+                    select(key, bucket, func.sum(raw.table.c.bytes_received), func.count())
+                    .where(raw.time < mark)
+                    .group_by(key, bucket)
+                ).all()
             table = tier.table
             stored_key = table.c.client_id if tier.per_client else table.c.host_id
             stored = conn.execute(

@@ -7,7 +7,7 @@ from conftest import FakeClock
 from sqlalchemy import select, update
 
 from ovpnmon_collector import rollup
-from ovpnmon_common import meta, schema
+from ovpnmon_common import meta, packed, schema
 from ovpnmon_common.buckets import align
 from ovpnmon_common.meta import watermark_key
 from ovpnmon_common.storage import engines, migrations
@@ -29,11 +29,8 @@ def history(tmp_path_factory):
 
 
 def raw_sums(conn, width):
-    u = schema.usage_history
     out = defaultdict(lambda: [0, 0, 0])
-    for cid, ts, rx, tx in conn.execute(
-        select(u.c.client_id, u.c.ts, u.c.bytes_received, u.c.bytes_sent)
-    ):
+    for cid, ts, rx, tx in packed.raw_samples(conn):
         entry = out[(cid, align(ts, width))]
         entry[0] += rx
         entry[1] += tx

@@ -19,7 +19,7 @@ from test_consistency import ONE_DATABASE_PER_EXAMPLE, replay, step
 
 from ovpnmon_api.app import create_app
 from ovpnmon_collector import prune, rollup
-from ovpnmon_common import meta, schema
+from ovpnmon_common import meta, packed, schema
 from ovpnmon_common.buckets import DAY, align_up
 from ovpnmon_common.config import ApiConfig, Config, QuotaConfig, RetentionConfig
 from ovpnmon_common.formatting import format_timestamp
@@ -41,14 +41,10 @@ def get(app, path, **params):
 
 def raw_samples(engine):
     """(common name, ts) -> (rx, tx) of every raw sample: the truth, read before prune."""
-    u, c = schema.usage_history, schema.clients
+    c = schema.clients
     with engine.connect() as conn:
-        rows = conn.execute(
-            select(c.c.common_name, u.c.ts, u.c.bytes_received, u.c.bytes_sent).join(
-                c, c.c.id == u.c.client_id
-            )
-        )
-        return {(name, ts): (rx, tx) for name, ts, rx, tx in rows}
+        names = dict(conn.execute(select(c.c.id, c.c.common_name)).all())
+        return {(names[cid], ts): (rx, tx) for cid, ts, rx, tx in packed.raw_samples(conn)}
 
 
 def raw_sums(samples, start, end):

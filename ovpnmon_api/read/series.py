@@ -14,14 +14,14 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, select, union_all
 
-from ovpnmon_common import schema
+from ovpnmon_common import packed, schema
 from ovpnmon_common.buckets import align, align_up
 from ovpnmon_common.meta import CollectorStatus
 from ovpnmon_common.planner import Series
 from ovpnmon_common.storage.statements import Prepared, total
 from ovpnmon_common.tiers import BY_NAME, TIERS, Tier, sql_align
 
-c, u, g = schema.clients, schema.usage_history, schema.global_history
+c, u, g, p = schema.clients, schema.usage_history, schema.global_history, schema.usage_packed
 
 Sums = dict[int, list[int]]  # bucket -> [bytes received, bytes sent] (+ [peak active])
 
@@ -106,7 +106,66 @@ def client_series(
         entry = out[key]  # a bucket may span two pieces: summed here
         entry[0] += rx
         entry[1] += tx
+    for _, ts, rx, tx in _named_packed(conn, status, common_name, host_id, parts):
+        entry = out[ts - ts % series.step]
+        entry[0] += rx
+        entry[1] += tx
     return out
+
+
+# Raw samples of final 15-minute buckets are packed (``ovpnmon_collector.pack``): a raw piece
+# before the 15-minute tier's watermark reads the packed buckets too, unpacked here.
+PACKED_WIDTH = BY_NAME["quarter_hour"].width or 0
+
+
+def _packed_until(status: CollectorStatus) -> int:
+    """Every packed bucket ends by this time: the 15-minute tier's watermark (0: none yet)."""
+    return status.watermarks.get("quarter_hour", 0)
+
+
+def _packed_windows(
+    status: CollectorStatus, parts: list[tuple[Tier, int, int]]
+) -> list[tuple[int, int]]:
+    """The ``[start, end)`` of the raw pieces of ``parts`` that packed buckets may hold."""
+    until = _packed_until(status)
+    return [(s, e) for tier, s, e in parts if tier.packed is not None and s < until]
+
+
+def _named_packed_statement(hosted: bool) -> Prepared:
+    """The packed buckets in ``[start, end)`` of the client called ``name`` (its rows of
+    ``clients``, or ``host_id``'s): (client's host, bucket, packed samples), a range of the
+    (client_id, bucket) index per client row."""
+    where = [c.c.common_name == bindparam("name")]
+    if hosted:
+        where.append(c.c.host_id == bindparam("host_id"))
+    return Prepared(
+        select(c.c.host_id, p.c.bucket, p.c.data)
+        .join(p, p.c.client_id == c.c.id)
+        .where(*where, p.c.bucket >= bindparam("start"), p.c.bucket < bindparam("end"))
+    )
+
+
+NAMED_PACKED = {hosted: _named_packed_statement(hosted) for hosted in (False, True)}
+
+
+def _named_packed(
+    conn: Connection,
+    status: CollectorStatus,
+    common_name: str,
+    host_id: int | None,
+    parts: list[tuple[Tier, int, int]],
+) -> Iterator[tuple[int, int, int, int]]:
+    """(host id, ts, rx, tx) of the packed samples of the client called ``common_name`` (on
+    ``host_id``, if given) in the raw pieces of ``parts``. No statement when no raw piece
+    starts before a packed bucket's end."""
+    statement = NAMED_PACKED[host_id is not None]
+    for start, end in _packed_windows(status, parts):
+        first = start - start % PACKED_WIDTH
+        rows = statement(conn, name=common_name, host_id=host_id, start=first, end=end)
+        for host, bucket, data in rows:
+            for ts, rx, tx in packed.unpack(bucket, data):
+                if start <= ts < end:
+                    yield host, ts, rx, tx
 
 
 @lru_cache(maxsize=128)
@@ -183,7 +242,7 @@ def client_history(
     ``series``: (bucket sums, no samples), or for raw samples as stored (no sums, the
     samples)."""
     if series.step is None:
-        return {}, client_samples(conn, common_name, host_id, series.start, series.end)
+        return {}, client_samples(conn, status, common_name, host_id, series.start, series.end)
     return client_series(conn, status, common_name, host_id, series), []
 
 
@@ -206,16 +265,49 @@ def _client_samples(hosted: bool) -> Prepared:
 CLIENT_SAMPLES = {hosted: _client_samples(hosted) for hosted in (False, True)}
 
 
+POLL_INTERVALS = {
+    hosted: Prepared(
+        select(g.c.ts, g.c.host_id, g.c.interval).where(
+            g.c.ts >= bindparam("start"),
+            g.c.ts < bindparam("end"),
+            *([g.c.host_id == bindparam("host_id")] if hosted else []),
+        )
+    )
+    for hosted in (False, True)
+}
+
+
 def client_samples(
-    conn: Connection, common_name: str, host_id: int | None, start: int, end: int
+    conn: Connection,
+    status: CollectorStatus,
+    common_name: str,
+    host_id: int | None,
+    start: int,
+    end: int,
 ) -> list[tuple[int, int, int, float]]:
-    """Raw samples (ts, rx, tx, poll interval) in ``[start, end)``, oldest first. Samples of
-    two hosts at the same second are one (bytes summed, the longer interval)."""
-    merged: dict[int, list[Any]] = {}
+    """Raw samples (ts, rx, tx, poll interval) in ``[start, end)``, oldest first, as rows or
+    packed. Samples of two hosts at the same second are one (bytes summed, the longer
+    interval)."""
+    found: list[tuple[int, int, int, float]] = []
+    raw = [(BY_NAME["raw"], start, end)]
+    unpacked = list(_named_packed(conn, status, common_name, host_id, raw))
+    if unpacked:
+        intervals = {
+            (ts, host): interval
+            for ts, host, interval in POLL_INTERVALS[host_id is not None](
+                conn, start=start, end=end, host_id=host_id
+            )
+        }
+        # as for rows: a sample counts where its poll's whole-server row is held
+        found = [
+            (ts, rx, tx, intervals[(ts, host)])
+            for host, ts, rx, tx in unpacked
+            if (ts, host) in intervals
+        ]
     statement = CLIENT_SAMPLES[host_id is not None]
-    for ts, rx, tx, interval in statement(
-        conn, name=common_name, host_id=host_id, start=start, end=end
-    ):
+    rows = statement(conn, name=common_name, host_id=host_id, start=start, end=end)
+    merged: dict[int, list[Any]] = {}
+    for ts, rx, tx, interval in sorted([*found, *(tuple(row) for row in rows)]):
         entry = merged.get(ts)
         if entry is None:
             merged[ts] = [rx, tx, float(interval)]
@@ -247,11 +339,12 @@ def top_clients(
     range's pieces (whole days from stats_daily, the edges from finer tiers) merged and ranked
     by the database in one statement, so only ``limit`` rows come back. Clients without a byte
     in the range are left out."""
-    return client_sums(conn, pieces(status, start, end), limit=limit, host_id=host_id)
+    return client_sums(conn, status, pieces(status, start, end), limit=limit, host_id=host_id)
 
 
 def client_sums(
     conn: Connection,
+    status: CollectorStatus,
     parts: list[tuple[Tier, int, int]],
     *,
     limit: int | None = None,
@@ -266,9 +359,59 @@ def client_sums(
         return []
     names = tuple(tier.name for tier, _, _ in parts)
     one, hosted = common_name is not None, host_id is not None
-    statement = _sums_statement(names, limit is not None, one, hosted)
     params = {"limit": limit, "name": common_name, "host_id": host_id, **_piece_params(parts)}
-    return [(name, int(rx), int(tx)) for name, rx, tx in statement(conn, **params)]
+    windows = _packed_windows(status, parts)
+    if not windows:  # the database sums, ranks and limits
+        statement = _sums_statement(names, limit is not None, one, hosted)
+        return [(name, int(rx), int(tx)) for name, rx, tx in statement(conn, **params)]
+    # A raw piece inside a packed bucket (an edge that is not a bucket's: /usage to the second):
+    # the rows' sums from the database, the packed samples' added here, then ranked here.
+    sums: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for name, rx, tx in _sums_statement(names, False, one, hosted)(conn, **params):
+        sums[name][0] += int(rx)
+        sums[name][1] += int(tx)
+    statement = _packed_sums_statement(one, hosted)
+    for start, end in windows:
+        first = start - start % PACKED_WIDTH
+        rows = statement(conn, name=common_name, host_id=host_id, start=first, end=end)
+        for name, bucket, data in rows:
+            entry = sums[name]
+            for ts, rx, tx in packed.unpack(bucket, data):
+                if start <= ts < end:
+                    entry[0] += rx
+                    entry[1] += tx
+    # the database's order of names (its collation), and each name's oldest client id
+    order = CLIENT_NAMES[hosted](conn, host_id=host_id).all()
+    found = [(name, *sums[name], oldest) for name, oldest in order if sum(sums.get(name, ()))]
+    if limit is not None:
+        found.sort(key=lambda f: (-(f[1] + f[2]), f[3]))
+        found = found[:limit]
+    return [(name, rx, tx) for name, rx, tx, _ in found]
+
+
+CLIENT_NAMES = {
+    hosted: Prepared(
+        select(c.c.common_name, func.min(c.c.id))
+        .where(*([c.c.host_id == bindparam("host_id")] if hosted else []))
+        .group_by(c.c.common_name)
+        .order_by(c.c.common_name)
+    )
+    for hosted in (False, True)
+}
+
+
+@lru_cache(maxsize=8)
+def _packed_sums_statement(one: bool, hosted: bool) -> Prepared:
+    """The packed buckets in ``[start, end)`` of every client (or the one called ``name``; on
+    ``host_id`` if ``hosted``): (common name, bucket, packed samples)."""
+    where = [p.c.bucket >= bindparam("start"), p.c.bucket < bindparam("end")]
+    if one:
+        where.append(c.c.common_name == bindparam("name"))
+    if hosted:
+        where.append(c.c.host_id == bindparam("host_id"))
+    return Prepared(
+        select(c.c.common_name, p.c.bucket, p.c.data).join(c, c.c.id == p.c.client_id).where(*where)
+    )
 
 
 @lru_cache(maxsize=128)

@@ -32,4 +32,4 @@ def usage(
         # a [retention] where a coarser tier keeps less than a finer one: read the middle from
         # the tier that holds the first edge, which holds everything after it
         parts = series.pieces(status, plan.start, plan.end, tier=plan.edges[0].tier)
-    return series.client_sums(conn, parts, common_name=common_name, host_id=host_id)
+    return series.client_sums(conn, status, parts, common_name=common_name, host_id=host_id)

@@ -229,12 +229,19 @@ def _add_host_id(conn: Connection, table: Table) -> None:
         index.create(conn)
 
 
+def _to_version_5(conn: Connection) -> None:
+    """4 -> 5: ``usage_packed``, closed buckets' raw samples packed. Nothing is converted here:
+    the collector's next rollups pack the raw rows of every final bucket, a slice at a time."""
+    schema.usage_packed.create(conn, checkfirst=True)
+
+
 # from-version -> function upgrading to from-version + 1 (given the connection and the host
 # name that history before schema 4 is filed under)
 MIGRATIONS: dict[int, Any] = {
     1: lambda conn, host: _to_version_2(conn),
     2: lambda conn, host: _to_version_3(conn),
     3: _to_version_4,
+    4: lambda conn, host: _to_version_5(conn),
 }
 
 

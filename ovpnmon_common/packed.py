@@ -1,0 +1,92 @@
+"""One client's raw samples of one 15-minute bucket, packed: how closed buckets are kept.
+
+A poll appends one row per client to ``usage_history`` (cheap: the rows land at the end of a
+time-first key), and a row costs about 21 bytes on disk for two counter values. Once a bucket
+is final in the 15-minute tier, the collector moves its rows into ``usage_packed``: one row per
+client and bucket, holding that client's samples in one value (``ovpnmon_collector.pack``).
+
+The value: a format byte (1), then zlib (deflate) of three columns of little-endian signed
+64-bit integers, each stored as its 8 byte planes one after the other (all the lowest bytes,
+then all the second bytes, ...): the seconds from the previous sample (the first from the
+bucket's start), bytes received, bytes sent. The high planes of small numbers are zeros,
+which deflate takes to almost nothing: about 2.5 bytes a counter value on the demo world's
+traffic, against about 10.5 as rows. Packing and unpacking are slicing and zlib, C speed.
+"""
+
+from __future__ import annotations
+
+import sys
+import zlib
+from array import array
+from collections.abc import Sequence
+
+from sqlalchemy import Connection, select
+
+FORMAT = 1
+_WIDTH = 8  # bytes of one value ("q")
+_LITTLE = sys.byteorder == "little"
+
+
+def _planes(column: array[int]) -> bytes:
+    if not _LITTLE:  # pragma: no cover - every platform ovpnmon runs on is little-endian today
+        column.byteswap()
+    data = column.tobytes()
+    return b"".join(data[i::_WIDTH] for i in range(_WIDTH))
+
+
+def _column(planes: bytes, count: int) -> array[int]:
+    data = bytearray(count * _WIDTH)
+    for i in range(_WIDTH):
+        data[i::_WIDTH] = planes[i * count : (i + 1) * count]
+    column = array("q")
+    column.frombytes(data)
+    if not _LITTLE:  # pragma: no cover
+        column.byteswap()
+    return column
+
+
+def pack(bucket: int, samples: Sequence[tuple[int, int, int]]) -> bytes:
+    """``samples`` (ts, bytes received, bytes sent), oldest first, all at or after ``bucket``
+    -> one value for ``usage_packed.samples``."""
+    steps, previous = array("q"), bucket
+    for ts, _, _ in samples:
+        if ts < previous:
+            raise ValueError(f"samples out of order or before the bucket: {ts} after {previous}")
+        steps.append(ts - previous)
+        previous = ts
+    received = array("q", [rx for _, rx, _ in samples])
+    sent = array("q", [tx for _, _, tx in samples])
+    body = _planes(steps) + _planes(received) + _planes(sent)
+    return bytes([FORMAT]) + zlib.compress(body, 9)
+
+
+def unpack(bucket: int, value: bytes) -> list[tuple[int, int, int]]:
+    """The samples ``pack(bucket, ...)`` packed, oldest first."""
+    if not value or value[0] != FORMAT:
+        raise ValueError(f"packed samples of an unknown format ({value[:1].hex() or 'empty'})")
+    body = zlib.decompress(value[1:])
+    if len(body) % (3 * _WIDTH):
+        raise ValueError(f"packed samples of {len(body)} bytes: not three whole columns")
+    count = len(body) // (3 * _WIDTH)
+    size = count * _WIDTH
+    steps, received, sent = (_column(body[i * size : (i + 1) * size], count) for i in range(3))
+    out, ts = [], bucket
+    for step, rx, tx in zip(steps, received, sent, strict=True):
+        ts += step
+        out.append((ts, rx, tx))
+    return out
+
+
+def raw_samples(conn: Connection) -> list[tuple[int, int, int, int]]:
+    """Every raw sample in the database, as rows or packed: (client id, ts, bytes received,
+    bytes sent), by client and time. For checks and tools; readers take ranges."""
+    from ovpnmon_common import schema
+
+    u, p = schema.usage_history, schema.usage_packed
+    found = [
+        tuple(row)
+        for row in conn.execute(select(u.c.client_id, u.c.ts, u.c.bytes_received, u.c.bytes_sent))
+    ]
+    for client_id, bucket, data in conn.execute(select(p.c.client_id, p.c.bucket, p.c.data)):
+        found.extend((client_id, ts, rx, tx) for ts, rx, tx in unpack(bucket, data))
+    return sorted(found)  # type: ignore[arg-type]

@@ -1,0 +1,150 @@
+"""Raw samples of final buckets, packed (``ovpnmon_common.packed``, ``ovpnmon_collector.pack``):
+the format, the pass that moves rows into it, and every answer the API gives the same before
+and after, on both engines."""
+
+from __future__ import annotations
+
+import falcon.testing
+import pytest
+from sqlalchemy import func, select
+
+from ovpnmon_api.app import create_app
+from ovpnmon_collector import pack, rollup
+from ovpnmon_common import meta, packed, schema
+from ovpnmon_common.config import Config
+from ovpnmon_common.formatting import format_timestamp
+from ovpnmon_common.storage import engines, migrations
+from ovpnmon_demo.world import BUCKET, Dataset, feed
+
+END = 1_795_717_500 // BUCKET * BUCKET + BUCKET // 2  # in the middle of a bucket, as a "now"
+
+
+def test_samples_round_trip_with_64_bit_counters_and_uneven_polls():
+    bucket = 1_795_716_000
+    samples = [(bucket, 0, 2**63 - 1), (bucket + 7, 2**40 + 3, 0), (bucket + 7, 5, 6)]
+    samples += [(bucket + 10 * i, i * 1000, 3 * i) for i in range(2, 89)]
+    assert packed.unpack(bucket, packed.pack(bucket, samples)) == samples
+    assert packed.unpack(bucket, packed.pack(bucket, [])) == []
+
+
+def test_a_clients_quarter_hour_at_10_s_packs_to_a_few_bytes_a_counter_value():
+    bucket = 1_795_716_000
+    samples = [(bucket + 10 * i + 3, 1200 + (i * 7919) % 50_000, 300 + i % 17) for i in range(90)]
+    value = packed.pack(bucket, samples)
+    # as rows: about 21 bytes a sample (two counter values) in usage_history
+    assert len(value) / (2 * len(samples)) < 3.5
+
+
+def test_malformed_packed_samples_are_refused_with_a_message():
+    with pytest.raises(ValueError, match="unknown format"):
+        packed.unpack(0, b"\x07abc")
+    with pytest.raises(ValueError, match="unknown format"):
+        packed.unpack(0, b"")
+    with pytest.raises(ValueError, match="not three whole columns"):
+        import zlib
+
+        packed.unpack(0, b"\x01" + zlib.compress(b"\0" * 25))
+    with pytest.raises(ValueError, match="out of order"):
+        packed.pack(100, [(110, 1, 1), (105, 1, 1)])
+    with pytest.raises(ValueError, match="before the bucket"):
+        packed.pack(100, [(99, 1, 1)])
+
+
+@pytest.fixture
+def fed(db_path, tmp_path, monkeypatch):
+    """Eight hours of 10 clients polled every 30 s (a restart, reconnects), the tiers rolled up
+    but nothing packed yet: (engine, API client with the clock at the end)."""
+    dataset = Dataset(clients=10, start=END - 8 * 3600, end=END, interval=30, seed=3)
+    engine = engines.writer_engine(db_path)
+    migrations.init_db(engine)
+    feed(dataset, engine, str(tmp_path / "status.log"))
+    with monkeypatch.context() as m:  # the rollups alone, packing switched off
+        m.setattr(pack, "catch_up", lambda *a, **k: 0)
+        rollup.catch_up(engine, END)
+    app = create_app(Config(database=db_path), clock=lambda: float(END))
+    yield engine, falcon.testing.TestClient(app), dataset
+    engine.dispose()
+
+
+def answers(client, names) -> dict[str, bytes]:
+    """Every answer that reads raw samples: one client's raw-tier ranges, its samples as stored,
+    every client's usage between edges that are not a bucket's, the whole server."""
+    at = format_timestamp  # UTC: the API's default timezone
+    urls = [
+        f"/api/v1/usage?from={at(END - 7 * 3600 - 401)}Z&to={at(END - 1111)}Z".replace(" ", "T"),
+        "/api/v1/analytics?range=24h",
+        "/api/v1/stats",
+    ]
+    for name in names:
+        urls += [f"/api/v1/stats/{name}?range={r}" for r in ("1h", "3h", "6h", "12h", "24h")]
+        urls += [
+            f"/api/v1/stats/{name}?range=6h&resolution=raw",
+            f"/api/v1/stats/{name}?range=12h&resolution=5min",
+            f"/api/v1/usage?common_name={name}&from={at(END - 5 * 3600 - 7)}Z".replace(" ", "T"),
+        ]
+    found = {}
+    for url in urls:
+        response = client.simulate_get(url)
+        assert response.status_code in (200, 404), (url, response.text)
+        found[url] = response.content
+    return found
+
+
+def test_packing_keeps_every_sample_and_every_answer(fed):
+    engine, client, dataset = fed
+    names = [person.name for person in dataset.people]
+    with engine.connect() as conn:
+        samples = packed.raw_samples(conn)
+    before = answers(client, names)
+    assert sum(b'"bytes_received": 0' not in body for body in before.values()) > 10
+
+    assert pack.catch_up(engine) > 20  # about 30 buckets of final data
+
+    u, p = schema.usage_history, schema.usage_packed
+    with engine.connect() as conn:
+        assert packed.raw_samples(conn) == samples
+        final = meta.watermarks(conn)["quarter_hour"]
+        heartbeat = conn.execute(select(schema.hosts.c.heartbeat)).scalar()
+        left = conn.execute(select(u.c.ts).where(u.c.ts < final).distinct()).scalars().all()
+        assert left == [] or left == [heartbeat]  # only the current rate's samples stay rows
+        assert conn.execute(select(func.max(p.c.bucket))).scalar() < final
+        for bucket, _, rx, tx, count, data in conn.execute(select(p)):
+            unpacked = packed.unpack(bucket, data)
+            assert (rx, tx, count) == (
+                sum(s[1] for s in unpacked),
+                sum(s[2] for s in unpacked),
+                len(unpacked),
+            )
+            assert all(bucket <= s[0] < bucket + BUCKET for s in unpacked)
+    assert answers(client, names) == before
+    assert pack.catch_up(engine) == 0  # nothing left to pack
+
+
+def test_a_backfill_of_the_quarter_hours_reads_packed_samples(fed):
+    engine, _, _ = fed
+    t = schema.stats_15min
+    with engine.connect() as conn:
+        built = conn.execute(select(t).order_by(t.c.client_id, t.c.bucket)).all()
+    pack.catch_up(engine)
+    rollup.backfill(engine, END - 8 * 3600, END, ["quarter_hour"])
+    with engine.connect() as conn:
+        assert conn.execute(select(t).order_by(t.c.client_id, t.c.bucket)).all() == built
+
+
+def test_a_late_poll_into_a_packed_bucket_stays_a_row_and_counts(fed):
+    engine, _, _ = fed
+    pack.catch_up(engine)
+    u = schema.usage_history
+    with engine.connect() as conn:
+        bucket, client_id = conn.execute(
+            select(schema.usage_packed.c.bucket, schema.usage_packed.c.client_id).limit(1)
+        ).one()
+        before = sorted(packed.raw_samples(conn))
+    with engine.begin() as conn:  # as a poll late by hours would add it (rollup.fold_in)
+        conn.execute(
+            u.insert().values(client_id=client_id, ts=bucket + 1, bytes_received=5, bytes_sent=7)
+        )
+    assert pack.catch_up(engine) == 0  # behind the newest packed bucket: left as it is
+    with engine.connect() as conn:
+        after = packed.raw_samples(conn)
+    assert sorted(after) == sorted([*before, (client_id, bucket + 1, 5, 7)])
