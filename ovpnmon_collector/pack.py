@@ -16,7 +16,6 @@ retention deletes them with the rest.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 
 from sqlalchemy import Connection, Engine, delete, func, select
 
@@ -52,34 +51,40 @@ def pack_bucket(conn: Connection, bucket: int) -> int:
     """Move the rows of ``bucket`` (but the heartbeats') into ``usage_packed``, merged with
     whatever it already holds there; returns the rows moved."""
     window = [u.c.ts >= bucket, u.c.ts < bucket + WIDTH, u.c.ts.not_in(_HEARTBEATS)]
-    by_client: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
-    moved = 0
+    # in key order (ts, client_id): each client's samples come oldest first, no sort
     rows = conn.execute(
-        select(u.c.client_id, u.c.ts, u.c.bytes_received, u.c.bytes_sent)
-        .where(*window)
-        .order_by(u.c.client_id, u.c.ts)
-    )
-    for client_id, ts, rx, tx in rows:
-        by_client[client_id].append((ts, rx, tx))
-        moved += 1
-    if not moved:
+        select(u.c.client_id, u.c.ts, u.c.bytes_received, u.c.bytes_sent).where(*window)
+    ).all()
+    if not rows:
         return 0
+    columns: dict[int, tuple[list[int], list[int], list[int]]] = {}
+    for client_id, ts, rx, tx in rows:
+        found = columns.get(client_id)
+        if found is None:
+            found = columns[client_id] = ([], [], [])
+        found[0].append(ts)
+        found[1].append(rx)
+        found[2].append(tx)
     there = conn.execute(
         select(p.c.client_id, p.c.data).where(
-            p.c.bucket == bucket, p.c.client_id.in_(list(by_client))
+            p.c.bucket == bucket, p.c.client_id.in_(list(columns))
         )
     ).all()
     for client_id, data in there:  # a bucket packed before (not by this module's own order)
-        by_client[client_id] = _merged(packed.unpack(bucket, data), by_client[client_id])
-    out = []
-    for client_id, samples in by_client.items():
-        rx = sum(s[1] for s in samples)
-        tx = sum(s[2] for s in samples)
-        data = packed.pack(bucket, samples)
-        out.append((bucket, client_id, rx, tx, len(samples), data))
+        mine = columns[client_id]
+        merged = _merged(packed.unpack(bucket, data), list(zip(*mine, strict=True)))
+        columns[client_id] = (
+            [s[0] for s in merged],
+            [s[1] for s in merged],
+            [s[2] for s in merged],
+        )
+    out = [
+        (bucket, cid, sum(rx), sum(tx), len(ts), packed.pack_columns(bucket, ts, rx, tx))
+        for cid, (ts, rx, tx) in columns.items()
+    ]
     statements.upsert_tuples(conn, p, COLUMNS, out, ["bucket", "client_id"])
     conn.execute(delete(u).where(*window))
-    return moved
+    return len(rows)
 
 
 def _merged(

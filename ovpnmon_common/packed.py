@@ -15,6 +15,7 @@ traffic, against about 10.5 as rows. Packing and unpacking are slicing and zlib,
 
 from __future__ import annotations
 
+import operator
 import sys
 import zlib
 from array import array
@@ -47,17 +48,23 @@ def _column(planes: bytes, count: int) -> array[int]:
 
 def pack(bucket: int, samples: Sequence[tuple[int, int, int]]) -> bytes:
     """``samples`` (ts, bytes received, bytes sent), oldest first, all at or after ``bucket``
-    -> one value for ``usage_packed.samples``."""
-    steps, previous = array("q"), bucket
-    for ts, _, _ in samples:
-        if ts < previous:
-            raise ValueError(f"samples out of order or before the bucket: {ts} after {previous}")
-        steps.append(ts - previous)
-        previous = ts
-    received = array("q", [rx for _, rx, _ in samples])
-    sent = array("q", [tx for _, _, tx in samples])
-    body = _planes(steps) + _planes(received) + _planes(sent)
-    return bytes([FORMAT]) + zlib.compress(body, 9)
+    -> one value for ``usage_packed.data``."""
+    return pack_columns(
+        bucket, [s[0] for s in samples], [s[1] for s in samples], [s[2] for s in samples]
+    )
+
+
+def pack_columns(
+    bucket: int, times: Sequence[int], received: Sequence[int], sent: Sequence[int]
+) -> bytes:
+    """``pack`` of the samples given as three columns (the collector's hot path)."""
+    steps = array("q", map(operator.sub, times, [bucket, *times[:-1]]))
+    if steps and min(steps) < 0:
+        at = next(i for i, step in enumerate(steps) if step < 0)
+        before = times[at - 1] if at else bucket
+        raise ValueError(f"samples out of order or before the bucket: {times[at]} after {before}")
+    body = _planes(steps) + _planes(array("q", received)) + _planes(array("q", sent))
+    return bytes([FORMAT]) + zlib.compress(body)  # level 6: 9 is 1 % smaller and 30 % slower
 
 
 def unpack(bucket: int, value: bytes) -> list[tuple[int, int, int]]:
