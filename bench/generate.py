@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # ovpnmon_demo: not installed
 
-from ovpnmon_collector import rollup
+from ovpnmon_collector import pack, rollup
 from ovpnmon_common.storage import engines, migrations
 from ovpnmon_demo.simulator import Simulation, populate
 
@@ -63,6 +63,9 @@ def generate(
     started = time.perf_counter()
     rollup.catch_up(engine, now)
     timings["rollup_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    pack.catch_up(engine)
+    timings["pack_s"] = time.perf_counter() - started
     engines.close_writer(engine)
     os.unlink(status)
     return timings

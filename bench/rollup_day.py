@@ -20,7 +20,7 @@ import time
 
 from generate import generate
 
-from ovpnmon_collector import rollup
+from ovpnmon_collector import pack, rollup
 from ovpnmon_common import schema
 from ovpnmon_common.storage import engines
 
@@ -96,7 +96,13 @@ def main() -> None:
         before = cpu()
         rollup.catch_up(engine, end + 3600)  # the next hour closes: the daemon's steady work
         per_hour = cpu() - before
+        unpacked = os.path.getsize(ours_db)
+        started = time.perf_counter()
+        buckets = pack.catch_up(engine)  # then the daemon packs the final buckets' raw samples
+        packing = time.perf_counter() - started
         engines.close_writer(engine)
+        with sqlite3.connect(ours_db) as conn:
+            conn.execute("VACUUM")  # the pages the rows left: reused by the next polls
         size = os.path.getsize(ours_db)
 
     print(
@@ -107,7 +113,14 @@ def main() -> None:
     print(
         f"steady state: {per_hour:.3f} CPU s per hour of wall time ({per_hour / 3600 * 100:.4f} % of a core)"
     )
-    print(f"database size per raw sample (indexes and tiers included): {size / total:.1f} bytes")
+    print(
+        f"packing the day's raw samples (not a rollup: its own step): {packing:.2f} s, "
+        f"{buckets} buckets, {packing / max(buckets, 1) * 1000:.0f} ms a bucket"
+    )
+    print(
+        "database size per raw sample (indexes and tiers included): "
+        f"{unpacked / total:.1f} bytes as rows, {size / total:.1f} bytes packed"
+    )
 
 
 if __name__ == "__main__":

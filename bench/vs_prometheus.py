@@ -98,7 +98,7 @@ class OpenMetrics:
 def load(dataset: Dataset, work: Path) -> tuple[str, Reference, list[Path], dict[str, float]]:
     """Every poll into ovpnmon (``world.feed``), the reference and the exporter's OpenMetrics;
     the tiers rolled up. Returns (database, reference, files, timings)."""
-    from ovpnmon_collector import rollup
+    from ovpnmon_collector import pack, rollup
     from ovpnmon_common.storage import engines, migrations
 
     database, status = str(work / "ovpnmon.db"), str(work / "openvpn-status.log")
@@ -117,15 +117,18 @@ def load(dataset: Dataset, work: Path) -> tuple[str, Reference, list[Path], dict
             rolled[0] = now // BUCKET
             started = time.perf_counter()
             rollup.catch_up(engine, now)
+            pack.catch_up(engine)
             timings["rollup"] += time.perf_counter() - started
 
     started = time.perf_counter()
     feed(dataset, engine, status, each)
-    # the polls, the status text rendered for them and the reference's bookkeeping
+    # the polls, the status text rendered for them and the reference's bookkeeping ("rollup":
+    # the rollups and packing as buckets closed, and at the end)
     timings["polls"] = time.perf_counter() - started - timings["OpenMetrics"] - timings["rollup"]
     exporter.flush()
     started = time.perf_counter()
     rollup.catch_up(engine, dataset.end)
+    pack.catch_up(engine)
     timings["rollup"] += time.perf_counter() - started
     engines.close_writer(engine)
     os.unlink(status)

@@ -11,7 +11,7 @@ import time
 import click
 from sqlalchemy import Engine, select
 
-from ovpnmon_collector import backup, certs, copy, prune, rollup
+from ovpnmon_collector import backup, certs, copy, pack, prune, rollup
 from ovpnmon_collector.cli_common import cli, locked, open_writer, wait_option, writing
 from ovpnmon_collector.info import database_info, render_info
 from ovpnmon_common import schema
@@ -32,7 +32,8 @@ log = logging.getLogger("ovpnmon.collector")
 @config_options
 @wait_option
 def rollup_command(config_path: str | None, db_path: str | None, wait: float) -> None:
-    """Catch every rollup tier up to the last closed bucket now (the daemon does this by itself).
+    """Catch every rollup tier up to the last closed bucket now, then pack the raw samples of
+    the buckets now final (the daemon does both by itself).
 
     \b
     Example:
@@ -41,11 +42,13 @@ def rollup_command(config_path: str | None, db_path: str | None, wait: float) ->
     config = load(config_path, db_path)
     with writing(config, "rollup", wait) as (engine, _):
         reports = rollup.catch_up(engine, int(time.time()))
+        packed = pack.catch_up(engine)
     for report in reports:
         click.echo(
             f"{report.tier:13s} {report.buckets:6d} buckets built, final up to "
             f"{format_timestamp(report.watermark) if report.watermark else '-'}"
         )
+    click.echo(f"{'raw samples':13s} {packed:6d} buckets packed")
 
 
 TIER_NAMES = [r.name for r in ROLLUPS]

@@ -12,7 +12,7 @@ from typing import Protocol
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
-from ovpnmon_collector import certs, prune, rollup
+from ovpnmon_collector import certs, pack, prune, rollup
 from ovpnmon_collector.clock import SYSTEM_CLOCK, Clock
 from ovpnmon_collector.collector import PollSummary
 from ovpnmon_collector.notify import Notifier
@@ -145,6 +145,8 @@ class Maintenance:
         now = int(self.clock.time())
         if job == "rollup":
             rollup.catch_up(self.engine, now, deadline=deadline, clock=self.clock)
+            # then the raw samples of the buckets now final, packed (what is left: next minute)
+            pack.catch_up(self.engine, deadline=deadline, clock=self.clock)
             return True
         if job == "prune":
             report = prune.prune(

@@ -20,7 +20,6 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, func, insert, select, union_all
 
-from ovpnmon_collector import pack
 from ovpnmon_collector.clock import SYSTEM_CLOCK, Clock
 from ovpnmon_collector.slices import SLICE_SECONDS, oldest, spans
 from ovpnmon_common import meta, schema
@@ -219,8 +218,6 @@ def catch_up(
         reports.append(RollupReport(tier.name, done, watermark))
         if done:
             log.debug("rollup %s: %d buckets, watermark %s", tier.name, done, watermark)
-    # the raw samples of the buckets the 15-minute tier now holds as final, packed
-    pack.catch_up(engine, deadline=deadline, clock=clock)
     return reports
 
 

@@ -220,6 +220,7 @@ def test_rollup_and_backfill_commands(runner, tmp_path):
     result = runner.invoke(cli, ["rollup", "--db", path])
     assert result.exit_code == 0, result.output
     assert "hourly" in result.output and "global_15min" in result.output
+    assert "raw samples        0 buckets packed" in result.output
     result = runner.invoke(
         cli,
         [

@@ -44,7 +44,7 @@ def test_run_polls_until_stopped():
     assert len(polls) == 3
 
 
-def test_maintenance_rolls_up_prunes_and_scans(tmp_path):
+def test_maintenance_rolls_up_packs_prunes_and_scans(tmp_path):
     engine = engines.writer_engine(str(tmp_path / "x.db"))
     migrations.init_db(engine)
     populate(engine, str(tmp_path / "s.log"), NOW - 6 * 86400, NOW, 3600, Simulation(clients=4))
@@ -55,6 +55,14 @@ def test_maintenance_rolls_up_prunes_and_scans(tmp_path):
     work.run()  # rollup and the certificate scan are due at once; retention five minutes later
     with engine.connect() as conn:
         assert int(meta.get(conn, watermark_key("hourly"))) == align(NOW, 3600)
+        # the rollup job packs the raw samples of every bucket it made final
+        # (but the last poll's samples: the current rate)
+        final = int(meta.get(conn, watermark_key("quarter_hour")))
+        u = schema.usage_history
+        left = conn.execute(select(u.c.ts).where(u.c.ts < final).distinct()).scalars().all()
+        heartbeat = conn.execute(select(schema.hosts.c.heartbeat)).scalar()
+        assert left == [heartbeat]
+        assert conn.execute(select(func.count()).select_from(schema.usage_packed)).scalar() > 0
         assert conn.execute(select(func.count()).select_from(schema.certificates)).scalar() == 1
         assert (
             conn.execute(select(func.min(schema.global_history.c.ts))).scalar() == NOW - 6 * 86400

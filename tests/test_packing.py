@@ -51,16 +51,14 @@ def test_malformed_packed_samples_are_refused_with_a_message():
 
 
 @pytest.fixture
-def fed(db_path, tmp_path, monkeypatch):
+def fed(db_path, tmp_path):
     """Eight hours of 10 clients polled every 30 s (a restart, reconnects), the tiers rolled up
     but nothing packed yet: (engine, API client with the clock at the end)."""
     dataset = Dataset(clients=10, start=END - 8 * 3600, end=END, interval=30, seed=3)
     engine = engines.writer_engine(db_path)
     migrations.init_db(engine)
     feed(dataset, engine, str(tmp_path / "status.log"))
-    with monkeypatch.context() as m:  # the rollups alone, packing switched off
-        m.setattr(pack, "catch_up", lambda *a, **k: 0)
-        rollup.catch_up(engine, END)
+    rollup.catch_up(engine, END)  # the rollups alone: packing is the daemon's next step
     app = create_app(Config(database=db_path), clock=lambda: float(END))
     yield engine, falcon.testing.TestClient(app), dataset
     engine.dispose()

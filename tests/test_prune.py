@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from schema_v3 import as_schema_3
 from sqlalchemy import func, inspect, select
 
-from ovpnmon_collector import prune, rollup
+from ovpnmon_collector import pack, prune, rollup
 from ovpnmon_collector.cli import cli
 from ovpnmon_common import meta, schema
 from ovpnmon_common.buckets import DAY, align
@@ -53,6 +53,7 @@ def test_nothing_raw_goes_before_it_is_rolled_up(filled):
 def test_prune_applies_each_retention_in_whole_days(filled):
     engine, _ = filled
     rollup.catch_up(engine, NOW)
+    pack.catch_up(engine)
     kept_daily = sums(engine, schema.stats_daily)
     raw = (schema.usage_history, schema.usage_packed)
     with engine.connect() as conn:

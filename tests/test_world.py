@@ -11,7 +11,7 @@ import pytest
 from conftest import stored_totals
 
 from ovpnmon_api.app import create_app
-from ovpnmon_collector import rollup
+from ovpnmon_collector import pack, rollup
 from ovpnmon_common.config import Config, RetentionConfig
 from ovpnmon_common.formatting import parse_timestamp
 from ovpnmon_common.planner import ANALYTICS, bucketed, plan
@@ -38,6 +38,7 @@ def world(db_path, tmp_path):
     reference = Reference()
     feed(dataset, engine, str(tmp_path / "status.log"), reference.poll)
     rollup.catch_up(engine, END)
+    pack.catch_up(engine)  # every answer below reads packed raw samples where they are
     engine.dispose()
     app = create_app(Config(database=db_path), clock=lambda: float(END))
     return dataset, reference, falcon.testing.TestClient(app)
