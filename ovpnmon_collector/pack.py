@@ -2,12 +2,13 @@
 
 A poll appends its samples to ``usage_history``, one row per client (about 21 bytes for two
 counter values). Once a 15-minute bucket is final in the 15-minute tier, nothing adds to it but
-a late poll, and readers rarely need its samples one by one: so the rollup moves the bucket's
+a late poll, and readers rarely need its samples one by one: so the rollup job moves the bucket's
 rows into ``usage_packed``, one row per client with its samples packed
 (``ovpnmon_common.packed``: about 2.5 bytes a counter value) and their sums beside them. The
 poll's write stays an append; readers take raw samples from both tables.
 
-Buckets are packed oldest first, one per transaction, resuming after the newest packed one.
+Buckets are packed oldest first, a slice of the clients per transaction (as wide as keeps the
+transaction under ``SLICE_SECONDS``), resuming where ``meta`` key ``pack.raw.next`` says.
 Left as rows: the samples at each host's heartbeat (what the API reads as a client's current
 rate), and a late poll's rows in a bucket already packed; both stay readable as rows, and
 retention deletes them with the rest.
@@ -16,10 +17,13 @@ retention deletes them with the rest.
 from __future__ import annotations
 
 import logging
+import time
+from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, func, select
 
 from ovpnmon_collector.clock import SYSTEM_CLOCK, Clock
+from ovpnmon_collector.slices import SLICE_SECONDS
 from ovpnmon_common import meta, packed, schema
 from ovpnmon_common.buckets import align
 from ovpnmon_common.storage import engines, statements
@@ -29,31 +33,38 @@ log = logging.getLogger("ovpnmon.rollup")
 
 QUARTER = BY_NAME["quarter_hour"]
 WIDTH = 15 * 60
-u, p, h = schema.usage_history, schema.usage_packed, schema.hosts
+u, p, h, g = schema.usage_history, schema.usage_packed, schema.hosts, schema.global_history
 COLUMNS = ("bucket", "client_id", "bytes_received", "bytes_sent", "samples", "data")
 
 # the rows left as rows: each host's last stored poll
 _HEARTBEATS = select(h.c.heartbeat).where(h.c.heartbeat.is_not(None))
+# where packing goes on: "BUCKET CLIENT_ID", every row before that bucket and of that bucket up
+# to that client id is packed (or left as a row on purpose)
+CURSOR = "pack.raw.next"
 
 
-def next_bucket(conn: Connection) -> int | None:
-    """The oldest bucket with rows to pack (None: no row after the newest packed bucket)."""
-    newest = conn.execute(select(func.max(p.c.bucket))).scalar()
-    after = newest + WIDTH if newest is not None else None
-    query = select(func.min(u.c.ts)).where(u.c.ts.not_in(_HEARTBEATS))
-    if after is not None:
-        query = query.where(u.c.ts >= after)
-    first = conn.execute(query).scalar()
-    return align(first, WIDTH) if first is not None else None
+def _window(bucket: int, after: int, upto: int) -> list[Any]:
+    """The rows of ``bucket`` of the clients ``after < id <= upto`` (but the heartbeats'): one
+    (ts, client_id) key range per poll time of the bucket, so a slice of the clients reads only
+    its own rows. (A row without its poll's whole-server row is left as a row.)"""
+    times = select(g.c.ts).where(g.c.ts >= bucket, g.c.ts < bucket + WIDTH)
+    return [
+        u.c.ts.in_(times),
+        u.c.client_id > after,
+        u.c.client_id <= upto,
+        u.c.ts.not_in(_HEARTBEATS),
+    ]
 
 
-def pack_bucket(conn: Connection, bucket: int) -> int:
-    """Move the rows of ``bucket`` (but the heartbeats') into ``usage_packed``, merged with
-    whatever it already holds there; returns the rows moved."""
-    window = [u.c.ts >= bucket, u.c.ts < bucket + WIDTH, u.c.ts.not_in(_HEARTBEATS)]
-    # in key order (ts, client_id): each client's samples come oldest first, no sort
+def pack_clients(conn: Connection, bucket: int, after: int, upto: int) -> int:
+    """Move the rows of ``bucket`` of the clients ``after < id <= upto`` (but the heartbeats')
+    into ``usage_packed``, merged with whatever it already holds there; returns the rows
+    moved."""
+    window = _window(bucket, after, upto)
     rows = conn.execute(
-        select(u.c.client_id, u.c.ts, u.c.bytes_received, u.c.bytes_sent).where(*window)
+        select(u.c.client_id, u.c.ts, u.c.bytes_received, u.c.bytes_sent)
+        .where(*window)
+        .order_by(u.c.ts, u.c.client_id)  # the key's order: SQLite reads it without a sort
     ).all()
     if not rows:
         return 0
@@ -67,11 +78,11 @@ def pack_bucket(conn: Connection, bucket: int) -> int:
         found[2].append(tx)
     there = conn.execute(
         select(p.c.client_id, p.c.data).where(
-            p.c.bucket == bucket, p.c.client_id.in_(list(columns))
+            p.c.bucket == bucket, p.c.client_id > after, p.c.client_id <= upto
         )
     ).all()
-    for client_id, data in there:  # a bucket packed before (not by this module's own order)
-        mine = columns[client_id]
+    for client_id, data in there:  # packed before (a copy, or a cursor set back): merged
+        mine = columns.get(client_id, ([], [], []))
         merged = _merged(packed.unpack(bucket, data), list(zip(*mine, strict=True)))
         columns[client_id] = (
             [s[0] for s in merged],
@@ -83,8 +94,17 @@ def pack_bucket(conn: Connection, bucket: int) -> int:
         for cid, (ts, rx, tx) in columns.items()
     ]
     statements.upsert_tuples(conn, p, COLUMNS, out, ["bucket", "client_id"])
-    conn.execute(delete(u).where(*window))
+    conn.execute(delete(u).where(*window))  # the rows read: the same transaction
     return len(rows)
+
+
+def _after(conn: Connection, ts: int | None) -> int | None:
+    """The oldest bucket with a row (but the heartbeats') at or after ``ts`` (any: None)."""
+    query = select(func.min(u.c.ts)).where(u.c.ts.not_in(_HEARTBEATS))
+    if ts is not None:
+        query = query.where(u.c.ts >= ts)
+    first = conn.execute(query).scalar()
+    return align(first, WIDTH) if first is not None else None
 
 
 def _merged(
@@ -99,20 +119,47 @@ def _merged(
     return [(ts, rx, tx) for ts, (rx, tx) in sorted(sums.items())]
 
 
-def catch_up(engine: Engine, *, deadline: float | None = None, clock: Clock = SYSTEM_CLOCK) -> int:
-    """Pack every bucket before the 15-minute tier's watermark, oldest first, one per
-    transaction; with ``deadline`` (a ``clock.monotonic()`` value) stop early, to go on next
-    call. Returns the buckets packed."""
+def catch_up(
+    engine: Engine,
+    *,
+    deadline: float | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+    width: int = 64,
+) -> int:
+    """Pack every bucket before the 15-minute tier's watermark, oldest first, a slice of its
+    clients per transaction (the slice widens while a transaction stays under
+    ``SLICE_SECONDS``, so a poll never waits long); with ``deadline`` (a ``clock.monotonic()``
+    value) stop early, to go on next call. ``width``: the first slice's, in client ids.
+    Returns the buckets finished."""
     done = 0
     while deadline is None or clock.monotonic() < deadline:
+        began = time.perf_counter()
         with engine.begin() as conn:
             engines.hold_tiers(conn, shared=False)  # as a rollup: no poll beside it
             limit = meta.watermarks(conn).get(QUARTER.name)
-            bucket = next_bucket(conn)
-            if limit is None or bucket is None or bucket >= limit:
+            stored = meta.get(conn, CURSOR)
+            if stored is not None:
+                bucket, after = map(int, stored.split())
+            else:
+                first = _after(conn, None)
+                if first is None:
+                    break
+                bucket, after = first, 0
+            if limit is None or bucket >= limit:
                 break
-            pack_bucket(conn, bucket)
-        done += 1
+            last = conn.execute(select(func.max(schema.clients.c.id))).scalar() or 0
+            upto = min(after + width, last)
+            pack_clients(conn, bucket, after, upto)
+            if upto >= last:  # the bucket is done: on to the next with a row (or to the limit)
+                following = _after(conn, bucket + WIDTH)
+                bucket, upto = (following if following is not None else limit), 0
+                done += 1
+            meta.put(conn, CURSOR, f"{bucket} {upto}")
+        took = time.perf_counter() - began
+        if took < SLICE_SECONDS / 2:
+            width *= 2
+        elif took > SLICE_SECONDS and width > 1:
+            width //= 2
     if done:
         log.debug("packed %d buckets of raw samples", done)
     return done

@@ -146,3 +146,42 @@ def test_a_late_poll_into_a_packed_bucket_stays_a_row_and_counts(fed):
     with engine.connect() as conn:
         after = packed.raw_samples(conn)
     assert sorted(after) == sorted([*before, (client_id, bucket + 1, 5, 7)])
+
+
+class Ticks:
+    """A clock whose monotonic time moves one second at each look: a deadline N seconds away
+    lets the pass look N times."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def time(self) -> float:
+        return 0.0
+
+    def monotonic(self) -> float:
+        self.now += 1
+        return self.now
+
+
+def test_a_pass_stopped_by_its_deadline_mid_bucket_goes_on_where_it_stopped(fed):
+    engine, client, dataset = fed
+    names = [person.name for person in dataset.people]
+    with engine.connect() as conn:
+        samples = packed.raw_samples(conn)
+    before = answers(client, names)
+    clock = Ticks()
+    # slices of 1 client id at first: the first bucket takes several transactions
+    assert pack.catch_up(engine, deadline=3.5, clock=clock, width=1) == 0
+    with engine.connect() as conn:
+        bucket, after = map(int, meta.get(conn, pack.CURSOR).split())
+        assert bucket == min(ts for _, ts, _, _ in samples) // BUCKET * BUCKET
+        assert 0 < after < 10  # inside the first bucket, between two slices of its clients
+        assert packed.raw_samples(conn) == samples
+    assert answers(client, names) == before  # half a bucket packed: the same answers
+    assert pack.catch_up(engine, width=1) > 20
+    with engine.connect() as conn:
+        assert packed.raw_samples(conn) == samples
+        final = meta.watermarks(conn)["quarter_hour"]
+        u = schema.usage_history
+        assert len(conn.execute(select(u.c.ts).where(u.c.ts < final).distinct()).all()) <= 1
+    assert answers(client, names) == before
