@@ -297,7 +297,7 @@ def _merge_meta(read: Connection, target: Engine, ids: _Ids, fresh: bool) -> Non
     """Watermarks and prune marks: the source's in a target that had no host before; a tier
     the target built further than the source gets the copied hosts' buckets in between from
     their finer data (their rows only: the other hosts' are final there already); how far
-    prune went is the later of the two."""
+    prune went, and where packing goes on, is the later of the two."""
     source_status = meta.read_status(read)
     with target.begin() as write:
         engines.hold_tiers(write, shared=False)
@@ -318,5 +318,11 @@ def _merge_meta(read: Connection, target: Engine, ids: _Ids, fresh: bool) -> Non
         for name, before in source_status.pruned.items():
             there = theirs.pruned.get(name)
             entries[meta.pruned_key(name)] = str(max(before, there) if there else before)
+        # where packing goes on: the later of the two, so readers look for the packed samples
+        # copied (rows of the target before it stay rows)
+        cursors = [meta.get(read, meta.PACKED), meta.get(write, meta.PACKED)]
+        known = [tuple(map(int, c.split())) for c in cursors if c is not None]
+        if known:
+            entries[meta.PACKED] = " ".join(map(str, max(known)))
         if entries:
             meta.put_many(write, entries)

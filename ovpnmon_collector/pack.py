@@ -38,9 +38,7 @@ COLUMNS = ("bucket", "client_id", "bytes_received", "bytes_sent", "samples", "da
 
 # the rows left as rows: each host's last stored poll
 _HEARTBEATS = select(h.c.heartbeat).where(h.c.heartbeat.is_not(None))
-# where packing goes on: "BUCKET CLIENT_ID", every row before that bucket and of that bucket up
-# to that client id is packed (or left as a row on purpose)
-CURSOR = "pack.raw.next"
+CURSOR = meta.PACKED  # where packing goes on
 
 
 def _window(bucket: int, after: int, upto: int) -> list[Any]:

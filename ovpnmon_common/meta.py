@@ -37,6 +37,16 @@ SCHEMA_VERSION = "schema_version"
 
 _WATERMARK = "rollup.{}.watermark"
 _PRUNED = "prune.{}.before"
+# Where packing raw samples goes on (``ovpnmon_collector.pack``): "BUCKET CLIENT_ID", every raw
+# sample of an older bucket, and of that bucket up to that client id, is packed (or kept a row).
+PACKED = "pack.raw.next"
+_QUARTER_HOUR = 15 * 60
+
+
+def packed_before(value: str) -> int:
+    """The time before which ``PACKED``'s ``value`` says raw samples may be packed."""
+    bucket, client_id = map(int, value.split())
+    return bucket + (_QUARTER_HOUR if client_id else 0)
 
 
 def watermark_key(tier: str) -> str:
@@ -84,6 +94,7 @@ class CollectorStatus:
     watermarks: dict[str, int] = field(default_factory=dict)  # tier name -> watermark
     pruned: dict[str, int] = field(default_factory=dict)  # tier name -> rows before it deleted
     schema_version: int | None = None
+    packed_before: int = 0  # raw samples before it may be packed (``PACKED``); after: rows only
 
     @property
     def heartbeat(self) -> int | None:
@@ -197,6 +208,7 @@ def decode(rows: Sequence[Any]) -> CollectorStatus:
     watermarks: dict[str, int] = {}
     pruned: dict[str, int] = {}
     version: int | None = None
+    packed = 0
     hosts: list[Any] = []
     health: dict[int, dict[str, dict[str, Any]]] = {}
     for row in rows:
@@ -209,6 +221,8 @@ def decode(rows: Sequence[Any]) -> CollectorStatus:
                 pruned[name] = int(row.text)
             elif row.name == SCHEMA_VERSION:
                 version = _int(row.text)
+            elif row.name == PACKED:
+                packed = packed_before(row.text)
         elif row.kind == HOST:
             hosts.append(row)
         else:
@@ -229,6 +243,7 @@ def decode(rows: Sequence[Any]) -> CollectorStatus:
         watermarks=watermarks,
         pruned=pruned,
         schema_version=version,
+        packed_before=packed,
     )
 
 

@@ -185,3 +185,23 @@ def test_a_pass_stopped_by_its_deadline_mid_bucket_goes_on_where_it_stopped(fed)
         u = schema.usage_history
         assert len(conn.execute(select(u.c.ts).where(u.c.ts < final).distinct()).all()) <= 1
     assert answers(client, names) == before
+
+
+def test_copy_to_carries_the_packed_samples_and_where_packing_goes_on(fed, tmp_path):
+    from ovpnmon_collector import copy
+
+    engine, client, dataset = fed
+    names = [person.name for person in dataset.people]
+    pack.catch_up(engine)
+    before = answers(client, names)
+    target = str(tmp_path / "copy.db")
+    into = engines.writer_engine(target)
+    migrations.init_db(into)
+    report = copy.copy(engine, into)
+    assert report.equal, [t for t in report.tables if not t.equal]
+    with engine.connect() as conn, into.connect() as there:
+        assert meta.get(there, pack.CURSOR) == meta.get(conn, pack.CURSOR)
+        assert packed.raw_samples(there) == packed.raw_samples(conn)
+    into.dispose()
+    app = create_app(Config(database=target), clock=lambda: float(END))
+    assert answers(falcon.testing.TestClient(app), names) == before

@@ -114,20 +114,15 @@ def client_series(
 
 
 # Raw samples of final 15-minute buckets are packed (``ovpnmon_collector.pack``): a raw piece
-# before the 15-minute tier's watermark reads the packed buckets too, unpacked here.
+# that starts before where packing has got to reads the packed buckets too, unpacked here.
 PACKED_WIDTH = BY_NAME["quarter_hour"].width or 0
-
-
-def _packed_until(status: CollectorStatus) -> int:
-    """Every packed bucket ends by this time: the 15-minute tier's watermark (0: none yet)."""
-    return status.watermarks.get("quarter_hour", 0)
 
 
 def _packed_windows(
     status: CollectorStatus, parts: list[tuple[Tier, int, int]]
 ) -> list[tuple[int, int]]:
     """The ``[start, end)`` of the raw pieces of ``parts`` that packed buckets may hold."""
-    until = _packed_until(status)
+    until = status.packed_before
     return [(s, e) for tier, s, e in parts if tier.packed is not None and s < until]
 
 
