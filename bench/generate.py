@@ -39,8 +39,11 @@ def generate(
     now: int | None = None,
     first: int = 0,
     seed: int = 42,
+    pack_samples: bool = True,
 ) -> dict[str, float]:
-    """Write the database; returns timings. ``now`` defaults to the current time."""
+    """Write the database; returns timings. ``now`` defaults to the current time. The raw
+    samples of final buckets are packed, as the daemon leaves them, unless ``pack_samples`` is
+    False (``rollup_day.py`` rolls up rows)."""
     now = now or int(time.time())
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(out + suffix):
@@ -63,9 +66,10 @@ def generate(
     started = time.perf_counter()
     rollup.catch_up(engine, now)
     timings["rollup_s"] = time.perf_counter() - started
-    started = time.perf_counter()
-    pack.catch_up(engine)
-    timings["pack_s"] = time.perf_counter() - started
+    if pack_samples:
+        started = time.perf_counter()
+        pack.catch_up(engine)
+        timings["pack_s"] = time.perf_counter() - started
     engines.close_writer(engine)
     os.unlink(status)
     return timings

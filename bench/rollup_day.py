@@ -35,8 +35,8 @@ FLOOR = [
     " sum(bytes_sent), sum(samples) FROM stats_hourly WHERE bucket < :end GROUP BY 1, 2",
     "INSERT INTO stats_daily SELECT client_id, bucket - bucket % 86400, sum(bytes_received),"
     " sum(bytes_sent), sum(samples) FROM stats_6h WHERE bucket < :end GROUP BY 1, 2",
-    "INSERT INTO global_15min SELECT ts - ts % 900, sum(bytes_received), sum(bytes_sent),"
-    " max(active_count), count(*) FROM global_history WHERE ts < :end GROUP BY 1",
+    "INSERT INTO global_15min SELECT ts - ts % 900, host_id, sum(bytes_received), sum(bytes_sent),"
+    " max(active_count), count(*) FROM global_history WHERE ts < :end GROUP BY 1, 2",
 ]
 
 
@@ -45,9 +45,11 @@ def clear_tiers(path: str) -> None:
     schema.metadata.create_all(engine)  # a database made before a tier was added gets it
     engines.close_writer(engine)
     conn = sqlite3.connect(path, isolation_level=None)
+    if conn.execute("SELECT count(*) FROM usage_packed").fetchone()[0]:
+        raise SystemExit(f"{path} holds packed raw samples: the floor reads rows; generate anew")
     for table in ("stats_15min", "stats_hourly", "stats_6h", "stats_daily", "global_15min"):
         conn.execute(f"DELETE FROM {table}")
-    conn.execute("DELETE FROM meta WHERE key LIKE 'rollup.%'")
+    conn.execute("DELETE FROM meta WHERE key LIKE 'rollup.%' OR key LIKE 'pack.%'")
     conn.execute("VACUUM")
     conn.close()
 
@@ -68,7 +70,9 @@ def main() -> None:
         source = args.db or os.path.join(tmp, "day.db")
         if not os.path.exists(source):
             started = time.perf_counter()
-            generate(source, args.clients, 1 + 1 / 24, args.interval, now=end + 3600)
+            generate(
+                source, args.clients, 1 + 1 / 24, args.interval, now=end + 3600, pack_samples=False
+            )
             print(f"generated {source} in {time.perf_counter() - started:.0f} s")
         clear_tiers(source)
         conn = sqlite3.connect(source)

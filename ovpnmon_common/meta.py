@@ -32,6 +32,7 @@ from sqlalchemy import (
 
 from ovpnmon_common import schema
 from ovpnmon_common.storage.statements import Prepared, upsert
+from ovpnmon_common.tiers import BY_NAME
 
 SCHEMA_VERSION = "schema_version"
 
@@ -40,13 +41,12 @@ _PRUNED = "prune.{}.before"
 # Where packing raw samples goes on (``ovpnmon_collector.pack``): "BUCKET CLIENT_ID", every raw
 # sample of an older bucket, and of that bucket up to that client id, is packed (or kept a row).
 PACKED = "pack.raw.next"
-_QUARTER_HOUR = 15 * 60
 
 
 def packed_before(value: str) -> int:
     """The time before which ``PACKED``'s ``value`` says raw samples may be packed."""
     bucket, client_id = map(int, value.split())
-    return bucket + (_QUARTER_HOUR if client_id else 0)
+    return bucket + ((BY_NAME["quarter_hour"].width or 0) if client_id else 0)
 
 
 def watermark_key(tier: str) -> str:
