@@ -19,7 +19,9 @@ import operator
 import sys
 import zlib
 from array import array
+from bisect import bisect_left
 from collections.abc import Sequence
+from itertools import accumulate
 
 from sqlalchemy import Connection, select
 
@@ -69,6 +71,12 @@ def pack_columns(
 
 def unpack(bucket: int, value: bytes) -> list[tuple[int, int, int]]:
     """The samples ``pack(bucket, ...)`` packed, oldest first."""
+    return list(zip(*unpack_columns(bucket, value), strict=True))
+
+
+def unpack_columns(bucket: int, value: bytes) -> tuple[list[int], array[int], array[int]]:
+    """``unpack`` as three columns: times, bytes received, bytes sent (C speed: a reader sums
+    a slice of them, the times found by bisection)."""
     if not value or value[0] != FORMAT:
         raise ValueError(f"packed samples of an unknown format ({value[:1].hex() or 'empty'})")
     body = zlib.decompress(value[1:])
@@ -77,11 +85,14 @@ def unpack(bucket: int, value: bytes) -> list[tuple[int, int, int]]:
     count = len(body) // (3 * _WIDTH)
     size = count * _WIDTH
     steps, received, sent = (_column(body[i * size : (i + 1) * size], count) for i in range(3))
-    out, ts = [], bucket
-    for step, rx, tx in zip(steps, received, sent, strict=True):
-        ts += step
-        out.append((ts, rx, tx))
-    return out
+    return list(accumulate(steps, initial=bucket))[1:], received, sent
+
+
+def window_sums(bucket: int, value: bytes, start: int, end: int) -> tuple[int, int]:
+    """(bytes received, bytes sent) of the samples of ``value`` in ``[start, end)``."""
+    times, received, sent = unpack_columns(bucket, value)
+    low, high = bisect_left(times, start), bisect_left(times, end)
+    return sum(received[low:high]), sum(sent[low:high])
 
 
 def raw_samples(conn: Connection) -> list[tuple[int, int, int, int]]:

@@ -23,8 +23,14 @@ def test_samples_round_trip_with_64_bit_counters_and_uneven_polls():
     bucket = 1_795_716_000
     samples = [(bucket, 0, 2**63 - 1), (bucket + 7, 2**40 + 3, 0), (bucket + 7, 5, 6)]
     samples += [(bucket + 10 * i, i * 1000, 3 * i) for i in range(2, 89)]
-    assert packed.unpack(bucket, packed.pack(bucket, samples)) == samples
+    value = packed.pack(bucket, samples)
+    assert packed.unpack(bucket, value) == samples
     assert packed.unpack(bucket, packed.pack(bucket, [])) == []
+    # a window's sums: samples at its start count, at its end do not
+    for start, end in ((bucket, bucket + 900), (bucket + 7, bucket + 30), (bucket + 8, bucket + 9)):
+        inside = [s for s in samples if start <= s[0] < end]
+        want = (sum(s[1] for s in inside), sum(s[2] for s in inside))
+        assert packed.window_sums(bucket, value, start, end) == want
 
 
 def test_a_clients_quarter_hour_at_10_s_packs_to_a_few_bytes_a_counter_value():

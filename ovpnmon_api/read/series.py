@@ -7,6 +7,7 @@ starts from is the planner's choice (``ovpnmon_common.planner``), made once.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterator
 from functools import lru_cache
@@ -158,9 +159,10 @@ def _named_packed(
         first = start - start % PACKED_WIDTH
         rows = statement(conn, name=common_name, host_id=host_id, start=first, end=end)
         for host, bucket, data in rows:
-            for ts, rx, tx in packed.unpack(bucket, data):
-                if start <= ts < end:
-                    yield host, ts, rx, tx
+            times, received, sent = packed.unpack_columns(bucket, data)
+            low, high = bisect_left(times, start), bisect_left(times, end)
+            for i in range(low, high):
+                yield host, times[i], received[i], sent[i]
 
 
 @lru_cache(maxsize=128)
@@ -370,11 +372,10 @@ def client_sums(
         first = start - start % PACKED_WIDTH
         rows = statement(conn, name=common_name, host_id=host_id, start=first, end=end)
         for name, bucket, data in rows:
+            rx, tx = packed.window_sums(bucket, data, start, end)
             entry = sums[name]
-            for ts, rx, tx in packed.unpack(bucket, data):
-                if start <= ts < end:
-                    entry[0] += rx
-                    entry[1] += tx
+            entry[0] += rx
+            entry[1] += tx
     # the database's order of names (its collation), and each name's oldest client id
     order = CLIENT_NAMES[hosted](conn, host_id=host_id).all()
     found = [(name, *sums[name], oldest) for name, oldest in order if sum(sums.get(name, ()))]
