@@ -84,10 +84,12 @@ def run(
 
 class Maintenance:
     """Work between polls: rollups every minute, retention every hour, the certificate scan at
-    start, hourly, and within a minute of a change to the certificate paths or the CRL.
+    start, hourly, and within a minute of a change to the certificate paths or the CRL; last,
+    with what time is left, packing the raw samples of final buckets (every minute: it can wait,
+    and after an upgrade it has the whole history to go through).
 
-    Rollup and prune work in short transactions and stop when their time slice (half the poll
-    interval, and at most ``slice_limit``: the watchdog's period) is spent, so a long catch-up
+    Rollup, prune and packing work in short transactions and stop when their time slice (half the
+    poll interval, and at most ``slice_limit``: the watchdog's period) is spent, so a long catch-up
     after downtime never delays a poll; it resumes after the next one. A failure is logged once
     and retried.
     """
@@ -112,19 +114,19 @@ class Maintenance:
         self.certificate_paths = certificate_paths
         self.crl = crl
         now = clock.monotonic()
-        self.due = {"rollup": now, "prune": now + 300, "certificates": now}
+        self.due = {"rollup": now, "prune": now + 300, "certificates": now, "pack": now}
         # the certificate job looks every minute, and scans when the files changed or hourly
-        self.every = {"rollup": 60.0, "prune": 3600.0, "certificates": 60.0}
+        self.every = {"rollup": 60.0, "prune": 3600.0, "certificates": 60.0, "pack": 60.0}
         self.failing: set[str] = set()
         self._certificates_seen: tuple[object, ...] | None = None
         self._certificates_scanned = now
 
     def run(self) -> None:
-        """Run the jobs that are due (rollup, prune, certificate scan), each within this call's
-        slice of time; a job that did not finish goes on next call."""
+        """Run the jobs that are due (rollup, prune, certificate scan, packing), each within this
+        call's slice of time; a job that did not finish goes on next call."""
         start = self.clock.monotonic()
         deadline = start + self.slice
-        for job in ("rollup", "prune", "certificates"):
+        for job in ("rollup", "prune", "certificates", "pack"):
             if start < self.due[job] or self.clock.monotonic() >= deadline:
                 continue
             try:
@@ -145,9 +147,10 @@ class Maintenance:
         now = int(self.clock.time())
         if job == "rollup":
             rollup.catch_up(self.engine, now, deadline=deadline, clock=self.clock)
-            # then the raw samples of the buckets now final, packed (what is left: next minute)
-            pack.catch_up(self.engine, deadline=deadline, clock=self.clock)
             return True
+        if job == "pack":
+            pack.catch_up(self.engine, deadline=deadline, clock=self.clock)
+            return self.clock.monotonic() < deadline  # stopped by the deadline: more to do
         if job == "prune":
             report = prune.prune(
                 self.engine, self.retention, now, deadline=deadline, clock=self.clock

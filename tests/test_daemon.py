@@ -55,7 +55,7 @@ def test_maintenance_rolls_up_packs_prunes_and_scans(tmp_path):
     work.run()  # rollup and the certificate scan are due at once; retention five minutes later
     with engine.connect() as conn:
         assert int(meta.get(conn, watermark_key("hourly"))) == align(NOW, 3600)
-        # the rollup job packs the raw samples of every bucket it made final
+        # the packing job packs the raw samples of every bucket the rollups made final
         # (but the last poll's samples: the current rate)
         final = int(meta.get(conn, watermark_key("quarter_hour")))
         u = schema.usage_history
@@ -72,6 +72,32 @@ def test_maintenance_rolls_up_packs_prunes_and_scans(tmp_path):
     with engine.connect() as conn:
         oldest = conn.execute(select(func.min(schema.global_history.c.ts))).scalar()
     assert oldest >= align(NOW - 2 * 86400, 86400)
+
+
+class Ticking(FakeClock):
+    """Monotonic time moves a second at every look: a time slice of N seconds is N looks."""
+
+    def monotonic(self) -> float:
+        self.mono += 1
+        return self.mono
+
+
+def test_a_long_packing_backlog_leaves_the_certificate_scan_its_turn(tmp_path):
+    # an upgraded database: days of raw samples to pack; the slice runs out while packing
+    engine = engines.writer_engine(str(tmp_path / "x.db"))
+    migrations.init_db(engine)
+    populate(engine, str(tmp_path / "s.log"), NOW - 6 * 86400, NOW, 600, Simulation(clients=4))
+    pki = Pki.create(tmp_path / "pki")
+    crt, _ = pki.issue("alice")
+    clock = Ticking(NOW, 0.0)
+    work = daemon.Maintenance(engine, clock, 60, RetentionConfig(), (str(crt),), None)
+    work.run()
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(schema.certificates)).scalar() == 1
+        cursor = meta.get(conn, meta.PACKED)
+        assert cursor is not None  # packing began, and stopped at the slice's end
+        assert int(cursor.split()[0]) < int(meta.get(conn, watermark_key("quarter_hour")))
+    assert work.due["pack"] <= clock.monotonic()  # what is left goes on at the next chance
 
 
 def test_a_certificate_issued_or_revoked_after_start_is_recorded_within_a_minute(tmp_path):
