@@ -2,9 +2,10 @@
 
 A poll appends its samples to ``usage_history``, one row per client (about 21 bytes for two
 counter values). Once a 15-minute bucket is final in the 15-minute tier, nothing adds to it but
-a late poll, and readers rarely need its samples one by one: so the rollup job moves the bucket's
-rows into ``usage_packed``, one row per client with its samples packed
-(``ovpnmon_common.packed``: about 2.5 bytes a counter value) and their sums beside them. The
+a late poll, and readers rarely need its samples one by one: so the collector (the daemon's
+packing job, and ``ovpnmon-collector rollup``) moves the bucket's rows into ``usage_packed``,
+one row per client with its samples packed (``ovpnmon_common.packed``: about 2.5 bytes a
+counter value) and their sums beside them. The
 poll's write stays an append; readers take raw samples from both tables.
 
 Buckets are packed oldest first, a slice of the clients per transaction (as wide as keeps the

@@ -23,7 +23,7 @@ from sqlalchemy import select
 from status_writers import PATTERNS, version_text
 
 from ovpnmon_collector.sources import StatusFileSource
-from ovpnmon_common import meta, schema
+from ovpnmon_common import meta, packed, schema
 from ovpnmon_common.storage import engines
 from ovpnmon_common.totals import lifetime_totals
 
@@ -75,18 +75,15 @@ def all_sources_ok(dbfile: Path, names) -> bool:
 
 
 def recorded_polls(dbfile: Path):
-    """Every stored poll's per-client samples, oldest first: {ts: {name: (rx, tx)}}."""
+    """Every stored poll's per-client samples, oldest first: {ts: {name: (rx, tx)}}, as rows or
+    packed (a run that crosses a 15-minute boundary packs the bucket it closed)."""
     engine = engines.reader_engine(str(dbfile))
-    c, u = schema.clients, schema.usage_history
+    c = schema.clients
     polls: dict[int, dict[str, tuple[int, int]]] = defaultdict(dict)
     with engine.connect() as conn:
-        query = (
-            select(u.c.ts, c.c.common_name, u.c.bytes_received, u.c.bytes_sent)
-            .join(c, c.c.id == u.c.client_id)
-            .order_by(u.c.ts)
-        )
-        for ts, name, rx, tx in conn.execute(query):
-            polls[ts][name] = (rx, tx)
+        names = dict(conn.execute(select(c.c.id, c.c.common_name)).all())
+        for cid, ts, rx, tx in sorted(packed.raw_samples(conn), key=lambda s: s[1]):
+            polls[ts][names[cid]] = (rx, tx)
         totals = lifetime_totals(conn)
         stamps = conn.execute(select(schema.global_history.c.ts)).scalars().all()
     engine.dispose()
