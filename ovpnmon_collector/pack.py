@@ -33,7 +33,7 @@ from ovpnmon_common.tiers import BY_NAME
 log = logging.getLogger("ovpnmon.rollup")
 
 QUARTER = BY_NAME["quarter_hour"]
-WIDTH = QUARTER.width or 0  # the packed buckets are the 15-minute tier's
+WIDTH = packed.WIDTH
 u, p, h, g = schema.usage_history, schema.usage_packed, schema.hosts, schema.global_history
 COLUMNS = ("bucket", "client_id", "bytes_received", "bytes_sent", "samples", "data")
 

@@ -30,9 +30,8 @@ from sqlalchemy import (
     update,
 )
 
-from ovpnmon_common import schema
+from ovpnmon_common import packed, schema
 from ovpnmon_common.storage.statements import Prepared, upsert
-from ovpnmon_common.tiers import BY_NAME
 
 SCHEMA_VERSION = "schema_version"
 
@@ -46,7 +45,7 @@ PACKED = "pack.raw.next"
 def packed_before(value: str) -> int:
     """The time before which ``PACKED``'s ``value`` says raw samples may be packed."""
     bucket, client_id = map(int, value.split())
-    return bucket + ((BY_NAME["quarter_hour"].width or 0) if client_id else 0)
+    return bucket + (packed.WIDTH if client_id else 0)
 
 
 def watermark_key(tier: str) -> str:

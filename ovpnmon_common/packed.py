@@ -25,7 +25,12 @@ from itertools import accumulate
 
 from sqlalchemy import Connection, select
 
+from ovpnmon_common import schema
+from ovpnmon_common.tiers import BY_NAME
+
 FORMAT = 1
+# the buckets samples are packed in: the 15-minute tier's (final there first)
+WIDTH = BY_NAME["quarter_hour"].width or 0
 _WIDTH = 8  # bytes of one value ("q")
 _LITTLE = sys.byteorder == "little"
 
@@ -71,12 +76,26 @@ def pack_columns(
 
 def unpack(bucket: int, value: bytes) -> list[tuple[int, int, int]]:
     """The samples ``pack(bucket, ...)`` packed, oldest first."""
-    return list(zip(*unpack_columns(bucket, value), strict=True))
+    return list(zip(*_columns(bucket, value), strict=True))
 
 
-def unpack_columns(bucket: int, value: bytes) -> tuple[list[int], array[int], array[int]]:
-    """``unpack`` as three columns: times, bytes received, bytes sent (C speed: a reader sums
-    a slice of them, the times found by bisection)."""
+def window(
+    bucket: int, value: bytes, start: int, end: int
+) -> tuple[list[int], array[int], array[int]]:
+    """The samples of ``value`` in ``[start, end)`` as three columns: times, bytes received,
+    bytes sent (found by bisection; a reader sums a slice at C speed)."""
+    times, received, sent = _columns(bucket, value)
+    low, high = bisect_left(times, start), bisect_left(times, end)
+    return times[low:high], received[low:high], sent[low:high]
+
+
+def window_sums(bucket: int, value: bytes, start: int, end: int) -> tuple[int, int]:
+    """(bytes received, bytes sent) of the samples of ``value`` in ``[start, end)``."""
+    _, received, sent = window(bucket, value, start, end)
+    return sum(received), sum(sent)
+
+
+def _columns(bucket: int, value: bytes) -> tuple[list[int], array[int], array[int]]:
     if not value or value[0] != FORMAT:
         raise ValueError(f"packed samples of an unknown format ({value[:1].hex() or 'empty'})")
     body = zlib.decompress(value[1:])
@@ -88,18 +107,9 @@ def unpack_columns(bucket: int, value: bytes) -> tuple[list[int], array[int], ar
     return list(accumulate(steps, initial=bucket))[1:], received, sent
 
 
-def window_sums(bucket: int, value: bytes, start: int, end: int) -> tuple[int, int]:
-    """(bytes received, bytes sent) of the samples of ``value`` in ``[start, end)``."""
-    times, received, sent = unpack_columns(bucket, value)
-    low, high = bisect_left(times, start), bisect_left(times, end)
-    return sum(received[low:high]), sum(sent[low:high])
-
-
 def raw_samples(conn: Connection) -> list[tuple[int, int, int, int]]:
     """Every raw sample in the database, as rows or packed: (client id, ts, bytes received,
     bytes sent), by client and time. For checks and tools; readers take ranges."""
-    from ovpnmon_common import schema
-
     u, p = schema.usage_history, schema.usage_packed
     found = [
         tuple(row)

@@ -27,8 +27,9 @@ from functools import lru_cache
 from sqlalchemy import Engine
 
 from ovpnmon_collector.snapshot import SessionRow
+from ovpnmon_common.buckets import DAY, MINUTE
 
-DAY, BUCKET = 86400, 900
+BUCKET = 15 * MINUTE  # the reference's buckets: the 15-minute tier's
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,15 @@ def fixture_text(name: str) -> str:
 FakeClock = ManualClock
 
 
+class TickingClock(ManualClock):
+    """Monotonic time moves a second at every look: a deadline N seconds away is N looks of a
+    job that checks it (the wall clock stays where it is set)."""
+
+    def monotonic(self) -> float:
+        self.mono += 1
+        return self.mono
+
+
 def stored_totals(path) -> dict[str, tuple[int, int, bool]]:
     """The lifetime totals (received, sent, active) a database file holds, read read-only."""
     from ovpnmon_common.storage import engines

@@ -83,6 +83,7 @@ def as_schema_3(engine) -> None:
             if unpacked:
                 conn.execute(schema.usage_history.insert(), unpacked)
             schema.usage_packed.drop(conn)
+            meta.delete(conn, [meta.PACKED])
             schema.sources.drop(conn)
             schema.hosts.drop(conn)
             for table in V3_TABLES:

@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import FakeClock
+from conftest import FakeClock, TickingClock
 from ovpn_harness import Pki
 from sqlalchemy import func, select
 
@@ -44,14 +44,20 @@ def test_run_polls_until_stopped():
     assert len(polls) == 3
 
 
-def test_maintenance_rolls_up_packs_prunes_and_scans(tmp_path):
+def six_days(tmp_path, every: int):
+    """A database with six days polled every ``every`` seconds, and a certificate to scan:
+    (engine, the certificate's path)."""
     engine = engines.writer_engine(str(tmp_path / "x.db"))
     migrations.init_db(engine)
-    populate(engine, str(tmp_path / "s.log"), NOW - 6 * 86400, NOW, 3600, Simulation(clients=4))
-    pki = Pki.create(tmp_path / "pki")
-    crt, _ = pki.issue("alice")
+    populate(engine, str(tmp_path / "s.log"), NOW - 6 * 86400, NOW, every, Simulation(clients=4))
+    crt, _ = Pki.create(tmp_path / "pki").issue("alice")
+    return engine, str(crt)
+
+
+def test_maintenance_rolls_up_packs_prunes_and_scans(tmp_path):
+    engine, crt = six_days(tmp_path, 3600)
     clock = FakeClock(NOW, 0.0)
-    work = daemon.Maintenance(engine, clock, 10, RetentionConfig(raw_days=2), (str(crt),), None)
+    work = daemon.Maintenance(engine, clock, 10, RetentionConfig(raw_days=2), (crt,), None)
     work.run()  # rollup and the certificate scan are due at once; retention five minutes later
     with engine.connect() as conn:
         assert int(meta.get(conn, watermark_key("hourly"))) == align(NOW, 3600)
@@ -74,23 +80,11 @@ def test_maintenance_rolls_up_packs_prunes_and_scans(tmp_path):
     assert oldest >= align(NOW - 2 * 86400, 86400)
 
 
-class Ticking(FakeClock):
-    """Monotonic time moves a second at every look: a time slice of N seconds is N looks."""
-
-    def monotonic(self) -> float:
-        self.mono += 1
-        return self.mono
-
-
 def test_a_long_packing_backlog_leaves_the_certificate_scan_its_turn(tmp_path):
     # an upgraded database: days of raw samples to pack; the slice runs out while packing
-    engine = engines.writer_engine(str(tmp_path / "x.db"))
-    migrations.init_db(engine)
-    populate(engine, str(tmp_path / "s.log"), NOW - 6 * 86400, NOW, 600, Simulation(clients=4))
-    pki = Pki.create(tmp_path / "pki")
-    crt, _ = pki.issue("alice")
-    clock = Ticking(NOW, 0.0)
-    work = daemon.Maintenance(engine, clock, 60, RetentionConfig(), (str(crt),), None)
+    engine, crt = six_days(tmp_path, 600)
+    clock = TickingClock(NOW, 0.0)
+    work = daemon.Maintenance(engine, clock, 60, RetentionConfig(), (crt,), None)
     work.run()
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(schema.certificates)).scalar() == 1

@@ -4,13 +4,17 @@ and after, on both engines."""
 
 from __future__ import annotations
 
+import json
+
 import falcon.testing
 import pytest
+from conftest import TickingClock
 from sqlalchemy import func, select
 
 from ovpnmon_api.app import create_app
 from ovpnmon_collector import pack, rollup
 from ovpnmon_common import meta, packed, schema
+from ovpnmon_common.buckets import align
 from ovpnmon_common.config import Config
 from ovpnmon_common.formatting import format_timestamp
 from ovpnmon_common.storage import engines, migrations
@@ -59,14 +63,14 @@ def test_malformed_packed_samples_are_refused_with_a_message():
 @pytest.fixture
 def fed(db_path, tmp_path):
     """Eight hours of 10 clients polled every 30 s (a restart, reconnects), the tiers rolled up
-    but nothing packed yet: (engine, API client with the clock at the end)."""
+    but nothing packed yet: (engine, API client with the clock at the end, client names)."""
     dataset = Dataset(clients=10, start=END - 8 * 3600, end=END, interval=30, seed=3)
     engine = engines.writer_engine(db_path)
     migrations.init_db(engine)
     feed(dataset, engine, str(tmp_path / "status.log"))
     rollup.catch_up(engine, END)  # the rollups alone: packing is the daemon's next step
     app = create_app(Config(database=db_path), clock=lambda: float(END))
-    yield engine, falcon.testing.TestClient(app), dataset
+    yield engine, falcon.testing.TestClient(app), [person.name for person in dataset.people]
     engine.dispose()
 
 
@@ -94,13 +98,25 @@ def answers(client, names) -> dict[str, bytes]:
     return found
 
 
-def test_packing_keeps_every_sample_and_every_answer(fed):
-    engine, client, dataset = fed
-    names = [person.name for person in dataset.people]
+def recorded(engine, client, names) -> tuple[list, dict[str, bytes]]:
+    """(every raw sample, every answer that reads them), to compare after packing."""
     with engine.connect() as conn:
-        samples = packed.raw_samples(conn)
-    before = answers(client, names)
-    assert sum(b'"bytes_received": 0' not in body for body in before.values()) > 10
+        return packed.raw_samples(conn), answers(client, names)
+
+
+def test_packing_keeps_every_sample_and_every_answer(fed):
+    engine, client, names = fed
+    samples, before = recorded(engine, client, names)
+    # the answers compared hold bytes read from raw samples: the edges' usage, samples as stored
+    usage = next(json.loads(body) for url, body in before.items() if "usage?from" in url)
+    assert usage["total"]["bytes_total"] > 0
+    stored = [
+        point["bytes_received"]
+        for url, body in before.items()
+        if "resolution=raw" in url and body.startswith(b'{"success": true')
+        for point in json.loads(body)["data"]["history"]
+    ]
+    assert len(stored) > 1000 and sum(stored) > 0
 
     assert pack.catch_up(engine) > 20  # about 30 buckets of final data
 
@@ -154,33 +170,36 @@ def test_a_late_poll_into_a_packed_bucket_stays_a_row_and_counts(fed):
     assert sorted(after) == sorted([*before, (client_id, bucket + 1, 5, 7)])
 
 
-class Ticks:
-    """A clock whose monotonic time moves one second at each look: a deadline N seconds away
-    lets the pass look N times."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def time(self) -> float:
-        return 0.0
-
-    def monotonic(self) -> float:
-        self.now += 1
-        return self.now
+def test_a_cursor_set_back_merges_into_packed_buckets_and_loses_nothing(fed):
+    engine, _, _ = fed
+    pack.catch_up(engine)
+    g, u = schema.global_history, schema.usage_history
+    with engine.connect() as conn:
+        before = packed.raw_samples(conn)
+        bucket = conn.execute(select(func.min(schema.usage_packed.c.bucket))).scalar()
+        ids = conn.execute(select(schema.clients.c.id)).scalars().all()
+        polls = conn.execute(select(g.c.ts).where(g.c.ts >= bucket, g.c.ts < bucket + BUCKET))
+        # a client without a sample at one of the bucket's polls: a late row can land there
+        held = {(cid, ts) for cid, ts, _, _ in before}
+        client_id, ts = next((c, t) for t in polls.scalars() for c in ids if (c, t) not in held)
+    with engine.begin() as conn:  # the late row, then packing told to go over its bucket again
+        conn.execute(u.insert().values(client_id=client_id, ts=ts, bytes_received=5, bytes_sent=7))
+        meta.put(conn, pack.CURSOR, f"{bucket} 0")
+    pack.catch_up(engine)
+    with engine.connect() as conn:
+        assert packed.raw_samples(conn) == sorted([*before, (client_id, ts, 5, 7)])
+        assert conn.execute(select(u).where(u.c.ts == ts)).first() is None  # packed, merged
 
 
 def test_a_pass_stopped_by_its_deadline_mid_bucket_goes_on_where_it_stopped(fed):
-    engine, client, dataset = fed
-    names = [person.name for person in dataset.people]
-    with engine.connect() as conn:
-        samples = packed.raw_samples(conn)
-    before = answers(client, names)
-    clock = Ticks()
+    engine, client, names = fed
+    samples, before = recorded(engine, client, names)
+    clock = TickingClock(END, 0.0)
     # slices of 1 client id at first: the first bucket takes several transactions
     assert pack.catch_up(engine, deadline=3.5, clock=clock, width=1) == 0
     with engine.connect() as conn:
         bucket, after = map(int, meta.get(conn, pack.CURSOR).split())
-        assert bucket == min(ts for _, ts, _, _ in samples) // BUCKET * BUCKET
+        assert bucket == align(min(ts for _, ts, _, _ in samples), BUCKET)
         assert 0 < after < 10  # inside the first bucket, between two slices of its clients
         assert packed.raw_samples(conn) == samples
     assert answers(client, names) == before  # half a bucket packed: the same answers
@@ -196,8 +215,7 @@ def test_a_pass_stopped_by_its_deadline_mid_bucket_goes_on_where_it_stopped(fed)
 def test_copy_to_carries_the_packed_samples_and_where_packing_goes_on(fed, tmp_path):
     from ovpnmon_collector import copy
 
-    engine, client, dataset = fed
-    names = [person.name for person in dataset.people]
+    engine, client, names = fed
     pack.catch_up(engine)
     before = answers(client, names)
     target = str(tmp_path / "copy.db")

@@ -7,7 +7,6 @@ starts from is the planner's choice (``ovpnmon_common.planner``), made once.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterator
 from functools import lru_cache
@@ -116,9 +115,6 @@ def client_series(
 
 # Raw samples of final 15-minute buckets are packed (``ovpnmon_collector.pack``): a raw piece
 # that starts before where packing has got to reads the packed buckets too, unpacked here.
-PACKED_WIDTH = BY_NAME["quarter_hour"].width or 0
-
-
 def _packed_windows(
     status: CollectorStatus, parts: list[tuple[Tier, int, int]]
 ) -> list[tuple[int, int]]:
@@ -127,21 +123,38 @@ def _packed_windows(
     return [(s, e) for tier, s, e in parts if tier.packed is not None and s < until]
 
 
-def _named_packed_statement(hosted: bool) -> Prepared:
-    """The packed buckets in ``[start, end)`` of the client called ``name`` (its rows of
-    ``clients``, or ``host_id``'s): (client's host, bucket, packed samples), a range of the
-    (client_id, bucket) index per client row."""
-    where = [c.c.common_name == bindparam("name")]
+@lru_cache(maxsize=8)
+def _packed_statement(one: bool, hosted: bool) -> Prepared:
+    """The packed buckets starting in ``[start, end)`` of every client, or of the one called
+    ``name`` (a range of the (client_id, bucket) index per row of it in ``clients``); on
+    ``host_id`` if ``hosted``: (common name, host id, bucket, packed samples)."""
+    where = [p.c.bucket >= bindparam("start"), p.c.bucket < bindparam("end")]
+    if one:
+        where.append(c.c.common_name == bindparam("name"))
     if hosted:
         where.append(c.c.host_id == bindparam("host_id"))
     return Prepared(
-        select(c.c.host_id, p.c.bucket, p.c.data)
+        select(c.c.common_name, c.c.host_id, p.c.bucket, p.c.data)
         .join(p, p.c.client_id == c.c.id)
-        .where(*where, p.c.bucket >= bindparam("start"), p.c.bucket < bindparam("end"))
+        .where(*where)
     )
 
 
-NAMED_PACKED = {hosted: _named_packed_statement(hosted) for hosted in (False, True)}
+def _packed_rows(
+    conn: Connection,
+    windows: list[tuple[int, int]],
+    common_name: str | None,
+    host_id: int | None,
+) -> Iterator[tuple[int, int, str, int, int, bytes]]:
+    """(window start, window end, common name, host id, bucket, packed samples) of the packed
+    buckets holding samples of each window (of every client or the one called
+    ``common_name``; on ``host_id``, if given)."""
+    statement = _packed_statement(common_name is not None, host_id is not None)
+    for start, end in windows:
+        first = align(start, packed.WIDTH)
+        rows = statement(conn, name=common_name, host_id=host_id, start=first, end=end)
+        for name, host, bucket, data in rows:
+            yield start, end, name, host, bucket, data
 
 
 def _named_packed(
@@ -154,15 +167,10 @@ def _named_packed(
     """(host id, ts, rx, tx) of the packed samples of the client called ``common_name`` (on
     ``host_id``, if given) in the raw pieces of ``parts``. No statement when no raw piece
     starts before a packed bucket's end."""
-    statement = NAMED_PACKED[host_id is not None]
-    for start, end in _packed_windows(status, parts):
-        first = start - start % PACKED_WIDTH
-        rows = statement(conn, name=common_name, host_id=host_id, start=first, end=end)
-        for host, bucket, data in rows:
-            times, received, sent = packed.unpack_columns(bucket, data)
-            low, high = bisect_left(times, start), bisect_left(times, end)
-            for i in range(low, high):
-                yield host, times[i], received[i], sent[i]
+    windows = _packed_windows(status, parts)
+    for start, end, _, host, bucket, data in _packed_rows(conn, windows, common_name, host_id):
+        for ts, rx, tx in zip(*packed.window(bucket, data, start, end), strict=True):
+            yield host, ts, rx, tx
 
 
 @lru_cache(maxsize=128)
@@ -367,15 +375,11 @@ def client_sums(
     for name, rx, tx in _sums_statement(names, False, one, hosted)(conn, **params):
         sums[name][0] += int(rx)
         sums[name][1] += int(tx)
-    statement = _packed_sums_statement(one, hosted)
-    for start, end in windows:
-        first = start - start % PACKED_WIDTH
-        rows = statement(conn, name=common_name, host_id=host_id, start=first, end=end)
-        for name, bucket, data in rows:
-            rx, tx = packed.window_sums(bucket, data, start, end)
-            entry = sums[name]
-            entry[0] += rx
-            entry[1] += tx
+    for start, end, name, _, bucket, data in _packed_rows(conn, windows, common_name, host_id):
+        rx, tx = packed.window_sums(bucket, data, start, end)
+        entry = sums[name]
+        entry[0] += rx
+        entry[1] += tx
     # the database's order of names (its collation), and each name's oldest client id
     order = CLIENT_NAMES[hosted](conn, host_id=host_id).all()
     found = [(name, *sums[name], oldest) for name, oldest in order if sum(sums.get(name, ()))]
@@ -394,20 +398,6 @@ CLIENT_NAMES = {
     )
     for hosted in (False, True)
 }
-
-
-@lru_cache(maxsize=8)
-def _packed_sums_statement(one: bool, hosted: bool) -> Prepared:
-    """The packed buckets in ``[start, end)`` of every client (or the one called ``name``; on
-    ``host_id`` if ``hosted``): (common name, bucket, packed samples)."""
-    where = [p.c.bucket >= bindparam("start"), p.c.bucket < bindparam("end")]
-    if one:
-        where.append(c.c.common_name == bindparam("name"))
-    if hosted:
-        where.append(c.c.host_id == bindparam("host_id"))
-    return Prepared(
-        select(c.c.common_name, p.c.bucket, p.c.data).join(c, c.c.id == p.c.client_id).where(*where)
-    )
 
 
 @lru_cache(maxsize=128)

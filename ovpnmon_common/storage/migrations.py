@@ -231,8 +231,8 @@ def _add_host_id(conn: Connection, table: Table) -> None:
 
 def _to_version_5(conn: Connection) -> None:
     """4 -> 5: ``usage_packed``, closed buckets' raw samples packed. Nothing is converted here:
-    the collector's next rollups pack the raw rows of every final bucket, a slice at a time."""
-    schema.usage_packed.create(conn, checkfirst=True)
+    the daemon's packing job packs the raw rows of every final bucket, a slice at a time."""
+    schema.usage_packed.create(conn)
 
 
 # from-version -> function upgrading to from-version + 1 (given the connection and the host
