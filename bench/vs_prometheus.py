@@ -127,7 +127,10 @@ def load(dataset: Dataset, work: Path) -> tuple[str, Reference, list[Path], dict
     timings["polls"] = time.perf_counter() - started - timings["OpenMetrics"] - timings["rollup"]
     exporter.flush()
     started = time.perf_counter()
-    rollup.catch_up(engine, dataset.end)
+    # The daemon's rollup job runs every minute: at worst, its last run (which sums the bucket
+    # in progress up to then) was a minute before "now", and readers take that minute's raw
+    # samples (``rollup.sum_open``).
+    rollup.catch_up(engine, dataset.end - 60)
     pack.catch_up(engine)
     timings["rollup"] += time.perf_counter() - started
     engines.close_writer(engine)

@@ -297,7 +297,11 @@ def _merge_meta(read: Connection, target: Engine, ids: _Ids, fresh: bool) -> Non
     """Watermarks and prune marks: the source's in a target that had no host before; a tier
     the target built further than the source gets the copied hosts' buckets in between from
     their finer data (their rows only: the other hosts' are final there already); how far
-    prune went, and where packing goes on, is the later of the two."""
+    prune went, and where packing goes on, is the later of the two. A tier's open mark
+    (``rollup.sum_open``) is the source's where the target's rows of the bucket in progress
+    are the source's (a fresh target), or sum up to the same mark from the same watermark;
+    otherwise the target has none, and its readers take the bucket from raw samples, the
+    copied ones included, until its next rollup sums it afresh."""
     source_status = meta.read_status(read)
     with target.begin() as write:
         engines.hold_tiers(write, shared=False)
@@ -315,6 +319,17 @@ def _merge_meta(read: Connection, target: Engine, ids: _Ids, fresh: bool) -> Non
             elif mine < there:
                 for host in ids.hosts.values():
                     rollup.rebuild(write, tier, mine, there, host_id=host)
+        gone = []
+        for tier in ROLLUPS:
+            mark = source_status.opened.get(tier.name)
+            same = (source_status.watermarks.get(tier.name), mark) == (
+                theirs.watermarks.get(tier.name),
+                theirs.opened.get(tier.name),
+            )
+            if mark is not None and (fresh or same):
+                entries[meta.open_key(tier.name)] = str(mark)
+            else:
+                gone.append(meta.open_key(tier.name))
         for name, before in source_status.pruned.items():
             there = theirs.pruned.get(name)
             entries[meta.pruned_key(name)] = str(max(before, there) if there else before)
@@ -324,5 +339,6 @@ def _merge_meta(read: Connection, target: Engine, ids: _Ids, fresh: bool) -> Non
         known = [tuple(map(int, c.split())) for c in cursors if c is not None]
         if known:
             entries[meta.PACKED] = " ".join(map(str, max(known)))
+        meta.delete(write, gone)
         if entries:
             meta.put_many(write, entries)

@@ -5,7 +5,9 @@ Each tier has a watermark (``ovpnmon_common.meta.watermark_key``): every bucket 
 final in the tier's table. A rollup computes the buckets between the watermark and the last
 closed bucket in short transactions (so the collector's polls never wait long), replacing
 whatever the table held for them; running it again changes nothing. Buckets after the
-watermark, including the one in progress, are read from the next finer tier by the API.
+watermark, including the one in progress, are read from the next finer tier by the API; except
+that a tier marked ``sums_open`` (15 minutes) also holds the bucket in progress summed up to its
+open mark (``sum_open``), and readers take only the samples after the mark from raw samples.
 
 Each tier is built from the next finer one, so a backfill after raw samples were pruned still has
 something to build from, and the sums of every tier agree with the raw samples they came from.
@@ -135,13 +137,17 @@ def _bounds(conn: Connection, tier: Tier, now: int) -> tuple[int | None, int]:
 
 
 def late_tiers(conn: Connection, ts: int) -> list[Tier]:
-    """The tiers that already hold the bucket of ``ts`` as final: a poll at ``ts`` is late for
-    them (the wall clock stepped back, or a rollup ran while it was ahead)."""
-    marks = meta.watermarks(conn)
+    """The tiers that already hold the samples at ``ts`` (the bucket of ``ts`` is final, or it is
+    the bucket in progress summed past ``ts``): a poll at ``ts`` is late for them (the wall clock
+    stepped back, or a rollup ran while it was ahead)."""
+    marks, opened = meta.rollup_marks(conn)
     late = []
     for tier in ROLLUPS:
         mark = marks.get(tier.name)
-        if mark is not None and tier.width is not None and align(ts, tier.width) < mark:
+        if mark is None or tier.width is None:
+            continue
+        summed = meta.open_until(mark, opened.get(tier.name), tier.width)
+        if align(ts, tier.width) < mark or (summed is not None and ts < summed):
             late.append(tier)
     return late
 
@@ -162,23 +168,38 @@ def fold_in(
 
     Watermarks never move back instead: a tier rebuilt from finer data that retention has
     already pruned would lose what it held."""
-    add: dict[str, statements.Merge] = {
-        "bytes_received": "add",
-        "bytes_sent": "add",
-        "samples": "add",
-    }
     for tier in late:
         assert tier.width is not None
         bucket = align(ts, tier.width)
         rows: list[tuple[int, ...]]
         if tier.per_client:
             rows = [(cid, bucket, rx, tx, new) for cid, rx, tx, new in samples]
-            keys, merge = ["client_id", "bucket"], add
         else:
             active, rx, tx, new = server
             rows = [(bucket, host_id, rx, tx, active, new)]
-            keys, merge = ["bucket", "host_id"], {**add, "max_active": "max"}
-        statements.upsert_tuples(conn, tier.table, _columns(tier), rows, keys, merge=merge)
+        _add(conn, tier, rows)
+
+
+def _add(conn: Connection, tier: Tier, rows: list[tuple[int, ...]]) -> None:
+    """Add ``rows`` (in ``_columns(tier)`` order) to ``tier``'s rows of the same key."""
+    statements.upsert_tuples(
+        conn,
+        tier.table,
+        _columns(tier),
+        rows,
+        _KEYS[tier.per_client],
+        merge=_MERGE[tier.per_client],
+    )
+
+
+_SUMS: dict[str, statements.Merge] = {
+    "bytes_received": "add",
+    "bytes_sent": "add",
+    "samples": "add",
+}
+# per client (True) or the whole server's (False): each row's key, and how rows of a key merge
+_KEYS = {True: ["client_id", "bucket"], False: ["bucket", "host_id"]}
+_MERGE = {True: _SUMS, False: {**_SUMS, "max_active": "max"}}
 
 
 def catch_up(
@@ -188,7 +209,8 @@ def catch_up(
     deadline: float | None = None,
     clock: Clock = SYSTEM_CLOCK,
 ) -> list[RollupReport]:
-    """Bring every tier up to the last closed bucket.
+    """Bring every tier up to the last closed bucket, then sum the bucket in progress of the
+    tiers that keep it (``sum_open``).
 
     Buckets are built oldest first in transactions of at most ``SLICE_SECONDS`` each, so a poll
     never waits long for the lock. With ``deadline`` (a ``clock.monotonic()`` value) it stops
@@ -218,7 +240,37 @@ def catch_up(
         reports.append(RollupReport(tier.name, done, watermark))
         if done:
             log.debug("rollup %s: %d buckets, watermark %s", tier.name, done, watermark)
+    for tier in ROLLUPS:
+        if tier.sums_open and (deadline is None or clock.monotonic() < deadline):
+            with engine.begin() as conn:
+                engines.hold_tiers(conn, shared=False)
+                sum_open(conn, tier, now)
     return reports
+
+
+def sum_open(conn: Connection, tier: Tier, now: int) -> None:
+    """Sum the samples before ``now`` of ``tier``'s bucket in progress (the one at its watermark)
+    into its table, and move its open mark (``meta.open_until``) to ``now``.
+
+    Readers then take the bucket in progress from the tier's row and only the samples after the
+    mark from the finer tier: every client's bytes of the last 24 hours read a minute of raw
+    samples rather than up to a whole bucket of them. A mark of an older bucket starts the
+    bucket afresh; a valid one adds only the samples since it, so each run reads about a
+    minute's samples. Polls before the mark add themselves (``late_tiers``, ``fold_in``)."""
+    assert tier.width is not None
+    marks, opened = meta.rollup_marks(conn)
+    watermark = marks.get(tier.name)
+    if watermark is None or watermark != align(now, tier.width):
+        return  # no data yet, or closed buckets still to build first
+    summed = meta.open_until(watermark, opened.get(tier.name), tier.width)
+    if now <= (summed or watermark):  # nothing new (the wall clock stepped back)
+        return
+    if summed is None:
+        rebuild(conn, tier, watermark, now)
+    else:
+        rows = conn.execute(_source_select(tier, summed, now)).all()
+        _add(conn, tier, [tuple(row) for row in rows])
+    meta.put(conn, meta.open_key(tier.name), str(now))
 
 
 def backfill(

@@ -36,6 +36,8 @@ from ovpnmon_common.storage.statements import Prepared, upsert
 SCHEMA_VERSION = "schema_version"
 
 _WATERMARK = "rollup.{}.watermark"
+# How far the bucket in progress at a tier's watermark is summed in its table (``open_until``)
+_OPEN = "rollup.{}.open"
 _PRUNED = "prune.{}.before"
 # Where packing raw samples goes on (``ovpnmon_collector.pack``): "BUCKET CLIENT_ID", every raw
 # sample of an older bucket, and of that bucket up to that client id, is packed (or kept a row).
@@ -51,6 +53,22 @@ def packed_before(value: str) -> int:
 def watermark_key(tier: str) -> str:
     """The key holding the start of the first bucket not yet final in ``tier``."""
     return _WATERMARK.format(tier)
+
+
+def open_key(tier: str) -> str:
+    """The key holding the time up to which the rollup summed the samples of ``tier``'s bucket
+    in progress (the one at its watermark) into its table."""
+    return _OPEN.format(tier)
+
+
+def open_until(watermark: int | None, mark: int | None, width: int) -> int | None:
+    """Where a tier's bucket in progress is summed up to, given its ``watermark``, open
+    ``mark`` and bucket ``width``: the samples of that bucket before it are in the tier's row
+    of the bucket, the later ones are not. None when there is no mark, or it is from an older
+    bucket (since made final: the row then holds the whole bucket, and the next is not begun)."""
+    if watermark is None or mark is None or not watermark < mark <= watermark + width:
+        return None
+    return mark
 
 
 def pruned_key(tier: str) -> str:
@@ -91,9 +109,15 @@ class CollectorStatus:
 
     hosts: dict[str, HostStatus] = field(default_factory=dict)
     watermarks: dict[str, int] = field(default_factory=dict)  # tier name -> watermark
+    opened: dict[str, int] = field(default_factory=dict)  # tier name -> open mark (``open_key``)
     pruned: dict[str, int] = field(default_factory=dict)  # tier name -> rows before it deleted
     schema_version: int | None = None
     packed_before: int = 0  # raw samples before it may be packed (``PACKED``); after: rows only
+
+    def open_until(self, tier: str, width: int) -> int | None:
+        """Where the bucket in progress of ``tier`` (``width`` seconds) is summed up to in its
+        table (``open_until``), or None."""
+        return open_until(self.watermarks.get(tier), self.opened.get(tier), width)
 
     @property
     def heartbeat(self) -> int | None:
@@ -194,7 +218,7 @@ _STATUS = Prepared(
     )
 )
 _ONE = Prepared(select(_m.c.value).where(_m.c.key == bindparam("key")))
-_WATERMARKS = Prepared(select(_m.c.key, _m.c.value).where(_m.c.key.like(_WATERMARK.format("%"))))
+_ROLLUP_MARKS = Prepared(select(_m.c.key, _m.c.value).where(_m.c.key.like("rollup.%")))
 
 
 def read_status(conn: Connection) -> CollectorStatus:
@@ -205,6 +229,7 @@ def read_status(conn: Connection) -> CollectorStatus:
 def decode(rows: Sequence[Any]) -> CollectorStatus:
     """The status held in ``rows`` (as ``read_status``'s statement returns them)."""
     watermarks: dict[str, int] = {}
+    opened: dict[str, int] = {}
     pruned: dict[str, int] = {}
     version: int | None = None
     packed = 0
@@ -216,6 +241,8 @@ def decode(rows: Sequence[Any]) -> CollectorStatus:
             name, _, what = rest.rpartition(".")
             if kind == "rollup" and what == "watermark":
                 watermarks[name] = int(row.text)
+            elif kind == "rollup" and what == "open":
+                opened[name] = int(row.text)
             elif kind == "prune" and what == "before":
                 pruned[name] = int(row.text)
             elif row.name == SCHEMA_VERSION:
@@ -240,6 +267,7 @@ def decode(rows: Sequence[Any]) -> CollectorStatus:
             for row in sorted(hosts, key=lambda row: row.name)
         },
         watermarks=watermarks,
+        opened=opened,
         pruned=pruned,
         schema_version=version,
         packed_before=packed,
@@ -248,8 +276,19 @@ def decode(rows: Sequence[Any]) -> CollectorStatus:
 
 def watermarks(conn: Connection) -> dict[str, int]:
     """Tier name -> watermark, for the tiers that have one."""
-    prefix, suffix = _WATERMARK.split("{}")
-    return {key[len(prefix) : -len(suffix)]: int(value) for key, value in _WATERMARKS(conn).all()}
+    return rollup_marks(conn)[0]
+
+
+def rollup_marks(conn: Connection) -> tuple[dict[str, int], dict[str, int]]:
+    """(tier name -> watermark, tier name -> open mark), in one statement: what a poll reads
+    to know which tiers it is late for (``ovpnmon_collector.rollup.late_tiers``)."""
+    marks: dict[str, dict[str, int]] = {"watermark": {}, "open": {}}
+    for key, value in _ROLLUP_MARKS(conn).all():
+        _, _, rest = key.partition(".")
+        name, _, what = rest.rpartition(".")
+        if what in marks:
+            marks[what][name] = int(value)
+    return marks["watermark"], marks["open"]
 
 
 def get(conn: Connection, key: str) -> str | None:

@@ -37,6 +37,10 @@ class Tier:
     # raw samples only: the table their final buckets are packed into (``ovpnmon_collector.pack``),
     # keyed by ``bucket``; the tier's data is both tables' rows
     packed: Table | None = None
+    # a rollup also sums the bucket in progress into the table, up to its open mark
+    # (``ovpnmon_common.meta.open_until``), so readers of it take only the samples after the mark
+    # from the finer tier
+    sums_open: bool = False
 
     @property
     def time(self) -> Column[Any]:
@@ -74,6 +78,7 @@ TIERS: tuple[Tier, ...] = (
         "raw_days",
         True,
         "usage_history_hires",
+        sums_open=True,
     ),
     Tier(
         "hourly",

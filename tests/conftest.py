@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from ovpnmon_common.config import Config
+from ovpnmon_common.formatting import format_timestamp
 from ovpnmon_common.storage.engines import writer_engine
 from ovpnmon_common.storage.migrations import init_db
 from ovpnmon_demo.clock import ManualClock
@@ -337,3 +338,28 @@ def run_collector(*args: str, timeout: float = 120, preexec_fn=None):
         preexec_fn=preexec_fn,
         env={**os.environ, "OVPNMON_CONFIG": ""},
     )
+
+
+def raw_reading_answers(client, names, end: int) -> dict[str, bytes]:
+    """Every answer that reads raw samples: one client's raw-tier ranges, its samples as stored,
+    every client's usage between edges that are not a bucket's, the whole server (``client``
+    a falcon test client of an API whose clock stands at ``end``)."""
+    at = format_timestamp  # UTC: the API's default timezone
+    urls = [
+        f"/api/v1/usage?from={at(end - 7 * 3600 - 401)}Z&to={at(end - 1111)}Z".replace(" ", "T"),
+        "/api/v1/analytics?range=24h",
+        "/api/v1/stats",
+    ]
+    for name in names:
+        urls += [f"/api/v1/stats/{name}?range={r}" for r in ("1h", "3h", "6h", "12h", "24h")]
+        urls += [
+            f"/api/v1/stats/{name}?range=6h&resolution=raw",
+            f"/api/v1/stats/{name}?range=12h&resolution=5min",
+            f"/api/v1/usage?common_name={name}&from={at(end - 5 * 3600 - 7)}Z".replace(" ", "T"),
+        ]
+    found = {}
+    for url in urls:
+        response = client.simulate_get(url)
+        assert response.status_code in (200, 404), (url, response.text)
+        found[url] = response.content
+    return found

@@ -56,20 +56,23 @@ class Host:
             }
 
     def check_every_bucket(self) -> None:
-        """Every bucket before a tier's watermark holds exactly the raw sum of its time."""
+        """Every bucket before a tier's watermark holds exactly the raw sum of its time, and the
+        bucket in progress (where it is summed) the raw sum before its open mark."""
         with self.engine.connect() as conn:
             raw = [(ts, rx) for _, ts, rx, _ in packed.raw_samples(conn)]
             for r in ROLLUPS:
                 mark = meta.get(conn, f"rollup.{r.name}.watermark")
                 if mark is None:
                     continue
+                opened = meta.get(conn, meta.open_key(r.name))
+                summed = meta.open_until(int(mark), int(opened) if opened else None, r.width)
                 expected: dict[int, int] = defaultdict(int)
                 for ts, rx in raw:
-                    if align(ts, r.width) < int(mark):
+                    if ts < (summed or align(int(mark), r.width)):
                         expected[align(ts, r.width)] += rx
                 rows = conn.execute(
                     select(r.table.c.bucket, r.table.c.bytes_received).where(
-                        r.table.c.bucket < int(mark)
+                        r.table.c.bucket < (int(mark) + r.width if summed else int(mark))
                     )
                 ).all()
                 assert {b: rx for b, rx in rows if rx} == dict(expected), r.name
@@ -119,3 +122,22 @@ def test_one_poll_a_day_ahead_never_keeps_the_next_hours_out_of_the_tiers(tmp_pa
     host.rollup_at(T0 + 3 * 86400)
     assert set(host.tier_sums().values()) == {received}
     host.check_every_bucket()
+
+
+def test_a_poll_before_the_open_mark_adds_itself_to_the_bucket_in_progress(tmp_path):
+    host = Host(tmp_path)
+    host.poll_at(T0)
+    host.poll_at(T0 + 900)  # the next bucket, in progress
+    host.rollup_at(T0 + 1000)  # ... summed up to T0 + 1000
+    with host.engine.connect() as conn:
+        assert meta.get(conn, meta.open_key("quarter_hour")) == str(T0 + 1000)
+    host.poll_at(T0 + 950)  # the clock stepped back, before the mark
+    host.poll_at(T0 + 1100)
+    host.check_every_bucket()
+    assert set(host.api_totals(T0 + 1200).values()) == {4000}
+    host.rollup_at(T0 + 1300)  # the samples since the mark added
+    host.check_every_bucket()
+    assert set(host.api_totals(T0 + 1350).values()) == {4000}
+    host.rollup_at(T0 + 2700)  # the bucket final
+    host.check_every_bucket()
+    assert host.tier_sums()["quarter_hour"] == 4000

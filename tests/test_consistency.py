@@ -76,9 +76,11 @@ def replay(workdir: Path, steps, start: int = T0, database: str | None = None) -
     return engine, now
 
 
-def raw_by_bucket(conn, width):
+def raw_by_bucket(conn, width, until=None):
     out = defaultdict(lambda: [0, 0])
     for cid, ts, rx, tx in packed.raw_samples(conn):
+        if until is not None and ts >= until:
+            continue
         out[(cid, align(ts, width))][0] += rx
         out[(cid, align(ts, width))][1] += tx
     return out
@@ -87,7 +89,8 @@ def raw_by_bucket(conn, width):
 def check_tiers(engine, raw_cutoff=None, kept=None):
     """Every tier row equals the raw sum of its bucket, and every bucket with raw bytes before the
     tier's watermark has its row — where raw samples (from ``raw_cutoff``) and the tier's rows
-    (from ``kept[table]``) are still kept."""
+    (from ``kept[table]``) are still kept. The bucket in progress, where the tier sums it, holds
+    the raw sum before its open mark."""
     kept = kept or {}
     with engine.connect() as conn:
         for r in ROLLUPS:
@@ -97,7 +100,10 @@ def check_tiers(engine, raw_cutoff=None, kept=None):
             if wm is None:
                 continue
             low = max(raw_cutoff or 0, kept.get(r.table.name) or 0)
-            raw = raw_by_bucket(conn, r.width)
+            opened = meta.get(conn, meta.open_key(r.name))
+            summed = meta.open_until(int(wm), int(opened) if opened else None, r.width)
+            raw = raw_by_bucket(conn, r.width, until=summed)
+            final = int(wm) + r.width if summed else int(wm)
             rows = {
                 (x.client_id, x.bucket): [x.bytes_received, x.bytes_sent]
                 for x in conn.execute(select(r.table))
@@ -106,7 +112,7 @@ def check_tiers(engine, raw_cutoff=None, kept=None):
                 if bucket >= (raw_cutoff or 0):
                     assert sums == raw.get((cid, bucket), [0, 0]), (r.name, bucket)
             for (cid, bucket), sums in raw.items():
-                if low <= bucket < int(wm) and sums != [0, 0]:
+                if low <= bucket < final and sums != [0, 0]:
                     assert rows.get((cid, bucket)) == sums, (r.name, bucket, "missing")
 
 

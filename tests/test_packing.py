@@ -8,7 +8,7 @@ import json
 
 import falcon.testing
 import pytest
-from conftest import TickingClock
+from conftest import TickingClock, raw_reading_answers
 from sqlalchemy import func, select
 
 from ovpnmon_api.app import create_app
@@ -16,7 +16,6 @@ from ovpnmon_collector import pack, rollup
 from ovpnmon_common import meta, packed, schema
 from ovpnmon_common.buckets import align
 from ovpnmon_common.config import Config
-from ovpnmon_common.formatting import format_timestamp
 from ovpnmon_common.storage import engines, migrations
 from ovpnmon_demo.world import BUCKET, Dataset, feed
 
@@ -75,27 +74,7 @@ def fed(db_path, tmp_path):
 
 
 def answers(client, names) -> dict[str, bytes]:
-    """Every answer that reads raw samples: one client's raw-tier ranges, its samples as stored,
-    every client's usage between edges that are not a bucket's, the whole server."""
-    at = format_timestamp  # UTC: the API's default timezone
-    urls = [
-        f"/api/v1/usage?from={at(END - 7 * 3600 - 401)}Z&to={at(END - 1111)}Z".replace(" ", "T"),
-        "/api/v1/analytics?range=24h",
-        "/api/v1/stats",
-    ]
-    for name in names:
-        urls += [f"/api/v1/stats/{name}?range={r}" for r in ("1h", "3h", "6h", "12h", "24h")]
-        urls += [
-            f"/api/v1/stats/{name}?range=6h&resolution=raw",
-            f"/api/v1/stats/{name}?range=12h&resolution=5min",
-            f"/api/v1/usage?common_name={name}&from={at(END - 5 * 3600 - 7)}Z".replace(" ", "T"),
-        ]
-    found = {}
-    for url in urls:
-        response = client.simulate_get(url)
-        assert response.status_code in (200, 404), (url, response.text)
-        found[url] = response.content
-    return found
+    return raw_reading_answers(client, names, END)
 
 
 def recorded(engine, client, names) -> tuple[list, dict[str, bytes]]:

@@ -1,7 +1,8 @@
 """Traffic over time: one client's buckets, the whole server's, the top clients of a range.
 
-A tier is read up to its rollup watermark, the rest from the next finer tier, down to raw
-samples (``_pieces``), so every series includes the bucket in progress. Which tier a query
+A tier is read up to its rollup watermark (and the 15-minute tier through its bucket in progress,
+summed up to its open mark), the rest from the next finer tier, down to raw samples
+(``_pieces``), so every series includes the bucket in progress. Which tier a query
 starts from is the planner's choice (``ovpnmon_common.planner``), made once.
 """
 
@@ -31,7 +32,9 @@ def _pieces(
 ) -> Iterator[tuple[Tier, int, int]]:
     """``[start, end)`` as (tier, start, end) pieces: whole tier buckets before the tier's
     watermark from the tier's table, the rest (edges and the buckets not yet final) from the
-    next finer tier, down to raw samples."""
+    next finer tier, down to raw samples. A tier that sums its bucket in progress (up to its
+    open mark) gives that bucket too when the range holds all of it before the mark: its piece
+    then ends after the bucket, and the finer tier's starts at the mark."""
     if start >= end:
         return
     if tier.width is None or tier.built_from is None:
@@ -40,11 +43,18 @@ def _pieces(
     width = tier.width
     first = align_up(start, width)  # the first whole bucket inside the range
     final = min(status.watermarks.get(tier.name, first), align(end, width))
+    finer = BY_NAME[tier.built_from]
+    summed = status.open_until(tier.name, width)
+    if summed is not None and first <= final and summed <= end:
+        # (the mark is after the watermark, so the range reaches the bucket in progress)
+        yield tier, first, final + width
+        yield from _pieces(status, finer, start, first)
+        yield from _pieces(status, finer, summed, end)
+        return
     if first < final:
         yield tier, first, final
     else:
         first = final = start
-    finer = BY_NAME[tier.built_from]
     yield from _pieces(status, finer, start, first)
     yield from _pieces(status, finer, max(final, start), end)
 
