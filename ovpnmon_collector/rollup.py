@@ -8,6 +8,8 @@ whatever the table held for them; running it again changes nothing. Buckets afte
 watermark, including the one in progress, are read from the next finer tier by the API; except
 that a tier marked ``sums_open`` (15 minutes) also holds the bucket in progress summed up to its
 open mark (``sum_open``), and readers take only the samples after the mark from raw samples.
+Such a bucket closes by adding its samples after the mark (its rows equal the raw sums before
+the mark at every commit), not by a rebuild.
 
 Each tier is built from the next finer one, so a backfill after raw samples were pruned still has
 something to build from, and the sums of every tier agree with the raw samples they came from.
@@ -228,6 +230,11 @@ def catch_up(
                 if watermark is None or watermark >= limit:
                     break
                 slice_end = time.perf_counter() + SLICE_SECONDS
+                summed = _summed(conn, tier, watermark)
+                if summed is not None:  # the bucket's samples before its open mark are in already
+                    _add_since(conn, tier, summed, watermark + tier.width)
+                    watermark += tier.width
+                    done += 1
                 # one bucket per statement at first, doubling while statements stay quick
                 most, quick = 256 * tier.width, SLICE_SECONDS / 10
                 for first, end in spans(watermark, limit, tier.width, most, quick):
@@ -256,21 +263,34 @@ def sum_open(conn: Connection, tier: Tier, now: int) -> None:
     mark from the finer tier: every client's bytes of the last 24 hours read a minute of raw
     samples rather than up to a whole bucket of them. A mark of an older bucket starts the
     bucket afresh; a valid one adds only the samples since it, so each run reads about a
-    minute's samples. Polls before the mark add themselves (``late_tiers``, ``fold_in``)."""
+    minute's samples, and so does the bucket's closing (``catch_up``). Polls before the mark
+    add themselves (``late_tiers``, ``fold_in``)."""
     assert tier.width is not None
-    marks, opened = meta.rollup_marks(conn)
-    watermark = marks.get(tier.name)
+    watermark = meta.watermarks(conn).get(tier.name)
     if watermark is None or watermark != align(now, tier.width):
         return  # no data yet, or closed buckets still to build first
-    summed = meta.open_until(watermark, opened.get(tier.name), tier.width)
+    summed = _summed(conn, tier, watermark)
     if now <= (summed or watermark):  # nothing new (the wall clock stepped back)
         return
     if summed is None:
         rebuild(conn, tier, watermark, now)
     else:
-        rows = conn.execute(_source_select(tier, summed, now)).all()
-        _add(conn, tier, [tuple(row) for row in rows])
+        _add_since(conn, tier, summed, now)
     meta.put(conn, meta.open_key(tier.name), str(now))
+
+
+def _summed(conn: Connection, tier: Tier, watermark: int) -> int | None:
+    """Where ``tier``'s bucket at ``watermark`` is summed up to (``meta.open_until``), or None."""
+    if not tier.sums_open or tier.width is None:
+        return None
+    return meta.open_until(watermark, meta.rollup_marks(conn)[1].get(tier.name), tier.width)
+
+
+def _add_since(conn: Connection, tier: Tier, start: int, end: int) -> None:
+    """Add the finer data in ``[start, end)`` to ``tier``'s rows (of one bucket: its samples
+    before ``start`` are in them already)."""
+    rows = conn.execute(_source_select(tier, start, end)).all()
+    _add(conn, tier, [tuple(row) for row in rows])
 
 
 def backfill(

@@ -149,3 +149,36 @@ def test_copy_to_has_the_target_sum_its_bucket_in_progress_afresh(fed, db_path, 
         assert meta.get(there, OPEN) is None  # the copied samples before it are not in its sums
     into.dispose()
     assert received(target) == theirs + ours > theirs > 0
+
+
+def test_buckets_closed_from_their_open_sums_equal_buckets_rebuilt(db_path, tmp_path):
+    """As the daemon runs: a rollup every minute of polls, so every bucket is summed while in
+    progress and closed by adding its last samples; rebuilding every bucket from raw samples
+    (a backfill) then changes no row of any tier."""
+    dataset = Dataset(clients=6, start=END - 3 * 3600, end=END, interval=20, seed=11)
+    engine = engines.writer_engine(db_path)
+    migrations.init_db(engine)
+    minutes = [dataset.start // 60]
+
+    def each(now, _rows):
+        if now // 60 != minutes[-1]:
+            minutes.append(now // 60)
+            rollup.catch_up(engine, now)
+
+    feed(dataset, engine, str(tmp_path / "status.log"), each)
+    assert len(minutes) > 150
+
+    def tiers() -> dict[str, list]:
+        with engine.connect() as conn:
+            return {
+                t.name: conn.execute(select(t.table).order_by(*t.table.primary_key)).all()
+                for t in rollup.ROLLUPS
+            }
+
+    with engine.connect() as conn:
+        assert meta.get(conn, OPEN) is not None
+    incremental = tiers()
+    assert len(incremental["quarter_hour"]) > 50
+    rollup.backfill(engine, dataset.start, END)
+    assert tiers() == incremental
+    engine.dispose()
