@@ -23,7 +23,8 @@ TIME_COLUMNS = {
 
 
 def database_info(engine: Engine, path: str) -> dict[str, Any]:
-    """Size, rows and time span of every table, watermarks, the collector's status."""
+    """Size, rows and time span of every table, watermarks and open marks, the collector's
+    status."""
     tables: dict[str, dict[str, Any]] = {}
     with engine.connect() as conn:
         size = engines.database_size(conn, path)
@@ -45,6 +46,12 @@ def database_info(engine: Engine, path: str) -> dict[str, Any]:
         "schema_version": status.schema_version,
         "tables": tables,
         "watermarks": {tier.name: status.watermarks.get(tier.name) for tier in ROLLUPS},
+        # where the bucket in progress is summed up to (rollup.sum_open), of the tiers that sum it
+        "open": {
+            tier.name: status.open_until(tier.name, tier.width)
+            for tier in ROLLUPS
+            if tier.sums_open and tier.width is not None
+        },
         "collector": {"last_poll": status.heartbeat, "interval": status.interval},
         "sources": status.sources,
         "certificates_scanned_at": status.certificates_scanned_at,
@@ -82,7 +89,9 @@ def render_info(facts: dict[str, Any]) -> str:
     lines.append("")
     lines.append("rollups final up to (UTC):")
     for tier, mark in facts["watermarks"].items():
-        lines.append(f"  {tier:13s} {_when(mark)}")
+        summed = facts["open"].get(tier)
+        opened = f", the bucket in progress summed up to {_when(summed)}" if summed else ""
+        lines.append(f"  {tier:13s} {_when(mark)}{opened}")
     lines.append("")
     lines.append("sources:" if facts["sources"] else "sources: none polled yet")
     for name, health in facts["sources"].items():

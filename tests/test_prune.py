@@ -172,10 +172,12 @@ def test_cli_prune_and_info(filled, tmp_path):
     assert facts["tables"]["usage_history"]["oldest"] >= align(NOW - 3 * DAY, DAY)
     assert facts["tables"]["clients"]["rows"] == 8
     assert facts["watermarks"]["hourly"] == align(NOW, 3600)
+    assert facts["open"] == {"quarter_hour": NOW}  # the bucket in progress summed up to NOW
     assert facts["sources"]["sim"]["state"] == "ok"
     human = CliRunner().invoke(cli, ["info", "--config", str(config)])
     assert human.exit_code == 0
     assert "usage_history" in human.output and "rollups final up to (UTC):" in human.output
+    assert f"the bucket in progress summed up to {format_timestamp(NOW)}" in human.output
     assert "sim          ok since" in human.output
 
 
