@@ -33,7 +33,6 @@ from ovpnmon_common.tiers import BY_NAME
 log = logging.getLogger("ovpnmon.rollup")
 
 QUARTER = BY_NAME["quarter_hour"]
-WIDTH = packed.WIDTH
 u, p, h, g = schema.usage_history, schema.usage_packed, schema.hosts, schema.global_history
 COLUMNS = ("bucket", "client_id", "bytes_received", "bytes_sent", "samples", "data")
 
@@ -46,7 +45,7 @@ def _window(bucket: int, after: int, upto: int) -> list[Any]:
     """The rows of ``bucket`` of the clients ``after < id <= upto`` (but the heartbeats'): one
     (ts, client_id) key range per poll time of the bucket, so a slice of the clients reads only
     its own rows. (A row without its poll's whole-server row is left as a row.)"""
-    times = select(g.c.ts).where(g.c.ts >= bucket, g.c.ts < bucket + WIDTH)
+    times = select(g.c.ts).where(g.c.ts >= bucket, g.c.ts < bucket + packed.WIDTH)
     return [
         u.c.ts.in_(times),
         u.c.client_id > after,
@@ -103,7 +102,7 @@ def _after(conn: Connection, ts: int | None) -> int | None:
     if ts is not None:
         query = query.where(u.c.ts >= ts)
     first = conn.execute(query).scalar()
-    return align(first, WIDTH) if first is not None else None
+    return align(first, packed.WIDTH) if first is not None else None
 
 
 def _merged(
@@ -150,7 +149,7 @@ def catch_up(
             upto = min(after + width, last)
             pack_clients(conn, bucket, after, upto)
             if upto >= last:  # the bucket is done: on to the next with a row (or to the limit)
-                following = _after(conn, bucket + WIDTH)
+                following = _after(conn, bucket + packed.WIDTH)
                 bucket, upto = (following if following is not None else limit), 0
                 done += 1
             meta.put(conn, CURSOR, f"{bucket} {upto}")

@@ -122,10 +122,11 @@ def rebuild(conn: Connection, tier: Tier, start: int, end: int, host_id: int | N
     conn.execute(insert(table).from_select(list(_columns(tier)), select_))
 
 
-def _bounds(conn: Connection, tier: Tier, now: int) -> tuple[int | None, int]:
-    """(watermark, end of the last closed bucket this tier may build now)."""
+def _bounds(conn: Connection, tier: Tier, now: int) -> tuple[int | None, int, int | None]:
+    """(watermark, end of the last closed bucket this tier may build now, where the bucket at
+    the watermark is summed up to: ``_summed``)."""
     assert tier.width is not None
-    marks = meta.watermarks(conn)
+    marks, opened = meta.rollup_marks(conn)
     limit = align(now, tier.width)
     src = source_of(tier)
     if not src.raw:  # only whole buckets of the finer tier's final data
@@ -133,9 +134,17 @@ def _bounds(conn: Connection, tier: Tier, now: int) -> tuple[int | None, int]:
         limit = min(limit, align(finer, tier.width)) if finer else 0
     stored = marks.get(tier.name)
     if stored is not None:
-        return stored, limit
+        return stored, limit, _summed(tier, stored, opened)
     first = oldest(conn, src)
-    return (align(first, tier.width) if first is not None else None), limit
+    return (align(first, tier.width) if first is not None else None), limit, None
+
+
+def _summed(tier: Tier, watermark: int, opened: dict[str, int]) -> int | None:
+    """Where ``tier``'s bucket at ``watermark`` is summed up to, given the open marks
+    ``opened`` (``meta.open_until``): None for a tier that does not sum it."""
+    if not tier.sums_open or tier.width is None:
+        return None
+    return meta.open_until(watermark, opened.get(tier.name), tier.width)
 
 
 def late_tiers(conn: Connection, ts: int) -> list[Tier]:
@@ -148,7 +157,7 @@ def late_tiers(conn: Connection, ts: int) -> list[Tier]:
         mark = marks.get(tier.name)
         if mark is None or tier.width is None:
             continue
-        summed = meta.open_until(mark, opened.get(tier.name), tier.width)
+        summed = _summed(tier, mark, opened)
         if align(ts, tier.width) < mark or (summed is not None and ts < summed):
             late.append(tier)
     return late
@@ -226,11 +235,10 @@ def catch_up(
         while deadline is None or clock.monotonic() < deadline:
             with engine.begin() as conn:
                 engines.hold_tiers(conn, shared=False)  # no poll adds to a bucket summed here
-                watermark, limit = _bounds(conn, tier, now)
+                watermark, limit, summed = _bounds(conn, tier, now)
                 if watermark is None or watermark >= limit:
                     break
                 slice_end = time.perf_counter() + SLICE_SECONDS
-                summed = _summed(conn, tier, watermark)
                 if summed is not None:  # the bucket's samples before its open mark are in already
                     _add_since(conn, tier, summed, watermark + tier.width)
                     watermark += tier.width
@@ -266,10 +274,11 @@ def sum_open(conn: Connection, tier: Tier, now: int) -> None:
     minute's samples, and so does the bucket's closing (``catch_up``). Polls before the mark
     add themselves (``late_tiers``, ``fold_in``)."""
     assert tier.width is not None
-    watermark = meta.watermarks(conn).get(tier.name)
+    marks, opened = meta.rollup_marks(conn)
+    watermark = marks.get(tier.name)
     if watermark is None or watermark != align(now, tier.width):
         return  # no data yet, or closed buckets still to build first
-    summed = _summed(conn, tier, watermark)
+    summed = _summed(tier, watermark, opened)
     if now <= (summed or watermark):  # nothing new (the wall clock stepped back)
         return
     if summed is None:
@@ -277,13 +286,6 @@ def sum_open(conn: Connection, tier: Tier, now: int) -> None:
     else:
         _add_since(conn, tier, summed, now)
     meta.put(conn, meta.open_key(tier.name), str(now))
-
-
-def _summed(conn: Connection, tier: Tier, watermark: int) -> int | None:
-    """Where ``tier``'s bucket at ``watermark`` is summed up to (``meta.open_until``), or None."""
-    if not tier.sums_open or tier.width is None:
-        return None
-    return meta.open_until(watermark, meta.rollup_marks(conn)[1].get(tier.name), tier.width)
 
 
 def _add_since(conn: Connection, tier: Tier, start: int, end: int) -> None:

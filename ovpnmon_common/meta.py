@@ -221,6 +221,14 @@ _ONE = Prepared(select(_m.c.value).where(_m.c.key == bindparam("key")))
 _ROLLUP_MARKS = Prepared(select(_m.c.key, _m.c.value).where(_m.c.key.like("rollup.%")))
 
 
+def _parts(key: str) -> tuple[str, str, str]:
+    """A tier's key (``rollup.<tier>.watermark``, ``prune.<tier>.before``, ...) as (kind, tier,
+    what); other keys give a tier of "" or a "what" that none of these has."""
+    kind, _, rest = key.partition(".")
+    name, _, what = rest.rpartition(".")
+    return kind, name, what
+
+
 def read_status(conn: Connection) -> CollectorStatus:
     """The collectors' status: ``meta``, ``hosts`` and ``sources``, read in one statement."""
     return decode(_STATUS(conn).all())
@@ -237,8 +245,7 @@ def decode(rows: Sequence[Any]) -> CollectorStatus:
     health: dict[int, dict[str, dict[str, Any]]] = {}
     for row in rows:
         if row.kind == META:
-            kind, _, rest = row.name.partition(".")
-            name, _, what = rest.rpartition(".")
+            kind, name, what = _parts(row.name)
             if kind == "rollup" and what == "watermark":
                 watermarks[name] = int(row.text)
             elif kind == "rollup" and what == "open":
@@ -284,8 +291,7 @@ def rollup_marks(conn: Connection) -> tuple[dict[str, int], dict[str, int]]:
     to know which tiers it is late for (``ovpnmon_collector.rollup.late_tiers``)."""
     marks: dict[str, dict[str, int]] = {"watermark": {}, "open": {}}
     for key, value in _ROLLUP_MARKS(conn).all():
-        _, _, rest = key.partition(".")
-        name, _, what = rest.rpartition(".")
+        _, name, what = _parts(key)
         if what in marks:
             marks[what][name] = int(value)
     return marks["watermark"], marks["open"]

@@ -64,11 +64,10 @@ class Host:
                 mark = meta.get(conn, f"rollup.{r.name}.watermark")
                 if mark is None:
                     continue
-                opened = meta.get(conn, meta.open_key(r.name))
-                summed = meta.open_until(int(mark), int(opened) if opened else None, r.width)
+                summed = meta.read_status(conn).open_until(r.name, r.width)
                 expected: dict[int, int] = defaultdict(int)
                 for ts, rx in raw:
-                    if ts < (summed or align(int(mark), r.width)):
+                    if ts < (summed or int(mark)):
                         expected[align(ts, r.width)] += rx
                 rows = conn.execute(
                     select(r.table.c.bucket, r.table.c.bytes_received).where(

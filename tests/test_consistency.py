@@ -100,8 +100,7 @@ def check_tiers(engine, raw_cutoff=None, kept=None):
             if wm is None:
                 continue
             low = max(raw_cutoff or 0, kept.get(r.table.name) or 0)
-            opened = meta.get(conn, meta.open_key(r.name))
-            summed = meta.open_until(int(wm), int(opened) if opened else None, r.width)
+            summed = meta.read_status(conn).open_until(r.name, r.width)
             raw = raw_by_bucket(conn, r.width, until=summed)
             final = int(wm) + r.width if summed else int(wm)
             rows = {

@@ -43,20 +43,18 @@ def _pieces(
     width = tier.width
     first = align_up(start, width)  # the first whole bucket inside the range
     final = min(status.watermarks.get(tier.name, first), align(end, width))
-    finer = BY_NAME[tier.built_from]
+    held, rest = final, max(final, start)  # the tier's piece ends at held; finer data from rest
     summed = status.open_until(tier.name, width)
     if summed is not None and first <= final and summed <= end:
         # (the mark is after the watermark, so the range reaches the bucket in progress)
-        yield tier, first, final + width
-        yield from _pieces(status, finer, start, first)
-        yield from _pieces(status, finer, summed, end)
-        return
-    if first < final:
-        yield tier, first, final
+        held, rest = final + width, summed
+    if first < held:
+        yield tier, first, held
     else:
-        first = final = start
+        first = rest = start
+    finer = BY_NAME[tier.built_from]
     yield from _pieces(status, finer, start, first)
-    yield from _pieces(status, finer, max(final, start), end)
+    yield from _pieces(status, finer, rest, end)
 
 
 def _window(tier: Tier) -> list[Any]:
