@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable, Sequence
+from itertools import groupby
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, func, select
@@ -39,6 +42,7 @@ COLUMNS = ("bucket", "client_id", "bytes_received", "bytes_sent", "samples", "da
 # the rows left as rows: each host's last stored poll
 _HEARTBEATS = select(h.c.heartbeat).where(h.c.heartbeat.is_not(None))
 CURSOR = meta.PACKED  # where packing goes on
+_CLIENT = itemgetter(0)
 
 
 def _window(bucket: int, after: int, upto: int) -> list[Any]:
@@ -59,21 +63,19 @@ def pack_clients(conn: Connection, bucket: int, after: int, upto: int) -> int:
     into ``usage_packed``, merged with whatever it already holds there; returns the rows
     moved."""
     window = _window(bucket, after, upto)
-    rows = conn.execute(
-        select(u.c.client_id, u.c.ts, u.c.bytes_received, u.c.bytes_sent)
-        .where(*window)
-        .order_by(u.c.ts, u.c.client_id)  # the key's order: SQLite reads it without a sort
-    ).all()
+    rows = statements.plain_rows(
+        conn.execute(
+            select(u.c.client_id, u.c.ts, u.c.bytes_received, u.c.bytes_sent)
+            .where(*window)
+            .order_by(u.c.ts, u.c.client_id)  # the key's order: SQLite reads it without a sort
+        )
+    )
     if not rows:
         return 0
-    columns: dict[int, tuple[list[int], list[int], list[int]]] = {}
-    for client_id, ts, rx, tx in rows:
-        found = columns.get(client_id)
-        if found is None:
-            found = columns[client_id] = ([], [], [])
-        found[0].append(ts)
-        found[1].append(rx)
-        found[2].append(tx)
+    rows.sort(key=_CLIENT)  # stable: each client's samples stay oldest first
+    columns: dict[int, tuple[Sequence[int], Sequence[int], Sequence[int]]] = {
+        client_id: _transposed(group) for client_id, group in groupby(rows, _CLIENT)
+    }
     there = conn.execute(
         select(p.c.client_id, p.c.data).where(
             p.c.bucket == bucket, p.c.client_id > after, p.c.client_id <= upto
@@ -94,6 +96,15 @@ def pack_clients(conn: Connection, bucket: int, after: int, upto: int) -> int:
     statements.upsert_tuples(conn, p, COLUMNS, out, ["bucket", "client_id"])
     conn.execute(delete(u).where(*window))  # the rows read: the same transaction
     return len(rows)
+
+
+def _transposed(
+    rows: Iterable[tuple[Any, ...]],
+) -> tuple[Sequence[int], Sequence[int], Sequence[int]]:
+    """One client's rows (client id, ts, bytes received, bytes sent) as three columns: times,
+    bytes received, bytes sent (``zip`` transposes them at C speed)."""
+    _, times, received, sent = zip(*rows, strict=True)
+    return times, received, sent
 
 
 def _after(conn: Connection, ts: int | None) -> int | None:
