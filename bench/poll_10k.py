@@ -160,9 +160,11 @@ def ovpnmon_polls(
             " VALUES (?, ?, ?, ?)",
             history(count * 9 // 10, polls, int(clock.wall)),
         )
+        (host,) = conn.execute("SELECT id FROM hosts").fetchone()  # the first poll's
         conn.executemany(
-            "INSERT INTO global_history VALUES (?, 0, 0, 0, 10.0)",
-            ((int(clock.wall) - 10 * k,) for k in range(polls, 0, -1)),
+            "INSERT INTO global_history (ts, host_id, bytes_received, bytes_sent, active_count,"
+            " interval) VALUES (?, ?, 0, 0, 0, 10.0)",
+            ((int(clock.wall) - 10 * k, host) for k in range(polls, 0, -1)),
         )
         conn.execute("COMMIT")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
