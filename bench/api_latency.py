@@ -12,16 +12,21 @@ then 16 concurrent connections for ``--soak`` seconds while a collector writes e
 the API as shipped.
 
     python bench/api_latency.py --db /tmp/big.db [--requests 40] [--soak 60]
+    python bench/api_latency.py --db /tmp/bench-10k.db --frozen    # generated earlier
+
+The client asked about is the database's first; resident memory is read after the requests.
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
+import multiprocessing
 import os
 import random
 import shutil
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -30,7 +35,16 @@ import threading
 import time
 from pathlib import Path
 
-from benchutil import against_floor, fetch, free_port, percentile, precompute, wait_listening
+from benchutil import (
+    against_floor,
+    fetch,
+    free_port,
+    percentile,
+    precompute,
+    rss_mb,
+    serve_frozen,
+    wait_listening,
+)
 
 from ovpnmon_common.planner import RANGES
 
@@ -40,6 +54,12 @@ def main() -> None:
     parser.add_argument("--db", required=True)
     parser.add_argument("--requests", type=int, default=40)
     parser.add_argument("--soak", type=float, default=60)
+    parser.add_argument(
+        "--frozen",
+        action="store_true",
+        help="the APIs' clock stopped 10 s after the database's last poll, as if the collector "
+        "had just polled (a database generated earlier); no soak",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ovpnmon-api-bench-"))
     database = str(work / "bench.db")
@@ -58,23 +78,43 @@ def main() -> None:
     config.write_text(common + f"port = {api_port}\n")
     cold_config.write_text(common + f"port = {cold_port}\ncache_mb = 0\n")
     log = open(work / "api.log", "wb")  # noqa: SIM115
-    children = [
-        subprocess.Popen(
-            [sys.executable, "-m", "ovpnmon_api", "serve", "--config", str(path)], stderr=log
-        )
-        for path in (config, cold_config)
-    ]
+    with sqlite3.connect(database) as db:
+        (name,) = db.execute("SELECT common_name FROM clients ORDER BY id LIMIT 1").fetchone()
+        (last_poll,) = db.execute("SELECT max(ts) FROM global_history").fetchone()
+    children: list[subprocess.Popen[bytes]] = []
+    frozen: list[multiprocessing.process.BaseProcess] = []
+    if args.frozen:  # as the first request 10 s after the collector's last poll
+        for path, port in ((config, api_port), (cold_config, cold_port)):
+            frozen.append(
+                multiprocessing.get_context("spawn").Process(
+                    target=serve_frozen, args=(str(path), last_poll + 10.0, port), daemon=True
+                )
+            )
+            frozen[-1].start()
+    else:
+        children += [
+            subprocess.Popen(
+                [sys.executable, "-m", "ovpnmon_api", "serve", "--config", str(path)], stderr=log
+            )
+            for path in (config, cold_config)
+        ]
     try:
         wait_listening(api_port)
         wait_listening(cold_port)
-        conn = http.client.HTTPConnection("127.0.0.1", api_port)
-        cold_conn = http.client.HTTPConnection("127.0.0.1", cold_port)
-        names = [c for c in (f"user-{i:03d}" for i in range(0, 999, 97))]
-        urls = [f"/api/v1/stats/{names[0]}?range={r}" for r in RANGES]
+        conn = http.client.HTTPConnection("127.0.0.1", api_port, timeout=600)
+        cold_conn = http.client.HTTPConnection("127.0.0.1", cold_port, timeout=600)
+        urls = [f"/api/v1/stats/{name}?range={r}" for r in RANGES]
         urls += [f"/api/v1/analytics?range={r}" for r in ("24h", "7d", "30d")]
         urls += ["/api/v1/stats", "/api/v1/stats/system", "/api/v1/clients", "/api/v1/health"]
         bodies = precompute(conn, urls)
         against_floor(bodies, [("ovpnmon", conn), ("no cache", cold_conn)], args.requests, width=34)
+        pids = [p.pid for p in frozen] or [c.pid for c in children]
+        print(
+            f"resident memory: the API {rss_mb(pids[0]):.0f} MB, "
+            f"with cache_mb = 0 {rss_mb(pids[1]):.0f} MB"
+        )
+        if args.frozen:
+            return  # the soak needs a clock that moves
 
         # --- 16 connections while a collector writes every second ---
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # not installed
@@ -146,6 +186,9 @@ def main() -> None:
             child.send_signal(signal.SIGTERM)
         for child in children:
             child.wait(timeout=30)
+        for process in frozen:
+            process.terminate()
+            process.join(timeout=30)
         shutil.rmtree(work, ignore_errors=True)
 
 

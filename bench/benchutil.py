@@ -1,6 +1,7 @@
 """What the benchmarks share: a free loopback port, waiting for a server to listen, timing one
-request, a percentile, timing servers against the floor of their own bodies precomputed, and a
-Prometheus serving backfilled OpenMetrics."""
+request, a percentile, timing servers against the floor of their own bodies precomputed, a
+Prometheus serving backfilled OpenMetrics, the API serving with its clock stopped, and a
+process's resident memory."""
 
 from __future__ import annotations
 
@@ -174,3 +175,25 @@ def prometheus_serving(
         f"{time.perf_counter() - started:.0f} s"
     )
     return port, child
+
+
+def serve_frozen(config: str, now: float, port: int) -> None:
+    """Run in a child process: the API's app (as ``ovpnmon-api serve`` builds it) under
+    waitress, its clock stopped at ``now``."""
+    import waitress
+
+    from ovpnmon_api.app import create_app
+    from ovpnmon_common.config import load_config
+
+    app = create_app(load_config(config), clock=lambda: now)
+    waitress.serve(app, host="127.0.0.1", port=port, threads=4, _quiet=True)
+
+
+def rss_mb(pid: int | None) -> float:
+    """Resident memory of process ``pid`` now (VmRSS), in MB (NaN: no such process)."""
+    if pid is None:
+        return float("nan")
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")

@@ -5,9 +5,10 @@ reconnecting, OpenVPN restarting once a day, the collector and the exporter down
 once a day; bytes move only at poll instants, so the polls show the whole truth, and
 ``world.Reference`` computes it, apart from ovpnmon's code.
 
-- **ovpnmon** gets every poll through the collector's own path (``world.feed``: the status file
-  written, the real ``Collector`` polling it, clock injected), the tiers rolled up (and the raw
-  samples of final buckets packed) as each 15-minute bucket closes, as the daemon does. Its
+- **ovpnmon** gets every poll through the collector's own path (the status file written, the
+  real ``Collector`` polling it, clock injected; in a child process, ``polling.poll_in_child``,
+  while this one steps the world), the tiers rolled up (and the raw samples of final buckets
+  packed) as each 15-minute bucket closes, as the daemon does. Its
   API serves the file with the clock frozen at the dataset's end (the app ``ovpnmon-api serve``
   runs, under waitress), cold (``cache_mb = 0``: every request computed) and as shipped.
 - **Prometheus** (Debian's) gets what an OpenVPN exporter shows at the same instants: per
@@ -42,11 +43,21 @@ import tempfile
 import time
 import urllib.parse
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchutil import fetch, free_port, percentile, prometheus_serving, wait_listening
+from benchutil import (
+    fetch,
+    free_port,
+    percentile,
+    prometheus_serving,
+    rss_mb,
+    serve_frozen,
+    wait_listening,
+)
+from sqlalchemy import Engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # ovpnmon_demo: not installed
 
@@ -54,7 +65,9 @@ from ovpnmon_collector.snapshot import SessionRow
 from ovpnmon_common.formatting import parse_timestamp
 from ovpnmon_common.planner import ANALYTICS, Series, bucketed, plan
 from ovpnmon_common.tiers import GLOBAL_15MIN
-from ovpnmon_demo.world import BUCKET, DAY, Dataset, Reference, feed
+from ovpnmon_demo.polling import poll_in_child
+from ovpnmon_demo.simulator import render_status
+from ovpnmon_demo.world import BUCKET, DAY, Dataset, Reference
 
 RECEIVED, SENT = "openvpn_client_received_bytes_total", "openvpn_client_sent_bytes_total"
 BLOCK = 2 * 3600  # promtool reads its whole input once per 2-hour block: one file per block
@@ -96,65 +109,54 @@ class OpenMetrics:
 
 
 def load(dataset: Dataset, work: Path) -> tuple[str, Reference, list[Path], dict[str, float]]:
-    """Every poll into ovpnmon (``world.feed``), the reference and the exporter's OpenMetrics;
-    the tiers rolled up. Returns (database, reference, files, timings)."""
+    """Every poll into ovpnmon, the reference and the exporter's OpenMetrics; the tiers rolled
+    up. This process steps the world, renders its status text and keeps the reference and the
+    exporter's series while a child process polls, rolls up and packs
+    (``ovpnmon_demo.polling.poll_in_child``). Returns (database, reference, files, timings)."""
     from ovpnmon_collector import pack, rollup
     from ovpnmon_common.storage import engines, migrations
 
     database, status = str(work / "ovpnmon.db"), str(work / "openvpn-status.log")
     engine = engines.writer_engine(database)
     migrations.init_db(engine)
+    engines.close_writer(engine)  # the polling process opens its own
     reference, exporter = Reference(), OpenMetrics(work)
     timings: dict[str, float] = defaultdict(float)
+
+    def texts() -> Iterator[tuple[int, str]]:
+        for now, rows in dataset.polls():
+            started = time.perf_counter()
+            reference.poll(now, rows)
+            exporter.scrape(now, rows)
+            timings["reference and OpenMetrics"] += time.perf_counter() - started
+            yield now, render_status(rows, now)
+
     rolled = [dataset.start // BUCKET]
 
-    def each(now: int, rows: list[SessionRow]) -> None:
-        reference.poll(now, rows)
-        started = time.perf_counter()
-        exporter.scrape(now, rows)
-        timings["OpenMetrics"] += time.perf_counter() - started
+    def after(engine: Engine, now: int) -> None:
         if now // BUCKET != rolled[0]:  # as the daemon: the rollups (and packing) as buckets close
             rolled[0] = now // BUCKET
-            started = time.perf_counter()
             rollup.catch_up(engine, now)
             pack.catch_up(engine)
-            timings["rollup"] += time.perf_counter() - started
 
     started = time.perf_counter()
-    feed(dataset, engine, status, each)
-    # the polls, the status text rendered for them and the reference's bookkeeping ("rollup":
-    # the rollups and packing as buckets closed, and at the end)
-    timings["polls"] = time.perf_counter() - started - timings["OpenMetrics"] - timings["rollup"]
+    took = poll_in_child(database, status, dataset.interval, texts(), after)
+    timings["loading"] = time.perf_counter() - started
+    timings["of which the collector's polls"] = took["polls"]
+    timings["rollups and packing"] = took["after"]
+    timings["the world waiting for the collector"] = took["waited"]
     exporter.flush()
     started = time.perf_counter()
+    engine = engines.writer_engine(database)
     # The daemon's rollup job runs every minute: at worst, its last run (which sums the bucket
     # in progress up to then) was a minute before "now", and readers take that minute's raw
     # samples (``rollup.sum_open``).
     rollup.catch_up(engine, dataset.end - 60)
     pack.catch_up(engine)
-    timings["rollup"] += time.perf_counter() - started
+    timings["last rollup"] = time.perf_counter() - started
     engines.close_writer(engine)
     os.unlink(status)
     return database, reference, exporter.files, timings
-
-
-def serve_frozen(config: str, now: float, port: int) -> None:
-    """Run in a child process: the API's app (as ``ovpnmon-api serve`` builds it) under
-    waitress, its clock stopped at ``now``."""
-    import waitress
-
-    from ovpnmon_api.app import create_app
-    from ovpnmon_common.config import load_config
-
-    app = create_app(load_config(config), clock=lambda: now)
-    waitress.serve(app, host="127.0.0.1", port=port, threads=4, _quiet=True)
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def both(expression: str) -> str:

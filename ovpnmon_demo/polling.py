@@ -1,0 +1,143 @@
+"""Simulated status text through the collector's own poll path, here or in a child process.
+
+``StatusPoller`` is the collector's side of a simulation: it rewrites the status file in place as
+OpenVPN does, sets the injected clock to the poll's time and polls with the real ``Collector``; a
+poll that stores nothing raises.
+
+``poll_in_child`` runs one in a child process, so that a benchmark's simulation (stepping the
+world, rendering its status text, keeping its own reference) runs on one core while the collector
+polls, rolls up and packs on the other: a big database is made in about half the time of doing
+both in turn. The child opens the database itself (an SQLite connection must not cross a fork);
+the texts go to it over a pipe, one poll ahead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from multiprocessing.connection import Connection
+from typing import Any
+
+from sqlalchemy import Engine
+
+from ovpnmon_demo.clock import ManualClock
+from ovpnmon_demo.simulator import write_in_place
+
+
+class StatusPoller:
+    """Polls simulated status text with the real collector, clock injected."""
+
+    def __init__(
+        self, engine: Engine, status_path: str, interval: int, start: int, source: str = "udp"
+    ) -> None:
+        from ovpnmon_collector.collector import Collector
+        from ovpnmon_collector.sources import StatusFileSource
+        from ovpnmon_collector.store import Store
+
+        self.status_path = status_path
+        self.clock = ManualClock(start, 1000.0)
+        self.collector = Collector(
+            Store(engine),
+            [StatusFileSource(source, status_path, settle=0)],
+            interval=interval,
+            clock=self.clock,
+        )
+
+    def poll(self, now: int, text: str) -> None:
+        """OpenVPN writes ``text`` at ``now``; the collector polls it and stores the poll."""
+        self.clock.set(now)
+        write_in_place(self.status_path, text)
+        summary = self.collector.poll()
+        if not summary.stored or summary.failed:
+            raise RuntimeError(f"simulated poll at {now} failed: {summary}")
+
+
+# after(engine, now): the child's work after each stored poll (the rollups as buckets close)
+After = Callable[[Engine, int], None]
+
+
+def poll_in_child(
+    database: str,
+    status_path: str,
+    interval: int,
+    texts: Iterable[tuple[int, str]],
+    after: After | None = None,
+    source: str = "udp",
+) -> dict[str, float]:
+    """Poll every ``(time, status text)`` of ``texts`` into ``database`` (a file; its schema made)
+    in a child process, ``after(engine, time)`` there after each. ``texts`` is drawn here, while
+    the child polls the one before. Returns seconds: the child's ``polls`` and ``after``, and
+    ``waited``, how long this process waited for the child (0: the simulation was the slower)."""
+    context = multiprocessing.get_context("fork")  # the child needs ``after``, a closure maybe
+    ours, theirs = context.Pipe()
+    child = context.Process(
+        target=_child,
+        args=(ours, theirs, database, status_path, interval, after, source),
+        daemon=True,
+    )
+    child.start()
+    theirs.close()  # the child's end is the child's: a write after it died fails, not hangs
+    waited = 0.0
+    try:
+        try:
+            for now, text in texts:
+                began = time.perf_counter()
+                ours.send_bytes(now.to_bytes(8, "big") + text.encode())
+                waited += time.perf_counter() - began
+            ours.send_bytes(b"")
+            outcome = ours.recv()
+        except (BrokenPipeError, ConnectionResetError, EOFError):  # it failed, or died
+            try:
+                outcome = ours.recv()  # why it failed (its end is closed: this never waits)
+            except EOFError:
+                outcome = ("error", f"the polling process died (exit code {child.exitcode})")
+    finally:
+        ours.close()  # if ``texts`` raised, the child reads the end of its input and stops
+        child.join()
+    kind, detail = outcome
+    if kind != "ok":
+        raise RuntimeError(f"the polling process failed:\n{detail}")
+    return {**detail, "waited": waited}
+
+
+def _child(
+    parents: Connection,
+    conn: Connection,
+    database: str,
+    status_path: str,
+    interval: int,
+    after: After | None,
+    source: str,
+) -> None:
+    from ovpnmon_collector.daemon import keep_freed_memory
+    from ovpnmon_common.storage import engines
+
+    parents.close()  # forked with it: the parent's closing it is then our end of input
+    keep_freed_memory()  # as the daemon polls
+    took = {"polls": 0.0, "after": 0.0}
+    engine = engines.writer_engine(database)
+    outcome: tuple[str, Any]
+    try:
+        poller: StatusPoller | None = None
+        while message := conn.recv_bytes():
+            now, text = int.from_bytes(message[:8], "big"), message[8:].decode()
+            began = time.perf_counter()
+            if poller is None:
+                poller = StatusPoller(engine, status_path, interval, now, source)
+            poller.poll(now, text)
+            polled = time.perf_counter()
+            took["polls"] += polled - began
+            if after is not None:
+                after(engine, now)
+                took["after"] += time.perf_counter() - polled
+        outcome = ("ok", took)
+    except BaseException:  # said to the parent, which raises it
+        outcome = ("error", traceback.format_exc())
+    finally:
+        engines.close_writer(engine)
+    with contextlib.suppress(OSError):  # the parent gone (it failed itself): nobody to tell
+        conn.send(outcome)
+    conn.close()
