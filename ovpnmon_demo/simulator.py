@@ -13,6 +13,7 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -84,12 +85,22 @@ def render_status(sessions: Iterable[SessionRow], written: int, version: int = 3
         sep.join(("HEADER", "CLIENT_LIST", *_COLUMNS)),
     ]
     routes = []
+    # Only the counters change from poll to poll: the rest of a session's lines is made when it
+    # first shows and kept while it keeps showing (for this render's sessions only: memory that
+    # grew with every session ever rendered would fault the pages of a poll measured after).
+    global _templates
+    templates, kept = _templates, {}
     for s in sessions:
-        # only the counters change from poll to poll: the rest of a session's lines is made once
-        head, tail, route = _template(s[:4], s.connected_since, s.client_id, sep, zone)
+        key = (s[:4], s.connected_since, s.client_id, sep, zone)
+        found = templates.get(key)
+        if found is None:
+            found = _template(*key)
+        kept[key] = found
+        head, tail, route = found
         lines.append(f"{head}{s.bytes_received}{sep}{s.bytes_sent}{tail}")
         if route:
             routes.append(route)
+    _templates = kept
     lines.append(
         sep.join(
             (
@@ -109,7 +120,9 @@ def render_status(sessions: Iterable[SessionRow], written: int, version: int = 3
     return "\n".join(lines) + "\n"
 
 
-@lru_cache(maxsize=1 << 16)
+_templates: dict[tuple[Any, ...], tuple[str, str, str]] = {}  # the last render's sessions'
+
+
 def _template(
     names: tuple[str, str, str, str], since: int, client_id: int | None, sep: str, _zone: str | None
 ) -> tuple[str, str, str]:
