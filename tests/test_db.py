@@ -3,6 +3,7 @@ import shutil
 import tempfile
 
 import pytest
+import sqlalchemy
 from conftest import as_nobody, needs_root
 from sqlalchemy import func, insert, select
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -251,3 +252,29 @@ def test_unprivileged_reader_while_writer_active_and_after_stop(shared_dir):
         os.chmod(os.path.join(shared_dir, name), 0o644)
     assert _read_as_nobody(path) == "three|refused"
     writer.dispose()
+
+
+def test_upgrade_to_6_gives_the_tiers_a_covering_time_index(engine):
+    """5 -> 6: each per-client tier's ``(bucket)`` index becomes ``(bucket, client_id,
+    bytes_received, bytes_sent)``; again, nothing changes."""
+    tables = (schema.stats_15min, schema.stats_hourly, schema.stats_6h, schema.stats_daily)
+    with engine.begin() as conn:  # a schema-5 database
+        for table in tables:
+            for index in table.indexes:
+                index.drop(conn)
+            conn.exec_driver_sql(f"CREATE INDEX ix_{table.name}_bucket ON {table.name} (bucket)")
+        meta.put(conn, meta.SCHEMA_VERSION, "5")
+
+    def indexes():
+        found = sqlalchemy.inspect(engine)
+        return {
+            t.name: [(i["name"], i["column_names"]) for i in found.get_indexes(t.name)]
+            for t in tables
+        }
+
+    assert indexes()["stats_6h"] == [("ix_stats_6h_bucket", ["bucket"])]
+    assert init_db(engine) == (5, schema.SCHEMA_VERSION)
+    want = ["bucket", "client_id", "bytes_received", "bytes_sent"]
+    assert indexes() == {t.name: [(f"ix_{t.name}_{'_'.join(want)}", want)] for t in tables}
+    assert init_db(engine) == (schema.SCHEMA_VERSION, schema.SCHEMA_VERSION)
+    assert indexes() == {t.name: [(f"ix_{t.name}_{'_'.join(want)}", want)] for t in tables}

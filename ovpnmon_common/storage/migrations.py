@@ -235,6 +235,16 @@ def _to_version_5(conn: Connection) -> None:
     schema.usage_packed.create(conn)
 
 
+def _to_version_6(conn: Connection) -> None:
+    """5 -> 6: the per-client tiers' ``(bucket)`` index becomes ``(bucket, client_id,
+    bytes_received, bytes_sent)``, so that every client's sums over a few buckets are read from
+    the index alone."""
+    for table in (tier.table for tier in TIERS if tier.per_client and not tier.raw):
+        conn.exec_driver_sql(f"DROP INDEX IF EXISTS ix_{table.name}_bucket")
+        for index in table.indexes:
+            index.create(conn, checkfirst=True)
+
+
 # from-version -> function upgrading to from-version + 1 (given the connection and the host
 # name that history before schema 4 is filed under)
 MIGRATIONS: dict[int, Any] = {
@@ -242,6 +252,7 @@ MIGRATIONS: dict[int, Any] = {
     2: lambda conn, host: _to_version_3(conn),
     3: _to_version_4,
     4: lambda conn, host: _to_version_5(conn),
+    5: lambda conn, host: _to_version_6(conn),
 }
 
 
