@@ -6,9 +6,9 @@ poll that stores nothing raises.
 
 ``poll_in_child`` runs one in a child process, so that a benchmark's simulation (stepping the
 world, rendering its status text, keeping its own reference) runs on one core while the collector
-polls, rolls up and packs on the other: a big database is made in about half the time of doing
-both in turn. The child opens the database itself (an SQLite connection must not cross a fork);
-the texts go to it over a pipe, one poll ahead.
+polls, rolls up and packs on the other, at once instead of in turn. The child opens the database
+itself (an SQLite connection must not cross a fork); the texts go to it over a pipe, one poll
+ahead.
 """
 
 from __future__ import annotations
