@@ -29,21 +29,17 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from sqlalchemy import Engine
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # ovpnmon_demo: not installed
 
 from ovpnmon_collector import pack, rollup
 from ovpnmon_collector.prune import prune
+from ovpnmon_common.buckets import DAY, HOUR
 from ovpnmon_common.config import RetentionConfig
 from ovpnmon_common.storage import engines, migrations
-from ovpnmon_demo.polling import poll_in_child
+from ovpnmon_demo.polling import closing_buckets, poll_in_child
 from ovpnmon_demo.simulator import Simulation, render_status
 from ovpnmon_demo.world import Dataset
 
-DAY = 86400
-HOUR = 3600
-BUCKET = 900  # the 15-minute tier's buckets: rolled up (and packed) as each closes
 WHOLE_BUCKET = 1 << 30  # pack.catch_up's first slice: every client of a bucket in one go
 
 
@@ -94,7 +90,7 @@ def generate(
         # it, rolls up and packs: the two cores at once
         started = time.perf_counter()
         # history's raw samples go by retention at the end: packed there only if it keeps them
-        closing = _closing(pack_samples and name == "raw")
+        closing = closing_buckets(pack_samples and name == "raw", WHOLE_BUCKET)
         took = poll_in_child(out, status, step, texts(start, end, step), closing, "sim")
         timings[f"{name}_s"] = time.perf_counter() - started
         timings.update({f"{name}_{what}_s": seconds for what, seconds in took.items()})
@@ -136,22 +132,6 @@ def _world(clients: int, seed: int, first: int) -> Texts:
                 yield now, render_status(rows, now)
 
     return texts
-
-
-def _closing(pack_samples: bool) -> Callable[[Engine, int], None]:
-    """The polling process's work after each poll: as the daemon, the rollups (and packing)
-    as each 15-minute bucket closes, so that the database grows as the daemon's does. Unlike
-    the daemon's, no poll waits beside them: a bucket is packed in one transaction."""
-    last: list[int | None] = [None]
-
-    def after(engine: Engine, now: int) -> None:
-        if now // BUCKET != last[0]:
-            last[0] = now // BUCKET
-            rollup.catch_up(engine, now)
-            if pack_samples:
-                pack.catch_up(engine, width=WHOLE_BUCKET)
-
-    return after
 
 
 def main() -> None:

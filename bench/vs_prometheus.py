@@ -57,7 +57,6 @@ from benchutil import (
     serve_frozen,
     wait_listening,
 )
-from sqlalchemy import Engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # ovpnmon_demo: not installed
 
@@ -65,7 +64,7 @@ from ovpnmon_collector.snapshot import SessionRow
 from ovpnmon_common.formatting import parse_timestamp
 from ovpnmon_common.planner import ANALYTICS, Series, bucketed, plan
 from ovpnmon_common.tiers import GLOBAL_15MIN
-from ovpnmon_demo.polling import poll_in_child
+from ovpnmon_demo.polling import closing_buckets, poll_in_child
 from ovpnmon_demo.simulator import render_status
 from ovpnmon_demo.world import BUCKET, DAY, Dataset, Reference
 
@@ -131,16 +130,8 @@ def load(dataset: Dataset, work: Path) -> tuple[str, Reference, list[Path], dict
             timings["reference and OpenMetrics"] += time.perf_counter() - started
             yield now, render_status(rows, now)
 
-    rolled = [dataset.start // BUCKET]
-
-    def after(engine: Engine, now: int) -> None:
-        if now // BUCKET != rolled[0]:  # as the daemon: the rollups (and packing) as buckets close
-            rolled[0] = now // BUCKET
-            rollup.catch_up(engine, now)
-            pack.catch_up(engine)
-
     started = time.perf_counter()
-    took = poll_in_child(database, status, dataset.interval, texts(), after)
+    took = poll_in_child(database, status, dataset.interval, texts(), closing_buckets())
     timings["loading"] = time.perf_counter() - started
     timings["of which the collector's polls"] = took["polls"]
     timings["rollups and packing"] = took["after"]

@@ -59,6 +59,29 @@ class StatusPoller:
 After = Callable[[Engine, int], None]
 
 
+def closing_buckets(pack_samples: bool = True, width: int | None = None) -> After:
+    """An ``after`` that does as the daemon between polls: the rollups (and packing, unless
+    ``pack_samples`` is False) as each 15-minute bucket closes, so that a loaded database grows
+    as the daemon's does. ``width``: ``pack.catch_up``'s first slice (None: the daemon's; with
+    no poll waiting beside it a loader may pack a whole bucket in one transaction)."""
+    from ovpnmon_collector import pack, rollup
+    from ovpnmon_common.tiers import BY_NAME
+
+    bucket = BY_NAME["quarter_hour"].width or 0
+    last: list[int | None] = [None]
+
+    def after(engine: Engine, now: int) -> None:
+        if now // bucket != last[0]:
+            last[0] = now // bucket
+            rollup.catch_up(engine, now)
+            if pack_samples and width is None:
+                pack.catch_up(engine)
+            elif pack_samples and width is not None:
+                pack.catch_up(engine, width=width)
+
+    return after
+
+
 def poll_in_child(
     database: str,
     status_path: str,

@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from ovpnmon_collector import pack, rollup
 from ovpnmon_common import meta, packed, schema
 from ovpnmon_common.storage import engines, migrations
-from ovpnmon_demo.polling import poll_in_child
+from ovpnmon_demo.polling import closing_buckets, poll_in_child
 from ovpnmon_demo.simulator import Simulation, render_status
 from ovpnmon_demo.world import BUCKET, Dataset, feed
 
@@ -44,19 +43,6 @@ def no_hang():
     yield
     signal.alarm(0)
     signal.signal(signal.SIGALRM, before)
-
-
-def closing_buckets():
-    """As the benchmarks: the rollups and packing as each 15-minute bucket closes."""
-    last = [None]
-
-    def after(engine, now):
-        if now // BUCKET != last[0]:
-            last[0] = now // BUCKET
-            rollup.catch_up(engine, now)
-            pack.catch_up(engine)
-
-    return after
 
 
 def new_database(path):
