@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, and_, bindparam, case, func, select
 
 from ovpnmon_common import schema, totals
 from ovpnmon_common.meta import CollectorStatus
-from ovpnmon_common.storage.statements import Prepared
+from ovpnmon_common.storage.statements import Prepared, plain_rows
 
 c, s, u, g, h = (
     schema.clients,
@@ -73,9 +73,9 @@ LAST_INTERVALS = Prepared(
 )
 
 
-@dataclass(frozen=True)
-class ClientRow:
-    """One client (a common name, on every host or on one) as the API shows it."""
+class ClientRow(NamedTuple):
+    """One client (a common name, on every host or on one) as the API shows it (a tuple:
+    ``/stats`` builds one per client)."""
 
     common_name: str
     active: bool
@@ -107,18 +107,19 @@ def clients(
 ) -> list[ClientRow]:
     """Every client ever seen (on host ``host_id``, or on any), by common name."""
     live = totals.live(conn)
-    last = {cid: (rx, tx) for cid, rx, tx in LAST_SAMPLES(conn)}
+    last = {cid: (rx, tx) for cid, rx, tx in plain_rows(LAST_SAMPLES(conn))}
     intervals = last_intervals(conn)
     rows = HOST_CLIENTS(conn, host_id=host_id) if host_id is not None else ALL_CLIENTS(conn)
     heartbeats = status.heartbeats()
     found: list[ClientRow] = []
-    for row in rows:
+    for row in plain_rows(rows):
+        cid, host = row[0], row[2]
         part = _client_row(
             row,
-            heartbeats.get(row.host_id),
-            live.get(row.id, totals.NOT_CONNECTED),
-            last.get(row.id, (0, 0)),
-            intervals.get(row.host_id, 0.0),
+            heartbeats.get(host),
+            live.get(cid, totals.NOT_CONNECTED),
+            last.get(cid, (0, 0)),
+            intervals.get(host, 0.0),
         )
         if found and found[-1].common_name == part.common_name:
             found[-1] = merge(found[-1], part)
@@ -175,19 +176,22 @@ def _client_row(
     last_sample: tuple[int, int],
     interval: float,
 ) -> ClientRow:
-    """A clients row (one host's, whose last poll was ``heartbeat``) plus its open sessions."""
-    active = bool(row.active)
+    """A clients row (one host's, whose last poll was ``heartbeat``; its first columns are
+    ``_COLUMNS``) plus its open sessions."""
+    _, name, _, active, first_seen, last_seen, closed_rx, closed_tx = row[:8]
+    active = bool(active)
+    rx, tx = last_sample
     return ClientRow(
-        common_name=row.common_name,
-        active=active,
-        first_seen=row.first_seen,
-        last_seen=totals.last_seen(row.last_seen, active, heartbeat),
-        total_received=row.closed_received + live.received,
-        total_sent=row.closed_sent + live.sent,
-        open_sessions=live.sessions,
-        connected_since=live.connected_since,
-        rate_received=last_sample[0] / interval if interval > 0 else 0.0,
-        rate_sent=last_sample[1] / interval if interval > 0 else 0.0,
+        name,
+        active,
+        first_seen,
+        totals.last_seen(last_seen, active, heartbeat),
+        closed_rx + live.received,
+        closed_tx + live.sent,
+        live.sessions,
+        live.connected_since,
+        rx / interval if interval > 0 else 0.0,
+        tx / interval if interval > 0 else 0.0,
     )
 
 
