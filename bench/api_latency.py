@@ -14,12 +14,14 @@ the API as shipped.
     python bench/api_latency.py --db /tmp/big.db [--requests 40] [--soak 60]
     python bench/api_latency.py --db /tmp/bench-10k.db --frozen    # generated earlier
 
-The client asked about is the database's first; resident memory is read after the requests.
+The client asked about is the database's first; ``/usage`` is asked for the periods around the
+last poll (``usage_urls``). Resident memory is read after the requests.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import http.client
 import multiprocessing
 import os
@@ -106,6 +108,10 @@ def main() -> None:
         urls = [f"/api/v1/stats/{name}?range={r}" for r in RANGES]
         urls += [f"/api/v1/analytics?range={r}" for r in ("24h", "7d", "30d")]
         urls += ["/api/v1/stats", "/api/v1/stats/system", "/api/v1/clients", "/api/v1/health"]
+        urls += ["/api/v1/hosts", "/api/v1/certificates"]
+        urls += usage_urls(conn, last_poll)
+        urls += ["/api/v1/sessions", "/api/v1/sessions?limit=1000"]
+        urls += [f"/api/v1/clients/{name}/sessions"]
         bodies = precompute(conn, urls)
         against_floor(bodies, [("ovpnmon", conn), ("no cache", cold_conn)], args.requests, width=34)
         pids = [p.pid for p in frozen] or [c.pid for c in children]
@@ -190,6 +196,24 @@ def main() -> None:
             process.terminate()
             process.join(timeout=30)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def usage_urls(conn: http.client.HTTPConnection, last_poll: int) -> list[str]:
+    """``/usage`` of every client for the periods around the last poll (the API's time zone is
+    UTC here): its month, its ISO week, the whole day before it, and the month before when the
+    database reaches back that far (a period before all data is a 400)."""
+    day = time.gmtime(last_poll)
+    before = time.gmtime(last_poll - 86400)
+    year, week, _ = datetime.date(day.tm_year, day.tm_mon, day.tm_mday).isocalendar()
+    previous = (day.tm_year, day.tm_mon - 1) if day.tm_mon > 1 else (day.tm_year - 1, 12)
+    periods = [
+        f"{day.tm_year}-{day.tm_mon:02d}",
+        f"{year}-W{week:02d}",
+        f"{before.tm_year}-{before.tm_mon:02d}-{before.tm_mday:02d}",
+    ]
+    last_month = f"/api/v1/usage?period={previous[0]}-{previous[1]:02d}"
+    urls = [f"/api/v1/usage?period={period}" for period in periods]
+    return urls + ([last_month] if fetch(conn, last_month)[0] == 200 else [])
 
 
 if __name__ == "__main__":
