@@ -465,6 +465,17 @@ def _sums_statement(
             if hosted:
                 ids = ids.where(c.c.host_id == bindparam("host_id"))
             where.append(table.c.client_id.in_(ids))
+        if by_id and not by_client[i]:
+            # rows in time order, summed once for every piece below: a per-piece sum would
+            # sort them by client first (10,000 clients, 24 h: 48-56 ms against 65-68)
+            parts.append(
+                select(
+                    table.c.client_id.label("client_id"),
+                    table.c.bytes_received.label("rx"),
+                    table.c.bytes_sent.label("tx"),
+                ).where(*where)
+            )
+            continue
         parts.append(
             select(
                 table.c.client_id.label("client_id"),
