@@ -245,6 +245,15 @@ def _to_version_6(conn: Connection) -> None:
             index.create(conn, checkfirst=True)
 
 
+def _to_version_7(conn: Connection) -> None:
+    """6 -> 7: the open sessions' partial index ``(client_id, connected_since)`` becomes
+    ``(client_id, disconnected_at, connected_since)``. Without statistics SQLite's planner took
+    the index of every session for one client's open sessions, and read all of them (1.8 ms
+    for a client with a year of sessions, against 0.05 through the partial index)."""
+    conn.exec_driver_sql("DROP INDEX IF EXISTS ix_sessions_open")
+    next(i for i in schema.sessions.indexes if i.name == "ix_sessions_open").create(conn)
+
+
 # from-version -> function upgrading to from-version + 1 (given the connection and the host
 # name that history before schema 4 is filed under)
 MIGRATIONS: dict[int, Any] = {
@@ -253,6 +262,7 @@ MIGRATIONS: dict[int, Any] = {
     3: _to_version_4,
     4: lambda conn, host: _to_version_5(conn),
     5: lambda conn, host: _to_version_6(conn),
+    6: lambda conn, host: _to_version_7(conn),
 }
 
 
