@@ -75,10 +75,13 @@ class Store:
         with self.engine.begin() as conn:
             self.host_id = host_id = meta.register_host(conn, self.host, now)
         s, c = schema.sessions, schema.clients
+        # This host's clients, then each one's open sessions (a session is its client's host's):
+        # filtering on sessions.host_id instead, SQLite read every session the host ever had
+        # (3.5 million, 0.95 s, for a year of 10,000 clients).
         query = (
             select(s, c.c.common_name)
             .join(c, c.c.id == s.c.client_id)
-            .where(s.c.disconnected_at.is_(None), s.c.host_id == host_id)
+            .where(s.c.disconnected_at.is_(None), c.c.host_id == host_id)
         )
         state: dict[str, dict[SessionId, SessionState]] = {}
         with self.engine.connect() as conn:
