@@ -206,7 +206,6 @@ def _system(where: Any = None) -> Prepared:
 
 _SYSTEM = _system()
 _HOST_SYSTEM = _system(c.c.host_id == bindparam("host_id"))
-_OPEN = Prepared(select(*COUNTED).where(s.c.disconnected_at.is_(None)))
 _HOST_OPEN = Prepared(
     select(*COUNTED).where(s.c.disconnected_at.is_(None), s.c.host_id == bindparam("host_id"))
 )
@@ -227,7 +226,7 @@ def system_totals(conn: Connection, host_id: int | None = None) -> SystemTotals:
     host: a common name seen on two hosts is one client)."""
     if host_id is None:
         count, active, closed_rx, closed_tx = _SYSTEM(conn).one()
-        open_ = counted(conn, plain_rows(_OPEN(conn)), every_source=True)
+        open_ = counted(conn, plain_rows(_OPEN_ALL(conn)), every_source=True)
     else:
         count, active, closed_rx, closed_tx = _HOST_SYSTEM(conn, host_id=host_id).one()
         open_ = counted(conn, plain_rows(_HOST_OPEN(conn, host_id=host_id)), every_source=False)
