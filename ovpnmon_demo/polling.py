@@ -18,6 +18,7 @@ import multiprocessing
 import time
 import traceback
 from collections.abc import Callable, Iterable
+from functools import partial
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -67,17 +68,17 @@ def closing_buckets(pack_samples: bool = True, width: int | None = None) -> Afte
     from ovpnmon_collector import pack, rollup
     from ovpnmon_common.tiers import BY_NAME
 
-    bucket = BY_NAME["quarter_hour"].width or 0
+    bucket = BY_NAME["quarter_hour"].width
+    assert bucket is not None
+    packer = pack.catch_up if width is None else partial(pack.catch_up, width=width)
     last: list[int | None] = [None]
 
     def after(engine: Engine, now: int) -> None:
         if now // bucket != last[0]:
             last[0] = now // bucket
             rollup.catch_up(engine, now)
-            if pack_samples and width is None:
-                pack.catch_up(engine)
-            elif pack_samples and width is not None:
-                pack.catch_up(engine, width=width)
+            if pack_samples:
+                packer(engine)
 
     return after
 
