@@ -153,6 +153,10 @@ def create_app(
     if config.api.cors_origins:
         middleware.insert(0, falcon.CORSMiddleware(allow_origins=list(config.api.cors_origins)))
     app = falcon.App(media_type=falcon.MEDIA_JSON, middleware=middleware)
+    # one JSON writer for every body: errors and resp.media too
+    app.resp_options.media_handlers[falcon.MEDIA_JSON] = falcon.media.JSONHandler(
+        dumps=resources.render
+    )
     app.req_options.strip_url_path_trailing_slash = True
     app.req_options.keep_blank_qs_values = True
     errors.install(app)

@@ -1,5 +1,6 @@
 """The HTTP layer through falcon.testing, on a database the collector's own code filled."""
 
+import json
 from collections import defaultdict
 from urllib.parse import quote
 
@@ -8,6 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from ovpnmon_api.app import create_app
+from ovpnmon_api.resources import render
 from ovpnmon_collector import rollup
 from ovpnmon_common import meta, packed, schema
 from ovpnmon_common.buckets import align
@@ -273,6 +275,15 @@ def test_errors_are_json_that_says_what_is_allowed(client, path, params, status,
     assert result.status_code == status
     assert result.json["success"] is False
     assert message in result.json["error"]
+
+
+def test_every_body_is_written_by_one_json_writer(client):
+    # a body built by a resource, an error Falcon raises, and resp.media: the same writer
+    found = get(client, "/stats/user-000", range="1h")
+    missing = get(client, "/nothing")
+    health = get(client, "/health")
+    for result in (found, missing, health):
+        assert result.content == render(json.loads(result.content))
 
 
 def test_retention_limits_are_400(database):

@@ -1,6 +1,9 @@
 """Shaping bodies: plain data in, the documented body out, with no database in between."""
 
 import json
+from typing import NamedTuple
+
+import pytest
 
 from ovpnmon_api import bodies
 from ovpnmon_api.resources import Fragment, render
@@ -103,3 +106,13 @@ def test_a_rendered_fragment_is_spliced_as_json_unchanged():
     body = render({"success": True, "data": Fragment(inner), "n": None})
     assert json.loads(body) == {"success": True, "data": {"x": [1, "é"]}, "n": None}
     assert body == render({"success": True, "data": {"x": [1, "é"]}, "n": None})
+
+
+def test_a_named_tuple_is_written_as_an_array_and_anything_else_unknown_is_refused():
+    class Pair(NamedTuple):
+        rx: int
+        tx: int
+
+    assert json.loads(render({"pair": Pair(1, 2)})) == {"pair": [1, 2]}
+    with pytest.raises(TypeError, match="not JSON serializable: set"):
+        render({"odd": {1, 2}})

@@ -92,7 +92,7 @@ def test_packing_keeps_every_sample_and_every_answer(fed):
     stored = [
         point["bytes_received"]
         for url, body in before.items()
-        if "resolution=raw" in url and body.startswith(b'{"success": true')
+        if "resolution=raw" in url and body.startswith(b'{"success":true')
         for point in json.loads(body)["data"]["history"]
     ]
     assert len(stored) > 1000 and sum(stored) > 0

@@ -74,7 +74,7 @@ def test_the_first_reader_after_a_commit_is_served_what_computing_it_gives(warme
         cached, fresh = warmed.both(url)
         assert cached == fresh  # the state after the commit, byte for byte
     assert warmed.cache.misses == misses  # every one was built before it was asked
-    assert b'"received_bytes": 8000' in warmed.both("/api/v1/stats/alice?range=1h")[0]
+    assert b'"received_bytes":8000' in warmed.both("/api/v1/stats/alice?range=1h")[0]
 
     assert warmed.warmer.warm_once()  # no commit since: nothing is answered again
     assert warmed.warmer.replays == len(ASKED)

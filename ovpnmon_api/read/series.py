@@ -19,7 +19,7 @@ from ovpnmon_common import packed, schema
 from ovpnmon_common.buckets import align, align_up
 from ovpnmon_common.meta import CollectorStatus
 from ovpnmon_common.planner import Series
-from ovpnmon_common.storage.statements import Prepared, total
+from ovpnmon_common.storage.statements import Prepared, plain_rows, total
 from ovpnmon_common.tiers import BY_NAME, TIERS, Tier, sql_align
 
 c, u, g, p = schema.clients, schema.usage_history, schema.global_history, schema.usage_packed
@@ -379,7 +379,7 @@ def client_sums(
         # every name is one client (one host's, or one host in all): rank clients, then name
         by_id = limit is not None and not one and (hosted or _one_host(conn))
         statement = _sums_statement(names, drives, limit is not None, one, hosted, by_id)
-        return [(name, int(rx), int(tx)) for name, rx, tx in statement(conn, **params)]
+        return [(name, int(rx), int(tx)) for name, rx, tx in plain_rows(statement(conn, **params))]
     # A raw piece inside a packed bucket (an edge that is not a bucket's: /usage to the second):
     # the rows' sums from the database, the packed samples' added here, then ranked here.
     sums: dict[str, list[int]] = defaultdict(lambda: [0, 0])
