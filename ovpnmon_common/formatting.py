@@ -7,6 +7,8 @@ import re
 import zoneinfo
 from functools import lru_cache
 
+from ovpnmon_common.buckets import civil_from_days
+
 
 def _render(moment: dt.datetime) -> str:
     # isoformat, unlike glibc's strftime("%Y"), writes year 1 as "0001"
@@ -43,18 +45,9 @@ def _format_cached(epoch: int, tz: str) -> str:
 
 
 def _format_utc_any_year(epoch: int) -> str:
-    """Epoch seconds in UTC on the proleptic Gregorian calendar, for any year (the civil-from-days
-    algorithm of H. Hinnant, "chrono-Compatible Low-Level Date Algorithms")."""
+    """Epoch seconds in UTC on the proleptic Gregorian calendar, for any year."""
     days, seconds = divmod(epoch, 86400)
-    z = days + 719468
-    era = z // 146097
-    doe = z - era * 146097
-    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
-    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
-    mp = (5 * doy + 2) // 153
-    day = doy - (153 * mp + 2) // 5 + 1
-    month = mp + 3 if mp < 10 else mp - 9
-    year = yoe + era * 400 + (month <= 2)
+    year, month, day = civil_from_days(days)
     clock = f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
     return f"{year:04d}-{month:02d}-{day:02d} {clock}"
 

@@ -6,6 +6,8 @@ the queries that use them; see docs/schema.md for the why of each.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -20,10 +22,11 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    event,
     text,
 )
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 metadata = MetaData(
     naming_convention={
@@ -241,6 +244,78 @@ stats_15min = _client_tier("stats_15min")
 stats_hourly = _client_tier("stats_hourly")
 stats_6h = _client_tier("stats_6h")
 stats_daily = _client_tier("stats_daily")
+
+# Each client's calendar months (UTC; ``bucket`` is the month's start, ``buckets.month_start``):
+# the sums of its ``stats_daily`` rows, kept equal to them by the database itself (triggers,
+# ``MONTHLY_TRIGGERS``) whatever writes or deletes a day (rollup, a late poll, backfill, prune,
+# copy). ``/usage`` of a month reads one row per client here instead of thirty (schema 8).
+stats_monthly = _client_tier("stats_monthly")
+
+# The month of a ``stats_daily`` row's bucket, per dialect.
+_MONTH_OF = {
+    "sqlite": "CAST(strftime('%s', {0}.bucket, 'unixepoch', 'start of month') AS INTEGER)",
+    "postgresql": (
+        "CAST(extract(epoch FROM date_trunc('month', to_timestamp({0}.bucket) AT TIME ZONE 'UTC'))"
+        " AS BIGINT)"
+    ),
+}
+_ADD = """INSERT INTO stats_monthly (client_id, bucket, bytes_received, bytes_sent, samples)
+    VALUES (NEW.client_id, {month}, NEW.bytes_received, NEW.bytes_sent, NEW.samples)
+    ON CONFLICT (client_id, bucket) DO UPDATE SET
+      bytes_received = stats_monthly.bytes_received + excluded.bytes_received,
+      bytes_sent = stats_monthly.bytes_sent + excluded.bytes_sent,
+      samples = stats_monthly.samples + excluded.samples"""
+_TAKE = """UPDATE stats_monthly SET
+      bytes_received = bytes_received - OLD.bytes_received,
+      bytes_sent = bytes_sent - OLD.bytes_sent,
+      samples = samples - OLD.samples
+    WHERE client_id = OLD.client_id AND bucket = {month};
+    DELETE FROM stats_monthly WHERE client_id = OLD.client_id AND bucket = {month}
+      AND samples = 0 AND bytes_received = 0 AND bytes_sent = 0"""
+
+
+def month_of(dialect: str, table: str) -> str:
+    """SQL for the month (its start, ``buckets.month_start``) of ``table``'s row's bucket."""
+    return _MONTH_OF[dialect].format(table)
+
+
+def monthly_triggers(dialect: str) -> list[str]:
+    """The statements that create (or replace) the triggers keeping ``stats_monthly`` the sums
+    of ``stats_daily``: a day added, changed or deleted is added to or taken from its month
+    (a month without days left is deleted)."""
+    new, old = month_of(dialect, "NEW"), month_of(dialect, "OLD")
+    add, take = _ADD.format(month=new), _TAKE.format(month=old)
+    if dialect == "sqlite":
+        return [
+            "DROP TRIGGER IF EXISTS stats_monthly_add",
+            "DROP TRIGGER IF EXISTS stats_monthly_change",
+            "DROP TRIGGER IF EXISTS stats_monthly_take",
+            f"CREATE TRIGGER stats_monthly_add AFTER INSERT ON stats_daily BEGIN {add}; END",
+            f"CREATE TRIGGER stats_monthly_change AFTER UPDATE ON stats_daily BEGIN {take}; {add};"
+            " END",
+            f"CREATE TRIGGER stats_monthly_take AFTER DELETE ON stats_daily BEGIN {take}; END",
+        ]
+    return [
+        f"""CREATE OR REPLACE FUNCTION stats_monthly_sums() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF TG_OP IN ('UPDATE', 'DELETE') THEN
+    {take};
+  END IF;
+  IF TG_OP IN ('INSERT', 'UPDATE') THEN
+    {add};
+  END IF;
+  RETURN NULL;
+END $$""",
+        "DROP TRIGGER IF EXISTS stats_monthly_sums ON stats_daily",
+        "CREATE TRIGGER stats_monthly_sums AFTER INSERT OR UPDATE OR DELETE ON stats_daily"
+        " FOR EACH ROW EXECUTE FUNCTION stats_monthly_sums()",
+    ]
+
+
+@event.listens_for(metadata, "after_create")
+def _create_monthly_triggers(target: MetaData, connection: Any, **kw: Any) -> None:
+    for statement in monthly_triggers(connection.dialect.name):
+        connection.exec_driver_sql(statement)
 
 
 # One row per certificate found by a host's scan (a bundle file holds several: path + serial).

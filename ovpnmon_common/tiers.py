@@ -119,6 +119,22 @@ TIERS: tuple[Tier, ...] = (
 
 BY_NAME: dict[str, Tier] = {tier.name: tier for tier in TIERS}
 
+# Calendar months (UTC), each client's sums of its days, kept equal to ``daily`` by the database
+# (``schema.stats_monthly``'s triggers): not built by a rollup and never pruned itself (pruning
+# days takes them from their months), so not one of ``TIERS``. ``/usage`` and the top tens read
+# the whole months of a range here (``ovpnmon_api.read.series``). Its width is the longest
+# month's; its buckets start on the 1st at 00:00 UTC (``buckets.month_start``).
+MONTHLY = Tier(
+    "monthly",
+    schema.stats_monthly,
+    "bucket",
+    31 * DAY,
+    None,
+    "daily_days",
+    True,
+    "stats_monthly",
+)
+
 # The rollups, each after the tier it is built from: the order they are brought up to date in.
 ROLLUPS: tuple[Tier, ...] = tuple(tier for tier in TIERS if tier.built_from is not None)
 

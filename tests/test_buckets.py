@@ -1,8 +1,9 @@
+import datetime as dt
 import itertools
 
 import pytest
 
-from ovpnmon_common.buckets import align, align_up
+from ovpnmon_common.buckets import align, align_up, month_start, next_month
 from ovpnmon_common.config import RetentionConfig
 from ovpnmon_common.planner import (
     ANALYTICS_POINTS,
@@ -162,3 +163,25 @@ def test_align_and_align_up():
     assert align(905, 900) == 900 and align_up(905, 900) == 1800
     assert align(900, 900) == align_up(900, 900) == 900
     assert align_up(0, 86400) == 0 and align_up(1, 86400) == 86400
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        0,  # 1970-01-01
+        -1,  # the last second of 1969
+        951_868_800,  # 2000-03-01, after a leap day of a year divisible by 400
+        4_107_542_399,  # 2100-02-28 23:59:59: 2100 has no leap day
+        1_830_124_800,  # 2027-12-30
+        253_402_300_799,  # 9999-12-31 23:59:59
+    ],
+)
+def test_calendar_months_in_utc_match_the_datetime_module(when):
+    moment = dt.datetime.fromtimestamp(when, dt.timezone.utc)
+    first = moment.replace(day=1, hour=0, minute=0, second=0)
+    assert month_start(when) == int(first.timestamp())
+    if moment.year < 9999 or moment.month < 12:
+        following = first.replace(year=first.year + first.month // 12, month=first.month % 12 + 1)
+        assert next_month(when) == int(following.timestamp())
+    assert month_start(month_start(when)) == month_start(when)
+    assert month_start(next_month(when) - 1) == month_start(when)

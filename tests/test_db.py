@@ -4,7 +4,7 @@ import tempfile
 
 import pytest
 import sqlalchemy
-from conftest import as_nobody, needs_root
+from conftest import as_nobody, insert_client, needs_root
 from sqlalchemy import func, insert, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -326,3 +326,108 @@ def test_sqlite_reads_a_clients_open_sessions_through_the_open_sessions_index(tm
         steps = [row[3] for row in plan]
     engine.dispose()
     assert any("sessions USING INDEX ix_sessions_open (client_id=?" in s for s in steps), steps
+
+
+def _months_of_days(conn) -> list[tuple]:
+    """What ``stats_monthly`` must hold: every client's days summed by calendar month (UTC)."""
+    from ovpnmon_common.buckets import month_start
+
+    sums: dict[tuple[int, int], list[int]] = {}
+    for cid, bucket, rx, tx, n in conn.execute(select(schema.stats_daily)).all():
+        entry = sums.setdefault((cid, month_start(bucket)), [0, 0, 0])
+        for i, value in enumerate((rx, tx, n)):
+            entry[i] += value
+    return sorted((*key, *values) for key, values in sums.items())
+
+
+def _months(conn) -> list[tuple]:
+    return sorted(tuple(r) for r in conn.execute(select(schema.stats_monthly)).all())
+
+
+def test_the_months_are_the_sums_of_the_days_whatever_writes_them(engine):
+    """``stats_monthly`` follows ``stats_daily`` through the database's triggers: days added,
+    added to (the rollup's upsert, a late poll), changed and deleted (prune, backfill), across
+    month and year ends and a leap day; a month whose last day goes is deleted."""
+    insert_client(engine, "alice", id=1)
+    insert_client(engine, "bob", id=2)
+    d = schema.stats_daily
+    days = [  # 2027-12-30 .. 2028-03-02: a year end, and February 2028 has 29 days
+        1_830_124_800 + n * 86400 for n in range(64)
+    ]
+    with engine.begin() as conn:
+        conn.execute(
+            insert(d),
+            [
+                dict(client_id=cid, bucket=day, bytes_received=n * cid, bytes_sent=7 * n, samples=9)
+                for cid in (1, 2)
+                for n, day in enumerate(days)
+            ],
+        )
+        assert _months(conn) == _months_of_days(conn)
+        assert len(_months(conn)) == 2 * 4  # Dec, Jan, Feb, Mar, for each client
+        # the rollup's and a late poll's upsert: added to a day that exists, and a new one
+        statements.upsert(
+            conn,
+            d,
+            [
+                dict(client_id=1, bucket=days[3], bytes_received=5, bytes_sent=6, samples=1),
+                dict(
+                    client_id=1,
+                    bucket=days[3] - 86400 * 30,
+                    bytes_received=1,
+                    bytes_sent=2,
+                    samples=1,
+                ),
+            ],
+            ["client_id", "bucket"],
+            merge={"bytes_received": "add", "bytes_sent": "add", "samples": "add"},
+        )
+        conn.execute(d.update().where(d.c.client_id == 2).values(bytes_sent=d.c.bytes_sent + 1))
+        assert _months(conn) == _months_of_days(conn)
+        # prune: every day before February; bob's March goes with its only days
+        conn.execute(d.delete().where(d.c.bucket < days[33]))
+        conn.execute(d.delete().where(d.c.client_id == 2, d.c.bucket >= days[62]))
+        assert _months(conn) == _months_of_days(conn)
+        assert {(cid, b) for cid, b, *_ in _months(conn)} == {
+            (1, days[33]),
+            (1, days[62]),
+            (2, days[33]),
+        }
+
+
+def test_upgrade_to_8_sums_the_days_there_are_into_months(engine):
+    """7 -> 8: ``stats_monthly`` is made from the days already stored, and kept from then on."""
+    insert_client(engine, "alice", id=1)
+    d = schema.stats_daily
+    with engine.begin() as conn:  # a schema-7 database with a few months of days
+        if _pg(engine):
+            conn.exec_driver_sql("DROP FUNCTION stats_monthly_sums() CASCADE")
+        else:
+            for name in ("add", "change", "take"):
+                conn.exec_driver_sql(f"DROP TRIGGER stats_monthly_{name}")
+        conn.exec_driver_sql("DROP TABLE stats_monthly")
+        meta.put(conn, meta.SCHEMA_VERSION, "7")
+        conn.execute(
+            insert(d),
+            [
+                dict(
+                    client_id=1,
+                    bucket=1_830_124_800 + n * 86400,
+                    bytes_received=n,
+                    bytes_sent=2 * n,
+                    samples=1,
+                )
+                for n in range(100)
+            ],
+        )
+    assert init_db(engine) == (7, schema.SCHEMA_VERSION)
+    with engine.begin() as conn:
+        # December 2027 to April 2028
+        assert len(_months(conn)) == 5 and _months(conn) == _months_of_days(conn)
+        conn.execute(d.delete().where(d.c.bucket < 1_830_124_800 + 50 * 86400))
+        assert _months(conn) == _months_of_days(conn)
+    assert init_db(engine) == (schema.SCHEMA_VERSION, schema.SCHEMA_VERSION)
+
+
+def _pg(engine) -> bool:
+    return engine.dialect.name == "postgresql"

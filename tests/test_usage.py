@@ -355,3 +355,65 @@ def test_a_period_that_ends_is_no_longer_in_progress_before_the_next_commit(poll
     body = get(app, "/api/v1/usage", period="2026-11-26").json
     assert body["period"]["in_progress"] is False
     assert body["total"]["bytes_total"] == 6754  # the same bytes
+
+
+def test_whole_months_are_read_from_stats_monthly_and_equal_the_raw_samples(db_path, tmp_path):
+    """Polls every 11 hours from 24 October 2026 into January 2027 (rollups now and then): a
+    month in UTC, whole or in progress, is read from its one row per client in stats_monthly and
+    equals the raw samples; a month of another zone, which no UTC month fits, from the days.
+    A month row changed behind the triggers' back shows in the answer: it is what is read."""
+    steps = [
+        (
+            11 * 3600,
+            [1000 * i + 7, None if i % 9 == 4 else 5 * i, "new" if i % 7 == 0 else 3],
+            i % 5 == 0,
+        )
+        for i in range(160)
+    ]
+    engine, now = replay(tmp_path, steps, start=START, database=db_path)
+    rollup.catch_up(engine, now)
+    samples = raw_samples(engine)
+    assert format_timestamp(now, "UTC")[:7] == "2027-01"
+
+    def usage(period, tz="UTC"):
+        app = create_app(
+            Config(database=db_path, api=ApiConfig(timezone=tz)), clock=lambda: float(now)
+        )
+        result = get(app, "/api/v1/usage", period=period)
+        assert result.status_code == 200, result.text
+        assert result.json["exact"]
+        return {
+            e["common_name"]: (e["bytes_received"], e["bytes_sent"]) for e in result.json["data"]
+        }
+
+    for tz, period in [
+        ("UTC", "2026-11"),
+        ("UTC", "2026-12"),
+        ("UTC", "2027-01"),
+        ("Europe/Berlin", "2026-12"),
+        ("UTC", "2026-W49"),
+    ]:
+        asked = parse_period(period, tz)
+        assert usage(period, tz) == raw_sums(samples, asked.start, asked.end), (tz, period)
+
+    m = schema.stats_monthly
+    november = parse_period("2026-11", "UTC").start
+    with engine.begin() as conn:
+        (cid,) = conn.execute(
+            select(schema.clients.c.id).where(schema.clients.c.common_name == "c0")
+        ).one()
+        conn.execute(
+            m.update()
+            .where(m.c.client_id == cid, m.c.bucket == november)
+            .values(bytes_received=m.c.bytes_received + 1000)
+        )
+    engine.dispose()
+    asked = parse_period("2026-11", "UTC")
+    rx, tx = raw_sums(samples, asked.start, asked.end)["c0"]
+    assert usage("2026-11")["c0"] == (rx + 1000, tx)
+    assert (
+        usage("2026-11", "Europe/Berlin")["c0"]
+        == raw_sums(
+            samples, *(lambda p: (p.start, p.end))(parse_period("2026-11", "Europe/Berlin"))
+        )["c0"]
+    )

@@ -16,11 +16,11 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, func, select, union_all
 
 from ovpnmon_common import packed, schema
-from ovpnmon_common.buckets import align, align_up
+from ovpnmon_common.buckets import align, align_up, month_start, next_month
 from ovpnmon_common.meta import CollectorStatus
 from ovpnmon_common.planner import Series
 from ovpnmon_common.storage.statements import Prepared, plain_rows, total
-from ovpnmon_common.tiers import BY_NAME, TIERS, Tier, sql_align
+from ovpnmon_common.tiers import BY_NAME, MONTHLY, TIERS, Tier, sql_align
 
 c, u, g, p = schema.clients, schema.usage_history, schema.global_history, schema.usage_packed
 
@@ -55,6 +55,37 @@ def _pieces(
     finer = BY_NAME[tier.built_from]
     yield from _pieces(status, finer, start, first)
     yield from _pieces(status, finer, rest, end)
+
+
+DAILY = BY_NAME["daily"]
+# the tiers a sum may read: the registry's, and the months kept beside its days
+_SUMMED = {**BY_NAME, MONTHLY.name: MONTHLY}
+
+
+def _with_months(
+    status: CollectorStatus, parts: list[tuple[Tier, int, int]]
+) -> Iterator[tuple[Tier, int, int]]:
+    """``parts`` with the calendar months of their daily pieces read from ``stats_monthly``: one
+    row per client instead of one per day. A month's row sums every day there is of it, so it
+    stands for a piece that holds all of the month, or all of it before the daily watermark
+    (there are no days after it)."""
+    held = status.watermarks.get(DAILY.name)
+    for tier, start, end in parts:
+        if tier is not DAILY:
+            yield tier, start, end
+            continue
+        day = start
+        month = start if month_start(start) == start else next_month(start)
+        while month < end:
+            after = next_month(month)
+            if after <= end or end == held:
+                if day < month:
+                    yield DAILY, day, month
+                day = min(after, end)
+                yield MONTHLY, month, day
+            month = after
+        if day < end:
+            yield DAILY, day, end
 
 
 def _window(tier: Tier) -> list[Any]:
@@ -370,6 +401,7 @@ def client_sums(
     ``common_name`` that client's only."""
     if not parts:
         return []
+    parts = list(_with_months(status, parts))
     names = tuple(tier.name for tier, _, _ in parts)
     drives = tuple(_by_client(tier, first, last) for tier, first, last in parts)
     one, hosted = common_name is not None, host_id is not None
@@ -453,7 +485,7 @@ def _sums_statement(
     than grouping every client by its name)."""
     parts = []
     for i, name in enumerate(tiers):
-        tier = BY_NAME[name]
+        tier = _SUMMED[name]
         table = tier.table
         where = _piece_window(tier, i)
         if one:

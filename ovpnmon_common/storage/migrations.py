@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import (
     Column,
+    ColumnElement,
     Connection,
     Engine,
     MetaData,
@@ -16,6 +17,7 @@ from sqlalchemy import (
     UniqueConstraint,
     func,
     inspect,
+    literal_column,
     select,
 )
 from sqlalchemy.exc import DBAPIError
@@ -254,6 +256,31 @@ def _to_version_7(conn: Connection) -> None:
     next(i for i in schema.sessions.indexes if i.name == "ix_sessions_open").create(conn)
 
 
+def _to_version_8(conn: Connection) -> None:
+    """7 -> 8: ``stats_monthly``, each client's calendar months, summed from its days and kept
+    so by triggers on ``stats_daily``."""
+    schema.stats_monthly.create(conn, checkfirst=True)
+    for statement in schema.monthly_triggers(conn.dialect.name):
+        conn.exec_driver_sql(statement)
+    # the days there are, by the triggers' own rule: one statement, each month summed once
+    # (over whatever a half-done upgrade left)
+    conn.execute(schema.stats_monthly.delete())
+    d = schema.stats_daily
+    month: ColumnElement[int] = literal_column(schema.month_of(conn.dialect.name, "stats_daily"))
+    conn.execute(
+        schema.stats_monthly.insert().from_select(
+            ["client_id", "bucket", "bytes_received", "bytes_sent", "samples"],
+            select(
+                d.c.client_id,
+                month,
+                func.sum(d.c.bytes_received),
+                func.sum(d.c.bytes_sent),
+                func.sum(d.c.samples),
+            ).group_by(d.c.client_id, month),
+        )
+    )
+
+
 # from-version -> function upgrading to from-version + 1 (given the connection and the host
 # name that history before schema 4 is filed under)
 MIGRATIONS: dict[int, Any] = {
@@ -263,6 +290,7 @@ MIGRATIONS: dict[int, Any] = {
     4: lambda conn, host: _to_version_5(conn),
     5: lambda conn, host: _to_version_6(conn),
     6: lambda conn, host: _to_version_7(conn),
+    7: lambda conn, host: _to_version_8(conn),
 }
 
 
