@@ -246,8 +246,8 @@ stats_6h = _client_tier("stats_6h")
 stats_daily = _client_tier("stats_daily")
 
 # Each client's calendar months (UTC; ``bucket`` is the month's start, ``buckets.month_start``):
-# the sums of its ``stats_daily`` rows, kept equal to them by the database itself (triggers,
-# ``MONTHLY_TRIGGERS``) whatever writes or deletes a day (rollup, a late poll, backfill, prune,
+# the sums of its ``stats_daily`` rows, kept equal to them by the database itself (triggers:
+# ``monthly_triggers``) whatever writes or deletes a day (rollup, a late poll, backfill, prune,
 # copy). ``/usage`` of a month reads one row per client here instead of thirty (schema 8).
 stats_monthly = _client_tier("stats_monthly")
 

@@ -24,7 +24,7 @@ from ovpnmon_common.buckets import DAY, align_up
 from ovpnmon_common.config import ApiConfig, Config, QuotaConfig, RetentionConfig
 from ovpnmon_common.formatting import format_timestamp
 from ovpnmon_common.periods import parse_period, parse_time
-from ovpnmon_common.planner import InvalidQuery, plan_usage
+from ovpnmon_common.planner import InvalidQuery, plan_analytics, plan_usage
 from ovpnmon_common.tiers import TIERS
 
 # 2026-10-24 12:00 UTC: the histories cross Berlin's change back to CET (25 October) and the
@@ -357,11 +357,12 @@ def test_a_period_that_ends_is_no_longer_in_progress_before_the_next_commit(poll
     assert body["total"]["bytes_total"] == 6754  # the same bytes
 
 
-def test_whole_months_are_read_from_stats_monthly_and_equal_the_raw_samples(db_path, tmp_path):
-    """Polls every 11 hours from 24 October 2026 into January 2027 (rollups now and then): a
-    month in UTC, whole or in progress, is read from its one row per client in stats_monthly and
-    equals the raw samples; a month of another zone, which no UTC month fits, from the days.
-    A month row changed behind the triggers' back shows in the answer: it is what is read."""
+def test_months_are_read_from_stats_monthly_and_equal_the_raw_samples(db_path, tmp_path):
+    """Polls every 11 hours from 24 October 2026 into January 2027 (rollups now and then). A
+    month in UTC, whole or in progress, is its one row per client in stats_monthly; most of a
+    month (a month of another zone, a 30-day range) is its row less the days left out; a few
+    days are days. Every answer equals the raw samples, /analytics' 30-day top ten too. A month
+    row changed behind the triggers' back shows in exactly the answers that read it."""
     steps = [
         (
             11 * 3600,
@@ -373,47 +374,65 @@ def test_whole_months_are_read_from_stats_monthly_and_equal_the_raw_samples(db_p
     engine, now = replay(tmp_path, steps, start=START, database=db_path)
     rollup.catch_up(engine, now)
     samples = raw_samples(engine)
-    assert format_timestamp(now, "UTC")[:7] == "2027-01"
+    assert format_timestamp(now, "UTC")[:10] == "2027-01-05"
 
-    def usage(period, tz="UTC"):
-        app = create_app(
-            Config(database=db_path, api=ApiConfig(timezone=tz)), clock=lambda: float(now)
-        )
-        result = get(app, "/api/v1/usage", period=period)
+    def app(tz="UTC"):
+        config = Config(database=db_path, api=ApiConfig(timezone=tz))
+        return create_app(config, clock=lambda: float(now))
+
+    def usage(tz="UTC", **params):
+        result = get(app(tz), "/api/v1/usage", **params)
         assert result.status_code == 200, result.text
         assert result.json["exact"]
         return {
             e["common_name"]: (e["bytes_received"], e["bytes_sent"]) for e in result.json["data"]
         }
 
-    for tz, period in [
-        ("UTC", "2026-11"),
-        ("UTC", "2026-12"),
-        ("UTC", "2027-01"),
-        ("Europe/Berlin", "2026-12"),
-        ("UTC", "2026-W49"),
-    ]:
-        asked = parse_period(period, tz)
-        assert usage(period, tz) == raw_sums(samples, asked.start, asked.end), (tz, period)
+    def top_ten():
+        result = get(app(), "/api/v1/analytics", range="30d")
+        assert result.status_code == 200, result.text
+        top = result.json["data"]["top_clients_24h"]
+        return {e["common_name"]: (e["total_rx"], e["total_tx"]) for e in top}
+
+    def truth(tz="UTC", **params):
+        if "period" in params:
+            asked = parse_period(params["period"], tz)
+            return raw_sums(samples, asked.start, asked.end)
+        return raw_sums(
+            samples, parse_time(params["from"], tz, "from"), parse_time(params["to"], tz, "to")
+        )
+
+    # (zone, parameters, how many of November's and December's rows the answer reads)
+    asked = [
+        ("UTC", {"period": "2026-11"}, 1),  # a whole month
+        ("UTC", {"period": "2026-12"}, 1),
+        ("UTC", {"period": "2027-01"}, 0),  # in progress: its days up to the daily watermark
+        ("UTC", {"from": "2026-11-03", "to": "2026-12-02"}, 1),  # November less two days
+        ("UTC", {"from": "2026-10-28", "to": "2026-12-30"}, 2),  # and December less two
+        ("UTC", {"from": "2026-11-10", "to": "2026-11-13"}, 0),  # three days
+        ("UTC", {"period": "2026-W49"}, 0),
+        # 30 November 23:00 UTC to 31 December 23:00: hours, December less its last day, hours
+        ("Europe/Berlin", {"period": "2026-12"}, 1),
+    ]
+    for tz, params, _ in asked:
+        assert usage(tz, **params) == truth(tz, **params), (tz, params)
+    thirty = plan_analytics("30d", now, RetentionConfig())
+    assert top_ten() == raw_sums(samples, thirty.start, thirty.end)
+    assert format_timestamp(thirty.start, "UTC")[:7] == "2026-12"  # most of December, less days
 
     m = schema.stats_monthly
-    november = parse_period("2026-11", "UTC").start
     with engine.begin() as conn:
         (cid,) = conn.execute(
             select(schema.clients.c.id).where(schema.clients.c.common_name == "c0")
         ).one()
         conn.execute(
             m.update()
-            .where(m.c.client_id == cid, m.c.bucket == november)
+            .where(m.c.client_id == cid, m.c.bucket.in_([1_793_491_200, 1_796_083_200]))
             .values(bytes_received=m.c.bytes_received + 1000)
-        )
+        )  # November and December 2026
     engine.dispose()
-    asked = parse_period("2026-11", "UTC")
-    rx, tx = raw_sums(samples, asked.start, asked.end)["c0"]
-    assert usage("2026-11")["c0"] == (rx + 1000, tx)
-    assert (
-        usage("2026-11", "Europe/Berlin")["c0"]
-        == raw_sums(
-            samples, *(lambda p: (p.start, p.end))(parse_period("2026-11", "Europe/Berlin"))
-        )["c0"]
-    )
+    for tz, params, months in asked:
+        rx, tx = truth(tz, **params)["c0"]
+        assert usage(tz, **params)["c0"] == (rx + 1000 * months, tx), (tz, params)
+    rx, tx = raw_sums(samples, thirty.start, thirty.end)["c0"]
+    assert top_ten()["c0"] == (rx + 1000, tx)  # December's row, less the days before the range
