@@ -357,12 +357,13 @@ def test_a_period_that_ends_is_no_longer_in_progress_before_the_next_commit(poll
     assert body["total"]["bytes_total"] == 6754  # the same bytes
 
 
-def test_months_are_read_from_stats_monthly_and_equal_the_raw_samples(db_path, tmp_path):
+def test_coarse_rows_less_what_is_outside_equal_the_raw_samples(db_path, tmp_path):
     """Polls every 11 hours from 24 October 2026 into January 2027 (rollups now and then). A
     month in UTC, whole or in progress, is its one row per client in stats_monthly; most of a
     month (a month of another zone, a 30-day range) is its row less the days left out; a few
-    days are days. Every answer equals the raw samples, /analytics' 30-day top ten too. A month
-    row changed behind the triggers' back shows in exactly the answers that read it."""
+    days are days; the 24 hours' start is a 6-hour bucket less what is before it. Every answer
+    equals the raw samples, /analytics' top tens too. A coarse row changed behind the triggers'
+    back shows in exactly the answers that read it."""
     steps = [
         (
             11 * 3600,
@@ -388,8 +389,8 @@ def test_months_are_read_from_stats_monthly_and_equal_the_raw_samples(db_path, t
             e["common_name"]: (e["bytes_received"], e["bytes_sent"]) for e in result.json["data"]
         }
 
-    def top_ten():
-        result = get(app(), "/api/v1/analytics", range="30d")
+    def top_ten(range_name="30d"):
+        result = get(app(), "/api/v1/analytics", range=range_name)
         assert result.status_code == 200, result.text
         top = result.json["data"]["top_clients_24h"]
         return {e["common_name"]: (e["total_rx"], e["total_tx"]) for e in top}
@@ -419,6 +420,8 @@ def test_months_are_read_from_stats_monthly_and_equal_the_raw_samples(db_path, t
     thirty = plan_analytics("30d", now, RetentionConfig())
     assert top_ten() == raw_sums(samples, thirty.start, thirty.end)
     assert format_timestamp(thirty.start, "UTC")[:7] == "2026-12"  # most of December, less days
+    day = plan_analytics("24h", now, RetentionConfig())
+    assert top_ten("24h") == raw_sums(samples, day.start, day.end)
 
     m = schema.stats_monthly
     with engine.begin() as conn:
@@ -436,3 +439,17 @@ def test_months_are_read_from_stats_monthly_and_equal_the_raw_samples(db_path, t
         assert usage(tz, **params)["c0"] == (rx + 1000 * months, tx), (tz, params)
     rx, tx = raw_sums(samples, thirty.start, thirty.end)["c0"]
     assert top_ten()["c0"] == (rx + 1000, tx)  # December's row, less the days before the range
+
+    # From 20:15 the 24 hours start with the 6-hour bucket from 18:00 less two hours and a
+    # quarter (four rows per client), not three quarters and three hours (six).
+    assert format_timestamp(day.start, "UTC") == "2027-01-04 20:15:00"
+    six = schema.stats_6h
+    with engine.begin() as conn:
+        conn.execute(
+            six.update()
+            .where(six.c.client_id == cid, six.c.bucket == day.start - 2 * 3600 - 15 * 60)
+            .values(bytes_received=six.c.bytes_received + 1000)
+        )
+    engine.dispose()
+    rx, tx = raw_sums(samples, day.start, day.end)["c0"]
+    assert top_ten("24h")["c0"] == (rx + 1000, tx)

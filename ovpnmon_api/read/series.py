@@ -59,10 +59,123 @@ def _pieces(
 
 
 DAILY = BY_NAME["daily"]
-# Days subtracted from their month's row: a piece of these is summed negated.
-DAYS_TAKEN = replace(DAILY, name="daily_taken")
-# the tiers a sum may read: the registry's, the months kept beside its days, and days taken
-_SUMMED = {**BY_NAME, MONTHLY.name: MONTHLY, DAYS_TAKEN.name: DAYS_TAKEN}
+# Each per-client tier's buckets subtracted from a coarser row: a piece of these is summed
+# negated (``_fewer_rows``, ``_with_months``).
+TAKEN = {
+    tier.name: replace(tier, name=f"{tier.name}_taken")
+    for tier in TIERS
+    if tier.per_client and not tier.raw
+}
+DAYS_TAKEN = TAKEN[DAILY.name]
+# the tiers a sum may read: the registry's, the months kept beside its days, and those taken
+_SUMMED = {**BY_NAME, MONTHLY.name: MONTHLY, **{t.name: t for t in TAKEN.values()}}
+_NEGATED = frozenset(t.name for t in TAKEN.values())
+# The coarse tiers whose final buckets may stand for the finer pieces inside them.
+_WHOLE = tuple(BY_NAME[name] for name in ("daily", "six_hour", "hourly"))
+
+
+def _rows(tier: Tier, start: int, end: int) -> int:
+    """About how many rows a client has in a piece: one per bucket; raw samples, many."""
+    if tier.raw or tier.width is None:
+        return 1 << 30
+    return max(1, (end - start) // tier.width)
+
+
+def _fewer_rows(
+    status: CollectorStatus, parts: list[tuple[Tier, int, int]]
+) -> list[tuple[Tier, int, int]]:
+    """``parts`` where a final bucket of a coarse tier, less the finer pieces of it outside the
+    range, reads fewer rows than the finer pieces inside it: the 24 hours from 12:15 are
+    yesterday's day less its first two 6-hour buckets and a quarter of an hour (four rows per
+    client), not a 6-hour bucket, five hours and three quarters (nine). Only where the part left
+    out is held by tiers (no raw samples, nothing pruned), so the difference is exact."""
+    parts = sorted(parts, key=lambda part: (part[1], part[2]))
+    for coarse in _WHOLE:
+        width = coarse.width
+        assert width is not None
+        final = status.watermarks.get(coarse.name)
+        if final is None:
+            continue
+        parts = _split(parts, width)
+        done: list[tuple[Tier, int, int]] = []
+        i = 0
+        while i < len(parts):
+            bucket = align(parts[i][1], width)
+            inside = []
+            j = i
+            while j < len(parts) and parts[j][1] >= bucket and parts[j][2] <= bucket + width:
+                inside.append(parts[j])
+                j += 1
+            # the range has nothing else in the bucket: no piece before ends in it, none after
+            # starts in it (the bucket's parts outside ``inside`` are outside the range)
+            alone = all(p[2] <= bucket for p in parts[:i] if p[0].name not in _NEGATED) and (
+                j == len(parts) or parts[j][1] >= bucket + width
+            )
+            left_out = _left_out(status, coarse, bucket, inside) if inside and alone else None
+            if (
+                left_out is not None
+                and bucket + width <= final
+                and bucket >= status.pruned.get(coarse.name, bucket)
+                and 1 + sum(_rows(*p) for p in left_out) < sum(_rows(*p) for p in inside)
+            ):
+                done.append((coarse, bucket, bucket + width))
+                done += [(TAKEN[t.name], s, e) for t, s, e in left_out]
+                i = j
+            else:
+                done.append(parts[i])
+                i += 1
+        parts = _joined(done)
+    return parts
+
+
+def _split(parts: list[tuple[Tier, int, int]], width: int) -> list[tuple[Tier, int, int]]:
+    """``parts`` finer than ``width`` cut at its every multiple (a coarser tier's bucket edges,
+    which are edges of every finer tier's buckets too)."""
+    cut = []
+    for tier, start, end in parts:
+        while (tier.width or 0) < width and align(start, width) + width < end:
+            edge = align(start, width) + width
+            cut.append((tier, start, edge))
+            start = edge
+        cut.append((tier, start, end))
+    return cut
+
+
+def _joined(parts: list[tuple[Tier, int, int]]) -> list[tuple[Tier, int, int]]:
+    """``parts`` with pieces of one tier that meet made one again, in time order."""
+    joined: list[tuple[Tier, int, int]] = []
+    for tier, start, end in sorted(parts, key=lambda part: (part[0].name, part[1])):
+        if joined and joined[-1][0] is tier and joined[-1][2] == start:
+            joined[-1] = (tier, joined[-1][1], end)
+        else:
+            joined.append((tier, start, end))
+    return sorted(joined, key=lambda part: (part[1], part[2]))
+
+
+def _left_out(
+    status: CollectorStatus, coarse: Tier, bucket: int, inside: list[tuple[Tier, int, int]]
+) -> list[tuple[Tier, int, int]] | None:
+    """The pieces of ``coarse``'s ``bucket`` that ``inside`` (finer, positive pieces in time
+    order, within the bucket) does not cover, from the finer tiers; None where they cannot
+    stand in: a piece inside is not finer or is subtracted, or a part left out needs raw
+    samples or pruned rows."""
+    width = coarse.width or 0
+    if any(t.name in _NEGATED or t is MONTHLY or (t.width or 0) >= width for t, _, _ in inside):
+        return None
+    assert coarse.built_from is not None
+    finer = BY_NAME[coarse.built_from]
+    gaps, at = [], bucket
+    for _, start, end in inside:
+        if start > at:
+            gaps.append((at, start))
+        at = max(at, end)
+    if at < bucket + width:
+        gaps.append((at, bucket + width))
+    out = [piece for first, last in gaps for piece in _pieces(status, finer, first, last)]
+    for tier, start, _ in out:
+        if tier.raw or start < status.pruned.get(tier.name, start):
+            return None
+    return out
 
 
 def _with_months(
@@ -408,7 +521,7 @@ def client_sums(
     ``common_name`` that client's only."""
     if not parts:
         return []
-    parts = list(_with_months(status, parts))
+    parts = list(_with_months(status, _fewer_rows(status, parts)))
     names = tuple(tier.name for tier, _, _ in parts)
     drives = tuple(_by_client(tier, first, last) for tier, first, last in parts)
     one, hosted = common_name is not None, host_id is not None
@@ -504,7 +617,7 @@ def _sums_statement(
             if hosted:
                 ids = ids.where(c.c.host_id == bindparam("host_id"))
             where.append(table.c.client_id.in_(ids))
-        sign = -1 if tier is DAYS_TAKEN else 1
+        sign = -1 if name in _NEGATED else 1
         if by_id and not by_client[i]:
             # rows in time order, summed once for every piece below: a per-piece sum would
             # sort them by client first (10,000 clients, 24 h: 48-56 ms against 65-68)
