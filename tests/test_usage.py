@@ -453,3 +453,27 @@ def test_coarse_rows_less_what_is_outside_equal_the_raw_samples(db_path, tmp_pat
     engine.dispose()
     rx, tx = raw_sums(samples, day.start, day.end)["c0"]
     assert top_ten("24h")["c0"] == (rx + 1000, tx)
+
+
+def test_the_7_day_top_ten_starts_at_the_first_hour_that_pruned_tiers_still_hold(tmp_path):
+    """With the default retention the 15-minute tier keeps 3 days (``raw_days``). The 7 days of
+    /analytics start on a 105-minute edge, often inside an hour, which only the 15-minute tier
+    held: the top ten then counts from the next whole hour (docs/api.md), and says the same
+    with or without reading coarse rows less finer ones."""
+    steps = [
+        (600, [100 * i + 7, 3 * i, "new" if i % 50 == 0 else 11], i % 144 == 0) for i in range(1240)
+    ]
+    engine, now = replay(tmp_path, steps, start=START)
+    rollup.catch_up(engine, now)
+    samples = raw_samples(engine)
+    prune.prune(engine, RetentionConfig(), now)
+    with engine.connect() as conn:
+        assert meta.read_status(conn).pruned["quarter_hour"] > now - 4 * DAY
+    engine.dispose()
+    week = plan_analytics("7d", now, RetentionConfig())
+    assert week.start % 3600 != 0
+    app = create_app(Config(database=str(tmp_path / "x.db")), clock=lambda: float(now))
+    top = get(app, "/api/v1/analytics", range="7d").json["data"]["top_clients_24h"]
+    got = {e["common_name"]: (e["total_rx"], e["total_tx"]) for e in top}
+    assert got == raw_sums(samples, align_up(week.start, 3600), week.end)
+    assert got != raw_sums(samples, week.start, week.end)
