@@ -208,6 +208,11 @@ def _with_months(
             month = after
 
 
+def _signed(value: Any, negated: bool) -> Any:
+    """``value``, negated in a piece subtracted from a coarser row (``TAKEN``)."""
+    return -value if negated else value
+
+
 def _window(tier: Tier) -> list[Any]:
     return [tier.time >= bindparam("start"), tier.time < bindparam("end")]
 
@@ -617,23 +622,23 @@ def _sums_statement(
             if hosted:
                 ids = ids.where(c.c.host_id == bindparam("host_id"))
             where.append(table.c.client_id.in_(ids))
-        sign = -1 if name in _NEGATED else 1
+        negated = name in _NEGATED
         if by_id and not by_client[i]:
             # rows in time order, summed once for every piece below: a per-piece sum would
             # sort them by client first (10,000 clients, 24 h: 48-56 ms against 65-68)
             parts.append(
                 select(
                     table.c.client_id.label("client_id"),
-                    (sign * table.c.bytes_received).label("rx"),
-                    (sign * table.c.bytes_sent).label("tx"),
+                    _signed(table.c.bytes_received, negated).label("rx"),
+                    _signed(table.c.bytes_sent, negated).label("tx"),
                 ).where(*where)
             )
             continue
         parts.append(
             select(
                 table.c.client_id.label("client_id"),
-                (sign * total(table.c.bytes_received)).label("rx"),
-                (sign * total(table.c.bytes_sent)).label("tx"),
+                _signed(total(table.c.bytes_received), negated).label("rx"),
+                _signed(total(table.c.bytes_sent), negated).label("tx"),
             )
             .where(*where)
             .group_by(table.c.client_id)
