@@ -230,14 +230,18 @@ def test_sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice(tmp_pa
     kills = 0
     for text in texts:
         write_in_place(str(status), text)
-        while True:  # restart until this version is stored
+        for attempt in itertools.count():  # restart until this version is stored
             process = subprocess.Popen(
                 [sys.executable, "-m", "ovpnmon_collector", "poll-once", "--config", str(config)],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
+            # Every third try runs to its end: on a machine where a poll-once takes longer than
+            # the longest kill delay, the others alone never stored a version, and the loop went
+            # on until the status file was stale, and then for ever.
+            timeout = 120 if attempt % 3 == 2 else rng.uniform(0.15, 0.9)
             try:
-                process.wait(timeout=rng.uniform(0.15, 0.9))
+                process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 process.send_signal(signal.SIGKILL)
                 process.wait()
