@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hmac
 import logging
 import re
@@ -129,6 +130,20 @@ class _NameWithSlashes:
         if req.method not in ("GET", "HEAD"):
             raise falcon.HTTPMethodNotAllowed(["GET", "HEAD"])
         self.by_suffix[params["what"]].on_get(req, resp, params["common_name"])
+
+
+def freeze_startup_objects() -> None:
+    """Take every object alive now (the modules, the app, its compiled statements) out of the
+    cyclic garbage collector's sight, as the server's last step before it listens.
+
+    A cold ``/stats`` of 8,000 clients allocates some 60,000 tuples, lists and dicts that all
+    live until its body is written, so the collector runs as they pass its thresholds, now and
+    then a full collection that walks every tracked object of the process: some 63,000 at
+    startup, none of them ever garbage. Measured: 30 ms of such walks a request, 1.3 ms with
+    them frozen (bench/README.md). What a request allocates is still collected, cycles too.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def create_app(
