@@ -123,6 +123,11 @@ def test_host_narrows_every_answer_to_that_host(fleet):
     assert [c["common_name"] for c in analytics["top_clients_24h"]] == ["alice", "carol"]
     usage = get(client, "/usage", period=DAY, host="vpn2", common_name="alice")["data"]
     assert [(x["bytes_received"], x["bytes_sent"]) for x in usage] == [ALICE_2]
+    every = get(client, "/usage", period=DAY, host="vpn2")["data"]
+    assert [(x["common_name"], x["bytes_received"], x["bytes_sent"]) for x in every] == [
+        ("alice", *ALICE_2),
+        ("bob", *BOB),
+    ]
     sessions = get(client, "/sessions", host="vpn2")["data"]
     assert sorted((s["common_name"], s["host"]) for s in sessions) == [
         ("alice", "vpn2"),

@@ -533,8 +533,8 @@ def client_sums(
     params = {"limit": limit, "name": common_name, "host_id": host_id, **_piece_params(parts)}
     windows = _packed_windows(status, parts)
     if not windows:  # the database sums, ranks and limits
-        # every name is one client (one host's, or one host in all): rank clients, then name
-        by_id = limit is not None and not one and (hosted or _one_host(conn))
+        # every name is one client (one host's, or one host in all): sum clients, then name
+        by_id = not one and (hosted or _one_host(conn))
         statement = _sums_statement(names, drives, limit is not None, one, hosted, by_id)
         return [(name, int(rx), int(tx)) for name, rx, tx in plain_rows(statement(conn, **params))]
     # A raw piece inside a packed bucket (an edge that is not a bucket's: /usage to the second):
@@ -605,9 +605,10 @@ def _sums_statement(
     """Per client sums of every piece (UNION ALL), summed again by common name; ranked and
     limited, or by name; of every client or of the one called ``name``; on every host or on
     ``host_id``. ``by_client``: per piece, whether to read it client by client (``_by_client``).
-    ``by_id`` (ranked, when each common name is one client): summed, ranked and limited by
-    client id, and only the ``limit`` clients named (at 10,000 clients, a quarter less time
-    than grouping every client by its name)."""
+    ``by_id`` (when each common name is one client): summed by client id, then named (ranked:
+    ranked and limited first, so only the ``limit`` clients are named). Grouping every
+    client's rows by its name sorts them all by name: at 10,000 clients a top ten took a
+    quarter less time by id, and ``/usage`` of 8,272 clients' month 67 ms instead of 82."""
     parts = []
     for i, name in enumerate(tiers):
         tier = _SUMMED[name]
@@ -646,22 +647,27 @@ def _sums_statement(
     merged = union_all(*parts).subquery("pieces")
     rx, tx = total(merged.c.rx), total(merged.c.tx)
     if by_id:
-        top = (
+        sums = (
             select(merged.c.client_id, rx.label("rx"), tx.label("tx"))
             .group_by(merged.c.client_id)
             .having(rx + tx > 0)
-            .order_by((rx + tx).desc(), merged.c.client_id)
-            .limit(bindparam("limit"))
         )
         if hosted:
-            top = top.where(
+            sums = sums.where(
                 merged.c.client_id.in_(select(c.c.id).where(c.c.host_id == bindparam("host_id")))
             )
-        ranked_ids = top.subquery("top")
+        if ranked:
+            sums = sums.order_by((rx + tx).desc(), merged.c.client_id).limit(bindparam("limit"))
+        summed = sums.subquery("summed")
+        order = (
+            ((summed.c.rx + summed.c.tx).desc(), summed.c.client_id)
+            if ranked
+            else (c.c.common_name,)
+        )
         return Prepared(
-            select(c.c.common_name, ranked_ids.c.rx, ranked_ids.c.tx)
-            .join(c, c.c.id == ranked_ids.c.client_id)
-            .order_by((ranked_ids.c.rx + ranked_ids.c.tx).desc(), ranked_ids.c.client_id)
+            select(c.c.common_name, summed.c.rx, summed.c.tx)
+            .join(c, c.c.id == summed.c.client_id)
+            .order_by(*order)
         )
     query = (
         select(c.c.common_name, rx, tx)
