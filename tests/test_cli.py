@@ -196,7 +196,7 @@ cli(["serve", "--db", sys.argv[1], "--port", "5099"])
 
 
 def test_api_serves_with_its_startup_objects_out_of_the_collectors_walks(runner, tmp_path):
-    """A cold /stats at 10,000 clients made the cyclic garbage collector walk the tens of
+    """A cold /stats of 8,000 clients made the cyclic garbage collector walk the tens of
     thousands of objects alive since startup (modules, the app) about once a request, some
     30 ms of it: ``serve`` freezes them before it listens. What is made later is collected as
     before, a cycle too. In a child process: the collector's settings are process-wide."""
