@@ -362,8 +362,8 @@ def test_coarse_rows_less_what_is_outside_equal_the_raw_samples(db_path, tmp_pat
     month in UTC, whole or in progress, is its one row per client in stats_monthly; most of a
     month (a month of another zone, a 30-day range) is its row less the days left out; a few
     days are days; the 24 hours' start is a 6-hour bucket less what is before it. Every answer
-    equals the raw samples, /analytics' top tens too. A coarse row changed behind the triggers'
-    back shows in exactly the answers that read it."""
+    equals the raw samples, /analytics' top tens too. A month row changed behind the triggers'
+    back, and a 6-hour row changed by hand, show in exactly the answers that read them."""
     steps = [
         (
             11 * 3600,

@@ -160,7 +160,7 @@ def _left_out(
     stand in: a piece inside is not finer or is subtracted, or a part left out needs raw
     samples or pruned rows."""
     width = coarse.width or 0
-    if any(t.name in _NEGATED or t is MONTHLY or (t.width or 0) >= width for t, _, _ in inside):
+    if any(t.name in _NEGATED or (t.width or 0) >= width for t, _, _ in inside):
         return None
     assert coarse.built_from is not None
     finer = BY_NAME[coarse.built_from]
