@@ -25,7 +25,7 @@ from ovpnmon_api.read import sessions as read_sessions
 from ovpnmon_api.read import usage as read_usage
 from ovpnmon_common import periods, totals
 from ovpnmon_common.config import Config
-from ovpnmon_common.formatting import format_timestamp
+from ovpnmon_common.formatting import format_timestamp, stamper
 from ovpnmon_common.meta import CollectorStatus
 from ovpnmon_common.periods import Period
 from ovpnmon_common.planner import (
@@ -83,6 +83,7 @@ class Context:
         self.config = config
         self.clock = clock
         self.tz = config.api.timezone
+        self.ts: bodies.Stamp = stamper(self.tz)  # epoch in the time zone; None stays None
         self.cache = cache or ResponseCache(database.counter, config.api.cache_mb * 1024 * 1024)
 
     def respond(
@@ -151,10 +152,6 @@ class Context:
         except (DatabaseError, DBAPIError):
             interval = None
         return max(60.0, 3.0 * (interval or self.config.interval))
-
-    def ts(self, epoch: int | None) -> str | None:
-        """``epoch`` in the configured time zone; None stays None."""
-        return format_timestamp(epoch, self.tz) if epoch is not None else None
 
     def time(self, epoch: int) -> str:
         """``epoch`` in the configured time zone."""

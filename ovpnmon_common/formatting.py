@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import zoneinfo
+from collections.abc import Callable
 from functools import lru_cache
 
 from ovpnmon_common.buckets import civil_from_days
@@ -33,6 +34,16 @@ def format_timestamp(epoch: int | float, tz: str | dt.tzinfo = "UTC") -> str:
         return _render(dt.datetime.fromtimestamp(int(epoch), tz))
     except (OverflowError, ValueError, OSError):
         return _format_utc_any_year(int(epoch))
+
+
+def stamper(tz: str) -> Callable[[int | float | None], str | None]:
+    """``format_timestamp`` in ``tz`` as one call, None staying None: the API's formatter,
+    which a body of 10,000 clients calls 20,000 times."""
+
+    def stamp(epoch: int | float | None) -> str | None:
+        return _format_cached(int(epoch), tz) if epoch is not None else None
+
+    return stamp
 
 
 @lru_cache(maxsize=65536)
@@ -127,12 +138,12 @@ def _render_offset(moment: dt.datetime) -> str:
 
 def to_mb(nbytes: int) -> float:
     """Bytes as MiB (2^20), two decimals: the ``*_mb`` fields."""
-    return round(nbytes / 1_048_576, 2)
+    return _binary_units(nbytes, 1_048_576)
 
 
 def to_gb(nbytes: int) -> float:
     """Bytes as GiB (2^30), two decimals: the ``*_gb`` fields."""
-    return round(nbytes / 1_073_741_824, 2)
+    return _binary_units(nbytes, 1_073_741_824)
 
 
 def to_mbps(nbytes: int | float, seconds: float) -> float:
@@ -142,4 +153,30 @@ def to_mbps(nbytes: int | float, seconds: float) -> float:
     """
     if seconds <= 0 or nbytes <= 0:
         return 0.0
-    return round(nbytes * 8 / seconds / 1_000_000, 3)
+    value = nbytes * 8 / seconds / 1_000_000
+    # round(value, 3), about three times as fast (a /stats of 10,000 clients rounds 20,000
+    # rates): value * 1000 is within half an ulp of the exact product, so where it is not
+    # within 0.01 of a tie its nearest integer is the exact product's, and that over 1000 is
+    # the double nearest to it, which round() returns too. Near a tie round() decides.
+    scaled = value * 1000.0
+    if scaled < _EXACT_BELOW:  # also False for inf and nan
+        nearest = round(scaled)
+        if abs(scaled - nearest) < 0.49:
+            return nearest / 1000
+    return round(value, 3)
+
+
+# below 2^46 a double's ulp is under 0.01: see to_mbps
+_EXACT_BELOW = float(2**46)
+
+
+def _binary_units(nbytes: int, unit: int) -> float:
+    """``round(nbytes / unit, 2)`` for a power-of-two ``unit``, in integers and twice as fast.
+    Below 2^53 bytes the quotient is exact, so round() rounds the exact value half to even, as
+    this does (above, this stays exact where the float division would not)."""
+    if type(nbytes) is not int:
+        return round(nbytes / unit, 2)
+    hundredths, rest = divmod(nbytes * 100, unit)
+    if 2 * rest > unit or (2 * rest == unit and hundredths & 1):
+        hundredths += 1
+    return hundredths / 100

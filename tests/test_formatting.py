@@ -1,11 +1,13 @@
 import datetime
 import math
+import random
 
 import pytest
 
 from ovpnmon_common.formatting import (
     format_timestamp,
     parse_timestamp,
+    stamper,
     to_gb,
     to_mb,
     to_mbps,
@@ -14,6 +16,9 @@ from ovpnmon_common.formatting import (
 
 def test_timestamps_render_in_the_configured_zone():
     assert format_timestamp(0) == "1970-01-01 00:00:00"
+    berlin = stamper("Europe/Berlin")  # the API's formatter: the same text, None kept
+    assert berlin(1_767_960_000) == berlin(1_767_960_000.7) == "2026-01-09 13:00:00"
+    assert berlin(None) is None and berlin(2**63 - 1) == format_timestamp(2**63 - 1)
     assert format_timestamp(1_767_960_000) == "2026-01-09 12:00:00"
     assert format_timestamp(1_767_960_000, "Europe/Berlin") == "2026-01-09 13:00:00"
     assert format_timestamp(1_767_960_000, "America/New_York") == "2026-01-09 07:00:00"
@@ -36,6 +41,29 @@ def test_units_are_binary_for_sizes_and_decimal_for_rates():
     assert to_mbps(125_000, 1) == 1.0  # 1,000,000 bits in one second
     assert to_mbps(1_875_000, 10) == 1.5
     assert to_mbps(1, 3) == 0.0  # rounds to 3 places
+
+
+def test_units_round_as_round_does_ties_included():
+    """The conversions round in integers or by a checked shortcut (for speed); each answer is
+    round()'s, half to even, on values of every size and on exact ties."""
+    rng = random.Random(19)
+    sizes = [rng.randrange(10 ** rng.randrange(1, 16)) for _ in range(20_000)]
+    # exact ties: odd multiples of 1/8 MiB or GiB (0.125, 0.375, ...), to even either way
+    sizes += [(2 * k + 1) * 2**17 for k in range(5000)] + [(2 * k + 1) * 2**27 for k in range(5000)]
+    sizes += [0, 1, -1, -(2**17), 2**53 - 1]
+    for n in sizes:
+        assert to_mb(n) == round(n / 2**20, 2), n
+        assert to_gb(n) == round(n / 2**30, 2), n
+    assert (to_mb(2**17), to_mb(3 * 2**17)) == (0.12, 0.38)
+    assert to_mb(1.5 * 2**20) == 1.5  # not an integer: round() itself
+    rates = [rng.random() * 10 ** rng.randrange(-6, 12) for _ in range(20_000)]
+    rates += [k / 16 for k in range(1, 3000)]  # k * 62.5: exact ties among them
+    rates += [1e300, math.inf]
+    for bytes_per_second in rates:
+        expected = round(bytes_per_second * 8 / 1 / 1_000_000, 3) if bytes_per_second > 0 else 0.0
+        assert to_mbps(bytes_per_second, 1) == expected, bytes_per_second
+    assert to_mbps(7_812.5, 1) == 0.062  # 0.0625 Mbit/s: half to even, as round() does
+    assert to_mbps(23_437.5, 1) == 0.188
 
 
 @pytest.mark.parametrize("seconds", [0, -5, -0.001])
