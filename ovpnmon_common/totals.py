@@ -91,10 +91,14 @@ def _looked_up(rows: list[Any], packed: Iterable[Any]) -> dict[int, tuple[int, i
 def _minus_baselines(rows: list[Any], current: dict[int, tuple[int, int]]) -> list[tuple[int, int]]:
     """Each row's counters now (its entry in ``current``, else its row's) minus its
     baseline."""
-    result = []
-    for session, _, _, rx, tx, base_rx, base_tx, *_ in rows:
-        rx, tx = current.get(session, (rx, tx))
-        result.append((rx - base_rx, tx - base_tx))
+    result: list[tuple[int, int]] = []
+    append, get = result.append, current.get
+    for row in rows:  # by index: unpacking a row of any length builds a list a row
+        now = get(row[0])
+        if now is None:
+            append((row[3] - row[5], row[4] - row[6]))
+        else:
+            append((now[0] - row[5], now[1] - row[6]))
     return result
 
 
@@ -119,18 +123,21 @@ NOT_CONNECTED = Live(0, 0, 0, None)
 def live(conn: Connection) -> dict[int, Live]:
     """Client id -> its open sessions' counted bytes, count and earliest Connected Since."""
     rows = plain_rows(_OPEN_ALL(conn))
-    sums: dict[int, list[int]] = {}
+    sums: dict[int, Live] = {}
     for row, (rx, tx) in zip(rows, counted(conn, rows, every_source=True), strict=True):
         client, since = row[-2], row[-1]
         entry = sums.get(client)
+        # tuple.__new__: a NamedTuple's own __new__ is Python code, a third of this loop
         if entry is None:
-            sums[client] = [rx, tx, 1, since]
+            sums[client] = _new(Live, (rx, tx, 1, since))
         else:
-            entry[0] += rx
-            entry[1] += tx
-            entry[2] += 1
-            entry[3] = min(entry[3], since)
-    return {client: Live(*entry) for client, entry in sums.items()}
+            sums[client] = _new(
+                Live, (entry[0] + rx, entry[1] + tx, entry[2] + 1, min(entry[3], since))
+            )
+    return sums
+
+
+_new = tuple.__new__
 
 
 _LIFETIME = Prepared(

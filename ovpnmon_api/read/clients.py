@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -40,11 +41,13 @@ ONE_CLIENT = Prepared(
     select(*_COLUMNS).where(c.c.common_name == bindparam("name")).order_by(c.c.host_id)
 )
 # Every active client's raw sample at its host's last poll: what current rates are made of.
+# "ts IN (the heartbeats)" has SQLite read each last poll's samples as one run of the raw
+# samples' key; alone, the join makes it look every client up there (8 vs 10 ms at 10,000).
 LAST_SAMPLES = Prepared(
     select(u.c.client_id, u.c.bytes_received, u.c.bytes_sent)
     .join(c, c.c.id == u.c.client_id)
     .join(h, h.c.id == c.c.host_id)
-    .where(c.c.active, u.c.ts == h.c.heartbeat)
+    .where(c.c.active, u.c.ts == h.c.heartbeat, u.c.ts.in_(select(h.c.heartbeat)))
 )
 # One client's rows (one per host it was seen on), each with its current rate's makings: an
 # active row's raw sample at its host's last poll and that poll's interval (key seeks).
@@ -108,24 +111,12 @@ def clients(
     """Every client ever seen (on host ``host_id``, or on any), by common name."""
     live = totals.live(conn)
     last = {cid: (rx, tx) for cid, rx, tx in plain_rows(LAST_SAMPLES(conn))}
-    intervals = last_intervals(conn)
-    rows = HOST_CLIENTS(conn, host_id=host_id) if host_id is not None else ALL_CLIENTS(conn)
     heartbeats = status.heartbeats()
-    found: list[ClientRow] = []
-    for row in plain_rows(rows):
-        cid, host = row[0], row[2]
-        part = _client_row(
-            row,
-            heartbeats.get(host),
-            live.get(cid, totals.NOT_CONNECTED),
-            last.get(cid, (0, 0)),
-            intervals.get(host, 0.0),
-        )
-        if found and found[-1].common_name == part.common_name:
-            found[-1] = merge(found[-1], part)
-        else:
-            found.append(part)
-    return found
+    polls = {
+        host: (heartbeats.get(host), seconds) for host, seconds in last_intervals(conn).items()
+    }
+    rows = HOST_CLIENTS(conn, host_id=host_id) if host_id is not None else ALL_CLIENTS(conn)
+    return _client_rows(plain_rows(rows), polls, live, last)
 
 
 def client(
@@ -146,53 +137,78 @@ def client(
     for client_id, session in named_open_sessions(conn, common_name):
         if client_id in kept:
             sessions.setdefault(client_id, []).append(session)
-    merged: ClientRow | None = None
-    for row in rows:
-        mine = sessions.get(row.id, [])
-        live = totals.Live(
+    live = {}
+    for cid, mine in sessions.items():
+        live[cid] = totals.Live(
             sum(x.received for x in mine),
             sum(x.sent for x in mine),
             len(mine),
-            mine[0].connected_since if mine else None,
+            mine[0].connected_since,
         )
-        part = _client_row(
-            row,
-            heartbeats.get(row.host_id),
-            live,
-            (row.last_received or 0, row.last_sent or 0),  # only active rows have one
-            float(row.last_interval or 0.0),
-        )
-        merged = part if merged is None else merge(merged, part)
-    assert merged is not None
+    # only active rows have a last sample and interval
+    last = {row.id: (row.last_received or 0, row.last_sent or 0) for row in rows}
+    polls = {
+        row.host_id: (heartbeats.get(row.host_id), float(row.last_interval or 0.0)) for row in rows
+    }
+    (merged,) = _client_rows([tuple(row)[:8] for row in rows], polls, live, last)
     every = [x for row in rows for x in sessions.get(row.id, [])]
     every.sort(key=lambda x: x.connected_since)
     return merged, every
 
 
-def _client_row(
-    row: Any,
-    heartbeat: int | None,
-    live: totals.Live,
-    last_sample: tuple[int, int],
-    interval: float,
-) -> ClientRow:
-    """A clients row (one host's, whose last poll was ``heartbeat``; its first columns are
-    ``_COLUMNS``) plus its open sessions."""
-    _, name, _, active, first_seen, last_seen, closed_rx, closed_tx = row[:8]
-    active = bool(active)
-    rx, tx = last_sample
-    return ClientRow(
-        name,
-        active,
-        first_seen,
-        totals.last_seen(last_seen, active, heartbeat),
-        closed_rx + live.received,
-        closed_tx + live.sent,
-        live.sessions,
-        live.connected_since,
-        rx / interval if interval > 0 else 0.0,
-        tx / interval if interval > 0 else 0.0,
-    )
+def _client_rows(
+    rows: Iterable[tuple[Any, ...]],
+    polls: Mapping[int, tuple[int | None, float]],
+    live: Mapping[int, totals.Live],
+    last: Mapping[int, tuple[int, int]],
+) -> list[ClientRow]:
+    """``clients`` rows (the columns of ``_COLUMNS``, by common name) as the API shows them,
+    with their open sessions (``live``), their raw samples at their host's last poll
+    (``last``) and that poll's (time, interval) by host (``polls``); a name's rows on several
+    hosts are merged into one client.
+
+    One loop without a call per row: ``/stats`` runs it for every client (10 ms at 10,000
+    clients, against 20 with a function building each row)."""
+    found: list[ClientRow] = []
+    previous = None
+    no_poll: tuple[int | None, float] = (None, 0.0)
+    for cid, name, host, active, first_seen, seen, closed_rx, closed_tx in rows:
+        heartbeat, interval = polls.get(host, no_poll)
+        received, sent, count, since = live.get(cid, totals.NOT_CONNECTED)
+        rate_rx = rate_tx = 0.0
+        if active:
+            active = True
+            seen = totals.last_seen(seen, active, heartbeat)
+            if interval > 0:
+                last_rx, last_tx = last.get(cid, (0, 0))
+                rate_rx, rate_tx = last_rx / interval, last_tx / interval
+        else:
+            active = False
+        part = _new(
+            ClientRow,
+            (
+                name,
+                active,
+                first_seen,
+                seen,
+                closed_rx + received,
+                closed_tx + sent,
+                count,
+                since,
+                rate_rx,
+                rate_tx,
+            ),
+        )
+        if name == previous:
+            found[-1] = merge(found[-1], part)
+        else:
+            found.append(part)
+            previous = name
+    return found
+
+
+# tuple.__new__: a NamedTuple's own __new__ is Python code, a quarter of _client_rows' time
+_new = tuple.__new__
 
 
 def merge(one: ClientRow, other: ClientRow) -> ClientRow:
