@@ -284,22 +284,86 @@ def test_upgrade_to_7_puts_disconnected_at_into_the_open_sessions_index(engine):
     """6 -> 7: ``ix_sessions_open`` gains ``disconnected_at`` between its two columns; nothing
     else changes, and a second init-db does nothing."""
     with engine.begin() as conn:  # a schema-6 database
-        conn.exec_driver_sql("DROP INDEX ix_sessions_open")
-        conn.exec_driver_sql(
-            "CREATE INDEX ix_sessions_open ON sessions (client_id, connected_since) "
-            "WHERE disconnected_at IS NULL"
-        )
-        meta.put(conn, meta.SCHEMA_VERSION, "6")
+        _open_index_as(conn, 6, "client_id", "connected_since")
 
-    def open_index():
-        found = sqlalchemy.inspect(engine).get_indexes("sessions")
-        return [i["column_names"] for i in found if i["name"] == "ix_sessions_open"]
-
-    assert open_index() == [["client_id", "connected_since"]]
+    assert _open_index(engine) == [["client_id", "connected_since"]]
     assert init_db(engine) == (6, schema.SCHEMA_VERSION)
-    assert open_index() == [["client_id", "disconnected_at", "connected_since"]]
+    current = ["client_id", "disconnected_at", "connected_since", *schema.OPEN_COVERED]
+    assert _open_index(engine) == [current]
     assert init_db(engine) == (schema.SCHEMA_VERSION, schema.SCHEMA_VERSION)
-    assert open_index() == [["client_id", "disconnected_at", "connected_since"]]
+    assert _open_index(engine) == [current]
+
+
+def _open_index_as(conn, version: int, *columns: str) -> None:
+    """The database as schema ``version`` left it, whose ``ix_sessions_open`` had ``columns``."""
+    conn.exec_driver_sql("DROP INDEX ix_sessions_open")
+    conn.exec_driver_sql(
+        f"CREATE INDEX ix_sessions_open ON sessions ({', '.join(columns)}) "
+        "WHERE disconnected_at IS NULL"
+    )
+    meta.put(conn, meta.SCHEMA_VERSION, str(version))
+
+
+def _open_index(engine) -> list[list[str]]:
+    """The columns of ``ix_sessions_open`` (none if it is missing)."""
+    found = sqlalchemy.inspect(engine).get_indexes("sessions")
+    return [i["column_names"] for i in found if i["name"] == "ix_sessions_open"]
+
+
+def test_upgrade_to_9_has_the_open_sessions_index_cover_lifetime_totals(tmp_path):
+    """8 -> 9: ``ix_sessions_open`` also holds what lifetime totals read of every open session,
+    and SQLite reads them from it alone (on schema 8 it looked each one up in the table);
+    the sessions and every answer stay as they were."""
+    from ovpnmon_common import totals
+
+    engine = writer_engine(str(tmp_path / "nine.db"))
+    init_db(engine)
+    with engine.begin() as conn:  # a schema-8 database with an open and a closed session
+        conn.execute(schema.hosts.insert(), [{"id": 1, "name": "vpn", "first_seen": 1}])
+        conn.execute(
+            schema.clients.insert(),
+            [
+                {
+                    "id": 1,
+                    "common_name": "alice",
+                    "host_id": 1,
+                    "first_seen": 10,
+                    "last_seen": 20,
+                    "active": True,
+                    "closed_received": 5,
+                    "closed_sent": 6,
+                },
+            ],
+        )
+        session = {"host_id": 1, "source": "s", "client_id": 1, "real_address": "",
+                   "virtual_address": "", "virtual_ipv6": "", "first_seen": 10,
+                   "last_seen": 20, "bytes_received": 900, "bytes_sent": 800,
+                   "baseline_received": 100, "baseline_sent": 50}  # fmt: skip
+        conn.execute(
+            schema.sessions.insert(),
+            [
+                {**session, "session_key": "id:1", "connected_since": 10, "disconnected_at": None},
+                {**session, "session_key": "id:2", "connected_since": 5, "disconnected_at": 9},
+            ],
+        )
+        _open_index_as(conn, 8, "client_id", "disconnected_at", "connected_since")
+
+    def read():
+        with engine.connect() as conn:
+            sql, constants = statements._compiled(conn, totals._OPEN_ALL.stmt, ())
+            plan = [row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", constants)]
+            return plan, totals.live(conn), totals.system_totals(conn)
+
+    plan, live, system = read()
+    assert plan == ["SCAN sessions USING INDEX ix_sessions_open"]
+    assert live == {1: totals.Live(800, 750, 1, 10)}
+    assert init_db(engine) == (8, schema.SCHEMA_VERSION)
+    key = ["client_id", "disconnected_at", "connected_since"]
+    assert _open_index(engine) == [key + list(schema.OPEN_COVERED)]
+    assert read() == (["SCAN sessions USING COVERING INDEX ix_sessions_open"], live, system)
+    assert system == totals.SystemTotals(clients=1, active=1, received=805, sent=756)
+    assert init_db(engine) == (schema.SCHEMA_VERSION, schema.SCHEMA_VERSION)
+    engine.dispose()
 
 
 def test_sqlite_reads_a_clients_open_sessions_through_the_open_sessions_index(tmp_path):

@@ -45,7 +45,7 @@ def _to_version_2(conn: Connection) -> None:
     the counters its ``sessions`` row holds, which is where version 1 kept them. The raw samples
     are copied into the new key (seconds per million rows)."""
     schema.session_counters.create(conn)
-    next(i for i in schema.sessions.indexes if i.name == "ix_sessions_open").create(conn)
+    _open_sessions_index(conn, "client_id", "connected_since")
     conn.exec_driver_sql("DROP INDEX IF EXISTS ix_sessions_disconnected_at")
     # raw samples re-keyed time first (and without the foreign key): copied in key order
     conn.exec_driver_sql("ALTER TABLE usage_history RENAME TO usage_history_v1")
@@ -252,8 +252,7 @@ def _to_version_7(conn: Connection) -> None:
     ``(client_id, disconnected_at, connected_since)``. Without statistics SQLite's planner took
     the index of every session for one client's open sessions, and read all of them (1.9 ms
     for a client with a year of sessions, against 0.1 through the partial index)."""
-    conn.exec_driver_sql("DROP INDEX IF EXISTS ix_sessions_open")
-    next(i for i in schema.sessions.indexes if i.name == "ix_sessions_open").create(conn)
+    _open_sessions_index(conn, "client_id", "disconnected_at", "connected_since")
 
 
 def _to_version_8(conn: Connection) -> None:
@@ -281,6 +280,34 @@ def _to_version_8(conn: Connection) -> None:
     )
 
 
+def _to_version_9(conn: Connection) -> None:
+    """8 -> 9: the open sessions' partial index also holds the columns lifetime totals read
+    of every open session, so that they are read from it alone (15 -> 10 ms for 8,300 open
+    sessions among 3.5 million)."""
+    _open_sessions_index(
+        conn,
+        "client_id",
+        "disconnected_at",
+        "connected_since",
+        "host_id",
+        "source",
+        "bytes_received",
+        "bytes_sent",
+        "baseline_received",
+        "baseline_sent",
+    )
+
+
+def _open_sessions_index(conn: Connection, *columns: str) -> None:
+    """``ix_sessions_open`` (re)built over ``columns``, as the version an upgrade step leads to
+    has it: each step names its own, for the columns a later schema adds do not exist yet."""
+    conn.exec_driver_sql("DROP INDEX IF EXISTS ix_sessions_open")
+    conn.exec_driver_sql(
+        f"CREATE INDEX ix_sessions_open ON sessions ({', '.join(columns)}) "
+        "WHERE disconnected_at IS NULL"
+    )
+
+
 # from-version -> function upgrading to from-version + 1 (given the connection and the host
 # name that history before schema 4 is filed under)
 MIGRATIONS: dict[int, Any] = {
@@ -291,6 +318,7 @@ MIGRATIONS: dict[int, Any] = {
     5: lambda conn, host: _to_version_6(conn),
     6: lambda conn, host: _to_version_7(conn),
     7: lambda conn, host: _to_version_8(conn),
+    8: lambda conn, host: _to_version_9(conn),
 }
 
 
