@@ -154,8 +154,8 @@ def to_mbps(nbytes: int | float, seconds: float) -> float:
     if seconds <= 0 or nbytes <= 0:
         return 0.0
     value = nbytes * 8 / seconds / 1_000_000
-    # round(value, 3), about three times as fast (a /stats of 10,000 clients rounds 20,000
-    # rates): value * 1000 is within half an ulp of the exact product, so where it is not
+    # round(value, 3) with less work (a /stats of 10,000 clients rounds 20,000 rates: 10.4 ->
+    # 7.3 ms): value * 1000 is within half an ulp of the exact product, so where it is not
     # within 0.01 of a tie its nearest integer is the exact product's, and that over 1000 is
     # the double nearest to it, which round() returns too. Near a tie round() decides.
     scaled = value * 1000.0
@@ -171,9 +171,9 @@ _EXACT_BELOW = float(2**46)
 
 
 def _binary_units(nbytes: int, unit: int) -> float:
-    """``round(nbytes / unit, 2)`` for a power-of-two ``unit``, in integers and twice as fast.
-    Below 2^53 bytes the quotient is exact, so round() rounds the exact value half to even, as
-    this does (above, this stays exact where the float division would not)."""
+    """``round(nbytes / unit, 2)`` for a power-of-two ``unit``, in integers (10,000 sizes: 4.2
+    -> 2.8 ms). Below 2^53 bytes the quotient is exact, so round() rounds the exact value half
+    to even, as this does (above, this stays exact where the float division would not)."""
     if type(nbytes) is not int:
         return round(nbytes / unit, 2)
     hundredths, rest = divmod(nbytes * 100, unit)
