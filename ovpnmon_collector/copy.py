@@ -301,7 +301,8 @@ def _merge_meta(read: Connection, target: Engine, ids: _Ids, fresh: bool) -> Non
     (``rollup.sum_open``) is the source's where the target's rows of the bucket in progress
     are the source's (a fresh target), or sum up to the same mark from the same watermark;
     otherwise the target has none, and its readers take the bucket from raw samples, the
-    copied ones included, until its next rollup sums it afresh."""
+    copied ones included, until its next rollup sums it afresh (a day's rows of it, which its
+    month's row would count, go with the mark)."""
     source_status = meta.read_status(read)
     with target.begin() as write:
         engines.hold_tiers(write, shared=False)
@@ -330,6 +331,7 @@ def _merge_meta(read: Connection, target: Engine, ids: _Ids, fresh: bool) -> Non
                 entries[meta.open_key(tier.name)] = str(mark)
             else:
                 gone.append(meta.open_key(tier.name))
+                rollup.drop_open(write, tier, theirs.watermarks.get(tier.name))
         for name, before in source_status.pruned.items():
             there = theirs.pruned.get(name)
             entries[meta.pruned_key(name)] = str(max(before, there) if there else before)

@@ -6,10 +6,13 @@ final in the tier's table. A rollup computes the buckets between the watermark a
 closed bucket in short transactions (so the collector's polls never wait long), replacing
 whatever the table held for them; running it again changes nothing. Buckets after the
 watermark, including the one in progress, are read from the next finer tier by the API; except
-that a tier marked ``sums_open`` (15 minutes) also holds the bucket in progress summed up to its
-open mark (``sum_open``), and readers take only the samples after the mark from raw samples.
-Such a bucket closes by adding its samples after the mark (its rows equal the raw sums before
-the mark at every commit), not by a rebuild.
+that a tier marked ``sums_open`` also holds the bucket in progress summed up to its open mark
+(``sum_open``), and readers take only what comes after the mark from finer tiers. The
+15-minute tier sums its raw samples every minute, and closes the bucket by adding its samples
+after the mark (its rows equal the raw sums before the mark at every commit), not by a
+rebuild. The daily tier sums the day's final 15-minute buckets each time one closes (its mark
+is the 15-minute watermark), so a reader of today takes one row a client, the open quarter-hour
+and the raw samples after its mark; the day closes by a rebuild from its six-hour buckets.
 
 Each tier is built from the next finer one, so a backfill after raw samples were pruned still has
 something to build from, and the sums of every tier agree with the raw samples they came from.
@@ -22,7 +25,17 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, func, insert, select, union_all
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Engine,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    union_all,
+)
 
 from ovpnmon_collector.clock import SYSTEM_CLOCK, Clock
 from ovpnmon_collector.slices import SLICE_SECONDS, oldest, spans
@@ -30,7 +43,7 @@ from ovpnmon_common import meta, schema
 from ovpnmon_common.buckets import align, align_up
 from ovpnmon_common.meta import watermark_key
 from ovpnmon_common.storage import engines, statements
-from ovpnmon_common.tiers import ROLLUPS, Tier, source_of, sql_align
+from ovpnmon_common.tiers import BY_NAME, ROLLUPS, Tier, source_of, sql_align
 
 log = logging.getLogger("ovpnmon.rollup")
 
@@ -239,7 +252,9 @@ def catch_up(
                 if watermark is None or watermark >= limit:
                     break
                 slice_end = time.perf_counter() + SLICE_SECONDS
-                if summed is not None:  # the bucket's samples before its open mark are in already
+                if summed is not None and source_of(tier).raw:
+                    # the bucket's samples before its open mark are in already (a tier summed
+                    # from final finer buckets is rebuilt below, its open row replaced)
                     _add_since(conn, tier, summed, watermark + tier.width)
                     watermark += tier.width
                     done += 1
@@ -279,6 +294,9 @@ def sum_open(conn: Connection, tier: Tier, now: int) -> None:
     if watermark is None or watermark != align(now, tier.width):
         return  # no data yet, or closed buckets still to build first
     summed = _summed(tier, watermark, opened)
+    if not source_of(tier).raw:
+        _sum_final(conn, tier, watermark, summed, marks.get(FINAL_SOURCE.name))
+        return
     if now <= (summed or watermark):  # nothing new (the wall clock stepped back)
         return
     if summed is None:
@@ -286,6 +304,57 @@ def sum_open(conn: Connection, tier: Tier, now: int) -> None:
     else:
         _add_since(conn, tier, summed, now)
     meta.put(conn, meta.open_key(tier.name), str(now))
+
+
+def drop_open(conn: Connection, tier: Tier, watermark: int | None) -> None:
+    """Delete the rows of ``tier``'s bucket in progress (at ``watermark``) where its open mark
+    goes (``copy-to``): a day's row there would stay in its month's row (``stats_monthly``'s
+    triggers), which readers take as holding only the days before the watermark without a
+    mark. The 15-minute tier's row is never read without its mark, and is summed afresh."""
+    if watermark is not None and tier.sums_open and not source_of(tier).raw:
+        conn.execute(delete(tier.table).where(tier.table.c.bucket >= watermark))
+
+
+# What a tier summed from final finer buckets (the day) sums: the 15-minute tier's final rows,
+# at most this many of them (per client) a transaction.
+FINAL_SOURCE = BY_NAME["quarter_hour"]
+FINAL_STEP = 16
+
+
+def _sum_final(
+    conn: Connection, tier: Tier, watermark: int, summed: int | None, final: int | None
+) -> None:
+    """Sum into ``tier``'s bucket in progress (at ``watermark``) the final 15-minute buckets
+    of it up to ``final`` (the 15-minute watermark), and move its open mark there: from the
+    start of the bucket when it is not summed yet (``summed`` None: its row is replaced), else
+    only the buckets after ``summed``. A 15-minute bucket is final once rolled up, so these
+    rows hold every sample before the mark, late polls included (``fold_in`` adds a late poll
+    to both tiers)."""
+    assert tier.width is not None and FINAL_SOURCE.width is not None
+    if final is None or min(final, watermark + tier.width) <= (summed or watermark):
+        return  # no 15-minute bucket of it final yet, or none since the mark
+    # at most FINAL_STEP buckets a transaction, so that a poll never waits long for the tiers
+    # (a day summed afresh at 15:15, 10,000 clients: 2.5 s in one); the row and its mark agree
+    # at every commit, and the next runs sum the rest
+    upto = min(
+        final, watermark + tier.width, (summed or watermark) + FINAL_STEP * FINAL_SOURCE.width
+    )
+    if summed is None:
+        conn.execute(delete(tier.table).where(tier.table.c.bucket == watermark))
+    q = FINAL_SOURCE.table
+    rows = conn.execute(
+        select(
+            q.c.client_id,
+            literal(watermark, BigInteger),  # every row here is of that bucket
+            func.sum(q.c.bytes_received),
+            func.sum(q.c.bytes_sent),
+            func.sum(q.c.samples),
+        )
+        .where(q.c.bucket >= (summed or watermark), q.c.bucket < upto)
+        .group_by(q.c.client_id)
+    ).all()
+    _add(conn, tier, [tuple(row) for row in rows])
+    meta.put(conn, meta.open_key(tier.name), str(upto))
 
 
 def _add_since(conn: Connection, tier: Tier, start: int, end: int) -> None:
@@ -325,4 +394,20 @@ def backfill(
                 rebuild(conn, tier, bucket, bucket + tier.width)
             count += 1
         reports.append(RollupReport(tier.name, count, stored))
+    # a bucket in progress summed from finer final buckets, which may have changed: afresh,
+    # up to the same mark, a slice a transaction
+    for tier in ROLLUPS:
+        if not tier.sums_open or source_of(tier).raw:
+            continue
+        with engine.connect() as conn:
+            marks, opened = meta.rollup_marks(conn)
+        watermark = marks.get(tier.name)
+        if watermark is None or (target := _summed(tier, watermark, opened)) is None:
+            continue
+        summed = None
+        while summed != target:
+            with engine.begin() as conn:
+                engines.hold_tiers(conn, shared=False)
+                _sum_final(conn, tier, watermark, summed, target)
+                summed = int(meta.get(conn, meta.open_key(tier.name)) or target)
     return reports

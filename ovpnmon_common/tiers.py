@@ -38,8 +38,9 @@ class Tier:
     # keyed by ``bucket``; the tier's data is both tables' rows
     packed: Table | None = None
     # a rollup also sums the bucket in progress into the table, up to its open mark
-    # (``ovpnmon_common.meta.open_until``), so readers of it take only the samples after the mark
-    # from the finer tier
+    # (``ovpnmon_common.meta.open_until``), so readers of it take only what comes after the mark
+    # from the finer tiers: the 15-minute tier its raw samples every minute, the daily tier its
+    # final 15-minute buckets as each closes (``ovpnmon_collector.rollup.sum_open``)
     sums_open: bool = False
 
     @property
@@ -93,7 +94,18 @@ TIERS: tuple[Tier, ...] = (
     Tier(
         "six_hour", schema.stats_6h, "bucket", 6 * HOUR, "hourly", "six_hour_days", True, "stats_6h"
     ),
-    Tier("daily", schema.stats_daily, "bucket", DAY, "six_hour", "daily_days", True, "stats_daily"),
+    # today is one row a client up to the 15-minute watermark (its months' rows hold it too)
+    Tier(
+        "daily",
+        schema.stats_daily,
+        "bucket",
+        DAY,
+        "six_hour",
+        "daily_days",
+        True,
+        "stats_daily",
+        sums_open=True,
+    ),
     Tier(
         "global_raw",
         schema.global_history,

@@ -40,13 +40,18 @@ def answers(db_path, names) -> dict[str, bytes]:
     return raw_reading_answers(falcon.testing.TestClient(app), names, END)
 
 
-def open_rows(engine) -> tuple[int | None, dict[int, tuple[int, int, int]], dict[int, list[int]]]:
+def open_rows(engine) -> tuple[int | None, dict[int, tuple[int, int, int]], dict]:
     """(the open mark, the tier's rows of the bucket in progress, every client's raw sums before
-    the mark in that bucket), both as client id -> [rx, tx, samples]."""
-    bucket = align(END, BUCKET)
-    t = QUARTER.table
+    the mark in that bucket), both as client id -> (rx, tx, samples)."""
+    return summed_rows(engine, QUARTER, align(END, BUCKET))
+
+
+def summed_rows(engine, tier, bucket: int) -> tuple[int | None, dict, dict]:
+    """(``tier``'s open mark, its rows of ``bucket``, every client's raw sums in ``[bucket,
+    mark)``), rows as client id -> (rx, tx, samples)."""
+    t = tier.table
     with engine.connect() as conn:
-        mark = meta.get(conn, OPEN)
+        mark = meta.get(conn, meta.open_key(tier.name))
         rows = {
             cid: (rx, tx, n)
             for cid, rx, tx, n in conn.execute(
@@ -62,7 +67,7 @@ def open_rows(engine) -> tuple[int | None, dict[int, tuple[int, int, int]], dict
                 entry[0] += rx
                 entry[1] += tx
                 entry[2] += 1
-    return int(mark) if mark else None, rows, want
+    return int(mark) if mark else None, rows, {k: tuple(v) for k, v in want.items()}
 
 
 def shifted(engine, by: int) -> int:
@@ -80,7 +85,7 @@ def test_the_bucket_in_progress_summed_up_to_the_mark_changes_no_answer(fed, db_
     engine, names = fed
     rollup.catch_up(engine, END - 400)  # a fresh bucket in progress: summed from its start
     mark, rows, want = open_rows(engine)
-    assert mark == END - 400 and want and rows == {k: tuple(v) for k, v in want.items()}
+    assert mark == END - 400 and want and rows == want
     with engine.connect() as conn:
         status = meta.read_status(conn)
     # the readers' pieces: the tier through the bucket in progress, raw samples after the mark
@@ -94,7 +99,7 @@ def test_the_bucket_in_progress_summed_up_to_the_mark_changes_no_answer(fed, db_
 
     rollup.catch_up(engine, END - 100)  # the same bucket again: only the samples since added
     mark, rows, want = open_rows(engine)
-    assert mark == END - 100 and rows == {k: tuple(v) for k, v in want.items()}
+    assert mark == END - 100 and rows == want
     assert answers(db_path, names) == summed
 
     with engine.begin() as conn:  # no mark: raw samples alone, as before the tier summed them
@@ -117,7 +122,7 @@ def test_a_mark_of_a_bucket_since_made_final_is_not_read(fed, db_path):
     before = answers(db_path, names)
     rollup.catch_up(engine, END)  # begins END's bucket afresh
     mark, rows, want = open_rows(engine)
-    assert mark == END and rows == {k: tuple(v) for k, v in want.items()}
+    assert mark == END and rows == want
     assert answers(db_path, names) == before
 
 
@@ -191,3 +196,156 @@ def test_buckets_closed_from_their_open_sums_equal_buckets_rebuilt(db_path, tmp_
     rollup.backfill(engine, dataset.start, END)
     assert tiers() == incremental
     engine.dispose()
+
+
+# The daily tier's day in progress: the sums of its final 15-minute buckets, up to the 15-minute
+# watermark (its open mark), summed as each closes.
+DAILY = BY_NAME["daily"]
+DAY_OPEN = meta.open_key(DAILY.name)
+DEC_4 = 1_796_342_400  # 2026-12-04 00:00 UTC: a month three days old
+NOW_4 = DEC_4 + 10 * 3600 + 450  # 10:07:30, in a 15-minute bucket
+
+
+def _day_rows(engine, day: int) -> tuple[int | None, dict, dict]:
+    """``summed_rows`` of the daily tier's ``day``."""
+    return summed_rows(engine, DAILY, day)
+
+
+def _month_answers(db_path, names) -> dict[str, bytes]:
+    """Answers that read the day in progress, whole or in part, and its month's row."""
+    app = create_app(Config(database=db_path), clock=lambda: float(NOW_4))
+    client = falcon.testing.TestClient(app)
+    urls = [
+        "/api/v1/usage?period=2026-12",
+        "/api/v1/usage?period=2026-12-04",
+        "/api/v1/usage?from=2026-12-01&to=2026-12-04T05:00Z",  # the month less most of today
+        "/api/v1/usage?from=2026-12-01&to=2026-12-04T10:00Z",  # up to the day's mark
+        "/api/v1/usage?from=2026-12-02T03:00Z&to=2026-12-04T10:05Z",
+        "/api/v1/analytics?range=24h",
+        "/api/v1/analytics?range=7d",
+        f"/api/v1/usage?period=2026-12&common_name={names[0]}",
+        f"/api/v1/stats/{names[0]}?range=7d",
+    ]
+    found = {}
+    for url in urls:
+        response = client.simulate_get(url)
+        assert response.status_code == 200, (url, response.text)
+        found[url] = response.content
+    return found
+
+
+@pytest.fixture
+def month_fed(db_path, tmp_path):
+    """5 clients polled every 10 minutes from 1 December to NOW_4, nothing rolled up yet."""
+    dataset = Dataset(clients=5, start=DEC_4 - 3 * DAY, end=NOW_4, interval=600, seed=7)
+    engine = engines.writer_engine(db_path)
+    migrations.init_db(engine)
+    feed(dataset, engine, str(tmp_path / "status.log"))
+    yield engine, [person.name for person in dataset.people]
+    engine.dispose()
+
+
+def test_the_day_in_progress_is_summed_from_its_final_quarter_hours(month_fed, db_path):
+    """The rollup sums today's final 15-minute buckets into today's daily row, up to the
+    15-minute watermark; readers take today from that row (and the month's, which holds it
+    too), and every answer is what they give without it, a range ending today before the
+    mark included."""
+    engine, names = month_fed
+    rollup.catch_up(engine, NOW_4 - 300)  # 40 quarter-hours final today: 16 a run
+    mark, rows, want = _day_rows(engine, DEC_4)
+    assert mark == DEC_4 + 16 * BUCKET and want and rows == want
+    rollup.catch_up(engine, NOW_4 - 300)
+    rollup.catch_up(engine, NOW_4 - 300)
+    mark, rows, want = _day_rows(engine, DEC_4)
+    assert mark == align(NOW_4 - 300, BUCKET) and want and rows == want
+    with engine.connect() as conn:
+        status = meta.read_status(conn)
+    assert status.watermarks[DAILY.name] == DEC_4
+    assert (DAILY, DEC_4, DEC_4 + DAY) in series.pieces(status, NOW_4 - DAY, NOW_4)
+    summed = _month_answers(db_path, names)
+    # the answers compared do read that row: a byte more in it shows
+    with engine.begin() as conn:
+        t = DAILY.table
+        conn.execute(t.update().where(t.c.bucket == DEC_4).values(bytes_sent=t.c.bytes_sent + 1))
+    assert _month_answers(db_path, names) != summed
+    with engine.begin() as conn:  # neither the row nor the mark: today from finer tiers
+        conn.execute(DAILY.table.delete().where(DAILY.table.c.bucket == DEC_4))
+        meta.delete(conn, [DAY_OPEN])
+    assert _month_answers(db_path, names) == summed
+
+    for _ in range(3):  # summed afresh, from the start of the day
+        rollup.catch_up(engine, NOW_4 - 300)
+    assert _day_rows(engine, DEC_4)[1:] == (want, want)
+    rollup.backfill(engine, DEC_4 - 3 * DAY, NOW_4)  # re-sums it from the same buckets
+    for _ in range(3):
+        rollup.catch_up(engine, NOW_4 - 300)
+    assert _day_rows(engine, DEC_4)[1] == want and _month_answers(db_path, names) == summed
+
+
+def test_the_day_in_progress_as_the_daemon_runs_closes_into_the_day_rebuilt(db_path, tmp_path):
+    """A rollup every 10 minutes of polls across midnight: the day is summed as its quarter-
+    hours close, then closed by a rebuild from its six-hour buckets (adding its samples after
+    the mark, as the 15-minute tier closes, would lose its last quarter-hour); the day's row
+    equals its raw sums at every step, and a backfill of everything changes no row."""
+    start = DEC_4 - 8 * 3600
+    dataset = Dataset(clients=4, start=start, end=NOW_4, interval=120, seed=13)
+    engine = engines.writer_engine(db_path)
+    migrations.init_db(engine)
+    with engine.begin() as conn:  # the days before are final: the 3rd is the day in progress
+        meta.put(conn, meta.watermark_key(DAILY.name), str(DEC_4 - DAY))
+    seen = []
+
+    def each(now, _rows):
+        if now // 600 != (now - dataset.interval) // 600:
+            rollup.catch_up(engine, now)
+            mark, rows, want = _day_rows(engine, align(now, DAY))
+            if mark is not None and align(mark - 1, DAY) == align(now, DAY):
+                assert rows == want, now
+                seen.append(now)
+
+    feed(dataset, engine, str(tmp_path / "status.log"), each)
+    assert min(seen) < DEC_4 < max(seen) and len(seen) > 60  # both days summed in progress
+    with engine.connect() as conn:
+        t, s6 = DAILY.table, BY_NAME["six_hour"].table
+        closed = conn.execute(select(func.sum(t.c.bytes_received)).where(t.c.bucket < DEC_4))
+        six = conn.execute(select(func.sum(s6.c.bytes_received)).where(s6.c.bucket < DEC_4))
+        assert closed.scalar() == six.scalar() > 0
+
+    def tiers() -> dict[str, list]:
+        with engine.connect() as conn:
+            return {
+                t.name: conn.execute(select(t.table).order_by(*t.table.primary_key)).all()
+                for t in rollup.ROLLUPS
+            }
+
+    before = tiers()
+    rollup.backfill(engine, start, NOW_4)
+    assert tiers() == before
+    engine.dispose()
+
+
+def test_copy_to_drops_a_day_in_progress_summed_to_another_mark(month_fed, tmp_path):
+    """A target whose day in progress is summed to another mark loses the mark and the day's
+    rows with it (its month's row would still count them), and its next rollup sums the day
+    afresh, the copied clients' included."""
+    from ovpnmon_collector import copy
+
+    engine, _ = month_fed
+    rollup.catch_up(engine, NOW_4 - 300)
+    into = engines.writer_engine(str(tmp_path / "target.db"))
+    migrations.init_db(into)
+    with into.begin() as conn:  # the target's days before the 4th are final
+        meta.put(conn, meta.watermark_key(DAILY.name), str(DEC_4))
+    own = Dataset(clients=2, start=DEC_4, end=NOW_4, interval=300, seed=3, first=50)
+    feed(own, into, str(tmp_path / "target-status.log"))
+    for _ in range(3):  # summed to an earlier quarter-hour than the source's
+        rollup.catch_up(into, NOW_4 - 1500)
+    assert _day_rows(into, DEC_4)[0] == align(NOW_4 - 1500, BUCKET)
+    assert copy.copy(engine, into, host="copied").equal
+    mark, rows, _ = _day_rows(into, DEC_4)
+    assert mark is None and rows == {}
+    for _ in range(3):
+        rollup.catch_up(into, NOW_4 - 300)
+    mark, rows, want = _day_rows(into, DEC_4)
+    assert mark == align(NOW_4 - 300, BUCKET) and len(rows) > 2 and rows == want  # both hosts
+    into.dispose()

@@ -183,10 +183,14 @@ def _with_months(
 ) -> Iterator[tuple[Tier, int, int]]:
     """``parts`` with the calendar months of their daily pieces read from ``stats_monthly`` where
     that reads fewer rows. A month's row sums every day stored of it (all days before the daily
-    watermark: there are none after it), so the days of a month that a piece covers are its row
-    minus the stored days it does not cover (``DAYS_TAKEN``): a 30-day range from the 3rd is a
-    month row and two days taken, three rows per client instead of 28."""
+    watermark, and the day in progress where the daily tier sums it: there are none after), so
+    the days of a month that a piece covers are its row minus the stored days it does not cover
+    (``DAYS_TAKEN``): a 30-day range from the 3rd is a month row and two days taken, three rows
+    per client instead of 28; a range ending today before the day's open mark takes today's
+    row out of the month's too."""
     held = status.watermarks.get(DAILY.name)
+    if held is not None and status.open_until(DAILY.name, DAY) is not None:
+        held += DAY  # the day in progress is stored, summed up to its mark
     for tier, start, end in parts:
         if tier is not DAILY or held is None:
             yield tier, start, end
