@@ -280,7 +280,8 @@ def catch_up(
 
 def sum_open(conn: Connection, tier: Tier, now: int) -> None:
     """Sum the samples before ``now`` of ``tier``'s bucket in progress (the one at its watermark)
-    into its table, and move its open mark (``meta.open_until``) to ``now``.
+    into its table, and move its open mark (``meta.open_until``) to ``now``; for a tier not
+    built from raw samples (the day), its final 15-minute buckets instead (``_sum_final``).
 
     Readers then take the bucket in progress from the tier's row and only the samples after the
     mark from the finer tier: every client's bytes of the last 24 hours read a minute of raw
@@ -323,16 +324,16 @@ FINAL_STEP = 16
 
 def _sum_final(
     conn: Connection, tier: Tier, watermark: int, summed: int | None, final: int | None
-) -> None:
+) -> int | None:
     """Sum into ``tier``'s bucket in progress (at ``watermark``) the final 15-minute buckets
     of it up to ``final`` (the 15-minute watermark), and move its open mark there: from the
     start of the bucket when it is not summed yet (``summed`` None: its row is replaced), else
     only the buckets after ``summed``. A 15-minute bucket is final once rolled up, so these
     rows hold every sample before the mark, late polls included (``fold_in`` adds a late poll
-    to both tiers)."""
+    to both tiers). Returns the mark (``summed`` where nothing was added)."""
     assert tier.width is not None and FINAL_SOURCE.width is not None
     if final is None or min(final, watermark + tier.width) <= (summed or watermark):
-        return  # no 15-minute bucket of it final yet, or none since the mark
+        return summed  # no 15-minute bucket of it final yet, or none since the mark
     # at most FINAL_STEP buckets a transaction, so that a poll never waits long for the tiers
     # (a day summed afresh at 15:15, 10,000 clients: 2.5 s in one); the row and its mark agree
     # at every commit, and the next runs sum the rest
@@ -355,6 +356,7 @@ def _sum_final(
     ).all()
     _add(conn, tier, [tuple(row) for row in rows])
     meta.put(conn, meta.open_key(tier.name), str(upto))
+    return upto
 
 
 def _add_since(conn: Connection, tier: Tier, start: int, end: int) -> None:
@@ -404,10 +406,9 @@ def backfill(
         watermark = marks.get(tier.name)
         if watermark is None or (target := _summed(tier, watermark, opened)) is None:
             continue
-        summed = None
+        summed: int | None = None
         while summed != target:
             with engine.begin() as conn:
                 engines.hold_tiers(conn, shared=False)
-                _sum_final(conn, tier, watermark, summed, target)
-                summed = int(meta.get(conn, meta.open_key(tier.name)) or target)
+                summed = _sum_final(conn, tier, watermark, summed, target)
     return reports
