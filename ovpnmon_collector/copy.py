@@ -9,9 +9,10 @@ rows, never two. The source's hosts become hosts of the target by name; its clie
 take the target's ids (the ones they already have there, on a second run; new ones from the
 target's sequences otherwise, in the source's order, so a copy into an empty database keeps
 every id), and every row that names them (raw samples, tiers, the packed counters of open
-sessions) is written with the target's. ``meta`` comes last: a tier the target has already
-built further than the source had gets the copied host's buckets in between built from the
-copied finer data, and how far prune went is the later of the two. A target whose host of the
+sessions) is written with the target's. ``meta`` comes last: each tier's watermark is the
+later of the two, the buckets in between built from finer data for the hosts whose buckets
+there were not final (the copied hosts', or the target's others'), and how far prune went is
+the later of the two. A target whose host of the
 same name holds a client or a session the source does not (another history) is refused before
 anything is written. Afterwards the rows and byte sums of every table are compared, the copied
 hosts' part of the target against the source.
@@ -294,21 +295,28 @@ def _copy_counters(read: Connection, target: Engine, ids: _Ids) -> None:
 
 
 def _merge_meta(read: Connection, target: Engine, ids: _Ids, fresh: bool) -> None:
-    """Watermarks and prune marks: the source's in a target that had no host before; a tier
-    the target built further than the source gets the copied hosts' buckets in between from
-    their finer data (their rows only: the other hosts' are final there already); how far
-    prune went, and where packing goes on, is the later of the two. A tier's open mark
+    """Watermarks and prune marks: the source's in a target that had no host before; else each
+    tier's is the later of the two. A tier the target built further than the source gets the
+    copied hosts' buckets in between from their finer data (their rows only: the other hosts'
+    are final there already); one the source built further, the target's other hosts' (never
+    the copied hosts': the source may have pruned the samples under their final buckets, and
+    the target's next rollup would rebuild them from what is left). How far prune went, and
+    where packing goes on, is the later of the two. A tier's open mark
     (``rollup.sum_open``) is the source's where the target's rows of the bucket in progress
     are the source's (a fresh target), or sum up to the same mark from the same watermark;
     otherwise the target has none, and its readers take the bucket from raw samples, the
     copied ones included, until its next rollup sums it afresh (a day's rows of it, which its
     month's row would count, go with the mark)."""
     source_status = meta.read_status(read)
+    copied = list(ids.hosts.values())
     with target.begin() as write:
         engines.hold_tiers(write, shared=False)
         theirs = meta.read_status(write)
+        hosts = schema.hosts.c.id
+        others = list(write.execute(select(hosts).where(hosts.not_in(copied))).scalars())
         entries: dict[str, str] = {}
-        for tier in ROLLUPS:
+        marks = dict(theirs.watermarks)  # each tier's watermark in the target after the copy
+        for tier in ROLLUPS:  # finest first: each is built from the one before, merged already
             mine, there = source_status.watermarks.get(tier.name), theirs.watermarks.get(tier.name)
             if mine is None:
                 continue
@@ -317,9 +325,19 @@ def _merge_meta(read: Connection, target: Engine, ids: _Ids, fresh: bool) -> Non
                 # next rollup builds the tier from the oldest finer row, the copy's included.)
                 if fresh:
                     entries[meta.watermark_key(tier.name)] = str(mine)
-            elif mine < there:
-                for host in ids.hosts.values():
-                    rollup.rebuild(write, tier, mine, there, host_id=host)
+                    marks[tier.name] = mine
+                continue
+            # The later watermark holds, the buckets in between built for the hosts whose are
+            # not final yet from their finer data: the copied hosts' where the target went
+            # further, the target's others' where the source did. (Not the copied hosts' there:
+            # the source may have pruned the raw samples under their final buckets.)
+            if mine == there:
+                continue
+            for host in copied if mine < there else others:
+                rollup.rebuild(write, tier, min(mine, there), max(mine, there), host_id=host)
+            if mine > there:
+                entries[meta.watermark_key(tier.name)] = str(mine)
+                marks[tier.name] = mine
         gone = []
         for tier in ROLLUPS:
             mark = source_status.opened.get(tier.name)
@@ -331,7 +349,7 @@ def _merge_meta(read: Connection, target: Engine, ids: _Ids, fresh: bool) -> Non
                 entries[meta.open_key(tier.name)] = str(mark)
             else:
                 gone.append(meta.open_key(tier.name))
-                rollup.drop_open(write, tier, theirs.watermarks.get(tier.name))
+                rollup.drop_open(write, tier, marks.get(tier.name))
         for name, before in source_status.pruned.items():
             there = theirs.pruned.get(name)
             entries[meta.pruned_key(name)] = str(max(before, there) if there else before)

@@ -7,7 +7,7 @@ import falcon.testing
 import pytest
 from click.testing import CliRunner
 from conftest import StatusPoller, insert_client, row
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 
 from ovpnmon_api.app import create_app
 from ovpnmon_collector import prune, rollup
@@ -166,25 +166,33 @@ def test_copy_to_is_refused_while_a_collector_writes_the_source(tmp_path, url):
         assert refused.exit_code == 2 and said in refused.stderr
 
 
-def test_a_history_copied_under_a_host_name_into_a_fleets_database(tmp_path, url):
-    """The target is a fleet's: vpn2's collector has written two days there and rolled up
-    further than the source. The source's history goes in as host vpn1, its rows under the
-    target's ids: vpn1's answers are the source's, vpn2's are unchanged, the fleet sums both,
-    and a second run changes nothing."""
+def source_and_fleet(tmp_path, url, start, polls) -> tuple[str, int, Engine]:
+    """The source's ``history`` (path, its last poll), and the fleet's database at ``url``
+    where vpn2's collector polled alice and zoe ``polls`` times every 10 minutes from
+    ``start``, then rolled up (its engine)."""
     source = str(tmp_path / "ovpnmon.db")
     poller, now = history(source, tmp_path)
     poller.close()
     target = engines.writer_engine(url)
     migrations.init_db(target)
-    vpn2 = StatusPoller(target, tmp_path, T0 - 2 * 86400, step=600, host="vpn2")
-    for i in range(300):  # two hours past the source's end: its tiers are built further
+    vpn2 = StatusPoller(target, tmp_path, start, step=600, host="vpn2")
+    for i in range(polls):
         vpn2.poll(
-            row("alice", 7, T0 - 3 * 86400, 300 * (i + 1), 3 * (i + 1)),
-            row("zoe", 8, T0 - 3 * 86400, 20 * (i + 1), 2 * (i + 1)),
+            row("alice", 7, start - 86400, 300 * (i + 1), 3 * (i + 1)),
+            row("zoe", 8, start - 86400, 20 * (i + 1), 2 * (i + 1)),
         )
     vpn2.close()
     rollup.catch_up(target, int(vpn2.clock.wall))
-    target.dispose()
+    return source, now, target
+
+
+def test_a_history_copied_under_a_host_name_into_a_fleets_database(tmp_path, url):
+    """The target is a fleet's: vpn2's collector has written two days there and rolled up
+    further than the source. The source's history goes in as host vpn1, its rows under the
+    target's ids: vpn1's answers are the source's, vpn2's are unchanged, the fleet sums both,
+    and a second run changes nothing."""
+    source, now, target = source_and_fleet(tmp_path, url, T0 - 2 * 86400, 300)
+    target.dispose()  # vpn2 polled two hours past the source's end: its tiers are built further
     paths = [
         "/api/v1/stats",
         "/api/v1/stats/alice?range=24h",
@@ -234,3 +242,37 @@ def answers(database, now, paths, host=None) -> dict[str, object]:
         assert result.status_code == 200, (path, result.text)
         out[path] = result.json
     return out
+
+
+def test_a_history_copied_into_a_fleets_database_rolled_up_less_far(tmp_path, url):
+    """The mirror of the test above: vpn2's collector stopped four days before the source's
+    last poll, so the target's tiers are final only up to then, while the source's are final
+    up to its end and its raw samples older than a day are pruned. The copied hosts' final
+    buckets stay final there (the target's other hosts' buckets in between are built from
+    their own finer data), so vpn1's answers are the source's, months included, and stay so
+    after the target's next rollup, which must not rebuild them from the pruned samples."""
+    # vpn2 polls a day and an hour, four days before the source's end
+    source, now, target = source_and_fleet(tmp_path, url, T0 - 5 * 86400, 150)
+    paths = [
+        "/api/v1/stats",
+        "/api/v1/stats/alice?range=24h",
+        "/api/v1/stats/alice?range=7d&resolution=hourly",
+        "/api/v1/stats/alice?range=30d&resolution=daily",
+        "/api/v1/analytics?range=7d",
+        "/api/v1/usage?period=2026-11",
+        "/api/v1/usage?from=2026-11-20&to=2026-11-26",
+    ]
+    vpn2_before = answers(url, now, paths, "vpn2")
+    wanted = answers(source, now, paths)
+
+    result = CliRunner().invoke(cli, ["copy-to", url, "--db", source, "--host", "vpn1"])
+    assert result.exit_code == 0, result.output
+    assert "DIFFERS" not in result.output
+    assert answers(url, now, paths, "vpn1") == wanted
+    assert answers(url, now, paths, "vpn2") == vpn2_before
+    # the target's collector starts again and rolls up: nothing of vpn1's is rebuilt from
+    # samples the source had pruned
+    rollup.catch_up(target, now)
+    target.dispose()
+    assert answers(url, now, paths, "vpn1") == wanted
+    assert answers(url, now, paths, "vpn2") == vpn2_before
