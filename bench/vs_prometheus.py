@@ -139,10 +139,11 @@ def load(dataset: Dataset, work: Path) -> tuple[str, Reference, list[Path], dict
     exporter.flush()
     started = time.perf_counter()
     engine = engines.writer_engine(database)
-    # The daemon's rollup job runs every minute: at worst, its last run (which sums the bucket
-    # in progress up to then) was a minute before "now", and readers take that minute's raw
-    # samples (``rollup.sum_open``).
+    # The daemon's rollup job runs every minute (its last run a minute before "now", at worst),
+    # and it sums the bucket in progress after every poll (``rollup.sum_recent``): readers take
+    # no raw sample after the last poll's.
     rollup.catch_up(engine, dataset.end - 60)
+    rollup.sum_recent(engine, dataset.end - 1)
     pack.catch_up(engine)
     timings["last rollup"] = time.perf_counter() - started
     engines.close_writer(engine)

@@ -72,6 +72,7 @@ _PLAIN = (
     schema.usage_packed,
     schema.global_history,
     schema.stats_15min,
+    schema.stats_15min_open,
     schema.stats_hourly,
     schema.stats_6h,
     schema.stats_daily,

@@ -83,7 +83,8 @@ def run(
 
 
 class Maintenance:
-    """Work between polls: rollups every minute, retention every hour, the certificate scan at
+    """Work between polls: the 15-minute bucket in progress summed after every poll
+    (``rollup.sum_recent``), rollups every minute, retention every hour, the certificate scan at
     start, hourly, and within a minute of a change to the certificate paths or the CRL; last,
     with what time is left, packing the raw samples of final buckets (every minute: it can wait,
     and after an upgrade it has the whole history to go through).
@@ -114,9 +115,22 @@ class Maintenance:
         self.certificate_paths = certificate_paths
         self.crl = crl
         now = clock.monotonic()
-        self.due = {"rollup": now, "prune": now + 300, "certificates": now, "pack": now}
-        # the certificate job looks every minute, and scans when the files changed or hourly
-        self.every = {"rollup": 60.0, "prune": 3600.0, "certificates": 60.0, "pack": 60.0}
+        self.due = {
+            "rollup": now,
+            "recent": now,
+            "prune": now + 300,
+            "certificates": now,
+            "pack": now,
+        }
+        # the bucket in progress summed after every poll (``recent``); the certificate job looks
+        # every minute, and scans when the files changed or hourly
+        self.every = {
+            "rollup": 60.0,
+            "recent": 0.0,
+            "prune": 3600.0,
+            "certificates": 60.0,
+            "pack": 60.0,
+        }
         self.failing: set[str] = set()
         self._certificates_seen: tuple[object, ...] | None = None
         self._certificates_scanned = now
@@ -126,7 +140,8 @@ class Maintenance:
         call's slice of time; a job that did not finish goes on next call."""
         start = self.clock.monotonic()
         deadline = start + self.slice
-        for job in ("rollup", "prune", "certificates", "pack"):
+        # the bucket in progress summed after the rollups, which may have closed the last one
+        for job in ("rollup", "recent", "prune", "certificates", "pack"):
             if start < self.due[job] or self.clock.monotonic() >= deadline:
                 continue
             try:
@@ -145,6 +160,9 @@ class Maintenance:
 
     def _job(self, job: str, deadline: float) -> bool:
         now = int(self.clock.time())
+        if job == "recent":
+            rollup.sum_recent(self.engine, now)
+            return True
         if job == "rollup":
             rollup.catch_up(self.engine, now, deadline=deadline, clock=self.clock)
             return True

@@ -10,12 +10,13 @@ from sqlalchemy import Engine, func, select
 from ovpnmon_common import meta, schema
 from ovpnmon_common.formatting import format_timestamp
 from ovpnmon_common.storage import engines, location
-from ovpnmon_common.tiers import MONTHLY, ROLLUPS, TIERS
+from ovpnmon_common.tiers import MONTHLY, OPEN, ROLLUPS, TIERS
 
 # the column that says when a row is from, per table
 TIME_COLUMNS = {
     **{tier.table.name: tier.time_column for tier in TIERS},
     **{tier.packed.name: "bucket" for tier in TIERS if tier.packed is not None},
+    **{tier.table.name: tier.time_column for tier in OPEN.values()},
     MONTHLY.table.name: MONTHLY.time_column,
     "sessions": "connected_since",
     "clients": "first_seen",

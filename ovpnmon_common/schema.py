@@ -26,7 +26,7 @@ from sqlalchemy import (
     text,
 )
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 metadata = MetaData(
     naming_convention={
@@ -255,6 +255,25 @@ def _client_tier(name: str) -> Table:
 # 15-minute per-client buckets: the finest tier, kept as long as raw samples. Top-N questions and
 # the bucket in progress of every coarser tier read it instead of scanning raw samples.
 stats_15min = _client_tier("stats_15min")
+
+# The 15-minute tier's bucket in progress, summed up to its open mark after every poll
+# (``ovpnmon_collector.rollup.sum_open``); its rows move into ``stats_15min`` when the bucket
+# closes. A table of its own, bucket first, so that adding a poll rewrites a few pages (210 kB
+# of WAL for 8,300 clients) rather than one page per client among stats_15min's (5.8 MB), and
+# readers of a range that ends now read no raw samples but those of the last poll or none
+# (schema 10). No foreign key, as for raw samples: the one writer takes the ids it writes from
+# ``clients``.
+stats_15min_open = Table(
+    "stats_15min_open",
+    metadata,
+    Column("client_id", Integer, nullable=False),  # the tiers' column order, keyed bucket first
+    Column("bucket", BigInteger, nullable=False),
+    Column("bytes_received", BigInteger, nullable=False),
+    Column("bytes_sent", BigInteger, nullable=False),
+    Column("samples", Integer, nullable=False),
+    PrimaryKeyConstraint("bucket", "client_id"),
+    sqlite_with_rowid=False,
+)
 stats_hourly = _client_tier("stats_hourly")
 stats_6h = _client_tier("stats_6h")
 stats_daily = _client_tier("stats_daily")

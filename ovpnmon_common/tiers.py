@@ -12,7 +12,7 @@ includes the bucket in progress.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import Column, Table
@@ -39,9 +39,11 @@ class Tier:
     packed: Table | None = None
     # a rollup also sums the bucket in progress into the table, up to its open mark
     # (``ovpnmon_common.meta.open_until``), so readers of it take only what comes after the mark
-    # from the finer tiers: the 15-minute tier its raw samples every minute, the daily tier its
-    # final 15-minute buckets as each closes (``ovpnmon_collector.rollup.sum_open``)
+    # from the finer tiers: the 15-minute tier its raw samples after every poll, the daily tier
+    # its final 15-minute buckets as each closes (``ovpnmon_collector.rollup.sum_open``)
     sums_open: bool = False
+    # where that bucket in progress is summed, when not in ``table`` (``in_progress``)
+    open_table: Table | None = None
 
     @property
     def time(self) -> Column[Any]:
@@ -80,6 +82,7 @@ TIERS: tuple[Tier, ...] = (
         True,
         "usage_history_hires",
         sums_open=True,
+        open_table=schema.stats_15min_open,
     ),
     Tier(
         "hourly",
@@ -152,6 +155,20 @@ ROLLUPS: tuple[Tier, ...] = tuple(tier for tier in TIERS if tier.built_from is n
 
 RAW = BY_NAME["raw"]
 GLOBAL_15MIN = BY_NAME["global_15min"]
+
+
+# Each tier whose bucket in progress has a table of its own, as a tier of that table (its rows
+# are ``tier``'s, of that one bucket): what readers read the bucket from and writers sum it into.
+OPEN: dict[str, Tier] = {
+    tier.name: replace(tier, name=f"{tier.name}_open", table=tier.open_table, open_table=None)
+    for tier in TIERS
+    if tier.open_table is not None
+}
+
+
+def in_progress(tier: Tier) -> Tier:
+    """``tier`` as the table its bucket in progress is summed into (``OPEN``, or itself)."""
+    return OPEN.get(tier.name, tier)
 
 
 def source_of(tier: Tier) -> Tier:

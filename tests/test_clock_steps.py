@@ -19,7 +19,7 @@ from ovpnmon_common import meta, packed
 from ovpnmon_common.buckets import align
 from ovpnmon_common.config import Config
 from ovpnmon_common.storage import engines, migrations
-from ovpnmon_common.tiers import ROLLUPS
+from ovpnmon_common.tiers import ROLLUPS, in_progress
 from ovpnmon_demo.simulator import render_status
 
 T0 = 1_795_651_200 + 100  # a day's start (UTC), plus 100 s
@@ -51,7 +51,10 @@ class Host:
     def tier_sums(self) -> dict[str, int]:
         with self.engine.connect() as conn:
             return {
-                r.name: int(conn.execute(select(func.sum(r.table.c.bytes_received))).scalar() or 0)
+                r.name: sum(
+                    int(conn.execute(select(func.sum(t.c.bytes_received))).scalar() or 0)
+                    for t in {r.table, in_progress(r).table}  # the bucket in progress too
+                )
                 for r in ROLLUPS
             }
 
@@ -74,6 +77,11 @@ class Host:
                         r.table.c.bucket < (int(mark) + r.width if summed else int(mark))
                     )
                 ).all()
+                if summed and in_progress(r) is not r:  # the bucket in progress, from its table
+                    t = in_progress(r).table
+                    rows += conn.execute(
+                        select(t.c.bucket, t.c.bytes_received).where(t.c.bucket == int(mark))
+                    ).all()
                 assert {b: rx for b, rx in rows if rx} == dict(expected), r.name
 
     def api_totals(self, now: int, views=("24h", "7d", "30d")) -> dict[str, int]:

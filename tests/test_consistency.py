@@ -21,7 +21,7 @@ from ovpnmon_common import meta, packed, schema
 from ovpnmon_common.buckets import align
 from ovpnmon_common.config import RetentionConfig
 from ovpnmon_common.storage import engines, migrations
-from ovpnmon_common.tiers import ROLLUPS
+from ovpnmon_common.tiers import ROLLUPS, in_progress
 from ovpnmon_demo.simulator import render_status, write_in_place
 
 T0 = 1_795_000_000
@@ -107,6 +107,10 @@ def check_tiers(engine, raw_cutoff=None, kept=None):
                 (x.client_id, x.bucket): [x.bytes_received, x.bytes_sent]
                 for x in conn.execute(select(r.table))
             }
+            if summed and in_progress(r) is not r:  # the bucket in progress, from its own table
+                t = in_progress(r).table
+                for x in conn.execute(select(t).where(t.c.bucket == int(wm))):
+                    rows[(x.client_id, x.bucket)] = [x.bytes_received, x.bytes_sent]
             for (cid, bucket), sums in rows.items():
                 if bucket >= (raw_cutoff or 0):
                     assert sums == raw.get((cid, bucket), [0, 0]), (r.name, bucket)

@@ -11,12 +11,14 @@ from sqlalchemy import func, select
 
 from ovpnmon_api.app import create_app
 from ovpnmon_api.read import series
-from ovpnmon_collector import rollup
+from ovpnmon_collector import daemon, rollup
 from ovpnmon_common import meta, packed, schema
 from ovpnmon_common.buckets import DAY, align
 from ovpnmon_common.config import Config
 from ovpnmon_common.storage import engines, migrations
-from ovpnmon_common.tiers import BY_NAME
+from ovpnmon_common.tiers import BY_NAME, in_progress
+from ovpnmon_common.tiers import OPEN as OPEN_TIERS
+from ovpnmon_demo.clock import ManualClock
 from ovpnmon_demo.world import BUCKET, Dataset, feed
 
 END = 1_795_717_500 // BUCKET * BUCKET + BUCKET // 2  # in the middle of a bucket, as a "now"
@@ -49,7 +51,7 @@ def open_rows(engine) -> tuple[int | None, dict[int, tuple[int, int, int]], dict
 def summed_rows(engine, tier, bucket: int) -> tuple[int | None, dict, dict]:
     """(``tier``'s open mark, its rows of ``bucket``, every client's raw sums in ``[bucket,
     mark)``), rows as client id -> (rx, tx, samples)."""
-    t = tier.table
+    t = in_progress(tier).table
     with engine.connect() as conn:
         mark = meta.get(conn, meta.open_key(tier.name))
         rows = {
@@ -72,7 +74,7 @@ def summed_rows(engine, tier, bucket: int) -> tuple[int | None, dict, dict]:
 
 def shifted(engine, by: int) -> int:
     """Add ``by`` bytes received to every row of the bucket in progress; how many rows."""
-    t = QUARTER.table
+    t = in_progress(QUARTER).table
     with engine.begin() as conn:
         return conn.execute(
             t.update()
@@ -88,9 +90,12 @@ def test_the_bucket_in_progress_summed_up_to_the_mark_changes_no_answer(fed, db_
     assert mark == END - 400 and want and rows == want
     with engine.connect() as conn:
         status = meta.read_status(conn)
-    # the readers' pieces: the tier through the bucket in progress, raw samples after the mark
+    # the readers' pieces: the tier up to the bucket in progress, that bucket from its own
+    # table, raw samples after the mark
     parts = series.pieces(status, END - DAY, END)
-    assert any(t is QUARTER and end == align(END, BUCKET) + BUCKET for t, _, end in parts)
+    now = align(END, BUCKET)
+    assert any(t is QUARTER and end == now for t, _, end in parts)
+    assert (in_progress(QUARTER), now, now + BUCKET) in parts
     assert parts[-1] == (BY_NAME["raw"], END - 400, END)
     summed = answers(db_path, names)
     # the answers compared do read that row: a byte more in it shows
@@ -129,11 +134,13 @@ def test_a_mark_of_a_bucket_since_made_final_is_not_read(fed, db_path):
 def test_sums_of_the_tier_with_its_bucket_in_progress_equal_raw_sums(fed):
     engine, _ = fed
     rollup.catch_up(engine, END - 300)
-    t = QUARTER.table
     with engine.connect() as conn:
-        tier = conn.execute(select(func.sum(t.c.bytes_received), func.sum(t.c.samples))).one()
+        tier = [0, 0]
+        for t in (QUARTER.table, in_progress(QUARTER).table):  # final buckets, the one in progress
+            row = conn.execute(select(func.sum(t.c.bytes_received), func.sum(t.c.samples))).one()
+            tier = [tier[0] + row[0], tier[1] + row[1]]
         raw = [s for s in packed.raw_samples(conn) if s[1] < END - 300]
-        assert tuple(tier) == (sum(s[2] for s in raw), len(raw))
+        assert tier == [sum(s[2] for s in raw), len(raw)]
         assert conn.execute(select(func.count()).select_from(schema.usage_packed)).scalar() == 0
 
 
@@ -186,7 +193,7 @@ def test_buckets_closed_from_their_open_sums_equal_buckets_rebuilt(db_path, tmp_
         with engine.connect() as conn:
             return {
                 t.name: conn.execute(select(t.table).order_by(*t.table.primary_key)).all()
-                for t in rollup.ROLLUPS
+                for t in (*rollup.ROLLUPS, *OPEN_TIERS.values())
             }
 
     with engine.connect() as conn:
@@ -232,6 +239,67 @@ def _month_answers(db_path, names) -> dict[str, bytes]:
         assert response.status_code == 200, (url, response.text)
         found[url] = response.content
     return found
+
+
+def test_the_daemon_sums_the_bucket_in_progress_after_every_poll(db_path, tmp_path):
+    """The daemon's maintenance after each poll (``Maintenance``, ``rollup.sum_recent``) sums
+    the 15-minute bucket in progress up to the poll's second, in the bucket's own table: its
+    rows equal the raw sums before the mark after every poll (but in the minute a bucket waits
+    for the rollup job to close the one before), a range ending then reads no raw sample, and
+    every answer is what raw samples alone give."""
+    dataset = Dataset(clients=6, start=END - 2 * 3600, end=END, interval=20, seed=12)
+    engine = engines.writer_engine(db_path)
+    migrations.init_db(engine)
+    clock = ManualClock(float(dataset.start), 0.0)
+    work = daemon.Maintenance(engine, clock, dataset.interval)
+    summed, waited = [], []
+
+    def each(now, _rows):
+        clock.set(float(now))
+        work.run()
+        mark, rows, want = summed_rows(engine, QUARTER, align(now, BUCKET))
+        with engine.connect() as conn:
+            status = meta.read_status(conn)
+        if mark == now + 1:
+            assert rows == want, now
+            parts = series.pieces(status, align(now, BUCKET) - 3600, now + 1)
+            assert parts[-1][0] is in_progress(QUARTER) and not [p for p in parts if p[0].raw]
+            summed.append(now)
+        else:  # the bucket before is not closed yet (the rollup job runs every minute, and
+            # the first bucket has none before it): readers take raw samples
+            assert status.watermarks.get(QUARTER.name, 0) < align(now, BUCKET), now
+            assert now % BUCKET < 60 + dataset.interval or now < END - 6300, now
+            waited.append(now)
+
+    feed(dataset, engine, str(tmp_path / "status.log"), each)
+    assert len(summed) > 300 and waited
+    names = [person.name for person in dataset.people]
+    with_sums = answers(db_path, names)
+    with engine.begin() as conn:  # no mark: raw samples alone
+        meta.delete(conn, [OPEN])
+    assert answers(db_path, names) == with_sums
+    engine.dispose()
+
+
+def test_upgrade_to_10_moves_the_bucket_in_progress_into_its_own_table(fed, db_path):
+    """9 -> 10: the rows of the bucket in progress move from ``stats_15min`` into
+    ``stats_15min_open``, and every answer stays what it was."""
+    engine, names = fed
+    rollup.catch_up(engine, END - 400)
+    before = answers(db_path, names)
+    opened, q = in_progress(QUARTER).table, QUARTER.table
+    with engine.begin() as conn:  # as schema 9 kept them: in stats_15min
+        rows = conn.execute(select(opened).order_by(opened.c.client_id)).all()
+        conn.execute(q.insert(), [row._asdict() for row in rows])
+        opened.drop(conn)
+        meta.put(conn, meta.SCHEMA_VERSION, "9")
+    assert len(rows) > 4
+    assert migrations.init_db(engine) == (9, schema.SCHEMA_VERSION)
+    with engine.connect() as conn:
+        assert conn.execute(select(opened).order_by(opened.c.client_id)).all() == rows
+        left = select(func.count()).select_from(q).where(q.c.bucket >= align(END, BUCKET))
+        assert conn.execute(left).scalar() == 0
+    assert answers(db_path, names) == before
 
 
 @pytest.fixture
@@ -315,7 +383,7 @@ def test_the_day_in_progress_as_the_daemon_runs_closes_into_the_day_rebuilt(db_p
         with engine.connect() as conn:
             return {
                 t.name: conn.execute(select(t.table).order_by(*t.table.primary_key)).all()
-                for t in rollup.ROLLUPS
+                for t in (*rollup.ROLLUPS, *OPEN_TIERS.values())
             }
 
     before = tiers()

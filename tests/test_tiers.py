@@ -5,7 +5,15 @@ from ovpnmon_collector.slices import spans
 from ovpnmon_common import schema
 from ovpnmon_common.config import RetentionConfig
 from ovpnmon_common.planner import LABELS
-from ovpnmon_common.tiers import BY_NAME, MONTHLY, ROLLUPS, TIERS, built_on, source_of
+from ovpnmon_common.tiers import (
+    BY_NAME,
+    MONTHLY,
+    ROLLUPS,
+    TIERS,
+    built_on,
+    in_progress,
+    source_of,
+)
 
 
 def test_every_rollup_is_built_from_a_finer_tier_listed_before_it():
@@ -20,6 +28,14 @@ def test_every_traffic_table_of_the_schema_is_a_tier_once():
     tables = [tier.table.name for tier in TIERS]
     tables += [tier.packed.name for tier in TIERS if tier.packed is not None]
     tables.append(MONTHLY.table.name)  # kept by triggers beside the days, not a rollup
+    # a tier's bucket in progress, where it has a table of its own: the tier's columns
+    tables += [tier.open_table.name for tier in TIERS if tier.open_table is not None]
+    for tier in TIERS:
+        if tier.open_table is not None:
+            assert list(tier.open_table.c.keys()) == list(tier.table.c.keys())
+            assert in_progress(tier).table is tier.open_table
+        else:
+            assert in_progress(tier) is tier
     assert len(tables) == len(set(tables))
     traffic = {t.name for t in schema.metadata.sorted_tables if "bytes_received" in t.c}
     traffic -= {"sessions", "clients"}

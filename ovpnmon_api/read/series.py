@@ -21,7 +21,7 @@ from ovpnmon_common.buckets import DAY, align, align_up, month_start, next_month
 from ovpnmon_common.meta import CollectorStatus
 from ovpnmon_common.planner import Series
 from ovpnmon_common.storage.statements import Prepared, plain_rows, total
-from ovpnmon_common.tiers import BY_NAME, MONTHLY, TIERS, Tier, sql_align
+from ovpnmon_common.tiers import BY_NAME, MONTHLY, OPEN, TIERS, Tier, in_progress, sql_align
 
 c, u, g, p = schema.clients, schema.usage_history, schema.global_history, schema.usage_packed
 
@@ -35,7 +35,8 @@ def _pieces(
     watermark from the tier's table, the rest (edges and the buckets not yet final) from the
     next finer tier, down to raw samples. A tier that sums its bucket in progress (up to its
     open mark) gives that bucket too when the range holds all of it before the mark: its piece
-    then ends after the bucket, and the finer tier's starts at the mark."""
+    then ends after the bucket (the bucket itself a piece of its own table, ``in_progress``,
+    where it has one), and the finer tier's starts at the mark."""
     if start >= end:
         return
     if tier.width is None or tier.built_from is None:
@@ -50,7 +51,13 @@ def _pieces(
         # (the mark is after the watermark, so the range reaches the bucket in progress)
         held, rest = final + width, summed
     if first < held:
-        yield tier, first, held
+        opened = in_progress(tier)
+        if opened is not tier and held > final:  # the bucket in progress from its own table
+            if first < final:
+                yield tier, first, final
+            yield opened, final, held
+        else:
+            yield tier, first, held
     else:
         first = rest = start
     finer = BY_NAME[tier.built_from]
@@ -68,8 +75,13 @@ TAKEN = {
 }
 DAYS_TAKEN = TAKEN[DAILY.name]
 # the tiers a sum may read: the registry's, the months kept beside its days, and those taken
-_SUMMED = {**BY_NAME, MONTHLY.name: MONTHLY, **{t.name: t for t in TAKEN.values()}}
+_SUMMED = {
+    **BY_NAME,
+    MONTHLY.name: MONTHLY,
+    **{t.name: t for t in (*TAKEN.values(), *OPEN.values())},
+}
 _NEGATED = frozenset(t.name for t in TAKEN.values())
+_OPENED = frozenset(t.name for t in OPEN.values())
 # The coarse tiers whose final buckets may stand for the finer pieces inside them.
 _WHOLE = tuple(BY_NAME[name] for name in ("daily", "six_hour", "hourly"))
 
@@ -347,7 +359,7 @@ def _client_series_statement(tiers: tuple[str, ...], hosted: bool) -> Prepared:
     each piece (``start_i``/``end_i`` of tier i), UNION ALL."""
     parts = []
     for i, name in enumerate(tiers):
-        tier = BY_NAME[name]
+        tier = _SUMMED[name]
         table = tier.table
         key = sql_align(tier.time, bindparam("step")).label("key")
         parts.append(
@@ -698,4 +710,8 @@ def _piece_params(parts: list[tuple[Tier, int, int]]) -> dict[str, int]:
 
 
 def _piece_window(tier: Tier, i: int) -> list[Any]:
+    if tier.name in _OPENED:
+        # one bucket (its start), keyed (bucket, client_id): an equality, so that one client's
+        # row is a key seek, not a look at every client's
+        return [tier.time == bindparam(f"start_{i}")]
     return [tier.time >= bindparam(f"start_{i}"), tier.time < bindparam(f"end_{i}")]

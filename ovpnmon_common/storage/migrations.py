@@ -308,6 +308,24 @@ def _open_sessions_index(conn: Connection, *columns: str) -> None:
     )
 
 
+def _to_version_10(conn: Connection) -> None:
+    """9 -> 10: ``stats_15min_open``, the 15-minute tier's bucket in progress in a table of its
+    own: its rows (at and after the tier's watermark) move there from ``stats_15min``."""
+    schema.stats_15min_open.create(conn, checkfirst=True)
+    q, o = schema.stats_15min, schema.stats_15min_open
+    mark = meta.get(conn, meta.watermark_key("quarter_hour"))
+    if mark is None:
+        return
+    columns = ["client_id", "bucket", "bytes_received", "bytes_sent", "samples"]
+    conn.execute(o.delete())  # over whatever a half-done upgrade left
+    conn.execute(
+        o.insert().from_select(
+            columns, select(*(q.c[name] for name in columns)).where(q.c.bucket >= int(mark))
+        )
+    )
+    conn.execute(q.delete().where(q.c.bucket >= int(mark)))
+
+
 # from-version -> function upgrading to from-version + 1 (given the connection and the host
 # name that history before schema 4 is filed under)
 MIGRATIONS: dict[int, Any] = {
@@ -319,6 +337,7 @@ MIGRATIONS: dict[int, Any] = {
     6: lambda conn, host: _to_version_7(conn),
     7: lambda conn, host: _to_version_8(conn),
     8: lambda conn, host: _to_version_9(conn),
+    9: lambda conn, host: _to_version_10(conn),
 }
 
 
