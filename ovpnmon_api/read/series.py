@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import replace
 from functools import lru_cache
+from itertools import accumulate
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, select, union_all
@@ -108,7 +109,9 @@ def _fewer_rows(
         final = status.watermarks.get(coarse.name)
         if final is None:
             continue
-        parts = _split(parts, width)
+        parts = _split(parts, width, final)
+        # the latest end of the positive pieces before each (they are in time order)
+        ends = list(accumulate((p[2] if p[0].name not in _NEGATED else 0 for p in parts), max))
         done: list[tuple[Tier, int, int]] = []
         i = 0
         while i < len(parts):
@@ -120,7 +123,7 @@ def _fewer_rows(
                 j += 1
             # the range has nothing else in the bucket: no piece before ends in it, none after
             # starts in it (the bucket's parts outside ``inside`` are outside the range)
-            alone = all(p[2] <= bucket for p in parts[:i] if p[0].name not in _NEGATED) and (
+            alone = (i == 0 or ends[i - 1] <= bucket) and (
                 j == len(parts) or parts[j][1] >= bucket + width
             )
             left_out = _left_out(status, coarse, bucket, inside) if inside and alone else None
@@ -140,12 +143,16 @@ def _fewer_rows(
     return parts
 
 
-def _split(parts: list[tuple[Tier, int, int]], width: int) -> list[tuple[Tier, int, int]]:
-    """``parts`` finer than ``width`` cut at its every multiple (a coarser tier's bucket edges,
-    which are edges of every finer tier's buckets too)."""
+def _split(
+    parts: list[tuple[Tier, int, int]], width: int, until: int
+) -> list[tuple[Tier, int, int]]:
+    """``parts`` finer than ``width`` cut at its every multiple up to ``until`` (a coarser
+    tier's bucket edges, which are edges of every finer tier's buckets too, as far as its
+    final buckets go: a month in progress is not hundreds of hourly pieces of the days to
+    come)."""
     cut = []
     for tier, start, end in parts:
-        while (tier.width or 0) < width and align(start, width) + width < end:
+        while (tier.width or 0) < width and align(start, width) + width < min(end, until + 1):
             edge = align(start, width) + width
             cut.append((tier, start, edge))
             start = edge
