@@ -260,9 +260,8 @@ stats_15min = _client_tier("stats_15min")
 # (``ovpnmon_collector.rollup.sum_open``); its rows move into ``stats_15min`` when the bucket
 # closes. A table of its own, bucket first, so that adding a poll rewrites a few pages (210 kB
 # of WAL for 8,300 clients) rather than one page per client among stats_15min's (5.8 MB), and
-# readers of a range that ends now read no raw samples but those of the last poll or none
-# (schema 10). No foreign key, as for raw samples: the one writer takes the ids it writes from
-# ``clients``.
+# readers of a range that ends now read no raw samples (schema 10). No foreign key, as for raw
+# samples: the one writer takes the ids it writes from ``clients``.
 stats_15min_open = Table(
     "stats_15min_open",
     metadata,
@@ -274,6 +273,7 @@ stats_15min_open = Table(
     PrimaryKeyConstraint("bucket", "client_id"),
     sqlite_with_rowid=False,
 )
+
 stats_hourly = _client_tier("stats_hourly")
 stats_6h = _client_tier("stats_6h")
 stats_daily = _client_tier("stats_daily")
