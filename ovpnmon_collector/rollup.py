@@ -291,12 +291,11 @@ def sum_open(conn: Connection, tier: Tier, now: int) -> None:
     15-minute buckets instead (``_sum_final``).
 
     Readers then take the bucket in progress from the tier's rows and only the samples after the
-    mark from the finer tier: every client's bytes of the last 24 hours read the last poll's raw
-    samples (``sum_recent`` runs after every poll) rather than up to a whole bucket of them. A
-    mark of an older bucket starts the bucket afresh; a valid one adds only the samples since
-    it, so each run reads about a poll's samples, and so does the bucket's closing
-    (``catch_up``, ``_close``). Polls before the mark add themselves (``late_tiers``,
-    ``fold_in``)."""
+    mark from the finer tier: every client's bytes of the last 24 hours read no raw sample
+    (``sum_recent`` runs after every poll) rather than up to a whole bucket of them. A mark of
+    an older bucket starts the bucket afresh; a valid one adds only the samples since it, so
+    each run reads about a poll's samples, and so does the bucket's closing (``catch_up``,
+    ``_close``). Polls before the mark add themselves (``late_tiers``, ``fold_in``)."""
     assert tier.width is not None
     marks, opened = meta.rollup_marks(conn)
     watermark = marks.get(tier.name)
@@ -322,9 +321,9 @@ def sum_recent(engine: Engine, now: int) -> None:
     """``sum_open`` of the tiers that sum their bucket in progress from raw samples (the
     15-minute tier) up to the end of the second ``now``, in a transaction of its own: the
     daemon runs it after every poll, so that a reader of a range that ends now reads no raw
-    samples (at 10,000 clients one poll's sums cost 12-21 ms and 210 kB of WAL in the bucket's
-    own table, ``tiers.in_progress``). A poll later in that second is before the mark, and adds
-    itself (``late_tiers``)."""
+    samples (at 10,000 clients one poll's sums cost about 21 ms and 210 kB of WAL in the
+    bucket's own table, ``tiers.in_progress``). A poll later in that second is before the mark,
+    and adds itself (``late_tiers``)."""
     for tier in ROLLUPS:
         if tier.sums_open and source_of(tier).raw:
             with engine.begin() as conn:
