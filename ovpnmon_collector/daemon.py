@@ -16,10 +16,14 @@ from ovpnmon_collector import certs, pack, prune, rollup
 from ovpnmon_collector.clock import SYSTEM_CLOCK, Clock
 from ovpnmon_collector.collector import PollSummary
 from ovpnmon_collector.notify import Notifier
+from ovpnmon_common.buckets import align
 from ovpnmon_common.config import RetentionConfig, default_host
 from ovpnmon_common.storage import describe_error
+from ovpnmon_common.tiers import BY_NAME
 
 log = logging.getLogger("ovpnmon.collector")
+
+QUARTER = BY_NAME["quarter_hour"].width or 0
 
 
 class Pollable(Protocol):
@@ -84,10 +88,11 @@ def run(
 
 class Maintenance:
     """Work between polls: the 15-minute bucket in progress summed after every poll
-    (``rollup.sum_recent``), rollups every minute, retention every hour, the certificate scan at
-    start, hourly, and within a minute of a change to the certificate paths or the CRL; last,
-    with what time is left, packing the raw samples of final buckets (every minute: it can wait,
-    and after an upgrade it has the whole history to go through).
+    (``rollup.sum_recent``), rollups every minute and after the first poll of each 15-minute
+    bucket, retention every hour, the certificate scan at start, hourly, and within a minute of
+    a change to the certificate paths or the CRL; last, with what time is left, packing the raw
+    samples of final buckets (every minute: it can wait, and after an upgrade it has the whole
+    history to go through).
 
     Rollup, prune and packing work in short transactions and stop when their time slice (half the
     poll interval, and at most ``slice_limit``: the watchdog's period) is spent, so a long catch-up
@@ -132,6 +137,7 @@ class Maintenance:
             "pack": 60.0,
         }
         self.failing: set[str] = set()
+        self._rolled_in: int | None = None  # the 15-minute bucket the rollups last ran in
         self._certificates_seen: tuple[object, ...] | None = None
         self._certificates_scanned = now
 
@@ -140,6 +146,13 @@ class Maintenance:
         call's slice of time; a job that did not finish goes on next call."""
         start = self.clock.monotonic()
         deadline = start + self.slice
+        if (
+            align(int(self.clock.time()), QUARTER) != self._rolled_in
+            and "rollup" not in self.failing
+        ):
+            # a 15-minute bucket ended since the rollups last ran: they close it now, so that
+            # the one begun is summed after this poll (``recent``), not after the minute is up
+            self.due["rollup"] = min(self.due["rollup"], start)
         # the bucket in progress summed after the rollups, which may have closed the last one
         for job in ("rollup", "recent", "prune", "certificates", "pack"):
             if start < self.due[job] or self.clock.monotonic() >= deadline:
@@ -165,6 +178,7 @@ class Maintenance:
             return True
         if job == "rollup":
             rollup.catch_up(self.engine, now, deadline=deadline, clock=self.clock)
+            self._rolled_in = align(now, QUARTER)
             return True
         if job == "pack":
             pack.catch_up(self.engine, deadline=deadline, clock=self.clock)
