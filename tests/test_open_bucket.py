@@ -1,6 +1,7 @@
-"""The 15-minute tier's bucket in progress, summed by the rollup up to its open mark
-(``ovpnmon_collector.rollup.sum_open``): readers take it from the tier and only the samples after
-the mark from raw samples, and every answer stays what raw samples alone give."""
+"""The 15-minute tier's bucket in progress, summed up to its open mark in a table of its own
+(``ovpnmon_collector.rollup.sum_open``; by the daemon after every poll, ``sum_recent``), and the
+day in progress: readers take them from their tables and only the samples after the mark from raw
+samples, and every answer stays what raw samples alone give."""
 
 from __future__ import annotations
 
