@@ -12,10 +12,10 @@ every id), and every row that names them (raw samples, tiers, the packed counter
 sessions) is written with the target's. ``meta`` comes last: each tier's watermark is the
 later of the two, the buckets in between built from finer data for the hosts whose buckets
 there were not final (the copied hosts', or the target's others'), and how far prune went is
-the later of the two. A target whose host of the
-same name holds a client or a session the source does not (another history) is refused before
-anything is written. Afterwards the rows and byte sums of every table are compared, the copied
-hosts' part of the target against the source.
+the later of the two. A target whose host of the same name holds a client or a session the
+source does not (another history) is refused before anything is written. Afterwards the rows
+and byte sums of every table are compared, the copied hosts' part of the target against the
+source.
 """
 
 from __future__ import annotations

@@ -332,15 +332,12 @@ def sum_recent(engine: Engine, now: int) -> None:
 
 
 def _close(conn: Connection, tier: Tier, watermark: int, summed: int) -> None:
-    """Make final the bucket in progress at ``watermark`` of ``tier``, summed up to ``summed``:
-    its samples since added, and its rows, where the bucket has a table of its own, moved into
-    ``tier``'s (one grouped statement over both; the table left empty)."""
+    """Make final the bucket in progress at ``watermark`` of ``tier`` (a tier summed from raw
+    samples, whose bucket in progress has a table of its own), summed up to ``summed``: its
+    rows and its samples since, in one grouped statement, into ``tier``'s table; the bucket's
+    table left empty."""
     end = watermark + (tier.width or 0)
-    opened = in_progress(tier)
-    if opened is tier:
-        _add_since(conn, tier, summed, end)
-        return
-    o, table = opened.table, tier.table
+    o, table = in_progress(tier).table, tier.table
     held = select(*(o.c[name] for name in TIER_COLUMNS)).where(o.c.bucket == watermark)
     both = union_all(held, _source_select(tier, summed, end)).subquery("bucket")
     conn.execute(delete(table).where(table.c.bucket == watermark))  # none, unless left behind
