@@ -182,11 +182,11 @@ def serve_frozen(config: str, now: float, port: int) -> None:
     waitress, its clock stopped at ``now``."""
     import waitress
 
-    from ovpnmon_api.app import create_app, freeze_startup_objects
+    from ovpnmon_api.app import create_app, tune_garbage_collector
     from ovpnmon_common.config import load_config
 
     app = create_app(load_config(config), clock=lambda: now)
-    freeze_startup_objects()
+    tune_garbage_collector()
     waitress.serve(app, host="127.0.0.1", port=port, threads=4, _quiet=True)
 
 

@@ -62,7 +62,7 @@ def serve(
     try:
         import waitress
 
-        from ovpnmon_api.app import create_app, freeze_startup_objects
+        from ovpnmon_api.app import create_app, tune_garbage_collector
     except ImportError as exc:
         raise click.ClickException(
             f"the API needs its extra: pip install 'ovpnmon[api]' ({exc})"
@@ -84,7 +84,7 @@ def serve(
         log.warning("%s does not exist yet: answering 503 until the collector creates it", where)
     app = create_app(config, engine)
     _raise_open_files_limit(CONNECTION_LIMIT + 256)
-    freeze_startup_objects()
+    tune_garbage_collector()
     try:
         server = waitress.create_server(
             app,
