@@ -30,6 +30,7 @@ from ovpnmon_collector.snapshot import SessionRow
 from ovpnmon_common.buckets import DAY, MINUTE
 
 BUCKET = 15 * MINUTE  # the reference's buckets: the 15-minute tier's
+GAP = 20 * MINUTE  # how long the collector is down once a day
 
 
 @dataclass(frozen=True)
@@ -89,9 +90,15 @@ class Dataset:
             at = day * DAY + rng.randrange(DAY) // self.interval * self.interval
             if self.start < at < self.end:
                 self.restarts.add(at)
-            down = day * DAY + rng.randrange(DAY) // self.interval * self.interval
-            if self.start < down and down + 1200 < self.end:
-                self.gaps.append((down, down + 1200))
+            # on the poll grid, unless polls are further apart than a gap lasts: there a daily
+            # poll fell in the day's gap (the grid's midnight) every day, and a history polled
+            # once a day from a start within 20 minutes after midnight had no poll at all
+            down = rng.randrange(DAY)
+            if self.interval <= GAP:
+                down = down // self.interval * self.interval
+            down += day * DAY
+            if self.start < down and down + GAP < self.end:
+                self.gaps.append((down, down + GAP))
         self._rng = random.Random(self.seed + 1)
 
     def polls(self) -> Iterator[tuple[int, list[SessionRow]]]:

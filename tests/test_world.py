@@ -12,6 +12,7 @@ from conftest import stored_totals
 
 from ovpnmon_api.app import create_app
 from ovpnmon_collector import pack, rollup
+from ovpnmon_common.buckets import DAY
 from ovpnmon_common.config import Config, RetentionConfig
 from ovpnmon_common.formatting import parse_timestamp
 from ovpnmon_common.planner import ANALYTICS, bucketed, plan
@@ -81,3 +82,18 @@ def test_every_answer_equals_the_reference(world, db_path):
         for name, buckets in reference.buckets.items()
     }
     assert {name: (rx, tx) for name, (rx, tx, _) in stored_totals(db_path).items()} == lifetime
+
+
+def test_a_history_polled_once_a_day_keeps_its_polls():
+    """``generate.py`` polls a year of history once a day. The collector's daily 20-minute gap
+    was drawn on the poll grid, which for a daily interval is midnight: from a start within 20
+    minutes after midnight every poll fell in a gap (``generate.py`` run between 01:00 and
+    01:20 UTC, its history starting an hour early, made a year of no poll at all). A gap
+    shorter than the interval now falls anywhere in its day, and drops a poll only where one
+    falls in it."""
+    start = END // DAY * DAY - 400 * DAY + 5 * 60  # 00:05
+    dataset = Dataset(clients=3, start=start, end=start + 365 * DAY, interval=DAY, seed=1)
+    polled = [now for now, _ in dataset.polls()]
+    assert len(dataset.gaps) >= 360, "the collector is still down 20 minutes every day"
+    # a day's poll is lost where its day's gap covers it: about 365 * GAP / DAY of them
+    assert 350 < len(polled) <= 365
