@@ -206,7 +206,14 @@ def _with_months(
     the days of a month that a piece covers are its row minus the stored days it does not cover
     (``DAYS_TAKEN``): a 30-day range from the 3rd is a month row and two days taken, three rows
     per client instead of 28; a range ending today before the day's open mark takes today's
-    row out of the month's too."""
+    row out of the month's too.
+
+    Not a case of ``_fewer_rows``, though it is the same idea (a coarse row less the finer
+    pieces left out): that one stands a coarse tier's *final* bucket of fixed width in for
+    what the range holds of it. A month is of no fixed width, and the month in progress is
+    read too, since its row holds exactly the days stored so far. ``_fewer_rows`` reads final
+    buckets only: what a range leaves out of a bucket in progress would reach the raw samples
+    after its open mark, which it never subtracts."""
     held = status.watermarks.get(DAILY.name)
     if held is not None and status.open_until(DAILY.name, DAY) is not None:
         held += DAY  # the day in progress is stored, summed up to its mark
