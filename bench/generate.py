@@ -2,11 +2,11 @@
 
 N simulated clients with daily rhythms, connects and disconnects (and one duplicate-cn pair) write
 real-format status text; the real collector parses, accounts and stores every poll, and rolls up
-and packs as each 15-minute bucket closes; retention is applied at the end, as the daemon's
-default keeps. Older history is polled coarsely (its tiers are what matters; ``--hourly-days``:
-its last days every hour), the last days at the real interval. This process steps the
-simulation and renders its status text while a child process polls
-(``ovpnmon_demo.polling.poll_in_child``): both cores at once.
+and packs as each 15-minute bucket closes; what the daemon's default retention keeps is kept,
+pruned once a day of the polls' time (the daemon: every hour) and at the end. Older history is
+polled coarsely (its tiers are what matters; ``--hourly-days``: its last days every hour), the
+last days at the real interval. This process steps the simulation and renders its status text
+while a child process polls (``ovpnmon_demo.polling.poll_in_child``): both cores at once.
 
     python bench/generate.py --clients 1000 --raw-days 3 --interval 10 --history-days 365 \\
         --out /tmp/ovpnmon-bench.db
@@ -58,7 +58,8 @@ def generate(
     world: bool = False,
 ) -> dict[str, float]:
     """Write the database; returns timings. ``now`` defaults to the current time. Retention
-    keeps what the default ``[retention]`` keeps (raw samples 3 days, hourly 90, ...), and the
+    keeps what the default ``[retention]`` keeps (raw samples 3 days, hourly 90, ...; pruned
+    once a day of the polls' time as they go, as the daemon does every hour), and the
     raw samples of final buckets are packed, as the daemon leaves them, unless
     ``pack_samples`` is False (``rollup_day.py`` rolls up rows). ``world``: the clients of
     ``ovpnmon_demo.world`` (``vs_prometheus.py``'s) instead of ``ovpnmon_demo.simulator``'s."""
@@ -89,8 +90,8 @@ def generate(
         # this process steps the simulation and renders its status text, a child process polls
         # it, rolls up and packs: the two cores at once
         started = time.perf_counter()
-        # history's raw samples go by retention at the end: packed there only if it keeps them
-        closing = closing_buckets(pack_samples and name == "raw", WHOLE_BUCKET)
+        # history's raw samples go by retention: packed only where it keeps them (the last days)
+        closing = closing_buckets(pack_samples and name == "raw", WHOLE_BUCKET, RetentionConfig())
         took = poll_in_child(out, status, step, texts(start, end, step), closing, "sim")
         timings[f"{name}_s"] = time.perf_counter() - started
         timings.update({f"{name}_{what}_s": seconds for what, seconds in took.items()})

@@ -24,6 +24,8 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from ovpnmon_common.buckets import DAY
+from ovpnmon_common.config import RetentionConfig
 from ovpnmon_demo.clock import ManualClock
 from ovpnmon_demo.simulator import write_in_place
 
@@ -60,18 +62,28 @@ class StatusPoller:
 After = Callable[[Engine, int], None]
 
 
-def closing_buckets(pack_samples: bool = True, width: int | None = None) -> After:
+def closing_buckets(
+    pack_samples: bool = True,
+    width: int | None = None,
+    retention: RetentionConfig | None = None,
+) -> After:
     """An ``after`` that does as the daemon between polls: the rollups (and packing, unless
     ``pack_samples`` is False) as each 15-minute bucket closes, so that a loaded database grows
     as the daemon's does. ``width``: ``pack.catch_up``'s first slice (None: the daemon's; with
-    no poll waiting beside it a loader may pack a whole bucket in one transaction)."""
+    no poll waiting beside it a loader may pack a whole bucket in one transaction).
+    ``retention``: also delete what it no longer keeps, once a day of the polls' time (the
+    daemon does every hour), so that the tables stay the size the daemon keeps them: a year
+    loaded without it holds every sample and session of the year until the end, and each poll
+    writes into indexes millions of rows deep."""
     from ovpnmon_collector import pack, rollup
+    from ovpnmon_collector.prune import prune
     from ovpnmon_common.tiers import BY_NAME
 
     bucket = BY_NAME["quarter_hour"].width
     assert bucket is not None
     packer = pack.catch_up if width is None else partial(pack.catch_up, width=width)
     last: list[int | None] = [None]
+    pruned: list[int | None] = [None]
 
     def after(engine: Engine, now: int) -> None:
         if now // bucket != last[0]:
@@ -79,6 +91,9 @@ def closing_buckets(pack_samples: bool = True, width: int | None = None) -> Afte
             rollup.catch_up(engine, now)
             if pack_samples:
                 packer(engine)
+        if retention is not None and now // DAY != pruned[0]:
+            pruned[0] = now // DAY
+            prune(engine, retention, now)
 
     return after
 

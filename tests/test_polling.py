@@ -87,6 +87,39 @@ def test_polling_in_a_child_stores_what_polling_here_stores(tmp_path):
     assert took["polls"] > 0 and took["after"] > 0 and took["waited"] >= 0
 
 
+def test_pruning_as_the_polls_go_leaves_what_pruning_at_the_end_leaves(tmp_path):
+    """``closing_buckets(retention=...)`` prunes once a day of the polls' time, as the daemon
+    does every hour, so that a year's load writes into tables of the daemon's size rather than
+    into every sample and session of the year. What it leaves after the last prune is what a
+    load pruned only at the end leaves."""
+    from ovpnmon_collector import rollup
+    from ovpnmon_collector.prune import prune
+    from ovpnmon_common.config import RetentionConfig
+
+    day = START // 86400 * 86400
+    end = day + 6 * 86400
+    retention = RetentionConfig(raw_days=2, sessions_days=1)
+
+    def load(name, as_they_go):
+        """(the oldest raw sample when the polls end, what is left after the last prune)"""
+        path = tmp_path / f"{name}.db"
+        engine, after = new_database(path), closing_buckets(retention=as_they_go)
+        dataset = Dataset(clients=20, start=day, end=end, interval=1800, seed=7)
+        feed(dataset, engine, str(tmp_path / f"{name}.status"), lambda t, _: after(engine, t))
+        with engine.connect() as conn:
+            oldest = min(s[1] for s in packed.raw_samples(conn))
+        rollup.catch_up(engine, end)
+        prune(engine, retention, end)
+        engines.close_writer(engine)
+        return oldest, content(path)
+
+    loads = {"end": load("end", None), "going": load("going", retention)}
+    assert loads["end"][0] == day, "kept until the end"
+    assert loads["going"][0] >= end - 3 * 86400, "pruned as the polls went"
+    assert loads["going"][1] == loads["end"][1]
+    assert loads["end"][1]["raw"] and loads["end"][1]["sessions"]
+
+
 def test_a_poll_that_fails_stops_the_load_with_the_collectors_reason(tmp_path, no_hang):
     path = tmp_path / "o.db"
     engines.close_writer(new_database(path))
