@@ -132,6 +132,12 @@ class _NameWithSlashes:
         self.by_suffix[params["what"]].on_get(req, resp, params["common_name"])
 
 
+# Net new tracked objects (allocations less deallocations) before a young collection: more
+# than a cold /stats of 10,000 clients holds at once. At most this many objects of cyclic
+# garbage wait to be collected (some megabytes).
+YOUNG_THRESHOLD = 100_000
+
+
 def tune_garbage_collector() -> None:
     """Set the cyclic garbage collector up for serving, as the server's last step before it
     listens.
@@ -155,12 +161,6 @@ def tune_garbage_collector() -> None:
     gc.freeze()
     _, middle, old = gc.get_threshold()
     gc.set_threshold(YOUNG_THRESHOLD, middle, old)
-
-
-# Net new tracked objects (allocations less deallocations) before a young collection: more
-# than a cold /stats of 10,000 clients holds at once. At most this many objects of cyclic
-# garbage wait to be collected (some megabytes).
-YOUNG_THRESHOLD = 100_000
 
 
 def create_app(

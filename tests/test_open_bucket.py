@@ -254,6 +254,7 @@ def test_the_daemon_sums_the_bucket_in_progress_after_every_poll(db_path, tmp_pa
     clock = ManualClock(float(dataset.start), 0.0)
     work = daemon.Maintenance(engine, clock, dataset.interval)
     summed, waited = [], []
+    first_end = align(dataset.start, BUCKET) + BUCKET  # the end of the first bucket
 
     def each(now, _rows):
         clock.set(float(now))
@@ -267,7 +268,7 @@ def test_the_daemon_sums_the_bucket_in_progress_after_every_poll(db_path, tmp_pa
             assert parts[-1][0] is in_progress(QUARTER) and not [p for p in parts if p[0].raw]
             summed.append(now)
         else:  # only in the first bucket, with none closed before it: raw samples
-            assert QUARTER.name not in status.watermarks and now < align(END, BUCKET) - 6300
+            assert QUARTER.name not in status.watermarks and now < first_end
             waited.append(now)
 
     feed(dataset, engine, str(tmp_path / "status.log"), each)

@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from ovpnmon_collector import rollup
+from ovpnmon_collector.prune import prune
 from ovpnmon_common import meta, packed, schema
+from ovpnmon_common.config import RetentionConfig
 from ovpnmon_common.storage import engines, migrations
 from ovpnmon_demo.polling import closing_buckets, poll_in_child
 from ovpnmon_demo.simulator import Simulation, render_status
@@ -92,10 +95,6 @@ def test_pruning_as_the_polls_go_leaves_what_pruning_at_the_end_leaves(tmp_path)
     does every hour, so that a year's load writes into tables of the daemon's size rather than
     into every sample and session of the year. What it leaves after the last prune is what a
     load pruned only at the end leaves."""
-    from ovpnmon_collector import rollup
-    from ovpnmon_collector.prune import prune
-    from ovpnmon_common.config import RetentionConfig
-
     day = START // 86400 * 86400
     end = day + 6 * 86400
     retention = RetentionConfig(raw_days=2, sessions_days=1)
