@@ -7,14 +7,16 @@ poll that stores nothing raises.
 ``poll_in_child`` runs one in a child process, so that a benchmark's simulation (stepping the
 world, rendering its status text, keeping its own reference) runs on one core while the collector
 polls, rolls up and packs on the other, at once instead of in turn. The child opens the database
-itself (an SQLite connection must not cross a fork); the texts go to it over a pipe, one poll
-ahead.
+itself (an SQLite connection must not cross a fork); the texts go to it over a pipe, up to
+``AHEAD`` polls ahead.
 """
 
 from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import queue
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable
@@ -98,6 +100,12 @@ def closing_buckets(
     return after
 
 
+# How many polls the simulation may run ahead of the child. While the child packs a closed
+# bucket (seconds at 10,000 clients) the simulation goes on rendering instead of waiting; at
+# 10,000 clients 64 texts are about 100 MB.
+AHEAD = 64
+
+
 def poll_in_child(
     database: str,
     status_path: str,
@@ -105,11 +113,13 @@ def poll_in_child(
     texts: Iterable[tuple[int, str]],
     after: After | None = None,
     source: str = "udp",
+    ahead: int = AHEAD,
 ) -> dict[str, float]:
     """Poll every ``(time, status text)`` of ``texts`` into ``database`` (a file; its schema made)
-    in a child process, ``after(engine, time)`` there after each. ``texts`` is drawn here, while
-    the child polls the one before. Returns seconds: the child's ``polls`` and ``after``, and
-    ``waited``, how long this process waited for the child (0: the simulation was the slower)."""
+    in a child process, ``after(engine, time)`` there after each. ``texts`` is drawn here, up to
+    ``ahead`` polls ahead of the child. Returns seconds: the child's ``polls`` and ``after``,
+    and ``waited``, how long this process waited for the child (0: the simulation was the
+    slower). If ``texts`` raises, the child polls what was drawn before, then stops."""
     context = multiprocessing.get_context("fork")  # the child needs ``after``, a closure maybe
     ours, theirs = context.Pipe()
     child = context.Process(
@@ -119,27 +129,68 @@ def poll_in_child(
     )
     child.start()
     theirs.close()  # the child's end is the child's: a write after it died fails, not hangs
+    sender = _Sender(ours, ahead)
     waited = 0.0
+    outcome: tuple[str, Any] | None = None
     try:
-        try:
-            for now, text in texts:
-                began = time.perf_counter()
-                ours.send_bytes(now.to_bytes(8, "big") + text.encode())
-                waited += time.perf_counter() - began
-            ours.send_bytes(b"")
-            outcome = ours.recv()
-        except (BrokenPipeError, ConnectionResetError, EOFError):  # it failed, or died
-            try:
-                outcome = ours.recv()  # why it failed (its end is closed: this never waits)
-            except EOFError:
-                outcome = ("error", f"the polling process died (exit code {child.exitcode})")
+        for now, text in texts:
+            if sender.broken:  # it failed, or died: its outcome says which
+                break
+            waited += sender.send(now.to_bytes(8, "big") + text.encode())
+        else:
+            waited += sender.send(b"")  # the end of the input
+        sender.close()  # all of it sent (or the child gone)
+        with contextlib.suppress(EOFError, ConnectionResetError):  # died: no outcome
+            outcome = ours.recv()  # "ok" and its timings, or why it failed
     finally:
-        ours.close()  # if ``texts`` raised, the child reads the end of its input and stops
+        # if ``texts`` raised: what it gave before is polled, then our end closes, which is the
+        # end of the child's input
+        sender.close()
+        ours.close()
         child.join()
+    if outcome is None:
+        raise RuntimeError(f"the polling process died (exit code {child.exitcode})")
     kind, detail = outcome
     if kind != "ok":
         raise RuntimeError(f"the polling process failed:\n{detail}")
     return {**detail, "waited": waited}
+
+
+class _Sender:
+    """Sends the status texts to the child from a thread, at most ``ahead`` of them queued.
+
+    A text (1.5 MB at 10,000 clients) is several times what the pipe buffers, so a send from the
+    simulation's own thread returned only once the child had read it: the simulation waited
+    out each of the child's rollups and packings (3 s a closed bucket), one poll ahead. The
+    thread's writes release the interpreter's lock, so the simulation runs on meanwhile."""
+
+    def __init__(self, conn: Connection, ahead: int) -> None:
+        self._conn = conn
+        self._queue: queue.Queue[bytes | None] = queue.Queue(ahead)
+        self.broken = False  # the child's end is gone: what is queued is dropped
+        self._thread = threading.Thread(target=self._run, name="status-texts", daemon=True)
+        self._thread.start()
+
+    def send(self, message: bytes) -> float:
+        """Queue ``message``; returns the seconds spent waiting for room."""
+        began = time.perf_counter()
+        self._queue.put(message)
+        return time.perf_counter() - began
+
+    def close(self) -> None:
+        """Return once everything queued is sent (or dropped, the child gone). Idempotent."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def _run(self) -> None:
+        while (message := self._queue.get()) is not None:
+            if self.broken:
+                continue  # taken off the queue all the same, so that ``send`` never blocks
+            try:
+                self._conn.send_bytes(message)
+            except (BrokenPipeError, ConnectionResetError):
+                self.broken = True
 
 
 def _child(

@@ -8,6 +8,7 @@ import hashlib
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -164,6 +165,35 @@ def test_a_simulation_that_fails_here_stops_the_child_too(tmp_path, no_hang):
     with pytest.raises(ValueError, match="the world broke"):
         poll_in_child(str(path), str(tmp_path / "s.log"), 10, texts())
     assert [row.ts for row in content(path)["global_history"]] == [START]
+
+
+def test_the_simulation_runs_ahead_while_the_child_is_busy(tmp_path, no_hang):
+    """While the child rolls up and packs a closed bucket (seconds at 10,000 clients) the
+    simulation goes on drawing texts, up to ``ahead`` of them, instead of waiting in a send of
+    a text several times what the pipe holds. Here the child's first ``after`` waits until the
+    simulation has drawn its last text: a simulation one poll ahead never does."""
+    path = tmp_path / "o.db"
+    engines.close_writer(new_database(path))
+    simulation = Simulation(clients=4000)
+    times = [START + 10 * i for i in range(8)]
+    polls = [(now, render_status(simulation.step(now), now)) for now in times]
+    assert sum(len(text) for _, text in polls) > 2_000_000  # the pipe holds a few hundred kB
+    drawn = tmp_path / "all drawn"
+
+    def texts():
+        yield from polls
+        drawn.touch()
+
+    def after(engine, now):
+        if now == START:
+            for _ in range(300):
+                if drawn.exists():
+                    return
+                time.sleep(0.1)
+            raise RuntimeError("the simulation did not run ahead")
+
+    poll_in_child(str(path), str(tmp_path / "s.log"), 10, texts(), after)
+    assert [row.ts for row in content(path)["global_history"]] == times
 
 
 def digest(polls):
