@@ -1,12 +1,18 @@
 import os
 import shutil
+import sqlite3
 import tempfile
 
 import pytest
 import sqlalchemy
 from conftest import as_nobody, insert_client, needs_root
-from sqlalchemy import func, insert, select
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy import bindparam, event, func, insert, select
+from sqlalchemy.exc import (
+    DBAPIError,
+    MultipleResultsFound,
+    NoResultFound,
+    OperationalError,
+)
 
 from ovpnmon_common import meta, schema
 from ovpnmon_common.storage import DatabaseError, engines, migrations, statements
@@ -402,6 +408,77 @@ def _months_of_days(conn) -> list[tuple]:
         for i, value in enumerate((rx, tx, n)):
             entry[i] += value
     return sorted((*key, *values) for key, values in sums.items())
+
+
+def test_a_prepared_read_gives_the_rows_sqlalchemy_gives(engine):
+    """``Prepared`` reads on SQLite through the driver (``statements.Rows``), not through
+    SQLAlchemy's execution: the same rows, named the same, with the same answers to ``first``,
+    ``one``, ``scalar`` and the rest, as SQLAlchemy's result of the same SQL (on PostgreSQL
+    that result itself)."""
+    m = schema.meta
+    with engine.begin() as conn:
+        for key, value in (("t.b", "2"), ("t.a", "1"), ("t.c", "3")):
+            meta.put(conn, key, value)
+    stmt = select(m.c.key, m.c.value).where(m.c.key.like(bindparam("like"))).order_by(m.c.key)
+    read = statements.Prepared(stmt)
+    executed = []
+    event.listen(engine, "before_cursor_execute", lambda *args: executed.append(args[2]))
+    with engine.connect() as conn:
+        sql, _ = statements._compiled(conn, stmt, ())
+        for like in ("t.%", "t.b", "none"):
+            executed.clear()
+            ours = read(conn, like=like)
+            if engine.dialect.name == "sqlite":
+                assert not [s for s in executed if s != "BEGIN IMMEDIATE"], "through the driver"
+            theirs = conn.exec_driver_sql(sql, {"like": like}).all()
+            assert [tuple(row) for row in ours.all()] == [tuple(row) for row in theirs]
+            assert [(row.key, row[1], dict(row._mapping)) for row in read(conn, like=like)] == [
+                (row.key, row[1], dict(row._mapping)) for row in theirs
+            ]
+            assert statements.plain_rows(read(conn, like=like)) == [tuple(r) for r in theirs]
+            first = read(conn, like=like).first()
+            assert (tuple(first) if first else None) == (tuple(theirs[0]) if theirs else None)
+            assert read(conn, like=like).scalar() == (theirs[0][0] if theirs else None)
+        assert read(conn, like="t.b").one().value == "2"
+        assert read(conn, like="t.b").scalar_one() == "t.b"
+        assert read(conn, like="none").one_or_none() is None
+        with pytest.raises(MultipleResultsFound):
+            read(conn, like="t.%").one_or_none()
+        with pytest.raises(NoResultFound):
+            read(conn, like="none").one()
+
+
+@pytest.mark.sqlite_only  # PostgreSQL's reads: SQLAlchemy's own
+def test_prepared_reads_of_one_transaction_see_one_snapshot(engine, db_path):
+    """The API's reads of one request see one committed state while the collector commits:
+    a read through the driver runs in the connection's transaction, begun as SQLAlchemy
+    begins it."""
+    reader = reader_engine(db_path)
+    read = statements.Prepared(select(schema.meta.c.value).where(schema.meta.c.key == "probe"))
+    with engine.begin() as conn:
+        meta.put(conn, "probe", "before")
+    with reader.connect() as conn:
+        assert read(conn).scalar() == "before"
+        with engine.begin() as writer:  # the collector commits during the request
+            meta.put(writer, "probe", "after")
+        assert read(conn).scalar() == "before"
+        conn.commit()
+        assert read(conn).scalar() == "after"
+    reader.dispose()
+
+
+@pytest.mark.sqlite_only
+def test_a_prepared_read_that_fails_raises_what_sqlalchemy_raises(tmp_path):
+    """What the API's handlers catch (``DBAPIError``, the driver's error as ``orig``): a 503
+    with SQLite's reason, as before reads went through the driver."""
+    path = tmp_path / "no-schema.db"
+    sqlite3.connect(path).close()
+    reader = reader_engine(str(path))
+    with reader.connect() as conn, pytest.raises(OperationalError, match="no such table") as e:
+        meta.read_status(conn)
+    assert isinstance(e.value.orig, sqlite3.OperationalError)
+    assert "SELECT" in e.value.statement
+    reader.dispose()
 
 
 def _months(conn) -> list[tuple]:
