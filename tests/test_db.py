@@ -470,7 +470,7 @@ def test_prepared_reads_of_one_transaction_see_one_snapshot(engine, db_path):
 @pytest.mark.sqlite_only
 def test_a_prepared_read_that_fails_raises_what_sqlalchemy_raises(tmp_path):
     """What the API's handlers catch (``DBAPIError``, the driver's error as ``orig``): a 503
-    with SQLite's reason, as before reads went through the driver."""
+    with SQLite's reason, as when the reads went through SQLAlchemy's execution."""
     path = tmp_path / "no-schema.db"
     sqlite3.connect(path).close()
     reader = reader_engine(str(path))

@@ -93,9 +93,9 @@ class Prepared:
 
 def _sqlite_rows(conn: Connection, sql: str, params: dict[str, Any]) -> Rows:
     """Every row of ``sql`` read with SQLite's own cursor, in ``conn``'s transaction (begun as
-    ``exec_driver_sql`` would begin it: the engine's ``begin`` hook says ``BEGIN``); an error
-    is raised as SQLAlchemy raises it (``DBAPIError`` and its kinds, the driver's as ``orig``),
-    which is what the API's handlers catch."""
+    ``exec_driver_sql`` would begin it, through the engine's ``begin`` hook: the reader's
+    ``BEGIN``, the writer's ``BEGIN IMMEDIATE``); an error is raised as SQLAlchemy raises it
+    (``DBAPIError`` and its kinds, the driver's as ``orig``), which the API's handlers catch."""
     if not conn.in_transaction():
         conn.begin()
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
