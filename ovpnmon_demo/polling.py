@@ -113,11 +113,10 @@ def poll_in_child(
     texts: Iterable[tuple[int, str]],
     after: After | None = None,
     source: str = "udp",
-    ahead: int = AHEAD,
 ) -> dict[str, float]:
     """Poll every ``(time, status text)`` of ``texts`` into ``database`` (a file; its schema made)
     in a child process, ``after(engine, time)`` there after each. ``texts`` is drawn here, up to
-    ``ahead`` polls ahead of the child. Returns seconds: the child's ``polls`` and ``after``,
+    ``AHEAD`` polls ahead of the child. Returns seconds: the child's ``polls`` and ``after``,
     and ``waited``, how long this process waited for the child (0: the simulation was the
     slower). If ``texts`` raises, the child polls what was drawn before, then stops."""
     context = multiprocessing.get_context("fork")  # the child needs ``after``, a closure maybe
@@ -129,7 +128,7 @@ def poll_in_child(
     )
     child.start()
     theirs.close()  # the child's end is the child's: a write after it died fails, not hangs
-    sender = _Sender(ours, ahead)
+    sender = _Sender(ours)
     waited = 0.0
     outcome: tuple[str, Any] | None = None
     try:
@@ -157,16 +156,16 @@ def poll_in_child(
 
 
 class _Sender:
-    """Sends the status texts to the child from a thread, at most ``ahead`` of them queued.
+    """Sends the status texts to the child from a thread, at most ``AHEAD`` of them queued.
 
     A text (1.5 MB at 10,000 clients) is several times what the pipe buffers, so a send from the
     simulation's own thread returned only once the child had read it: the simulation waited
     out each of the child's rollups and packings (3 s a closed bucket), one poll ahead. The
     thread's writes release the interpreter's lock, so the simulation runs on meanwhile."""
 
-    def __init__(self, conn: Connection, ahead: int) -> None:
+    def __init__(self, conn: Connection) -> None:
         self._conn = conn
-        self._queue: queue.Queue[bytes | None] = queue.Queue(ahead)
+        self._queue: queue.Queue[bytes | None] = queue.Queue(AHEAD)
         self.broken = False  # the child's end is gone: what is queued is dropped
         self._thread = threading.Thread(target=self._run, name="status-texts", daemon=True)
         self._thread.start()
